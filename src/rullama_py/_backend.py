@@ -1,0 +1,58 @@
+"""The one place where the native and the browser GPU paths differ.
+
+Natively the GPU API is wgpu-py. Inside Pyodide it is `webgpu_js`, the project's bridge that implements the
+subset of wgpu-py's API that rullama-py uses over the browser's `navigator.gpu`. Everything else in the
+package is written once against `api` and the three awaitable helpers below.
+"""
+
+from __future__ import annotations
+
+import sys
+
+IN_BROWSER = sys.platform == "emscripten"
+
+if IN_BROWSER:
+    from . import webgpu_js as api
+else:
+    import wgpu as api  # noqa: F401  (re-exported)
+
+
+async def request_adapter(power_preference: str):
+    if IN_BROWSER:
+        return await api.gpu.request_adapter_async(power_preference=power_preference)
+    # wgpu-py's sync call blocks for ~1 s natively; there is no event loop to keep responsive here.
+    return api.gpu.request_adapter_sync(power_preference=power_preference)
+
+
+async def request_device(adapter, required_features, required_limits):
+    if IN_BROWSER:
+        return await adapter.request_device_async(
+            required_features=required_features, required_limits=required_limits
+        )
+    return adapter.request_device_sync(required_features=required_features, required_limits=required_limits)
+
+
+async def create_pipeline(device, module, entry_point: str):
+    """Compile a compute pipeline. The browser reports shader errors only through the async variant's
+    rejected promise, so that is what we use there; wgpu-py raises them synchronously."""
+    desc = dict(layout="auto", compute={"module": module, "entry_point": entry_point})
+    if IN_BROWSER:
+        return await device.create_compute_pipeline_async(**desc)
+    return device.create_compute_pipeline(**desc)
+
+
+async def map_read(buffer, offset: int, size: int) -> None:
+    """Map a MAP_READ buffer. Natively we block in wgpu-native's own wait: wgpu-py's awaitable polls with a
+    back-off of up to 10 ms, which would dominate a millisecond-sized decode step."""
+    if IN_BROWSER:
+        await buffer.map_async(api.MapMode.READ, offset, size)
+    else:
+        buffer.map_sync(api.MapMode.READ, offset, size)
+
+
+def device_error(device):
+    """An error the device reported asynchronously (lost device, uncaptured validation error), or None.
+    wgpu-py raises those at the call that caused them, so natively there is nothing pending."""
+    if IN_BROWSER:
+        return device.pending_error()
+    return None

@@ -1,0 +1,443 @@
+"""The GPU runtime: one async-first interface over WebGPU, natively (wgpu-py) and in Pyodide (navigator.gpu).
+
+Objects, from the bottom up:
+
+- `Device`: the adapter's real limits and features, buffer creation with limit checks, uploads, readback,
+  and the kernel cache. Open it with `await Device.open()`.
+- `Kernel`: one compiled WGSL compute pipeline. `device.kernel(name, **consts)` loads `shaders/<name>.wgsl`,
+  prepends a specialisation preamble and caches the pipeline (see "Specialisation" below).
+- `Graph`: a recorded list of dispatches. Bind groups are made once when a dispatch is recorded, so running
+  a graph again (every decoded token) costs only encoding and one submit. Values that change between runs
+  (position, token count) live in small uniform buffers the caller rewrites with `device.write`.
+- `Readback`: a reusable staging buffer for reading results; `await device.run(graph, readback)` submits the
+  graph, copies into the staging buffer in the same submit and returns the bytes.
+
+Specialisation. A kernel file uses constants it does not declare; the loader writes them in front of it:
+
+    device.kernel("rms_norm", N=640, EPS=1e-6, HAS_WEIGHT=True)
+    ->  const N: u32 = 640u;  const EPS: f32 = 1e-06;  const HAS_WEIGHT: bool = true;
+
+(ints become u32, floats f32, bools bool). `libs=("quant/q4_k",)` prepends other files from shaders/ (shared
+helpers). Feature variants are whole files: when the device has subgroups, `name.subgroups.wgsl` is preferred
+over `name.wgsl`; likewise `name.f16.wgsl` for shader-f16. Every kernel must have the plain fallback file,
+and the enable directive (`enable f16;` / `enable subgroups;`) is added by the loader when a variant is used.
+Every file may rely on `shaders/common.wgsl`, which is always prepended.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import _backend
+from ._backend import api
+
+
+class GPUError(RuntimeError):
+    """Base class of every GPU failure the runtime reports."""
+
+
+class NoAdapterError(GPUError):
+    """No WebGPU adapter: the browser lacks WebGPU, or no Vulkan driver is installed natively."""
+
+
+class DeviceLostError(GPUError):
+    """The GPU device was lost (driver reset, tab in background too long, out of memory)."""
+
+
+class ShaderError(GPUError):
+    """A WGSL kernel failed to compile or to build a pipeline."""
+
+
+class DeviceLimitError(GPUError):
+    """A buffer or binding is larger than the device allows."""
+
+
+# Limits we ask for: the adapter's own values rather than WebGPU's small defaults (128 MiB bindings).
+_LIMITS = (
+    "max-storage-buffer-binding-size",
+    "max-buffer-size",
+    "max-compute-workgroup-storage-size",
+    "max-compute-invocations-per-workgroup",
+    "max-compute-workgroup-size-x",
+    "max-compute-workgroups-per-dimension",
+    "max-storage-buffers-per-shader-stage",
+)
+
+# WebGPU spells the subgroup feature "subgroups"; wgpu-native (wgpu-py 0.32) spells it "subgroup".
+_SUBGROUP_NAMES = ("subgroups", "subgroup")
+
+STORAGE = api.BufferUsage.STORAGE | api.BufferUsage.COPY_DST | api.BufferUsage.COPY_SRC
+UNIFORM = api.BufferUsage.UNIFORM | api.BufferUsage.COPY_DST
+
+
+def shader_dir() -> Path:
+    """The WGSL sources: inside the installed wheel, or shaders/ at the root of a source checkout."""
+    here = Path(__file__).resolve().parent
+    for d in (here / "shaders", here.parent.parent / "shaders"):
+        if d.is_dir():
+            return d
+    raise FileNotFoundError("rullama_py shaders/ folder not found (broken install?)")
+
+
+def _wgsl_const(name: str, value) -> str:
+    if isinstance(value, bool):
+        return f"const {name}: bool = {'true' if value else 'false'};"
+    if isinstance(value, (int, np.integer)):
+        if value < 0:
+            raise ValueError(f"kernel constant {name}={value}: integer constants are u32")
+        return f"const {name}: u32 = {int(value)}u;"
+    if isinstance(value, (float, np.floating)):
+        if not math.isfinite(value):
+            raise ValueError(f"kernel constant {name}={value} is not finite")
+        return f"const {name}: f32 = {float(value)!r};"
+    raise TypeError(f"kernel constant {name}: unsupported type {type(value).__name__}")
+
+
+@dataclass(eq=False)
+class Kernel:
+    name: str
+    pipeline: object
+    layout: object
+    source: str
+
+
+@dataclass(eq=False)
+class Tensor:
+    """A GPU buffer viewed as an array. `dtype` is a numpy dtype for plain arrays, or a GGUF type name
+    ("q4_k", ...) for quantised weights kept as their raw GGUF bytes. Weights larger than the device's
+    binding limit are split by rows into `parts`, each (buffer, first_row, n_rows)."""
+
+    shape: tuple
+    dtype: str
+    parts: list
+    label: str = ""
+
+    @property
+    def buffer(self):
+        if len(self.parts) != 1:
+            raise GPUError(f"tensor {self.label!r} is split in {len(self.parts)} parts; use .parts")
+        return self.parts[0][0]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p[0].size for p in self.parts)
+
+
+@dataclass
+class Dispatch:
+    pipeline: object
+    bind_group: object
+    workgroups: tuple
+
+
+@dataclass
+class Graph:
+    """Dispatches recorded once, encoded into one compute pass per run."""
+
+    device: "Device"
+    dispatches: list = field(default_factory=list)
+
+    def add(self, kernel: Kernel, bindings, workgroups) -> None:
+        """Record `kernel` over `bindings` (a list of Tensors or raw buffers, bound in order 0, 1, ...)."""
+        if isinstance(workgroups, int):
+            workgroups = (workgroups,)
+        wg = tuple(int(w) for w in workgroups) + (1,) * (3 - len(workgroups))
+        limit = self.device.limits["max-compute-workgroups-per-dimension"]
+        if max(wg) > limit or min(wg) < 1:
+            raise DeviceLimitError(f"kernel {kernel.name}: {wg} workgroups; each dimension must be 1..{limit}")
+        bg = self.device.bind_group(kernel, bindings)
+        self.dispatches.append(Dispatch(kernel.pipeline, bg, wg))
+
+    def encode(self, encoder) -> None:
+        if not self.dispatches:
+            return
+        cpass = encoder.begin_compute_pass()
+        for d in self.dispatches:
+            cpass.set_pipeline(d.pipeline)
+            cpass.set_bind_group(0, d.bind_group)
+            cpass.dispatch_workgroups(*d.workgroups)
+        cpass.end()
+
+    def __len__(self) -> int:
+        return len(self.dispatches)
+
+
+class Readback:
+    """A staging buffer that results are copied into and mapped from; made once, reused every run."""
+
+    def __init__(self, device: "Device", nbytes: int, label: str = "readback"):
+        self.nbytes = (int(nbytes) + 3) & ~3
+        self.buffer = device.create_buffer(self.nbytes, api.BufferUsage.MAP_READ | api.BufferUsage.COPY_DST, label)
+        self.source = None  # (buffer, offset, size) copied on each run
+
+    async def read(self, device: "Device", size: int | None = None) -> memoryview:
+        size = self.nbytes if size is None else (size + 3) & ~3
+        await _backend.map_read(self.buffer, 0, size)
+        try:
+            data = self.buffer.read_mapped(0, size)
+        finally:
+            self.buffer.unmap()
+        device.check()
+        return data
+
+
+class Device:
+    """One WebGPU device with the adapter's real limits and features. Create with `await Device.open()`."""
+
+    def __init__(self, adapter, device, features: set, limits: dict, disabled: frozenset):
+        self.adapter = adapter
+        self.raw = device
+        self.queue = device.queue
+        self.limits = limits
+        self.features = features
+        self.has_f16 = "shader-f16" in features and "shader-f16" not in disabled
+        self.has_subgroups = bool(features & set(_SUBGROUP_NAMES)) and "subgroups" not in disabled
+        self._kernels: dict = {}
+        self._bind_groups: dict = {}
+        self._dir = shader_dir()
+        self._sources: dict = {}
+
+    # -- opening -----------------------------------------------------------------------------------------
+    @classmethod
+    async def open(cls, power_preference: str = "high-performance", disable_features=()) -> "Device":
+        """Request an adapter and a device with the adapter's limits and the features we use.
+        `disable_features` (e.g. {"subgroups", "shader-f16"}) forces the fallback kernels, for tests."""
+        try:
+            adapter = await _backend.request_adapter(power_preference)
+        except Exception as e:  # wgpu-py raises when no Vulkan/Metal/DX12 driver is found
+            raise NoAdapterError(f"no WebGPU adapter: {e}") from e
+        if adapter is None:
+            raise NoAdapterError("no WebGPU adapter (WebGPU disabled or unsupported on this system)")
+        have = set(adapter.features)
+        disabled = frozenset(disable_features)
+        want = [f for f in ("shader-f16", *_SUBGROUP_NAMES) if f in have and f not in disabled]
+        if "subgroups" in disabled:
+            want = [f for f in want if f not in _SUBGROUP_NAMES]
+        alimits = adapter.limits
+        limits = {k: int(alimits[k]) for k in _LIMITS if k in alimits}
+        try:
+            dev = await _backend.request_device(adapter, want, limits)
+        except Exception as e:
+            raise NoAdapterError(f"the adapter refused a device with features {want}: {e}") from e
+        return cls(adapter, dev, set(want), limits, disabled)
+
+    @property
+    def info(self) -> dict:
+        info = self.adapter.info
+        return {k: str(info.get(k, "")) for k in ("vendor", "architecture", "device", "description")}
+
+    def check(self) -> None:
+        """Raise the error the device reported asynchronously, if any (browser only; see _backend)."""
+        err = _backend.device_error(self.raw)
+        if err is not None:
+            kind, message = err
+            raise (DeviceLostError if kind == "lost" else GPUError)(message)
+
+    # -- buffers -------------------------------------------------------------------------------------------
+    def create_buffer(self, nbytes: int, usage=STORAGE, label: str = ""):
+        nbytes = max(4, (int(nbytes) + 3) & ~3)
+        limit = self.limits["max-buffer-size"]
+        if nbytes > limit:
+            raise DeviceLimitError(f"buffer {label!r} needs {nbytes:,} bytes; this device allows {limit:,} per buffer")
+        if usage & api.BufferUsage.STORAGE:
+            blimit = self.limits["max-storage-buffer-binding-size"]
+            if nbytes > blimit:
+                raise DeviceLimitError(
+                    f"buffer {label!r} needs {nbytes:,} bytes; this device binds at most {blimit:,} "
+                    "(split it with Device.upload_rows)"
+                )
+        return self.raw.create_buffer(size=nbytes, usage=usage, label=label)
+
+    def tensor(self, shape, dtype="float32", label: str = "", usage=STORAGE) -> Tensor:
+        """An uninitialised GPU array (contents are zero, as WebGPU guarantees)."""
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        return Tensor(tuple(shape), np.dtype(dtype).name, [(self.create_buffer(nbytes, usage, label), 0, shape[0] if shape else 1)], label)
+
+    def upload(self, array, label: str = "", usage=STORAGE) -> Tensor:
+        """Copy a numpy array to a new GPU buffer (one copy: host memory -> GPU)."""
+        array = np.ascontiguousarray(array)
+        t = self.tensor(array.shape, array.dtype, label, usage)
+        self.write(t.buffer, array)
+        return t
+
+    def upload_rows(self, data, n_rows: int, row_bytes: int, shape, dtype: str, label: str = "") -> Tensor:
+        """Upload a row-major matrix given as raw bytes (e.g. a GGUF tensor, still quantised), split by rows
+        into parts that each fit the device's binding limit."""
+        mv = memoryview(data).cast("B")
+        if mv.nbytes != n_rows * row_bytes:
+            raise ValueError(f"{label}: {mv.nbytes} bytes, expected {n_rows} rows x {row_bytes} bytes")
+        limit = self.limits["max-storage-buffer-binding-size"]
+        rows_per_part = max(1, limit // row_bytes)
+        if row_bytes > limit:
+            raise DeviceLimitError(f"{label}: one row is {row_bytes:,} bytes, over the binding limit {limit:,}")
+        # Keep part boundaries on 4-byte multiples so every part starts word-aligned.
+        while rows_per_part > 1 and (rows_per_part * row_bytes) % 4:
+            rows_per_part -= 1
+        parts = []
+        for first in range(0, n_rows, rows_per_part):
+            n = min(rows_per_part, n_rows - first)
+            buf = self.create_buffer(n * row_bytes, STORAGE, f"{label}[{first}:{first + n}]")
+            self.write(buf, mv[first * row_bytes : (first + n) * row_bytes])
+            parts.append((buf, first, n))
+        return Tensor(tuple(shape), dtype, parts, label)
+
+    # Writes larger than this go in pieces, so the browser never stages one huge copy at once.
+    WRITE_CHUNK = 64 << 20
+
+    def write(self, buffer, data, offset: int = 0) -> None:
+        """Write bytes (numpy array, bytes, memoryview) into a buffer without an intermediate copy."""
+        mv = memoryview(data).cast("B") if not isinstance(data, np.ndarray) else memoryview(np.ascontiguousarray(data)).cast("B")
+        n = mv.nbytes
+        if offset + n > buffer.size:
+            raise GPUError(f"write of {n} bytes at {offset} overflows buffer of {buffer.size} bytes")
+        if n % 4:  # WebGPU writes whole words
+            padded = bytearray(n + (4 - n % 4))
+            padded[:n] = mv
+            mv, n = memoryview(padded), len(padded)
+        for start in range(0, n, self.WRITE_CHUNK):
+            self.queue.write_buffer(buffer, offset + start, mv[start : start + self.WRITE_CHUNK])
+
+    async def read(self, tensor_or_buffer, dtype=None, shape=None) -> np.ndarray:
+        """Read a whole buffer back (tests and debugging; the decode loop uses a Readback instead)."""
+        if isinstance(tensor_or_buffer, Tensor):
+            t = tensor_or_buffer
+            chunks = []
+            for buf, _, _ in t.parts:
+                rb = Readback(self, buf.size)
+                enc = self.raw.create_command_encoder()
+                enc.copy_buffer_to_buffer(buf, 0, rb.buffer, 0, buf.size)
+                self.queue.submit([enc.finish()])
+                chunks.append(bytes(await rb.read(self)))
+                rb.buffer.destroy()
+            raw = b"".join(chunks)
+            dtype = dtype or (t.dtype if t.dtype in np.sctypeDict else "u1")
+            shape = shape or (t.shape if dtype == t.dtype else None)
+        else:
+            buf = tensor_or_buffer
+            rb = Readback(self, buf.size)
+            enc = self.raw.create_command_encoder()
+            enc.copy_buffer_to_buffer(buf, 0, rb.buffer, 0, buf.size)
+            self.queue.submit([enc.finish()])
+            raw = bytes(await rb.read(self))
+            rb.buffer.destroy()
+            dtype = dtype or "u1"
+        arr = np.frombuffer(raw, dtype=dtype)
+        if shape is not None:
+            arr = arr[: int(np.prod(shape))].reshape(shape)
+        return arr
+
+    # -- kernels -------------------------------------------------------------------------------------------
+    def _file(self, name: str) -> tuple[str, list[str]]:
+        """Source of shaders/<name>.wgsl, or of its feature variant, and the enable directives it needs."""
+        for suffix, ok, enable in ((".subgroups", self.has_subgroups, "subgroups"), (".f16", self.has_f16, "f16")):
+            p = self._dir / f"{name}{suffix}.wgsl"
+            if ok and p.exists():
+                return self._read(p), [enable] + (["f16"] if self.has_f16 and enable != "f16" else [])
+        p = self._dir / f"{name}.wgsl"
+        if not p.exists():
+            raise ShaderError(f"no kernel source shaders/{name}.wgsl")
+        return self._read(p), []
+
+    def _read(self, p: Path) -> str:
+        if p not in self._sources:
+            self._sources[p] = p.read_text()
+        return self._sources[p]
+
+    def kernel_source(self, name: str, libs=(), entry: str = "main", **consts) -> str:
+        enables: list[str] = []
+        body = []
+        for lib in ("common", *libs, name):
+            src, en = self._file(lib)
+            enables += [e for e in en if e not in enables]
+            body.append(f"// ---- {lib}.wgsl\n{src}")
+        head = [f"enable {e};" for e in enables]
+        head += [_wgsl_const(k, v) for k, v in sorted(consts.items())]
+        return "\n".join(head) + "\n" + "\n".join(body)
+
+    async def kernel(self, name: str, libs=(), entry: str = "main", **consts) -> Kernel:
+        """The compiled pipeline of shaders/<name>.wgsl specialised with `consts` (cached)."""
+        key = (name, tuple(libs), entry, tuple(sorted((k, repr(v)) for k, v in consts.items())))
+        k = self._kernels.get(key)
+        if k is not None:
+            return k
+        source = self.kernel_source(name, libs, entry, **consts)
+        try:
+            module = self.raw.create_shader_module(code=source, label=name)
+            pipeline = await _backend.create_pipeline(self.raw, module, entry)
+        except Exception as e:
+            raise ShaderError(f"kernel {name} ({', '.join(f'{a}={b}' for a, b in sorted(consts.items()))}) failed to compile: {e}") from e
+        self.check()
+        k = Kernel(name, pipeline, pipeline.get_bind_group_layout(0), source)
+        self._kernels[key] = k
+        return k
+
+    def bind_group(self, kernel: Kernel, bindings):
+        """A bind group of `bindings` in order (cached by kernel and buffers)."""
+        entries, key = [], [id(kernel)]
+        for i, b in enumerate(bindings):
+            if isinstance(b, Tensor):
+                b = b.buffer
+            if isinstance(b, tuple):  # (buffer, offset, size): a window into a larger buffer
+                buf, off, size = b
+                entries.append({"binding": i, "resource": {"buffer": buf, "offset": off, "size": size}})
+                key.append((id(buf), off, size))
+            else:
+                entries.append({"binding": i, "resource": {"buffer": b, "offset": 0, "size": b.size}})
+                key.append(id(b))
+        key = tuple(key)
+        bg = self._bind_groups.get(key)
+        if bg is None:
+            bg = self.raw.create_bind_group(layout=kernel.layout, entries=entries)
+            self._bind_groups[key] = bg
+        return bg
+
+    def graph(self) -> Graph:
+        return Graph(self)
+
+    def submit(self, graph: Graph, readback: Readback | None = None, source=None) -> None:
+        """Encode `graph` and, when `readback` is given, a copy of `source` (buffer, offset, size) into it."""
+        enc = self.raw.create_command_encoder()
+        graph.encode(enc)
+        if readback is not None:
+            buf, off, size = source
+            enc.copy_buffer_to_buffer(buf, off, readback.buffer, 0, (size + 3) & ~3)
+        self.queue.submit([enc.finish()])
+
+    async def run(self, graph: Graph, readback: Readback | None = None, source=None) -> memoryview | None:
+        """Submit `graph`; with a readback, wait for the GPU and return the copied bytes."""
+        self.submit(graph, readback, source)
+        if readback is None:
+            self.check()
+            return None
+        return await readback.read(self, source[2])
+
+    async def sync(self) -> None:
+        """Wait until the GPU has finished all submitted work (and surface any error it reported)."""
+        rb = Readback(self, 4, "sync")
+        enc = self.raw.create_command_encoder()
+        self.queue.submit([enc.finish()])
+        await rb.read(self)
+        rb.buffer.destroy()
+
+    def destroy(self) -> None:
+        self._kernels.clear()
+        self._bind_groups.clear()
+        self.raw.destroy()
+
+
+_DEFAULT: Device | None = None
+
+
+async def default_device() -> Device:
+    """A process-wide device (opened on first use). `RULLAMA_DISABLE_FEATURES=subgroups,shader-f16` forces
+    the fallback kernels."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        off = [f for f in os.environ.get("RULLAMA_DISABLE_FEATURES", "").split(",") if f]
+        _DEFAULT = await Device.open(disable_features=off)
+    return _DEFAULT
