@@ -1,0 +1,13 @@
+"""Normalisation ops (shaders/rms_norm.wgsl)."""
+
+from __future__ import annotations
+
+from ..gpu import Graph, Tensor
+
+from ._util import WG, rows as _rows
+
+
+async def rms_norm(g: Graph, x: Tensor, w: Tensor | None, out: Tensor, *, n: int, eps: float, add_one: bool = False):
+    """out = x * rsqrt(mean(x^2) + eps) * w over rows of `n` (w None: no weight; add_one: (1 + w))."""
+    k = await g.device.kernel("rms_norm", N=n, EPS=eps, HAS_WEIGHT=w is not None, ADD_ONE=add_one, WG=WG)
+    g.add(k, [x, w if w is not None else x, out], _rows(x, n))
