@@ -33,3 +33,11 @@ def device():
     from rullama_py import gpu
 
     return run(gpu.default_device())
+
+
+@pytest.fixture(scope="session")
+def device_fallback():
+    """A device with shader-f16 and subgroups off, to test the fallback kernel variants."""
+    from rullama_py import gpu
+
+    return run(gpu.fallback_device())

@@ -141,6 +141,7 @@ class Graph:
 
     device: "Device"
     dispatches: list = field(default_factory=list)
+    _prepared: object = None  # browser only: the dispatch list handed to JS once (see webgpu_js)
 
     def add(self, kernel: Kernel, bindings, workgroups) -> None:
         """Record `kernel` over `bindings` (a list of Tensors or raw buffers, bound in order 0, 1, ...)."""
@@ -152,9 +153,15 @@ class Graph:
             raise DeviceLimitError(f"kernel {kernel.name}: {wg} workgroups; each dimension must be 1..{limit}")
         bg = self.device.bind_group(kernel, bindings)
         self.dispatches.append(Dispatch(kernel.pipeline, bg, wg))
+        self._prepared = None
 
     def encode(self, encoder) -> None:
         if not self.dispatches:
+            return
+        if _backend.IN_BROWSER:  # one JS call per run instead of four per dispatch
+            if self._prepared is None:
+                self._prepared = api.prepare_dispatches(self.dispatches)
+            encoder.encode_prepared(self._prepared)
             return
         cpass = encoder.begin_compute_pass()
         for d in self.dispatches:
@@ -441,3 +448,15 @@ async def default_device() -> Device:
         off = [f for f in os.environ.get("RULLAMA_DISABLE_FEATURES", "").split(",") if f]
         _DEFAULT = await Device.open(disable_features=off)
     return _DEFAULT
+
+
+_FALLBACK: Device | None = None
+
+
+async def fallback_device() -> Device:
+    """A second process-wide device with shader-f16 and subgroups turned off: tests run kernels on it to
+    check the fallback variants that devices without those features get."""
+    global _FALLBACK
+    if _FALLBACK is None:
+        _FALLBACK = await Device.open(disable_features=("subgroups", "shader-f16"))
+    return _FALLBACK

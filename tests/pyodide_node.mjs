@@ -1,0 +1,65 @@
+// Runs tests/pyodide_runner.py inside Pyodide 0.27.7 in Node, with WebGPU from npm `webgpu` (Dawn) over
+// Chromium's SwiftShader Vulkan ICD (the caller sets VK_ICD_FILENAMES). Installs numpy from the Pyodide
+// distribution and the wheels in web/dist/wheels with micropip (offline, deps=False), copies tests/ into
+// Pyodide's file system, runs the tests and prints one JSON line prefixed RESULTS: at the end.
+// Usage: node tests/pyodide_node.mjs [test-id ...]
+import fs from 'node:fs';
+import path from 'node:path';
+import { createRequire } from 'node:module';
+
+const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
+const web = path.join(root, 'web');
+const require = createRequire(path.join(web, 'package.json'));
+const { loadPyodide } = require('pyodide');
+const { create, globals } = require('webgpu');
+
+const py = await loadPyodide({ indexURL: path.join(web, 'node_modules/pyodide') + '/', stdout: s => console.log(s), stderr: s => console.error(s) });
+// navigator.gpu only after loadPyodide: a `navigator` global without userAgent breaks Pyodide's start-up.
+Object.assign(globalThis, globals);
+Object.defineProperty(globalThis, 'navigator', { value: { gpu: create([]) }, configurable: true, writable: true });
+await py.loadPackage(['numpy', 'micropip'], { messageCallback: () => {} });
+
+const wheelDir = path.join(web, 'dist/wheels');
+const wheels = fs.readdirSync(wheelDir).filter(f => f.endsWith('.whl'));
+py.FS.mkdirTree('/wheels');
+for (const w of wheels) py.FS.writeFile('/wheels/' + w, fs.readFileSync(path.join(wheelDir, w)));
+function copyTree(src, dst) {
+  py.FS.mkdirTree(dst);
+  for (const e of fs.readdirSync(src, { withFileTypes: true })) {
+    if (e.name === '__pycache__' || e.name === 'fixtures') continue;
+    if (e.isDirectory()) copyTree(path.join(src, e.name), dst + '/' + e.name);
+    else if (/\.(py|json|npz)$/.test(e.name)) py.FS.writeFile(dst + '/' + e.name, fs.readFileSync(path.join(src, e.name)));
+  }
+}
+copyTree(path.join(root, 'tests'), '/home/pyodide/tests');
+py.globals.set('WHEELS', wheels.map(w => 'emfs:/wheels/' + w));
+py.globals.set('ONLY', process.argv.slice(2));
+
+let out;
+try {
+  out = await py.runPythonAsync(`
+import json, sys, micropip
+await micropip.install(list(WHEELS), deps=False)
+sys.path.insert(0, "/home/pyodide/tests")
+from pathlib import Path
+import pyodide_runner
+from rullama_py import gpu
+
+async def device():
+    return await gpu.default_device()
+
+async def device_fallback():
+    return await gpu.fallback_device()
+
+d = await gpu.default_device()
+print("pyodide: adapter", d.info, "features", sorted(d.features), flush=True)
+res = await pyodide_runner.run({"device": device, "device_fallback": device_fallback}, Path("/home/pyodide/tests"), set(ONLY) or None)
+json.dumps(res)
+`);
+} catch (e) {
+  // Print the Python traceback only: Node's default report includes pages of minified Pyodide source.
+  console.error('PYODIDE ERROR: ' + (e && e.message ? e.message : String(e)));
+  process.exit(1);
+}
+console.log('RESULTS:' + out);
+process.exit(0);
