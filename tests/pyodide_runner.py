@@ -95,10 +95,13 @@ async def run(fixtures: dict, root: Path = HERE, only=None) -> dict:
         if only and test_id not in only:
             continue
         args = dict(kwargs)
+        mp = pytest.MonkeyPatch()
         t0 = time.perf_counter()
         try:
             for p in inspect.signature(fn).parameters:
-                if p not in args:
+                if p == "monkeypatch":
+                    args[p] = mp
+                elif p not in args:
                     if p not in fixtures:
                         raise LookupError(f"fixture {p!r} is not available in Pyodide")
                     f = fixtures[p]
@@ -111,6 +114,8 @@ async def run(fixtures: dict, root: Path = HERE, only=None) -> dict:
             outcome, message = "skipped", str(e)
         except BaseException as e:  # noqa: BLE001 - report every failure, keep going
             outcome, message = "failed", "".join(traceback.format_exception(e))[-4000:]
+        finally:
+            mp.undo()
         results[test_id] = {"outcome": outcome, "message": message, "seconds": round(time.perf_counter() - t0, 3)}
         print(f"pyodide: {test_id} {outcome.upper()} ({results[test_id]['seconds']} s)", flush=True)
     return results

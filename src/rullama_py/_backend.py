@@ -32,13 +32,29 @@ async def request_device(adapter, required_features, required_limits):
     return adapter.request_device_sync(required_features=required_features, required_limits=required_limits)
 
 
-async def create_pipeline(device, module, entry_point: str):
-    """Compile a compute pipeline. The browser reports shader errors only through the async variant's
-    rejected promise, so that is what we use there; wgpu-py raises them synchronously."""
-    desc = dict(layout="auto", compute={"module": module, "entry_point": entry_point})
+async def create_pipeline(device, code: str, label: str, entry_point: str):
+    """Compile WGSL into a compute pipeline; raises with the compiler's message. The browser reports shader
+    errors asynchronously, so there we catch them in an error scope (and through the async pipeline
+    creation's rejected promise) instead of letting them escape as uncaptured errors; wgpu-py raises them
+    synchronously."""
     if IN_BROWSER:
-        return await device.create_compute_pipeline_async(**desc)
-    return device.create_compute_pipeline(**desc)
+        device.push_error_scope("validation")
+        failure = None
+        try:
+            module = device.create_shader_module(code=code, label=label)
+            pipeline = await device.create_compute_pipeline_async(
+                layout="auto", compute={"module": module, "entry_point": entry_point}
+            )
+        except Exception as e:  # noqa: BLE001 - reported below, after the scope is closed
+            failure = e
+        scoped = await device.pop_error_scope_async()
+        if scoped is not None:
+            raise RuntimeError(scoped)
+        if failure is not None:
+            raise failure
+        return pipeline
+    module = device.create_shader_module(code=code, label=label)
+    return device.create_compute_pipeline(layout="auto", compute={"module": module, "entry_point": entry_point})
 
 
 async def map_read(buffer, offset: int, size: int) -> None:

@@ -75,6 +75,28 @@ STORAGE = api.BufferUsage.STORAGE | api.BufferUsage.COPY_DST | api.BufferUsage.C
 UNIFORM = api.BufferUsage.UNIFORM | api.BufferUsage.COPY_DST
 
 
+class _translate_errors:
+    """Turn the backend's exceptions into ours, naming what was being done. wgpu-py raises e.g.
+    GPUValidationError("... Parent device is lost") from whichever call meets a lost device."""
+
+    def __init__(self, what: str, device=None):
+        self.what = what
+        self.device = device
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, etype, e, tb):
+        if e is None or isinstance(e, GPUError) or not isinstance(e, Exception):
+            return False
+        if self.device is not None:
+            self.device.check()  # the browser reports a lost device separately from the failed call
+        text = str(e)
+        if "lost" in text.lower():
+            raise DeviceLostError(f"GPU device lost while {self.what}: {text}") from e
+        raise GPUError(f"GPU error while {self.what}: {text}") from e
+
+
 def shader_dir() -> Path:
     """The WGSL sources: inside the installed wheel, or shaders/ at the root of a source checkout."""
     here = Path(__file__).resolve().parent
@@ -184,11 +206,12 @@ class Readback:
 
     async def read(self, device: "Device", size: int | None = None) -> memoryview:
         size = self.nbytes if size is None else (size + 3) & ~3
-        await _backend.map_read(self.buffer, 0, size)
-        try:
-            data = self.buffer.read_mapped(0, size)
-        finally:
-            self.buffer.unmap()
+        with _translate_errors("reading back results", device):
+            await _backend.map_read(self.buffer, 0, size)
+            try:
+                data = self.buffer.read_mapped(0, size)
+            finally:
+                self.buffer.unmap()
         device.check()
         return data
 
@@ -258,7 +281,8 @@ class Device:
                     f"buffer {label!r} needs {nbytes:,} bytes; this device binds at most {blimit:,} "
                     "(split it with Device.upload_rows)"
                 )
-        return self.raw.create_buffer(size=nbytes, usage=usage, label=label)
+        with _translate_errors(f"creating buffer {label!r}"):
+            return self.raw.create_buffer(size=nbytes, usage=usage, label=label)
 
     def tensor(self, shape, dtype="float32", label: str = "", usage=STORAGE) -> Tensor:
         """An uninitialised GPU array (contents are zero, as WebGPU guarantees)."""
@@ -306,8 +330,9 @@ class Device:
             padded = bytearray(n + (4 - n % 4))
             padded[:n] = mv
             mv, n = memoryview(padded), len(padded)
-        for start in range(0, n, self.WRITE_CHUNK):
-            self.queue.write_buffer(buffer, offset + start, mv[start : start + self.WRITE_CHUNK])
+        with _translate_errors("writing a buffer"):
+            for start in range(0, n, self.WRITE_CHUNK):
+                self.queue.write_buffer(buffer, offset + start, mv[start : start + self.WRITE_CHUNK])
 
     async def read(self, tensor_or_buffer, dtype=None, shape=None) -> np.ndarray:
         """Read a whole buffer back (tests and debugging; the decode loop uses a Readback instead)."""
@@ -315,28 +340,25 @@ class Device:
             t = tensor_or_buffer
             chunks = []
             for buf, _, _ in t.parts:
-                rb = Readback(self, buf.size)
-                enc = self.raw.create_command_encoder()
-                enc.copy_buffer_to_buffer(buf, 0, rb.buffer, 0, buf.size)
-                self.queue.submit([enc.finish()])
-                chunks.append(bytes(await rb.read(self)))
-                rb.buffer.destroy()
+                chunks.append(await self._read_buffer(buf))
             raw = b"".join(chunks)
             dtype = dtype or (t.dtype if t.dtype in np.sctypeDict else "u1")
             shape = shape or (t.shape if dtype == t.dtype else None)
         else:
-            buf = tensor_or_buffer
-            rb = Readback(self, buf.size)
-            enc = self.raw.create_command_encoder()
-            enc.copy_buffer_to_buffer(buf, 0, rb.buffer, 0, buf.size)
-            self.queue.submit([enc.finish()])
-            raw = bytes(await rb.read(self))
-            rb.buffer.destroy()
+            raw = await self._read_buffer(tensor_or_buffer)
             dtype = dtype or "u1"
         arr = np.frombuffer(raw, dtype=dtype)
         if shape is not None:
             arr = arr[: int(np.prod(shape))].reshape(shape)
         return arr
+
+    async def _read_buffer(self, buf) -> bytes:
+        rb = Readback(self, buf.size)
+        try:
+            self.submit(Graph(self), rb, (buf, 0, buf.size))
+            return bytes(await rb.read(self, buf.size))
+        finally:
+            rb.buffer.destroy()
 
     # -- kernels -------------------------------------------------------------------------------------------
     def _file(self, name: str) -> tuple[str, list[str]]:
@@ -362,7 +384,9 @@ class Device:
             src, en = self._file(lib)
             enables += [e for e in en if e not in enables]
             body.append(f"// ---- {lib}.wgsl\n{src}")
-        head = [f"enable {e};" for e in enables]
+        # naga (wgpu-py 0.32) rejects `enable subgroups;` as not yet implemented, yet accepts the subgroup
+        # builtins when the device has the feature; browsers require the directive.
+        head = [f"enable {e};" for e in enables if e != "subgroups" or _backend.IN_BROWSER]
         head += [_wgsl_const(k, v) for k, v in sorted(consts.items())]
         return "\n".join(head) + "\n" + "\n".join(body)
 
@@ -374,8 +398,7 @@ class Device:
             return k
         source = self.kernel_source(name, libs, entry, **consts)
         try:
-            module = self.raw.create_shader_module(code=source, label=name)
-            pipeline = await _backend.create_pipeline(self.raw, module, entry)
+            pipeline = await _backend.create_pipeline(self.raw, source, name, entry)
         except Exception as e:
             raise ShaderError(f"kernel {name} ({', '.join(f'{a}={b}' for a, b in sorted(consts.items()))}) failed to compile: {e}") from e
         self.check()
@@ -408,12 +431,13 @@ class Device:
 
     def submit(self, graph: Graph, readback: Readback | None = None, source=None) -> None:
         """Encode `graph` and, when `readback` is given, a copy of `source` (buffer, offset, size) into it."""
-        enc = self.raw.create_command_encoder()
-        graph.encode(enc)
-        if readback is not None:
-            buf, off, size = source
-            enc.copy_buffer_to_buffer(buf, off, readback.buffer, 0, (size + 3) & ~3)
-        self.queue.submit([enc.finish()])
+        with _translate_errors("submitting work"):
+            enc = self.raw.create_command_encoder()
+            graph.encode(enc)
+            if readback is not None:
+                buf, off, size = source
+                enc.copy_buffer_to_buffer(buf, off, readback.buffer, 0, (size + 3) & ~3)
+            self.queue.submit([enc.finish()])
 
     async def run(self, graph: Graph, readback: Readback | None = None, source=None) -> memoryview | None:
         """Submit `graph`; with a readback, wait for the GPU and return the copied bytes."""
@@ -426,10 +450,11 @@ class Device:
     async def sync(self) -> None:
         """Wait until the GPU has finished all submitted work (and surface any error it reported)."""
         rb = Readback(self, 4, "sync")
-        enc = self.raw.create_command_encoder()
-        self.queue.submit([enc.finish()])
-        await rb.read(self)
-        rb.buffer.destroy()
+        try:
+            self.submit(Graph(self))
+            await rb.read(self)
+        finally:
+            rb.buffer.destroy()
 
     def destroy(self) -> None:
         self._kernels.clear()

@@ -170,6 +170,14 @@ class GPUDevice(_Wrapper):
             raise RuntimeError(str(e)) from None
         return GPUComputePipeline(p)
 
+    def push_error_scope(self, kind):
+        self.js.pushErrorScope(kind)
+
+    async def pop_error_scope_async(self):
+        """The scope's error message, or None."""
+        err = await self.js.popErrorScope()
+        return None if _is_null(err) else str(err.message)
+
     def create_bind_group(self, *, layout, entries, label=""):
         return _Wrapper(self.js.createBindGroup(_js({"layout": layout, "entries": entries, "label": label})))
 

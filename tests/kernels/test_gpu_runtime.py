@@ -1,0 +1,124 @@
+"""The GPU runtime itself: uploads, readback, row splitting, specialisation, and that every failure surfaces
+as a named Python exception (natively and in Pyodide)."""
+
+import numpy as np
+import pytest
+
+from rullama_py import _backend, gpu, ops
+
+pytestmark = pytest.mark.pyodide
+
+
+async def test_upload_read_roundtrip(device):
+    for dtype in (np.float32, np.uint32, np.int8, np.float16):
+        a = (np.arange(1001) % 97).astype(dtype)
+        t = device.upload(a)
+        np.testing.assert_array_equal(await device.read(t), a)
+
+
+async def test_limits_and_features_exposed(device):
+    lim = device.limits
+    assert lim["max-storage-buffer-binding-size"] >= 128 << 20  # WebGPU's guaranteed minimum
+    assert lim["max-buffer-size"] >= lim["max-storage-buffer-binding-size"] or lim["max-buffer-size"] >= 256 << 20
+    assert isinstance(device.has_f16, bool) and isinstance(device.has_subgroups, bool)
+
+
+async def test_upload_rows_splits_over_binding_limit(device):
+    rows, row_bytes = 50, 36
+    data = np.random.default_rng(0).integers(0, 255, rows * row_bytes, dtype=np.uint8)
+    saved = device.limits["max-storage-buffer-binding-size"]
+    device.limits["max-storage-buffer-binding-size"] = 400  # pretend a tiny device: about 11 rows per part
+    try:
+        t = device.upload_rows(data, rows, row_bytes, (rows, row_bytes), "u8", "w")
+    finally:
+        device.limits["max-storage-buffer-binding-size"] = saved
+    assert len(t.parts) > 1
+    assert [p[1] for p in t.parts] == sorted(p[1] for p in t.parts)
+    assert sum(p[2] for p in t.parts) == rows
+    assert all((p[2] * row_bytes) % 4 == 0 or p is t.parts[-1] for p in t.parts)
+    np.testing.assert_array_equal(await device.read(t), data)
+
+
+async def test_buffer_over_device_limit_is_named(device):
+    too_big = device.limits["max-buffer-size"] + 4
+    with pytest.raises(gpu.DeviceLimitError, match="weights.*allows"):
+        device.create_buffer(too_big, label="weights")
+    over_binding = device.limits["max-storage-buffer-binding-size"] + 4
+    if over_binding <= device.limits["max-buffer-size"]:
+        with pytest.raises(gpu.DeviceLimitError, match="binds at most"):
+            device.create_buffer(over_binding, label="big")
+
+
+async def test_shader_compile_error_is_named(device):
+    src_dir = device._dir
+    bad = src_dir / "_test_broken.wgsl"
+    bad.write_text("@compute @workgroup_size(1) fn main() { let x: u32 = this_is_not_defined; }\n")
+    try:
+        with pytest.raises(gpu.ShaderError, match="_test_broken"):
+            await device.kernel("_test_broken")
+    finally:
+        bad.unlink()
+    with pytest.raises(gpu.ShaderError, match="no kernel source"):
+        await device.kernel("no_such_kernel")
+
+
+async def test_specialisation_constants_are_typed(device):
+    src = device.kernel_source("rms_norm", N=640, EPS=1e-6, HAS_WEIGHT=True)
+    assert "const N: u32 = 640u;" in src and "const EPS: f32 = 1e-06;" in src and "const HAS_WEIGHT: bool = true;" in src
+    assert src.index("struct Step") < src.index("fn main")  # common.wgsl comes first
+    with pytest.raises(ValueError):
+        device.kernel_source("rms_norm", N=-1)
+    with pytest.raises(TypeError):
+        device.kernel_source("rms_norm", N="640")
+
+
+async def test_kernel_cache_reuses_pipelines(device):
+    x = device.upload(np.ones((2, 48), np.float32))
+    y = device.tensor((2, 48))
+    await ops.rms_norm(device.graph(), x, None, y, n=48, eps=1e-6)
+    n = len(device._kernels)
+    await ops.rms_norm(device.graph(), x, None, y, n=48, eps=1e-6)
+    assert len(device._kernels) == n  # same specialisation: cached
+    await ops.rms_norm(device.graph(), x, None, y, n=96, eps=1e-6)
+    assert len(device._kernels) == n + 1
+
+
+async def test_graph_rerun_reuses_bind_groups(device):
+    x = device.upload(np.ones((2, 64), np.float32))
+    w = device.upload(np.full(64, 2.0, np.float32))
+    y = device.tensor((2, 64))
+    g = device.graph()
+    await ops.rms_norm(g, x, w, y, n=64, eps=1e-6)
+    before = len(device._bind_groups)
+    g2 = device.graph()
+    await ops.rms_norm(g2, x, w, y, n=64, eps=1e-6)
+    assert len(device._bind_groups) == before  # same kernel + buffers: same bind group
+    for _ in range(3):
+        await device.run(g)
+    np.testing.assert_allclose(await device.read(y), np.full((2, 64), 2.0), rtol=1e-5)
+
+
+async def test_readback_reuse(device):
+    t = device.upload(np.arange(8, dtype=np.uint32))
+    rb = gpu.Readback(device, 16)
+    g = device.graph()
+    for off in (0, 16):
+        got = await device.run(g, rb, (t.buffer, off, 16))
+        assert np.frombuffer(got, np.uint32).tolist() == list(range(off // 4, off // 4 + 4))
+
+
+async def test_no_adapter_is_named(monkeypatch):
+    async def no_adapter(power_preference):
+        return None
+
+    monkeypatch.setattr(_backend, "request_adapter", no_adapter)
+    with pytest.raises(gpu.NoAdapterError, match="no WebGPU adapter"):
+        await gpu.Device.open()
+
+
+async def test_lost_device_is_named():
+    d = await gpu.Device.open()
+    t = d.upload(np.arange(16, dtype=np.float32))
+    d.raw.destroy()
+    with pytest.raises(gpu.DeviceLostError):
+        await d.read(t)
