@@ -217,6 +217,10 @@ def _type_name(t: GGMLQuantizationType) -> str:
 class GGUFFile:
     """A GGUF file's header, with on-demand access to tensor data. Open with `await GGUFFile.open(src)`."""
 
+    # Header read window: first source read, and the size it doubles up to (see sources.SequentialReader).
+    HEADER_CHUNK = 1 << 20
+    HEADER_MAX_CHUNK = 4 << 20
+
     def __init__(self, source: Source, owns_source: bool):
         self.source = source
         self._owns_source = owns_source
@@ -249,7 +253,7 @@ class GGUFFile:
 
     async def _parse(self) -> None:
         src = self.source
-        r = SequentialReader(src)
+        r = SequentialReader(src, first_chunk=self.HEADER_CHUNK, max_chunk=self.HEADER_MAX_CHUNK)
         h = _Header(r, src.name)
         if src.size < 4 + 4 + 8 + 8:
             raise GGUFError(f"{src.name}: {src.size} bytes is too short for a GGUF header (truncated file?)")
@@ -266,9 +270,13 @@ class GGUFFile:
         n_tensors = await h.u64("tensor count")
         n_kv = await h.u64("metadata count")
         if n_tensors * _MIN_TENSOR_INFO > r.remaining:
-            raise GGUFError(f"{src.name}: tensor count {n_tensors} is impossible for a {src.size}-byte file")
+            raise GGUFError(
+                f"{src.name}: tensor count {n_tensors} cannot fit in a {src.size}-byte file (corrupt or truncated)"
+            )
         if n_kv * _MIN_KV + n_tensors * _MIN_TENSOR_INFO > r.remaining:
-            raise GGUFError(f"{src.name}: metadata count {n_kv} is impossible for a {src.size}-byte file")
+            raise GGUFError(
+                f"{src.name}: metadata count {n_kv} cannot fit in a {src.size}-byte file (corrupt or truncated)"
+            )
 
         for k in range(n_kv):
             key = await h.string(f"metadata key #{k}")
