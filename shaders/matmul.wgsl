@@ -1,0 +1,89 @@
+// Y[t, ROW0 + r] (+)= SCALE * sum_c W[r, c] * X[t, c] for N_TOK tokens (prefill), with W kept as raw GGUF
+// bytes and dequantised here (quant/<type>.wgsl; see quant/f32.wgsl for the interface).
+//
+// Classic shared-memory tiling: a workgroup of 16 x 16 lanes owns a TM x TN tile of (rows, tokens) and walks
+// the columns TK at a time. Each step dequantises a TM x TK tile of W once into workgroup memory and reuses
+// it for all TN tokens, so the dequantisation cost is divided by TN; each lane then accumulates a 4 x 4
+// block of outputs from vec4 reads of both tiles (16 FMAs per two workgroup loads). Tiles are stored k-major
+// so that those vec4 reads are 4 consecutive rows / tokens.
+//
+// The same kernel serves one token when a float weight's rows are not a multiple of 8 long (the matvec
+// kernel needs whole 8-element units); rows, tokens and columns that do not fill a tile are masked.
+// Constants: ROWS, ROW0, COLS, ROW_BYTES (see matvec.wgsl), N_TOK, OUT_STRIDE (rows of the whole weight:
+// the row length of Y), ACC, SCALE.
+@group(0) @binding(0) var<storage, read> W: array<u32>;
+@group(0) @binding(1) var<storage, read> X: array<f32>;
+@group(0) @binding(2) var<storage, read_write> Y: array<f32>;
+
+const TM: u32 = 64u;
+const TN: u32 = 64u;
+const TK: u32 = 32u;  // a multiple of 4 (runs); runs never straddle a block since QK is a multiple of 4
+
+var<workgroup> ws: array<vec4<f32>, TK * TM / 4u>;  // ws[k * TM/4 + r/4][r % 4] = W[r0 + r, k0 + k]
+var<workgroup> xs: array<vec4<f32>, TK * TN / 4u>;  // xs[k * TN/4 + t/4][t % 4] = X[t0 + t, k0 + k]
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let r0 = wid.x * TM;
+  let t0 = wid.y * TN;
+  let tx = lid % 16u;  // this lane's tokens: 4 tx .. 4 tx + 3
+  let ty = lid / 16u;  // this lane's rows: 4 ty .. 4 ty + 3
+  var acc: array<vec4<f32>, 4>;  // acc[i][j]: row 4 ty + i, token 4 tx + j
+  for (var k0 = 0u; k0 < COLS; k0 += TK) {
+    // W tile: TM rows x TK/4 runs, two runs per lane. Consecutive lanes take consecutive rows so that the
+    // transposed stores hit distinct banks; the rows' bytes are reused from cache by the other run slots.
+    for (var i = 0u; i < TM * TK / 4u / 256u; i++) {
+      let idx = lid + 256u * i;
+      let row = idx % TM;
+      let kk = 4u * (idx / TM);
+      let col = k0 + kk;
+      var v = vec4<f32>(0.0);
+      if (r0 + row < ROWS && col < COLS) {
+        v = run_deq((r0 + row) * ROW_BYTES + (col / QK) * BLOCK_BYTES, (col % QK) / 4u);
+        // Float rows of any length: zero the columns past the end (they belong to the next row).
+        v = select(vec4<f32>(0.0), v, vec4<u32>(col) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(COLS));
+      }
+      for (var j = 0u; j < 4u; j++) {
+        ws[(kk + j) * (TM / 4u) + row / 4u][row % 4u] = v[j];
+      }
+    }
+    // X tile: TN tokens x TK columns, one element per lane per pass.
+    for (var i = 0u; i < TN * TK / 256u; i++) {
+      let idx = lid + 256u * i;
+      let t = idx % TN;
+      let kk = idx / TN;
+      var v = 0.0;
+      if (t0 + t < N_TOK && k0 + kk < COLS) {
+        v = X[(t0 + t) * COLS + k0 + kk];
+      }
+      xs[kk * (TN / 4u) + t / 4u][t % 4u] = v;
+    }
+    workgroupBarrier();
+    for (var kk = 0u; kk < TK; kk++) {
+      let a = ws[kk * (TM / 4u) + ty];
+      let b = xs[kk * (TN / 4u) + tx];
+      acc[0] += a.x * b;
+      acc[1] += a.y * b;
+      acc[2] += a.z * b;
+      acc[3] += a.w * b;
+    }
+    workgroupBarrier();
+  }
+  for (var i = 0u; i < 4u; i++) {
+    let row = r0 + 4u * ty + i;
+    if (row >= ROWS) {
+      break;
+    }
+    for (var j = 0u; j < 4u; j++) {
+      let t = t0 + 4u * tx + j;
+      if (t < N_TOK) {
+        let o = t * OUT_STRIDE + ROW0 + row;
+        var y = SCALE * acc[i][j];
+        if (ACC) {
+          y += Y[o];
+        }
+        Y[o] = y;
+      }
+    }
+  }
+}

@@ -1,0 +1,59 @@
+// Byte-level reads of raw GGUF weight bytes, shared by the per-type dequantisers (quant/<type>.wgsl).
+//
+// Every weight kernel declares its weight binding as `W: array<u32>`; WGSL module-scope declarations are
+// order-independent, so these helpers can name it even though they are prepended before the kernel.
+//
+// GGML blocks are packed back to back and their strides are often not multiples of 4 (Q8_0: 34 B, Q4_0: 18,
+// Q5_0: 22, Q6_K: 210), so a field may start at any even byte. Every GGML block size is even and every part
+// of a split weight starts on a word boundary (Device.upload_rows), so every block starts on an even byte and
+// a read never has to handle more than a 2-byte misalignment.
+
+// The little-endian word at byte offset `b` (b even). Both aligned words are loaded and spliced with a select
+// rather than a branch: neighbouring lanes usually hold blocks of both alignments (34 B strides alternate),
+// so a branch would diverge, while the second load hits the same or the next cache line. At the very end of
+// a buffer the second load is out of range; WebGPU clamps it to the buffer and the select discards it.
+fn ldw(b: u32) -> u32 {
+  let i = b >> 2u;
+  let lo = W[i];
+  let hi = W[i + 1u];
+  return select(lo, (lo >> 16u) | (hi << 16u), (b & 2u) != 0u);
+}
+
+// Two consecutive words at byte offset `b` (b even): three loads instead of four.
+fn ldw2(b: u32) -> vec2<u32> {
+  let i = b >> 2u;
+  let w0 = W[i];
+  let w1 = W[i + 1u];
+  let w2 = W[i + 2u];
+  let odd = vec2<u32>((w0 >> 16u) | (w1 << 16u), (w1 >> 16u) | (w2 << 16u));
+  return select(vec2<u32>(w0, w1), odd, (b & 2u) != 0u);
+}
+
+// The f16 at byte offset `b` (b even) as f32. unpack2x16float is core WGSL: no shader-f16 needed.
+fn f16_at(b: u32) -> f32 {
+  return unpack2x16float(W[b >> 2u] >> ((b & 2u) * 8u)).x;
+}
+
+// The byte at offset `b`, zero-extended.
+fn u8_at(b: u32) -> u32 {
+  return (W[b >> 2u] >> ((b & 3u) * 8u)) & 0xFFu;
+}
+
+// The four bytes of `w` as unsigned values, lowest byte first.
+fn u8x4(w: u32) -> vec4<f32> {
+  return vec4<f32>(f32(w & 0xFFu), f32((w >> 8u) & 0xFFu), f32((w >> 16u) & 0xFFu), f32(w >> 24u));
+}
+
+// The four bytes of `w` as signed (two's complement) values, lowest byte first: shift each byte to the top
+// and shift back arithmetically.
+fn i8x4(w: u32) -> vec4<f32> {
+  let s = bitcast<vec4<i32>>(vec4<u32>(w << 24u, w << 16u, w << 8u, w)) >> vec4<u32>(24u);
+  return vec4<f32>(s);
+}
+
+// Byte `k` (0..3) of `w` as a signed value.
+fn i8_of(w: u32, k: u32) -> f32 {
+  return f32(extractBits(bitcast<i32>(w), 8u * k, 8u));
+}
+
+const NIB: u32 = 0x0F0F0F0Fu;  // the low nibble of each byte

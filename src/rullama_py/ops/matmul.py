@@ -1,0 +1,131 @@
+"""Weight ops on weights kept quantised on the GPU as their raw GGUF bytes (shaders/matvec.wgsl,
+shaders/matmul.wgsl, shaders/embed.wgsl; per-type dequantisers in shaders/quant/).
+
+A weight is a Tensor of shape (rows, cols) = (out_features, in_features), dtype a GGUF type name (see
+`QUANT_TYPES`; numpy's "float32" / "float16" are accepted too), uploaded with `Device.upload_rows`. A large
+weight is split by rows into parts, separate buffers; every op records one dispatch per part, telling the
+kernel the part's first row as a constant (ROW0) rather than binding at an offset, since parts are whole
+buffers and storage-binding offsets must be 256-byte aligned anyway.
+"""
+
+from __future__ import annotations
+
+from ..gpu import Graph, Tensor
+
+# GGUF type name -> (weights per block, bytes per block). Float types are "blocks" of one element here; the
+# shaders group them by 8 (quant/f32.wgsl).
+QUANT_TYPES = {
+    "f32": (1, 4),
+    "f16": (1, 2),
+    "bf16": (1, 2),
+    "q8_0": (32, 34),
+    "q4_0": (32, 18),
+    "q5_0": (32, 22),
+    "q4_k": (256, 144),
+    "q5_k": (256, 176),
+    "q6_k": (256, 210),
+}
+_ALIASES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
+_LIBS = {"q4_k": ("quant/k_scales",), "q5_k": ("quant/k_scales",)}
+
+_MAX_GRID = 65535  # WebGPU's guaranteed workgroups per dimension; more wrap into y
+
+
+def qtype(t: Tensor) -> str:
+    """The GGUF type name of weight `t`, lower case."""
+    name = str(getattr(t.dtype, "name", t.dtype)).lower()
+    name = _ALIASES.get(name, name)
+    if name not in QUANT_TYPES:
+        raise ValueError(f"weight {t.label!r}: unsupported type {t.dtype!r} (supported: {', '.join(QUANT_TYPES)})")
+    return name
+
+
+def row_bytes(qt: str, cols: int) -> int:
+    """Bytes of one row of `cols` weights of GGUF type `qt`."""
+    blk, size = QUANT_TYPES[qt]
+    if cols % blk:
+        raise ValueError(f"{qt} rows hold whole blocks of {blk} weights; {cols} columns is not a multiple")
+    return cols // blk * size
+
+
+def _libs(qt: str) -> tuple:
+    return ("quant/bytes", *_LIBS.get(qt, ()), f"quant/{qt}")
+
+
+def _grid(n: int) -> tuple[int, int]:
+    """(x, y) workgroups covering `n` with x <= 65535; the kernels skip the y * x + x' >= n padding."""
+    gy = -(-n // _MAX_GRID)
+    return -(-n // gy), gy
+
+
+def _check(t: Tensor, n: int, what: str) -> None:
+    total = 1
+    for d in t.shape:
+        total *= d
+    if total < n:
+        raise ValueError(f"{what} {t.label!r} of shape {t.shape} holds {total} values; needs {n}")
+
+
+def _matvec_shape(cols: int, rows: int, qt: str) -> tuple[int, int]:
+    """(WG, R): lanes per workgroup and rows per workgroup for the matvec kernel.
+
+    WG: about three units per lane per row, within 64..256 lanes: enough in flight per lane to hide latency,
+    few idle lanes on short rows (1536 columns of Q4_K are 96 units). R: rows share each activation load, but
+    small matrices need every row in its own workgroup to fill the GPU."""
+    blk = QUANT_TYPES[qt][0]
+    per_block = {"f32": 1, "f16": 1, "bf16": 1, "q8_0": 4, "q4_0": 4, "q5_0": 4}.get(qt, 16)
+    units = cols // max(blk, 8) * per_block
+    wg = 64
+    while wg < 256 and wg * 3 < units:
+        wg *= 2
+    r = 1 if rows < 4096 else 2 if rows < 32768 else 4
+    return wg, r
+
+
+async def matmul(g: Graph, w: Tensor, x: Tensor, out: Tensor, *, n_tokens: int, accumulate: bool = False,
+                 scale: float = 1.0) -> None:
+    """out[t, r] (+)= scale * sum_c W[r, c] * x[t, c] for t < n_tokens.
+
+    w: weight (rows, cols), any of QUANT_TYPES, possibly split in parts; x: f32 [n_tokens, cols];
+    out: f32 [n_tokens, rows], a different buffer from x. accumulate=True adds into out (fused residual).
+    One token runs the memory-bound matrix-vector kernel; more run the tiled matrix-matrix kernel."""
+    rows, cols = w.shape
+    qt = qtype(w)
+    rb = row_bytes(qt, cols)
+    _check(x, n_tokens * cols, "activation")
+    _check(out, n_tokens * rows, "output")
+    dev = g.device
+    libs = _libs(qt)
+    # The matvec kernel works in 8-element units and reads the activation as vec4s.
+    if n_tokens == 1 and cols % 8 == 0:
+        for buf, first, n in w.parts:
+            wg, r = _matvec_shape(cols, rows, qt)
+            grid = _grid(-(-n // r))
+            k = await dev.kernel("matvec", libs=libs, ROWS=n, ROW0=first, COLS=cols, ROW_BYTES=rb, R=r, WG=wg,
+                                 GRID_X=grid[0], ACC=accumulate, SCALE=float(scale))
+            g.add(k, [buf, x, out], grid)
+        return
+    for buf, first, n in w.parts:
+        grid = (-(-n // 64), -(-n_tokens // 64))
+        k = await dev.kernel("matmul", libs=libs, ROWS=n, ROW0=first, COLS=cols, ROW_BYTES=rb, N_TOK=n_tokens,
+                             OUT_STRIDE=rows, ACC=accumulate, SCALE=float(scale))
+        g.add(k, [buf, x, out], grid)
+
+
+async def embed(g: Graph, table: Tensor, ids: Tensor, out: Tensor, *, n_tokens: int, scale: float = 1.0) -> None:
+    """out[t, :] = scale * table[ids[t], :] for t < n_tokens (Gemma: scale = sqrt(d_model)).
+
+    table: (vocab, cols), any of QUANT_TYPES, possibly split in parts; ids: u32 [n_tokens]; out: f32
+    [n_tokens, cols]. Each part's dispatch writes the tokens whose id lies in its rows; an id outside the
+    table leaves its output row untouched."""
+    rows, cols = table.shape
+    qt = qtype(table)
+    rb = row_bytes(qt, cols)
+    _check(ids, n_tokens, "ids")
+    _check(out, n_tokens * cols, "output")
+    wg = 64 if cols <= 1024 else 128  # 4 columns a lane: 1536 columns are 3 passes of 128 lanes
+    grid = _grid(n_tokens)
+    for buf, first, n in table.parts:
+        k = await g.device.kernel("embed", libs=_libs(qt), ROWS=n, ROW0=first, COLS=cols, ROW_BYTES=rb,
+                                  N_TOK=n_tokens, WG=wg, GRID_X=grid[0], SCALE=float(scale))
+        g.add(k, [buf, ids, out], grid)
