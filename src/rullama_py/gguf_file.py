@@ -446,7 +446,10 @@ def dequantize_rows(raw, ggml_type: GGMLQuantizationType, n_rows: int, row_bytes
     if plain is not None:
         out = data.view(plain).astype(np.float32)
     else:
-        out = dequantize(data, ggml_type)
+        try:
+            out = dequantize(data, ggml_type)
+        except NotImplementedError:  # gguf-py lacks a few block types (Q8_1, Q8_K: ggml's internal formats)
+            raise GGUFError(f"dequantising {ggml_type.name} is not supported") from None
         if out.dtype != np.float32 or not out.flags.writeable:
             out = out.astype(np.float32)  # F32 comes back as a view of the (read-only) read buffer
     return out.reshape(n_rows, row_len)
