@@ -3,10 +3,13 @@
 //   y = x * rsqrt(mean(x^2) + EPS) * (1 + w)    (ADD_ONE: Gemma 3's reference convention, unfolded weights)
 //   y = x * rsqrt(mean(x^2) + EPS)              (HAS_WEIGHT = false)
 // The weight has N elements. Per-head norms (q/k norms) are the same op over [tokens * heads, head_dim].
-// Constants: N, EPS, HAS_WEIGHT, ADD_ONE, WG (workgroup size, a power of two).
+// ACCUMULATE: y += (the normalised row) instead of y = ..., fusing a post-norm with its residual add.
+// HAS_SCALE: the result is then multiplied by sc[0] (Gemma 4's layer_output_scale: y = (y + norm(x) * w) * s).
+// Constants: N, EPS, HAS_WEIGHT, ADD_ONE, ACCUMULATE, HAS_SCALE, WG (workgroup size, a power of two).
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> w: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(3) var<storage, read> sc: array<f32>;  // HAS_SCALE only; any read-only buffer otherwise
 
 var<workgroup> partial: array<f32, WG>;
 
@@ -27,12 +30,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     workgroupBarrier();
   }
   let scale = inverseSqrt(partial[0] / f32(N) + EPS);
+  var post = 1.0;
+  if (HAS_SCALE) {
+    post = sc[0];
+  }
   for (var i = lid; i < N; i += WG) {
     var v = x[base + i] * scale;
     if (HAS_WEIGHT) {
       let wi = w[i];
       v *= select(wi, 1.0 + wi, ADD_ONE);
     }
-    y[base + i] = v;
+    if (ACCUMULATE) {
+      v += y[base + i];
+    }
+    y[base + i] = v * post;
   }
 }

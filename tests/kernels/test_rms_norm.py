@@ -21,3 +21,21 @@ async def test_rms_norm(device, rows, n, weight, add_one):
     await device.run(g)
     got = await device.read(out)
     np.testing.assert_allclose(got, reference.rms_norm(x, w, 1e-6, add_one), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("weight,scale", [(True, False), (True, True), (False, True)])
+async def test_rms_norm_accumulate(device, weight, scale):
+    """Post-norm fused with the residual add: h = (h + rms_norm(x) * w) [* s] (Gemma 4's layer_output_scale)."""
+    rows, n = 3, 320
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((rows, n)) * 3).astype(np.float32)
+    h = rng.standard_normal((rows, n)).astype(np.float32)
+    w = rng.standard_normal(n).astype(np.float32) if weight else None
+    s = np.array([0.6], np.float32)
+    out = device.upload(h)
+    g = device.graph()
+    await ops.rms_norm(g, device.upload(x), device.upload(w) if weight else None, out, n=n, eps=1e-6,
+                       accumulate=True, scale=device.upload(s) if scale else None)
+    await device.run(g)
+    want = (h.astype(np.float64) + reference.rms_norm(x, w, 1e-6)) * (s[0] if scale else 1.0)
+    np.testing.assert_allclose(await device.read(out), want, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,183 @@
+"""Rotary embedding, KV cache and attention (shaders/rope.wgsl, kv_store.wgsl, attention.wgsl).
+
+Per-run values come from a `Step` uniform buffer (shaders/common.wgsl: pos, n_tokens, n_kv) that the caller
+rewrites before each submit, so one recorded graph serves every decode step and every prefill chunk of up to
+the recorded token capacity (the first dimension of the activation tensors). Everything else is a compile-time
+constant of the kernels.
+
+KV cache layout (one K and one V tensor per layer, see `kv_cache`): f16 [n_kv_heads][slots][head_dim], packed
+two halves per u32 in the kernels (same bytes as an f16 array). Position p lives in slot p % slots. A layer
+whose cache holds the whole context (slots >= context) therefore stores p at slot p; a sliding-window layer
+may use a ring of `kv_slots(window, ...)` = window + max_tokens - 1 slots: the oldest key a query of the
+current run can see is pos + 0 - (window - 1) and the newest key written is pos + n_tokens - 1, so that many
+slots never overwrite a key still in use.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+
+
+from ..gpu import Device, Graph, Tensor
+
+from ._util import WG
+from .nn import _count, _grid
+
+
+def _tokens(t: Tensor, per_token: int, what: str) -> int:
+    n = _count(t)
+    if n % per_token:
+        raise ValueError(f"{what} of shape {t.shape} is not a whole number of tokens of {per_token} values")
+    return n // per_token
+
+
+# -- rope ---------------------------------------------------------------------------------------------------
+
+
+async def rope(g: Graph, x: Tensor, step: Tensor, *, n_heads: int, head_dim: int, base: float,
+               n_rot: int | None = None, freq_factors: Tensor | None = None, freq_scale: float = 1.0,
+               token_stride: int | None = None):
+    """NeoX RoPE in place on x [n_tokens, n_heads, head_dim] at positions step.pos + t.
+
+    Pair (i, i + n_rot/2), i < n_rot/2, turns by pos * freq_scale * base^(-2i/n_rot) / freq_factors[i]; dims
+    from n_rot on are untouched. freq_factors (f32 [n_rot/2], llama.cpp's `rope_freqs`) divide the angle: Gemma
+    4's proportional RoPE uses 1.0 for the rotated pairs and 1e30 for the rest. freq_scale is linear position
+    scaling (Gemma 3 4B+ global layers: 1/8). token_stride (in heads, default n_heads) rotates the first
+    n_heads heads of wider token rows, e.g. the q and k heads of a fused [n_tokens, q|k|v] projection.
+    One dispatch; a thread per (token, pair) applies one cos/sin to every head."""
+    n_rot = head_dim if n_rot is None else n_rot
+    if n_rot % 2 or n_rot > head_dim:
+        raise ValueError(f"n_rot {n_rot} must be even and <= head_dim {head_dim}")
+    stride = (token_stride or n_heads) * head_dim
+    max_t = _tokens(x, stride, "rope input")
+    consts = dict(NH=n_heads, HD=head_dim, NROT=n_rot, TSTRIDE=stride, LOG2_BASE=math.log2(base),
+                  FREQ_SCALE=float(freq_scale), MAXT=max_t, WG=64)
+    if freq_factors is None:
+        k = await g.device.kernel("rope", entry="main", **consts)
+        binds = [x, step]
+    else:
+        k = await g.device.kernel("rope", entry="main_ff", **consts)
+        binds = [x, step, freq_factors]
+    g.add(k, binds, _grid(max_t * (n_rot // 2), 64))
+
+
+# -- KV cache -----------------------------------------------------------------------------------------------
+
+
+def kv_slots(ctx: int, *, window: int = 0, max_tokens: int = 1) -> int:
+    """Slots a layer's cache needs: the whole context, or for a sliding-window layer a ring just large enough
+    for runs of up to max_tokens tokens (window + max_tokens - 1), whichever is smaller."""
+    if window <= 0:
+        return ctx
+    return min(ctx, window + max_tokens - 1)
+
+
+def kv_cache_bytes(n_kv_heads: int, head_dim: int, slots: int) -> int:
+    """Bytes of ONE of a layer's K or V caches (f16 [n_kv_heads][slots][head_dim])."""
+    return n_kv_heads * slots * head_dim * 2
+
+
+def kv_cache(device: Device, *, n_kv_heads: int, head_dim: int, slots: int, label: str = "kv") -> tuple[Tensor, Tensor]:
+    """A layer's (K, V) caches, f16 [n_kv_heads, slots, head_dim] each, zero-filled."""
+    shape = (n_kv_heads, slots, head_dim)
+    return device.tensor(shape, "float16", f"{label}.k"), device.tensor(shape, "float16", f"{label}.v")
+
+
+async def kv_store(g: Graph, k: Tensor, v: Tensor, cache_k: Tensor, cache_v: Tensor, step: Tensor, *,
+                   n_kv_heads: int, head_dim: int, max_ctx: int):
+    """Append this run's K and V rows (f32 [n_tokens, n_kv_heads, head_dim]) to the caches at positions
+    step.pos.. (slot = position % max_ctx, max_ctx = the caches' slot count). One dispatch for both."""
+    if head_dim % 2:
+        raise ValueError("head_dim must be even")
+    max_t = _tokens(k, n_kv_heads * head_dim, "k")
+    expect = kv_cache_bytes(n_kv_heads, head_dim, max_ctx)
+    for c in (cache_k, cache_v):
+        if c.nbytes < expect:
+            raise ValueError(f"cache {c.label!r} holds {c.nbytes} bytes; {max_ctx} slots need {expect}")
+    kern = await g.device.kernel("kv_store", NKV=n_kv_heads, HD=head_dim, CAP=max_ctx, MAXT=max_t, WG=WG)
+    g.add(kern, [k, v, cache_k, cache_v, step], _grid(max_t * n_kv_heads * head_dim // 2, WG))
+
+
+# -- attention ----------------------------------------------------------------------------------------------
+
+# Scratch for split partials, shared by every attention call of a device with the same size (the dispatches of
+# a graph run in order, so layers can reuse one buffer). Keyed weakly so a destroyed device frees it.
+_SCRATCH: "weakref.WeakKeyDictionary[Device, dict]" = weakref.WeakKeyDictionary()
+
+_SPLIT_TARGET = 256          # aim for about this many workgroups at full context (2+ per SM on big GPUs)
+_SPLIT_BYTES = 64 << 20      # cap on the partial-accumulator scratch
+
+
+def _scratch(device: Device, nbytes: int, label: str) -> Tensor:
+    pool = _SCRATCH.setdefault(device, {})
+    key = (label, nbytes)
+    if key not in pool:
+        pool[key] = device.tensor((nbytes // 4,), "float32", label)
+    return pool[key]
+
+
+def _pow2_floor(n: int) -> int:
+    return 1 << (max(1, n).bit_length() - 1)
+
+
+def attention_plan(device: Device, *, n_tokens: int, n_heads: int, n_kv_heads: int, head_dim: int,
+                   window: int, max_ctx: int, splits: int | None = None) -> dict:
+    """Tile sizes and the dispatches attention() records (exposed for tests and benchmarks)."""
+    if head_dim % 8:
+        raise ValueError(f"head_dim {head_dim} must be a multiple of 8")
+    if n_heads % n_kv_heads:
+        raise ValueError(f"n_heads {n_heads} is not a multiple of n_kv_heads {n_kv_heads}")
+    group = n_heads // n_kv_heads
+    wg = 128 if head_dim >= 128 else 64
+    # Rows per workgroup: as many as the q tile's workgroup memory allows (the rest of the kernel needs about
+    # R * WG * 4 + WG * 4 bytes more), no more than the rows there are, at most 8. More rows only save K/V
+    # re-reads, which hit L2 anyway: the scoring loop costs the same 2 workgroup-memory loads per 8 FMAs at
+    # any R, while registers (R scores, R * head_dim / WG accumulators) and compile time grow with R.
+    budget = min(device.limits.get("max-compute-workgroup-storage-size", 16384), 48 << 10)
+    rows_max = n_tokens * group
+    r = min(8, _pow2_floor(rows_max) * (2 if rows_max & (rows_max - 1) else 1))
+    while r > 1 and r * head_dim * 4 + r * wg * 4 + wg * 4 + 64 > budget:
+        r //= 2
+    row_tiles = -(-rows_max // r)
+    max_keys = min(max_ctx, window + n_tokens - 1) if window > 0 else max_ctx
+    if splits is None:
+        nsplit = -(-_SPLIT_TARGET // (row_tiles * n_kv_heads))
+        nsplit = max(1, min(nsplit, -(-max_keys // wg), 1024))
+        per_split = n_tokens * n_heads * (head_dim + 2) * 4
+        nsplit = max(1, min(nsplit, _SPLIT_BYTES // per_split))
+        align = wg
+    else:
+        nsplit, align = int(splits), 1
+    return dict(group=group, wg=wg, rows=r, row_tiles=row_tiles, splits=nsplit, align=align,
+                dispatches=1 if nsplit == 1 else 2)
+
+
+async def attention(g: Graph, q: Tensor, cache_k: Tensor, cache_v: Tensor, out: Tensor, step: Tensor, *,
+                    n_heads: int, n_kv_heads: int, head_dim: int, scale: float, window: int = 0, max_ctx: int,
+                    splits: int | None = None):
+    """out = softmax(scale * q k^T + mask) v for q, out f32 [n_tokens, n_heads, head_dim] at positions
+    step.pos + t, over the keys 0..step.pos + n_tokens - 1 already stored by kv_store (GQA: q head h uses kv
+    head h // (n_heads / n_kv_heads)). Causal; with window > 0 a key k is visible to position p iff
+    p - k < window. max_ctx is the caches' slot count (see kv_slots; key k is read from slot k % max_ctx).
+
+    Dispatches: 1 when there are enough (token, head) rows to fill the GPU without cutting the keys (prefill),
+    else 2 (flash-decoding: key splits, then a combine). `splits` forces the split count (tests)."""
+    max_t = _tokens(q, n_heads * head_dim, "q")
+    plan = attention_plan(g.device, n_tokens=max_t, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim,
+                          window=window, max_ctx=max_ctx, splits=splits)
+    nsplit = plan["splits"]
+    consts = dict(HD=head_dim, G=plan["group"], NH=n_heads, NKV=n_kv_heads, R=plan["rows"], WG=plan["wg"],
+                  NSPLIT=nsplit, ALIGN=plan["align"], CAP=max_ctx, WINDOW=window, SCALE=float(scale), MAXT=max_t)
+    grid = (plan["row_tiles"], n_kv_heads, nsplit)
+    if nsplit == 1:
+        k = await g.device.kernel("attention", entry="main", **consts)
+        g.add(k, [q, cache_k, cache_v, step, out], grid)
+        return
+    rows = max_t * n_heads
+    part = _scratch(g.device, nsplit * rows * head_dim * 4, "attention.partials")
+    ml = _scratch(g.device, nsplit * rows * 8, "attention.maxsum")
+    k = await g.device.kernel("attention", entry="split", **consts)
+    g.add(k, [q, cache_k, cache_v, step, part, ml], grid)
+    c = await g.device.kernel("attention", entry="combine", **consts)
+    g.add(c, [part, ml, step, out], _grid(rows, 1))

@@ -1,0 +1,137 @@
+"""KV cache (ops.kv_store) and attention (ops.attention) against tests/reference_nn.attention (float64).
+
+Each case records ONE prefill graph (token capacity T) and ONE decode graph (capacity 1), then replays them with
+new Step values: prefill chunks (the last one shorter than T), then decode steps continuing from the cached
+prefix, comparing every run's output.
+
+Tolerances. The cache stores K and V in f16, so the reference is fed K and V rounded to f16 the same way
+(round-to-nearest-even); what remains is f32 arithmetic (dot products, exp, online-softmax rescaling), well under
+1e-4 of max|v| for these sizes: atol = 2e-4 * max|v| allows a one-ulp f16 rounding difference on some devices.
+Against unrounded f32 K/V the f16 cache alone costs ~1e-3 relative on scores of O(1) (scale 1/sqrt(d)) and
+proportionally more when scores are larger (Gemma 4: scale 1.0 on normalised q, k); that is checked once with
+its own bound below."""
+
+import numpy as np
+import pytest
+
+import reference_nn as ref
+from rullama_py import gpu, ops
+from rullama_py.ops.attention import attention_plan
+
+pytestmark = pytest.mark.pyodide
+
+
+def new_step(device):
+    return device.tensor((8,), "uint32", "step", usage=gpu.UNIFORM)
+
+
+def set_step(device, step, pos, n_tokens):
+    device.write(step.buffer, np.array([pos, n_tokens, pos + n_tokens, 0, 0, 0, 0, 0], np.uint32))
+
+
+def f16(a):
+    return a.astype(np.float16).astype(np.float64)
+
+
+async def run_case(device, *, heads, kv_heads, hd, window, chunks, T, decode, slots, scale=None, splits=None, seed=0):
+    """Prefill `chunks` (token counts, each <= T) then `decode` single-token steps. Returns the max error and
+    the tolerance of every run (asserted inside)."""
+    rng = np.random.default_rng(seed)
+    n_total = sum(chunks) + decode
+    q = rng.standard_normal((n_total, heads, hd)).astype(np.float32)
+    k = rng.standard_normal((n_total, kv_heads, hd)).astype(np.float32)
+    v = rng.standard_normal((n_total, kv_heads, hd)).astype(np.float32)
+    scale = 1.0 / np.sqrt(hd) if scale is None else scale
+    cache_k, cache_v = ops.kv_cache(device, n_kv_heads=kv_heads, head_dim=hd, slots=slots)
+    step = new_step(device)
+    graphs = {}
+    for cap in (T, 1):
+        g = device.graph()
+        bufs = dict(q=device.tensor((cap, heads, hd)), k=device.tensor((cap, kv_heads, hd)),
+                    v=device.tensor((cap, kv_heads, hd)), out=device.tensor((cap, heads, hd)))
+        await ops.kv_store(g, bufs["k"], bufs["v"], cache_k, cache_v, step, n_kv_heads=kv_heads, head_dim=hd,
+                           max_ctx=slots)
+        await ops.attention(g, bufs["q"], cache_k, cache_v, bufs["out"], step, n_heads=heads, n_kv_heads=kv_heads,
+                            head_dim=hd, scale=scale, window=window, max_ctx=slots, splits=splits if cap == 1 else None)
+        graphs[cap] = (g, bufs)
+    pos = 0
+    for n in list(chunks) + [1] * decode:
+        g, bufs = graphs[T if n > 1 or pos < sum(chunks) else 1]
+        cap = bufs["q"].shape[0]
+        for name, src in (("q", q), ("k", k), ("v", v)):
+            chunk = np.zeros((cap,) + src.shape[1:], np.float32)
+            chunk[:n] = src[pos : pos + n]
+            device.write(bufs[name].buffer, chunk)
+        set_step(device, step, pos, n)
+        await device.run(g)
+        got = (await device.read(bufs["out"]))[:n]
+        want = ref.attention(q[pos : pos + n], f16(k[: pos + n]), f16(v[: pos + n]), pos, scale=scale, window=window)
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-4 * np.abs(v).max(),
+                                   err_msg=f"run at pos {pos}, {n} tokens")
+        pos += n
+    return q, k, v, got, pos
+
+
+@pytest.mark.parametrize(
+    "heads,kv_heads,hd,window,chunks,T,decode,slots,splits",
+    [
+        # GQA ratio 1, small head; 158 keys: several key tiles, a window crossing tile edges; decode forced to
+        # 3 key splits + combine.
+        (2, 2, 16, 100, (64, 64), 64, 30, 200, 3),
+        # ratio 4, window 8: 40 tokens in a ring of kv_slots = 8 + 16 - 1 = 23 slots, wrapping mid key tile.
+        (4, 1, 64, 8, (13, 16), 16, 11, "ring", None),
+        # ratio 8, Gemma 4 sliding-layer head size; a cache of 1000 slots makes the automatic plan cut decode
+        # into several splits, all but the first empty at this context length.
+        (8, 1, 256, 0, (9,), 12, 4, 1000, None),
+        # ratio 4, Gemma 4 global head size, two kv heads; decode in 2 splits.
+        (8, 2, 512, 0, (6,), 6, 3, 16, 2),
+    ],
+)
+async def test_prefill_then_decode(device, heads, kv_heads, hd, window, chunks, T, decode, slots, splits):
+    n_total = sum(chunks) + decode
+    if slots == "ring":
+        slots = ops.kv_slots(n_total, window=window, max_tokens=T)
+        assert slots < n_total  # the ring really wraps
+    await run_case(device, heads=heads, kv_heads=kv_heads, hd=hd, window=window, chunks=chunks, T=T,
+                   decode=decode, slots=slots, splits=splits, seed=hd + heads)
+
+
+async def test_scale_one_against_f32(device):
+    """Gemma 4 setting (scale 1.0, head_dim 256, q and k of RMS 1): also compare with unrounded f32 K/V.
+    Scores have std ~sqrt(256) = 16, and f16 rounding (relative 2^-11) moves each by ~16 * 2^-11 / sqrt(2) ~
+    0.005, which shifts the softmax weights by ~0.5%: bound 2e-2 * max|v|."""
+    q, k, v, got, pos = await run_case(device, heads=8, kv_heads=1, hd=256, window=0, chunks=(9,), T=12,
+                                       decode=2, slots=1000, scale=1.0)
+    want = ref.attention(q[pos - 1 : pos], k[:pos], v[:pos], pos - 1, scale=1.0)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-2 * np.abs(v).max())
+
+
+async def test_kv_store_layout(device):
+    """Cache layout [kv_head][slot][dim] in f16, slot = position % slots (ring), only this run's tokens written."""
+    kvh, hd, slots, cap = 2, 8, 5, 4
+    k = np.random.default_rng(1).standard_normal((cap, kvh, hd)).astype(np.float32)
+    v = -k
+    ck, cv = ops.kv_cache(device, n_kv_heads=kvh, head_dim=hd, slots=slots)
+    assert ck.nbytes == ops.kv_cache_bytes(kvh, hd, slots) == kvh * slots * hd * 2
+    step = new_step(device)
+    g = device.graph()
+    await ops.kv_store(g, device.upload(k), device.upload(v), ck, cv, step, n_kv_heads=kvh, head_dim=hd,
+                       max_ctx=slots)
+    assert len(g) == 1
+    set_step(device, step, 3, 3)  # positions 3, 4, 5 -> slots 3, 4, 0; token 3 (past n_tokens) not written
+    await device.run(g)
+    got_k, got_v = await device.read(ck), await device.read(cv)
+    want = np.zeros((kvh, slots, hd), np.float16)
+    for t, p in enumerate((3, 4, 5)):
+        want[:, p % slots] = k[t].astype(np.float16)
+    np.testing.assert_array_equal(got_k, want)
+    np.testing.assert_array_equal(got_v, -want)
+
+
+async def test_dispatch_counts(device):
+    decode = attention_plan(device, n_tokens=1, n_heads=8, n_kv_heads=1, head_dim=512, window=0, max_ctx=131072)
+    assert decode["dispatches"] == 2 and decode["splits"] > 32
+    sliding = attention_plan(device, n_tokens=1, n_heads=8, n_kv_heads=1, head_dim=256, window=512, max_ctx=512)
+    assert sliding["splits"] <= 4
+    prefill = attention_plan(device, n_tokens=512, n_heads=8, n_kv_heads=1, head_dim=256, window=512, max_ctx=1023)
+    assert prefill["dispatches"] == 1

@@ -1,0 +1,61 @@
+"""numpy references of the transformer-block ops (rullama_py.ops.attention and .nn), in float64. Written from
+the models' definitions (HF transformers' Gemma modelling code, llama.cpp's ggml rope), never from our kernels.
+"""
+
+import numpy as np
+
+
+def rope(x, pos0, *, base, n_rot=None, freq_factors=None, freq_scale=1.0):
+    """NeoX rotary embedding of x [n_tokens, n_heads, head_dim] at positions pos0 + t: x*cos + rotate_half(x)*sin
+    over the first n_rot dims, pairs (i, i + n_rot/2); theta_i = pos * freq_scale * base^(-2i/n_rot) / ff_i."""
+    x = np.asarray(x, np.float64)
+    n_tok, _, hd = x.shape
+    n_rot = hd if n_rot is None else n_rot
+    half = n_rot // 2
+    inv = base ** (-np.arange(half, dtype=np.float64) * 2.0 / n_rot) * freq_scale
+    if freq_factors is not None:
+        inv = inv / np.asarray(freq_factors, np.float64)
+    theta = (pos0 + np.arange(n_tok, dtype=np.float64))[:, None] * inv[None, :]  # [t, half]
+    c, s = np.cos(theta)[:, None, :], np.sin(theta)[:, None, :]
+    out = x.copy()
+    x0, x1 = x[..., :half], x[..., half:n_rot]
+    out[..., :half] = x0 * c - x1 * s
+    out[..., half:n_rot] = x1 * c + x0 * s
+    return out
+
+
+def attention(q, k, v, pos0, *, scale, window=0):
+    """softmax(scale * q k^T + mask) v. q [T, H, D] at positions pos0 + t; k, v [n_kv, KVH, D] at positions
+    0..n_kv-1. GQA: head h uses kv head h // (H / KVH). Causal; window > 0: key j visible iff p - j < window."""
+    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+    n_tok, n_heads, _ = q.shape
+    n_kv, n_kv_heads, _ = k.shape
+    group = n_heads // n_kv_heads
+    out = np.zeros_like(q)
+    keys = np.arange(n_kv)
+    for t in range(n_tok):
+        p = pos0 + t
+        visible = keys <= p
+        if window:
+            visible &= p - keys < window
+        for h in range(n_heads):
+            kh = h // group
+            s = scale * (k[:, kh] @ q[t, h])
+            s = np.where(visible, s, -np.inf)
+            w = np.exp(s - s.max())
+            out[t, h] = (w / w.sum()) @ v[:, kh]
+    return out
+
+
+def gelu_tanh(x):
+    """torch.nn.functional.gelu(x, approximate="tanh")."""
+    x = np.asarray(x, np.float64)
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
+
+
+def gelu_mul(gate, up):
+    return gelu_tanh(gate) * np.asarray(up, np.float64)
+
+
+def softcap(x, cap):
+    return cap * np.tanh(np.asarray(x, np.float64) / cap)
