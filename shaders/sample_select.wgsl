@@ -1,0 +1,120 @@
+// Sampler stage 1 (see src/rullama_py/sampling.py): one workgroup per SLICE-token slice of the vocabulary.
+// Loads its slice of the logits into workgroup memory, applies the soft-cap and the repetition penalty, and
+// writes the slice's top k = min(CAND, slice size) tokens as composite keys (value desc, id asc) to
+// cand[wid * CAND ..], in this order: its top HEADS (any order), then the largest of the others, then the
+// rest (any order), then NO_TOKEN padding up to CAND. Stage 2 relies on exactly that.
+// Constants: V (vocabulary), SLICE (a multiple of 32), CAND (== WG), WG (256), HEADS, SOFTCAP (0: none),
+//            INV_SOFTCAP, HCAP (history capacity), ROW_OFFSET (index of the first logit).
+@group(0) @binding(0) var<storage, read> logits: array<f32>;
+@group(0) @binding(1) var<uniform> prm: SampleParams;
+@group(0) @binding(2) var<storage, read> hist: array<u32>;  // [count, next, ring[HCAP]]
+@group(0) @binding(3) var<storage, read_write> cand: array<vec2<u32>>;
+
+var<workgroup> vals: array<f32, SLICE>;
+var<workgroup> pen: array<atomic<u32>, SLICE / 32u>;  // bit set: token is in the penalised window
+var<workgroup> sel: array<vec2<u32>, CAND>;
+var<workgroup> n_sel: atomic<u32>;
+var<workgroup> n_head: atomic<u32>;
+var<workgroup> n_rest: atomic<u32>;
+var<workgroup> mx_hi: atomic<u32>;
+var<workgroup> mx_lo: atomic<u32>;
+var<private> p_base: u32;
+
+// Radix-select sources: 0 = the slice, 1 = the selected candidates.
+fn rs_elem(src: u32, j: u32) -> vec2<u32> {
+  if (src == 0u) {
+    return vec2<u32>(order_key(vals[j]), ~(p_base + j));
+  }
+  return sel[j];
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let base = wid.x * SLICE;
+  p_base = base;
+  let n = min(SLICE, V - base);
+  let k = min(CAND, n);
+
+  for (var i = lid; i < SLICE / 32u; i += WG) {
+    atomicStore(&pen[i], 0u);
+  }
+  if (lid == 0u) {
+    atomicStore(&n_sel, 0u);
+    atomicStore(&n_head, 0u);
+    atomicStore(&n_rest, 0u);
+    atomicStore(&mx_hi, 0u);
+    atomicStore(&mx_lo, 0u);
+  }
+  sel[lid] = NO_TOKEN;  // CAND == WG
+  workgroupBarrier();
+  if ((prm.flags & F_PENALTY) != 0u) {
+    // Mark each distinct token of the last `last_n` history entries once (llama.cpp penalises a token once
+    // however often it occurs).
+    let count = min(hist[0], HCAP);
+    let next = hist[1] % HCAP;
+    let nn = min(prm.last_n, count);
+    for (var j = lid; j < nn; j += WG) {
+      let t = hist[2u + (next + HCAP - 1u - j) % HCAP];
+      if (t >= base && t < base + n) {
+        let o = t - base;
+        atomicOr(&pen[o / 32u], 1u << (o % 32u));
+      }
+    }
+    workgroupBarrier();
+  }
+  for (var i = lid; i < n; i += WG) {
+    var v = logits[ROW_OFFSET + base + i];
+    if (SOFTCAP > 0.0) {
+      // tanh(15) is 1.0 in f32, so the clamp changes nothing but keeps tanh away from overflow.
+      v = SOFTCAP * tanh(clamp(v * INV_SOFTCAP, -15.0, 15.0));
+    }
+    if (((atomicLoad(&pen[i / 32u]) >> (i % 32u)) & 1u) != 0u) {
+      v = select(v * prm.penalty, v * prm.inv_penalty, v > 0.0);
+    }
+    vals[i] = v;
+  }
+  workgroupBarrier();
+
+  // The slice's top k, unordered, into sel[0 .. k).
+  let thr = rs_select(lid, 0u, n, k);
+  for (var i = lid; i < n; i += WG) {
+    let c = rs_elem(0u, i);
+    if (c_ge(c, thr)) {
+      let slot = atomicAdd(&n_sel, 1u);
+      if (slot < CAND) {
+        sel[slot] = c;
+      }
+    }
+  }
+  workgroupBarrier();
+
+  let out = wid.x * CAND;
+  if (k <= HEADS) {
+    cand[out + lid] = sel[lid];  // all heads (NO_TOKEN beyond k)
+    return;
+  }
+  // Heads first; then the largest non-head at HEADS; then the others.
+  let thr_h = rs_select(lid, 1u, k, HEADS);
+  let c = sel[lid];
+  let real = lid < k;
+  let head = real && c_ge(c, thr_h);
+  if (real && !head) {
+    atomicMax(&mx_hi, c.x);
+  }
+  workgroupBarrier();
+  let hi = atomicLoad(&mx_hi);
+  if (real && !head && c.x == hi) {
+    atomicMax(&mx_lo, c.y);
+  }
+  workgroupBarrier();
+  let lo = atomicLoad(&mx_lo);
+  if (head) {
+    cand[out + atomicAdd(&n_head, 1u)] = c;
+  } else if (!real) {
+    cand[out + lid] = NO_TOKEN;
+  } else if (c.x == hi && c.y == lo) {
+    cand[out + HEADS] = c;
+  } else {
+    cand[out + HEADS + 1u + atomicAdd(&n_rest, 1u)] = c;
+  }
+}

@@ -1,0 +1,346 @@
+"""Token sampling on the GPU: per decoded token only the sampled id (4 bytes) is read back.
+
+Semantics: llama.cpp's default sampler chain (common/common.h: penalties, top_k, top_p, min_p, temperature,
+then `dist`; src/llama-sampling.cpp), with the stages we support:
+
+0. optional logit soft-cap `c * tanh(x / c)` (Gemma's final_logit_softcapping), applied before everything;
+1. repetition penalty: each distinct token among the last `repetition_last_n` sampled (or `set_history`)
+   tokens gets logit / penalty if logit > 0, else logit * penalty (llama.cpp's rule; we multiply by
+   1 / penalty, which can differ from the division in the last bit);
+2. top-k on the penalised logits (ties: lower id first);
+3. top-p: keep the shortest prefix (in that order) whose softmax mass reaches top_p (at least one token);
+4. min-p: keep tokens with logit >= max logit + log(min_p);
+5. temperature: divide by `temperature` and draw from the softmax of what is left.
+
+As in llama.cpp, top-p and min-p see the *untempered* logits (the temperature sampler comes last in its
+chain). `temperature_first=True` gives the other common convention (Hugging Face's warpers, where top-p and
+min-p see logits / temperature). temperature == 0 is greedy: the exact argmax of the (soft-capped, penalised)
+logits, lowest id on ties.
+
+The draw is reproducible: its uniform number is a pure function of (seed, counter), a PCG-style hash written
+in WGSL (shaders/sample_lib.wgsl) and mirrored bit for bit in numpy (tests/reference_sampling.py), so a seed
+gives the same tokens natively and in the browser. The sampler's host-side counter advances by one per
+sampled token; `Sampler.prepare(step)` writes (seed, counter) into the `Step` uniform and advances it.
+
+Algorithm (2 dispatches per token):
+
+- stage 1, shaders/sample_select.wgsl, one workgroup per 2048-token slice (128 for a 262144 vocabulary):
+  load the slice into workgroup memory, apply soft-cap and penalty (the penalised tokens are marked in a bit
+  set from the GPU-side history), and find the slice's top 256 by radix select (8 bits per pass, 3 barriers
+  per pass, usually 2-4 passes) on 64-bit composite keys (order-preserving float bits, ~id), so that ties
+  resolve to the lower id and no two keys are equal. A second radix select over those 256 finds the
+  slice's top HEADS; the list is written heads first, then the largest of the rest, then the rest.
+- stage 2, shaders/sample_draw.wgsl, one workgroup: radix-select the top 256 among the heads of all lists
+  (HEADS = 8 for 128 slices: 1024 keys in workgroup memory). If no list's largest non-head reaches that
+  threshold, those are exactly the global top 256; otherwise (one slice holds more than HEADS of the top
+  256: many equal or clustered values) it selects over all 128 x 256 candidates instead, slower but exact.
+  Then it bitonic-sorts the 256, applies top-k / top-p / min-p / temperature with workgroup prefix sums,
+  draws, writes the token id and appends it to the history ring buffer.
+
+Candidate cap. Only the CAND = 256 largest penalised logits are ever candidates, so top_k is limited to 256
+(a larger value raises ValueError) and top_k = 0 means "all of the top 256", not llama.cpp's "all V". With
+top_k in 1..256 the result is exact. With top_k = 0 the difference is confined to the tail: the tokens
+ranked below 256 are never drawn, and the probability mass they would have had is
+eps = 1 - sum(top-256 softmax probabilities) at the draw temperature; the draw distribution then differs
+from llama.cpp's by a total-variation distance of at most eps when top_p = 1 and min_p = 0 (and top-p,
+normalising over the top 256 only, may keep a slightly shorter prefix). eps depends on the logits: for flat
+logits it is 1 - 256/262144 (99.9%); when the top 256 tokens carry 99% of the probability (typical of a
+trained LM at temperature <= 1, not measured here on Gemma) it is under 1%. min-p removes every tail token
+(so the result is exact) whenever min_p * p_max exceeds the 256th largest probability.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from .gpu import STORAGE, UNIFORM, Device, Graph, Tensor
+
+CAND = 256    # candidates kept for the filters (== the kernels' workgroup size)
+SLICE = 2048  # vocabulary slice per stage-1 workgroup (8 KiB of workgroup memory)
+POOL = 1024   # keys stage 2 holds in workgroup memory: NSLICE * HEADS <= POOL
+WG = 256
+
+_F_GREEDY, _F_TOP_P, _F_MIN_P, _F_PENALTY = 1, 2, 4, 8
+_STATE_MAGIC = b"RLSM"
+_STATE_VERSION = 1
+_STEP_RNG_OFFSET = 12  # byte offset of Step.seed (then Step.counter) in shaders/common.wgsl's Step
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
+
+
+@dataclass(frozen=True)
+class SamplerParams:
+    """Sampling parameters (llama.cpp's defaults). Invalid values raise ValueError when constructed.
+
+    temperature: 0 = greedy (argmax); > 0 divides the logits before the draw.
+    top_k: keep the k most likely tokens, 1..256; 0 = all of the top 256 (see the module docstring).
+    top_p: nucleus sampling, in (0, 1]; 1 disables it.
+    min_p: drop tokens less likely than min_p times the most likely one, in [0, 1]; 0 disables it.
+    repetition_penalty: > 0; 1 disables it.
+    repetition_last_n: how many recent tokens are penalised; 0 disables, -1 = the whole history kept.
+    seed: 0..2**32-1, or None for a random one (chosen once, see Sampler.seed).
+    temperature_first: apply the temperature before top-p / min-p (Hugging Face order) instead of last.
+    """
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repetition_penalty: float = 1.0
+    repetition_last_n: int = 64
+    seed: int | None = None
+    temperature_first: bool = False
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self, max_history: int | None = None) -> None:
+        """Raise ValueError naming the first invalid field. With `max_history`, also check that the
+        penalised window fits the sampler's history."""
+
+        def real(name, lo, hi, lo_open=False, hi_open=False):
+            v = getattr(self, name)
+            if not _is_real(v) or not math.isfinite(float(v)):
+                raise ValueError(f"SamplerParams.{name} must be a finite number, got {v!r}")
+            v = float(v)
+            if (v <= lo if lo_open else v < lo) or (v >= hi if hi_open else v > hi):
+                lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
+                raise ValueError(f"SamplerParams.{name} must be in {lb}{lo}, {hi}{rb}, got {v!r}")
+
+        real("temperature", 0.0, math.inf, hi_open=True)
+        if not _is_int(self.top_k) or not 0 <= self.top_k <= CAND:
+            raise ValueError(
+                f"SamplerParams.top_k must be an integer in 0..{CAND} (0 = all of the top {CAND} "
+                f"candidates; the GPU sampler keeps at most {CAND}), got {self.top_k!r}"
+            )
+        real("top_p", 0.0, 1.0, lo_open=True)
+        real("min_p", 0.0, 1.0)
+        real("repetition_penalty", 0.0, math.inf, lo_open=True, hi_open=True)
+        if not _is_int(self.repetition_last_n) or self.repetition_last_n < -1:
+            raise ValueError(
+                f"SamplerParams.repetition_last_n must be an integer >= -1 (-1 = whole history, 0 = off), "
+                f"got {self.repetition_last_n!r}"
+            )
+        if max_history is not None and self.repetition_last_n > max_history:
+            raise ValueError(
+                f"SamplerParams.repetition_last_n={self.repetition_last_n} exceeds the sampler's history of "
+                f"{max_history} tokens (create the Sampler with a larger max_history)"
+            )
+        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < 2**32):
+            raise ValueError(f"SamplerParams.seed must be None or an integer in 0..2**32-1, got {self.seed!r}")
+        if not isinstance(self.temperature_first, (bool, np.bool_)):
+            raise ValueError(f"SamplerParams.temperature_first must be a bool, got {self.temperature_first!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def pack_params(p: SamplerParams, max_history: int) -> bytes:
+    """The 48-byte SampleParams uniform (shaders/sample_lib.wgsl)."""
+    t = float(p.temperature)
+    inv_temp = 1.0 / t if t > 0 else 0.0
+    pen = float(p.repetition_penalty)
+    last_n = max_history if p.repetition_last_n == -1 else int(p.repetition_last_n)
+    flags = 0
+    if p.greedy:
+        flags |= _F_GREEDY
+    if p.top_p < 1.0:
+        flags |= _F_TOP_P
+    if p.min_p > 0.0:
+        flags |= _F_MIN_P
+    if pen != 1.0 and last_n > 0:
+        flags |= _F_PENALTY
+    return struct.pack(
+        "<6f6I",
+        inv_temp,
+        inv_temp if p.temperature_first else 1.0,
+        float(p.top_p),
+        math.log(p.min_p) if p.min_p > 0 else 0.0,
+        1.0 / pen,
+        pen,
+        int(p.top_k),
+        last_n,
+        flags,
+        0,
+        0,
+        0,
+    )
+
+
+class Sampler:
+    """GPU token sampler. `await Sampler.create(device, vocab_size, params, max_history)`, then record it once
+    into the decode graph with `await sampler.record(g, logits, step, out_token)`; before each run call
+    `sampler.prepare(step)` (writes the seed and counter into the Step uniform and advances the counter).
+    The token history for the repetition penalty lives on the GPU: every run appends its sampled token."""
+
+    def __init__(self, device: Device, vocab_size: int, max_history: int, softcap: float | None):
+        self.device = device
+        self.vocab_size = vocab_size
+        self.max_history = max_history
+        self.softcap = softcap
+        self.nslice = -(-vocab_size // SLICE)
+        self.heads = min(CAND, POOL // self.nslice)
+        if self.heads < 1:
+            raise ValueError(f"vocab_size={vocab_size} is too large for the GPU sampler (at most {POOL * SLICE})")
+        self.ktot = min(CAND, vocab_size)
+        # Stage 2's first selection needs at least KTOT real keys among the heads.
+        last = min(CAND, vocab_size - (self.nslice - 1) * SLICE)
+        assert (self.nslice - 1) * self.heads + min(self.heads, last) >= self.ktot
+        self.params: SamplerParams | None = None
+        self.seed = 0
+        self.counter = 0
+        self.params_buf = device.create_buffer(48, UNIFORM, "sampler.params")
+        self.hist_buf = device.create_buffer((2 + max_history) * 4, STORAGE, "sampler.history")
+        self.cand_buf = device.create_buffer(self.nslice * CAND * 8, STORAGE, "sampler.candidates")
+
+    @classmethod
+    async def create(
+        cls,
+        device: Device,
+        vocab_size: int,
+        params: SamplerParams | None = None,
+        max_history: int = 256,
+        softcap: float | None = None,
+    ) -> "Sampler":
+        """A sampler for logits of `vocab_size` entries. `softcap`: Gemma's final logit soft-cap (e.g. 30.0),
+        or None. `max_history`: tokens kept for the repetition penalty (>= repetition_last_n)."""
+        if not _is_int(vocab_size) or vocab_size < 1:
+            raise ValueError(f"vocab_size must be a positive integer, got {vocab_size!r}")
+        if not _is_int(max_history) or max_history < 1:
+            raise ValueError(f"max_history must be a positive integer, got {max_history!r}")
+        if softcap is not None and (not _is_real(softcap) or not math.isfinite(softcap) or softcap <= 0):
+            raise ValueError(f"softcap must be None or a finite number > 0, got {softcap!r}")
+        self = cls(device, int(vocab_size), int(max_history), None if softcap is None else float(softcap))
+        self.set_params(params if params is not None else SamplerParams())
+        self.reset()
+        await self._kernels(0)  # compile now, not at the first record
+        return self
+
+    # -- parameters and random stream ----------------------------------------------------------------------
+    def set_params(self, params: SamplerParams) -> None:
+        """Switch parameters without re-recording (rewrites a 48-byte uniform). A seed different from the
+        current one restarts the random stream (counter 0); seed None keeps the current stream."""
+        if not isinstance(params, SamplerParams):
+            raise TypeError(f"expected SamplerParams, got {type(params).__name__}")
+        params.validate(self.max_history)
+        if params.seed is not None and (self.params is None or params.seed != self.seed):
+            self.seed, self.counter = int(params.seed), 0
+        elif self.params is None:
+            self.seed, self.counter = int.from_bytes(os.urandom(4), "little"), 0
+        self.params = params
+        self.device.write(self.params_buf, pack_params(params, self.max_history))
+
+    def rng_words(self) -> tuple[int, int]:
+        """(seed, counter) for the next draw: what `prepare` writes into Step.seed and Step.counter."""
+        return self.seed, self.counter
+
+    def advance(self, n: int = 1) -> None:
+        self.counter = (self.counter + n) & 0xFFFFFFFF
+
+    def prepare(self, step) -> None:
+        """Write (seed, counter) into the Step uniform (a Tensor or buffer; bytes 12..20) and advance the
+        counter. Call once before each run that samples."""
+        buf = step.buffer if isinstance(step, Tensor) else step
+        self.device.write(buf, np.array(self.rng_words(), np.uint32), offset=_STEP_RNG_OFFSET)
+        self.advance()
+
+    # -- recording -----------------------------------------------------------------------------------------
+    async def _kernels(self, row: int):
+        common = dict(CAND=CAND, WG=WG, HCAP=self.max_history)
+        k1 = await self.device.kernel(
+            "sample_select",
+            libs=("sample_lib",),
+            V=self.vocab_size,
+            SLICE=SLICE,
+            HEADS=self.heads,
+            SOFTCAP=float(self.softcap or 0.0),
+            INV_SOFTCAP=1.0 / self.softcap if self.softcap else 0.0,
+            ROW_OFFSET=row * self.vocab_size,
+            **common,
+        )
+        k2 = await self.device.kernel(
+            "sample_draw",
+            libs=("sample_lib",),
+            NSLICE=self.nslice,
+            KTOT=self.ktot,
+            HEADS=self.heads,
+            NHEAD=self.nslice * self.heads,
+            **common,
+        )
+        return k1, k2
+
+    async def record(self, g: Graph, logits: Tensor, step, out_token: Tensor, row: int = 0) -> None:
+        """Record the 2 sampling dispatches: sample row `row` of `logits` (f32, rows of vocab_size) and write
+        the token id to out_token[0] (a 4-byte integer tensor). `step`: the Step uniform (shaders/common.wgsl)."""
+        v = self.vocab_size
+        n = int(np.prod(logits.shape)) if logits.shape else 1
+        if logits.dtype != "float32" or n < (row + 1) * v or row < 0:
+            raise ValueError(f"logits {logits.shape} {logits.dtype}: need float32 with at least {row + 1} rows of {v}")
+        if isinstance(out_token, Tensor) and np.dtype(out_token.dtype).itemsize != 4:
+            raise ValueError(f"out_token must be a 4-byte integer tensor, got {out_token.dtype}")
+        k1, k2 = await self._kernels(row)
+        g.add(k1, [logits, self.params_buf, self.hist_buf, self.cand_buf], self.nslice)
+        g.add(k2, [self.cand_buf, self.params_buf, step, self.hist_buf, out_token], 1)
+
+    # -- history and state ---------------------------------------------------------------------------------
+    def set_history(self, tokens) -> None:
+        """Replace the GPU history with `tokens` (oldest first; e.g. the prompt, which llama.cpp also feeds to
+        its penalty sampler). Only the last max_history are kept."""
+        t = np.asarray(list(tokens) if not isinstance(tokens, np.ndarray) else tokens).reshape(-1)
+        if t.size and (not np.issubdtype(t.dtype, np.integer) or t.min() < 0 or t.max() >= self.vocab_size):
+            raise ValueError(f"history tokens must be integer ids in 0..{self.vocab_size - 1}")
+        t = t[-self.max_history :].astype(np.uint32)
+        buf = np.zeros(2 + self.max_history, np.uint32)
+        buf[0] = t.size
+        buf[1] = t.size % self.max_history
+        buf[2 : 2 + t.size] = t
+        self.device.write(self.hist_buf, buf)
+
+    def reset(self, seed: int | None = None) -> None:
+        """Empty the history and restart the random stream (with `seed` when given)."""
+        if seed is not None:
+            if not _is_int(seed) or not 0 <= seed < 2**32:
+                raise ValueError(f"seed must be an integer in 0..2**32-1, got {seed!r}")
+            self.seed = int(seed)
+        self.counter = 0
+        self.set_history([])
+
+    async def history(self) -> np.ndarray:
+        """The tokens in the GPU history, oldest first (reads the GPU; for tests and snapshots)."""
+        raw = await self.device.read(self.hist_buf, np.uint32)
+        count, nxt = int(min(raw[0], self.max_history)), int(raw[1]) % self.max_history
+        ring = raw[2 : 2 + self.max_history]
+        return ring[(nxt - count + np.arange(count)) % self.max_history].copy()
+
+    async def state(self) -> bytes:
+        """Seed, counter and history as bytes (for snapshots; restore with set_state). Reads the GPU."""
+        h = await self.history()
+        return struct.pack("<4s5I", _STATE_MAGIC, _STATE_VERSION, self.seed, self.counter, self.vocab_size, h.size) + h.astype("<u4").tobytes()
+
+    def set_state(self, data: bytes) -> None:
+        """Restore what `state()` returned (the parameters are not part of it)."""
+        data = bytes(data)
+        head = struct.calcsize("<4s5I")
+        if len(data) < head:
+            raise ValueError("sampler state: too short")
+        magic, version, seed, counter, vocab, n = struct.unpack_from("<4s5I", data)
+        if magic != _STATE_MAGIC or version != _STATE_VERSION:
+            raise ValueError(f"sampler state: not a version-{_STATE_VERSION} sampler state")
+        if vocab != self.vocab_size:
+            raise ValueError(f"sampler state is for a vocabulary of {vocab}, this sampler has {self.vocab_size}")
+        if len(data) != head + 4 * n:
+            raise ValueError(f"sampler state: {len(data)} bytes, expected {head + 4 * n} for {n} history tokens")
+        self.set_history(np.frombuffer(data, "<u4", n, head))
+        self.seed, self.counter = seed, counter
