@@ -65,7 +65,8 @@ CORPUS = [
     # English and punctuation (clean_spaces territory)
     "Hello world", "Hello, world! How are you? I'm fine.", "it's don't we're they've I'll he'd",
     "a . b , c ! d ? e", "He said ' hi ' to me", "'single' \"double\" `back`", "...", "!!!???",
-    "The year 2024 was 366 days long.", "e.g. i.e. etc. Mr. Dr.",
+    "The year 2024 was 366 days long.", "e.g. i.e. etc. Mr. Dr.", "a ' ' b", "x ' y ' z 's",
+    " 're 've 'll 't 'd 's 'm", ". , ! ?", " ' ", "'s", "I' m", "rock ' n ' roll", "Hello .World", "end .",
     # accents and scripts
     "Ça va très bien, merci. Über naïve café façade São Paulo Ærø Łódź",
     "Привет, как дела? Съешь же ещё этих мягких французских булок.",
@@ -96,7 +97,8 @@ CORPUS = [
     "<start_of_image>", "<end_of_image>", "<unused0><unused99>", "</s>", "<s>", "<pad><mask>",
     "[multimodal]", "<start_of_turn><start_of_turn>", "a<end_of_turn>b<start_of_turn>c",
     "<start_of_turn", "start_of_turn>", "<<start_of_turn>>", "<0x41><0xFF>", "▁ literal ▁▁ marks ▁",
-    "<table><start_of_turn></table>", "<h1>x</h1>\n\n<h2>y</h2>",
+    "<table><start_of_turn></table>", "<h1>x</h1>\n\n<h2>y</h2>", "<start_of_turn> user", " <end_of_turn> ",
+    "\n<start_of_turn>\n", "a<unused0>b", "\n\n\n", "\t\t", "\r\r\n\n", "𝄞 music",
     # invalid-looking and unusual code points
     "\ufffd\ufffd", "\x00\x01\x02\x7f", "\x80\x81\x9f", "\uffff\ufffe", "\U0010ffff", "\ud7ff\ue000",
     "e\u0301 a\u0308 \u0301alone", "Z\u0334\u0321\u0322a\u0336l\u0335g\u0337o\u0338", "a\u00a0b\u3000c",

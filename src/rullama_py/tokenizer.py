@@ -196,9 +196,11 @@ class Tokenizer:
         self._resolve_special_tokens(attrs)
         self._attrs = attrs.tolist()
 
-        # Special-token table for partitioning: longest text first, ties in id order.
+        # Special-token table for partitioning: longest UTF-8 text first, as llama.cpp sorts them. Its sort
+        # leaves the order of equal lengths unspecified; that only matters for two equal-length specials that
+        # overlap (one's suffix is the other's prefix), which Gemma vocabs do not have. Ties go in id order.
         special = np.flatnonzero(attrs & _SPECIAL_ATTRS).tolist()
-        special.sort(key=lambda i: -len(tokens[i]))
+        special.sort(key=lambda i: -len(tokens[i].encode("utf-8", "surrogateescape")))
         self._special = [(tokens[i], i, bool(self._attrs[i] & _HIDDEN_ATTRS)) for i in special]
         # Index by the first few characters so an encode call only tests the specials whose prefix occurs.
         self._special_index: dict[str, list] = {}
