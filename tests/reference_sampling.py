@@ -77,7 +77,7 @@ def filtered(vals: np.ndarray, params):
     k = vals.size
     n = min(params.top_k, k) if params.top_k > 0 else k
     v0 = vals[0]
-    inv_temp = f32(1.0 / params.temperature) if params.temperature > 0 else f32(0)
+    inv_temp = f32(min(1.0 / params.temperature, 1e30)) if params.temperature > 0 else f32(0)
     scale = inv_temp if params.temperature_first else f32(1.0)
     x = np.maximum((vals - v0) * scale, f32(-100)).astype(f32)
     m = n

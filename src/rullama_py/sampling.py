@@ -64,6 +64,7 @@ CAND = 256    # candidates kept for the filters (== the kernels' workgroup size)
 SLICE = 2048  # vocabulary slice per stage-1 workgroup (8 KiB of workgroup memory)
 POOL = 1024   # keys stage 2 holds in workgroup memory: NSLICE * HEADS <= POOL
 WG = 256
+MAX_INV_TEMP = 1e30  # cap on 1 / temperature (f32 range): tinier temperatures act greedily, exact ties drawn at random
 
 _F_GREEDY, _F_TOP_P, _F_MIN_P, _F_PENALTY = 1, 2, 4, 8
 _STATE_MAGIC = b"RLSM"
@@ -87,7 +88,7 @@ class SamplerParams:
     top_k: keep the k most likely tokens, 1..256; 0 = all of the top 256 (see the module docstring).
     top_p: nucleus sampling, in (0, 1]; 1 disables it.
     min_p: drop tokens less likely than min_p times the most likely one, in [0, 1]; 0 disables it.
-    repetition_penalty: > 0; 1 disables it.
+    repetition_penalty: in [1e-6, 1e6]; 1 disables it, > 1 discourages repeats.
     repetition_last_n: how many recent tokens are penalised; 0 disables, -1 = the whole history kept.
     seed: 0..2**32-1, or None for a random one (chosen once, see Sampler.seed).
     temperature_first: apply the temperature before top-p / min-p (Hugging Face order) instead of last.
@@ -126,7 +127,7 @@ class SamplerParams:
             )
         real("top_p", 0.0, 1.0, lo_open=True)
         real("min_p", 0.0, 1.0)
-        real("repetition_penalty", 0.0, math.inf, lo_open=True, hi_open=True)
+        real("repetition_penalty", 1e-6, 1e6)
         if not _is_int(self.repetition_last_n) or self.repetition_last_n < -1:
             raise ValueError(
                 f"SamplerParams.repetition_last_n must be an integer >= -1 (-1 = whole history, 0 = off), "
@@ -150,7 +151,7 @@ class SamplerParams:
 def pack_params(p: SamplerParams, max_history: int) -> bytes:
     """The 48-byte SampleParams uniform (shaders/sample_lib.wgsl)."""
     t = float(p.temperature)
-    inv_temp = 1.0 / t if t > 0 else 0.0
+    inv_temp = min(1.0 / t, MAX_INV_TEMP) if t > 0 else 0.0
     pen = float(p.repetition_penalty)
     last_n = max_history if p.repetition_last_n == -1 else int(p.repetition_last_n)
     flags = 0

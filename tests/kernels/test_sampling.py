@@ -97,6 +97,7 @@ COMBOS = {
     "temperature_first": p(temperature=0.6, top_p=0.9, min_p=0.02, temperature_first=True),
     "all_candidates": p(temperature=2.0),
     "top_k_1": p(top_k=1),
+    "tiny_temperature": p(temperature=1e-35, top_p=0.5),
 }
 
 
@@ -166,8 +167,23 @@ async def test_crowded_slice_fallback(device, case):
     rig = await Rig.make(device, logits, params)
     got = await rig.draws(3)
     assert got == expected_run(logits, params, 3, 5)
+    assert await uses_fallback(device, rig.sampler)
     rig.sampler.set_params(p(temperature=0.0, seed=5))
     assert await rig.draw() == int(np.argmax(logits))
+
+
+async def uses_fallback(device, s) -> bool:
+    """Did stage 2 take its exact fallback: does some list hold a non-head >= the KTOT-th largest head?"""
+    cand = (await device.read(s.cand_buf, np.uint32)).reshape(s.nslice, CAND, 2).astype(np.uint64)
+    keys = (cand[..., 0] << np.uint64(32)) | cand[..., 1]
+    thr = np.sort(keys[:, : s.heads].reshape(-1))[::-1][s.ktot - 1]
+    return s.heads < CAND and bool((keys[:, s.heads] >= thr).any())
+
+
+async def test_heads_suffice_for_lm_like_logits(device):
+    rig = await Rig.make(device, peaked_logits(np.random.default_rng(1), REAL_VOCAB), p(temperature=0.0))
+    await rig.draw()
+    assert not await uses_fallback(device, rig.sampler)
 
 
 # -- stage 1's candidate lists -------------------------------------------------------------------------------
@@ -299,6 +315,7 @@ async def test_state_round_trip(device):
         ("min_p", 1.5, "min_p"),
         ("repetition_penalty", 0.0, "repetition_penalty"),
         ("repetition_penalty", float("inf"), "repetition_penalty"),
+        ("repetition_penalty", 1e-9, "repetition_penalty"),
         ("repetition_last_n", -2, "repetition_last_n"),
         ("seed", -1, "seed"),
         ("seed", 2**32, "seed"),
