@@ -1,10 +1,11 @@
-// Sampler stage 1 (see src/rullama_py/sampling.py): one workgroup per SLICE-token slice of the vocabulary.
-// Loads its slice of the logits into workgroup memory, applies the soft-cap and the repetition penalty, and
-// writes the slice's top k = min(CAND, slice size) tokens as composite keys (value desc, id asc) to
-// cand[wid * CAND ..], in this order: its top HEADS (any order), then the largest of the others, then the
-// rest (any order), then NO_TOKEN padding up to CAND. Stage 2 relies on exactly that.
-// Constants: V (vocabulary), SLICE (a multiple of 32), CAND (== WG), WG (256), HEADS, SOFTCAP (0: none),
-//            INV_SOFTCAP, HCAP (history capacity), ROW_OFFSET (index of the first logit).
+// Sampler stage 1 (see src/rullama_py/sampling.py): NSLICE workgroups; workgroup w owns the tokens
+// w, w + NSLICE, w + 2 NSLICE, ... (interleaved, so that runs of related ids, which LM vocabularies have,
+// spread over all workgroups). Loads its tokens' logits into workgroup memory, applies the soft-cap and the
+// repetition penalty, and writes its top k = min(CAND, its token count) as composite keys (value desc,
+// id asc) to cand[w * CAND ..], in this order: its top HEADS (any order), then the largest of the others,
+// then the rest (any order), then NO_TOKEN padding up to CAND. Stage 2 relies on exactly that.
+// Constants: V (vocabulary), NSLICE, SLICE (>= ceil(V / NSLICE), a multiple of 32), CAND (== WG), WG (256),
+//            HEADS, SOFTCAP (0: none), INV_SOFTCAP, HCAP (history capacity), ROW_OFFSET (first logit).
 @group(0) @binding(0) var<storage, read> logits: array<f32>;
 @group(0) @binding(1) var<uniform> prm: SampleParams;
 @group(0) @binding(2) var<storage, read> hist: array<u32>;  // [count, next, ring[HCAP]]
@@ -18,21 +19,21 @@ var<workgroup> n_head: atomic<u32>;
 var<workgroup> n_rest: atomic<u32>;
 var<workgroup> mx_hi: atomic<u32>;
 var<workgroup> mx_lo: atomic<u32>;
-var<private> p_base: u32;
+var<private> p_w: u32;
 
 // Radix-select sources: 0 = the slice, 1 = the selected candidates.
 fn rs_elem(src: u32, j: u32) -> vec2<u32> {
   if (src == 0u) {
-    return vec2<u32>(order_key(vals[j]), ~(p_base + j));
+    return vec2<u32>(order_key(vals[j]), ~(j * NSLICE + p_w));
   }
   return sel[j];
 }
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let base = wid.x * SLICE;
-  p_base = base;
-  let n = min(SLICE, V - base);
+  let w = wid.x;
+  p_w = w;
+  let n = (V - w + NSLICE - 1u) / NSLICE;  // tokens w + j * NSLICE < V
   let k = min(CAND, n);
 
   for (var i = lid; i < SLICE / 32u; i += WG) {
@@ -55,15 +56,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let nn = min(prm.last_n, count);
     for (var j = lid; j < nn; j += WG) {
       let t = hist[2u + (next + HCAP - 1u - j) % HCAP];
-      if (t >= base && t < base + n) {
-        let o = t - base;
+      if (t < V && t % NSLICE == w) {
+        let o = t / NSLICE;
         atomicOr(&pen[o / 32u], 1u << (o % 32u));
       }
     }
     workgroupBarrier();
   }
   for (var i = lid; i < n; i += WG) {
-    var v = logits[ROW_OFFSET + base + i];
+    var v = logits[ROW_OFFSET + i * NSLICE + w];
     if (SOFTCAP > 0.0) {
       // tanh(15) is 1.0 in f32, so the clamp changes nothing but keeps tanh away from overflow.
       v = SOFTCAP * tanh(clamp(v * INV_SOFTCAP, -15.0, 15.0));
@@ -79,7 +80,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let thr = rs_select(lid, 0u, n, k);
   for (var i = lid; i < n; i += WG) {
     let c = rs_elem(0u, i);
-    if (c_ge(c, thr)) {
+    if (c.y != 0u && c_ge(c, thr)) {
       let slot = atomicAdd(&n_sel, 1u);
       if (slot < CAND) {
         sel[slot] = c;
@@ -88,7 +89,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   }
   workgroupBarrier();
 
-  let out = wid.x * CAND;
+  let out = w * CAND;
   if (k <= HEADS) {
     cand[out + lid] = sel[lid];  // all heads (NO_TOKEN beyond k)
     return;

@@ -24,16 +24,20 @@ sampled token; `Sampler.prepare(step)` writes (seed, counter) into the `Step` un
 
 Algorithm (2 dispatches per token):
 
-- stage 1, shaders/sample_select.wgsl, one workgroup per 2048-token slice (128 for a 262144 vocabulary):
-  load the slice into workgroup memory, apply soft-cap and penalty (the penalised tokens are marked in a bit
-  set from the GPU-side history), and find the slice's top 256 by radix select (8 bits per pass, 3 barriers
-  per pass, usually 2-4 passes) on 64-bit composite keys (order-preserving float bits, ~id), so that ties
-  resolve to the lower id and no two keys are equal. A second radix select over those 256 finds the
-  slice's top HEADS; the list is written heads first, then the largest of the rest, then the rest.
+- stage 1, shaders/sample_select.wgsl, NSLICE = ceil(V / 2048) workgroups (128 for a 262144 vocabulary);
+  workgroup w owns the tokens w, w + NSLICE, w + 2 NSLICE, ... Interleaving matters: an LM's likely tokens
+  cluster in id ranges (in Gemma 3 270M's first-step logits, ids 0..2047 hold 57 to 87 of the top 256),
+  which would overload contiguous slices. Each workgroup loads its 2048 logits into workgroup memory,
+  applies soft-cap and penalty (the penalised tokens are marked in a bit set from the GPU-side history),
+  and finds its top 256 by radix select (8 bits per pass, 3 barriers per pass, usually 2-4 passes) on
+  64-bit composite keys (order-preserving float bits, ~id), so that ties resolve to the lower id and no two
+  keys are equal. A second radix select over those 256 finds its top HEADS; the list is written heads
+  first, then the largest of the rest, then the rest.
 - stage 2, shaders/sample_draw.wgsl, one workgroup: radix-select the top 256 among the heads of all lists
-  (HEADS = 8 for 128 slices: 1024 keys in workgroup memory). If no list's largest non-head reaches that
-  threshold, those are exactly the global top 256; otherwise (one slice holds more than HEADS of the top
-  256: many equal or clustered values) it selects over all 128 x 256 candidates instead, slower but exact.
+  (HEADS = 8 for 128 lists: 1024 keys in workgroup memory). If no list's largest non-head reaches that
+  threshold, those are exactly the global top 256; otherwise (one list holds more than HEADS of the top
+  256: about 4% of draws for randomly placed top tokens, none of the three Gemma prompts) it selects over all
+  128 x 256 candidates instead, a few microseconds slower but exact.
   Then it bitonic-sorts the 256, applies top-k / top-p / min-p / temperature with workgroup prefix sums,
   draws, writes the token id and appends it to the history ring buffer.
 
@@ -65,7 +69,7 @@ import numpy as np
 from .gpu import STORAGE, UNIFORM, Device, Graph, Tensor
 
 CAND = 256    # candidates kept for the filters (== the kernels' workgroup size)
-SLICE = 2048  # vocabulary slice per stage-1 workgroup (8 KiB of workgroup memory)
+SLICE = 2048  # most tokens per stage-1 workgroup (8 KiB of workgroup memory)
 POOL = 1024   # keys stage 2 holds in workgroup memory: NSLICE * HEADS <= POOL
 WG = 256
 MAX_INV_TEMP = 1e30  # cap on 1 / temperature (f32 range): tinier temperatures act greedily, exact ties drawn at random
@@ -200,9 +204,10 @@ class Sampler:
         if self.heads < 1:
             raise ValueError(f"vocab_size={vocab_size} is too large for the GPU sampler (at most {POOL * SLICE})")
         self.ktot = min(CAND, vocab_size)
-        # Stage 2's first selection needs at least KTOT real keys among the heads.
-        last = min(CAND, vocab_size - (self.nslice - 1) * SLICE)
-        assert (self.nslice - 1) * self.heads + min(self.heads, last) >= self.ktot
+        # Workgroup w of stage 1 owns tokens w, w + nslice, ...; stage 2's first selection needs at least KTOT
+        # real keys among the heads.
+        sizes = [(vocab_size - w + self.nslice - 1) // self.nslice for w in range(self.nslice)]
+        assert max(sizes) <= SLICE and sum(min(self.heads, CAND, n) for n in sizes) >= self.ktot
         self.params: SamplerParams | None = None
         self.seed = 0
         self.counter = 0
@@ -268,6 +273,7 @@ class Sampler:
             "sample_select",
             libs=("sample_lib",),
             V=self.vocab_size,
+            NSLICE=self.nslice,
             SLICE=SLICE,
             HEADS=self.heads,
             SOFTCAP=float(self.softcap or 0.0),
