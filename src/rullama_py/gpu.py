@@ -149,12 +149,20 @@ class Tensor:
     def nbytes(self) -> int:
         return sum(p[0].size for p in self.parts)
 
+    def view(self, shape, label: str | None = None) -> "Tensor":
+        """The same buffer(s) seen with another shape (no larger than the buffer holds)."""
+        itemsize = np.dtype(self.dtype).itemsize if self.dtype in np.sctypeDict else 1
+        if int(np.prod(shape)) * itemsize > self.nbytes:
+            raise ValueError(f"view {shape} of {self.label!r} is larger than its {self.nbytes} bytes")
+        return Tensor(tuple(shape), self.dtype, self.parts, self.label if label is None else label)
+
 
 @dataclass
 class Dispatch:
     pipeline: object
     bind_group: object
     workgroups: tuple
+    kernel: str = ""  # for profiling and error messages
 
 
 @dataclass
@@ -174,7 +182,7 @@ class Graph:
         if max(wg) > limit or min(wg) < 1:
             raise DeviceLimitError(f"kernel {kernel.name}: {wg} workgroups; each dimension must be 1..{limit}")
         bg = self.device.bind_group(kernel, bindings)
-        self.dispatches.append(Dispatch(kernel.pipeline, bg, wg))
+        self.dispatches.append(Dispatch(kernel.pipeline, bg, wg, kernel.name))
         self._prepared = None
 
     def encode(self, encoder) -> None:
@@ -194,6 +202,19 @@ class Graph:
 
     def __len__(self) -> int:
         return len(self.dispatches)
+
+    async def profile(self) -> dict:
+        """Seconds per kernel name, timing each dispatch on its own (submit + wait). Slow; for tools only."""
+        import time
+
+        times: dict = {}
+        for d in self.dispatches:
+            one = Graph(self.device, [d])
+            t0 = time.perf_counter()
+            self.device.submit(one)
+            await self.device.sync()
+            times[d.kernel] = times.get(d.kernel, 0.0) + time.perf_counter() - t0
+        return dict(sorted(times.items(), key=lambda kv: -kv[1]))
 
 
 class Readback:
@@ -429,17 +450,19 @@ class Device:
     def graph(self) -> Graph:
         return Graph(self)
 
-    def submit(self, graph: Graph, readback: Readback | None = None, source=None) -> None:
-        """Encode `graph` and, when `readback` is given, a copy of `source` (buffer, offset, size) into it."""
+    def submit(self, graph, readback: Readback | None = None, source=None) -> None:
+        """Encode `graph` (a Graph or a list of them, in order) and, when `readback` is given, a copy of
+        `source` (buffer, offset, size) into it, all in one command buffer and one submit."""
         with _translate_errors("submitting work"):
             enc = self.raw.create_command_encoder()
-            graph.encode(enc)
+            for gr in graph if isinstance(graph, (list, tuple)) else (graph,):
+                gr.encode(enc)
             if readback is not None:
                 buf, off, size = source
                 enc.copy_buffer_to_buffer(buf, off, readback.buffer, 0, (size + 3) & ~3)
             self.queue.submit([enc.finish()])
 
-    async def run(self, graph: Graph, readback: Readback | None = None, source=None) -> memoryview | None:
+    async def run(self, graph, readback: Readback | None = None, source=None) -> memoryview | None:
         """Submit `graph`; with a readback, wait for the GPU and return the copied bytes."""
         self.submit(graph, readback, source)
         if readback is None:

@@ -1,0 +1,325 @@
+"""Gemma 3 and Gemma 4 (E2B/E4B) text decoders on the GPU: weights straight from GGUF, the forward pass as
+plain op calls.
+
+The forward pass of one run of up to `capacity` tokens is recorded once into a gpu.Graph (see `_record`), so
+running it again - every decoded token, every prefill chunk - costs one small uniform write and one submit.
+Two runs are recorded: `decode` (capacity 1: matrix-vector kernels) and `prefill` (capacity `prefill_chunk`:
+matrix-matrix kernels). They share the weights, the KV cache and the Step uniform (shaders/common.wgsl).
+
+The Gemma 4 specifics, all driven by the GGUF metadata through config.ModelConfig:
+- per-layer embeddings (PLE): one row of the BF16 `per_layer_token_embd` table per token, read from the file
+  on the host (the table is 4.7 GB on E2B: it never goes to the GPU), mixed with a projection of the
+  embedding, and gated into the residual stream after every layer;
+- KV sharing: the last `shared_kv_layers` layers attend over the cache of an earlier layer (`kv_donor`);
+- the value norm (RMSNorm without weight), `layer_output_scale`, proportional RoPE (`rope_freqs`), and the
+  final logit soft-cap.
+Norm weights are used as stored (x * w): llama.cpp's converters fold Gemma 3's (1 + w) into the file.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import ops
+from ..config import ModelConfig
+from ..gguf_file import GGUFFile
+from ..gpu import UNIFORM, Device, Graph, Tensor
+
+
+class ModelLoadError(RuntimeError):
+    """The GGUF lacks a tensor the model needs, or a tensor has an unexpected shape."""
+
+
+@dataclass
+class Layer:
+    attn_norm: Tensor
+    wq: Tensor
+    wk: Tensor | None  # None on KV-shared layers (Gemma 4)
+    wv: Tensor | None
+    wo: Tensor
+    q_norm: Tensor
+    k_norm: Tensor | None
+    post_attn_norm: Tensor
+    ffn_norm: Tensor
+    w_gate: Tensor
+    w_up: Tensor
+    w_down: Tensor
+    post_ffw_norm: Tensor
+    # Gemma 4 only
+    inp_gate: Tensor | None = None
+    proj: Tensor | None = None
+    post_norm: Tensor | None = None
+    out_scale: Tensor | None = None
+
+
+@dataclass
+class Run:
+    """Activation buffers and the recorded graph of one run shape (decode or a prefill chunk)."""
+
+    capacity: int
+    ids: Tensor
+    graph: Graph
+    ple: Tensor | None = None  # [capacity, n_layers * ple_dim], host-filled identity part (Gemma 4)
+    bufs: dict = field(default_factory=dict)
+
+
+STEP_BYTES = 32
+
+
+class Gemma:
+    """A loaded Gemma text decoder. Create with `await Gemma.load(gguf_file, device, ...)`."""
+
+    def __init__(self, cfg: ModelConfig, device: Device, gf: GGUFFile, max_context: int, prefill_chunk: int):
+        self.cfg = cfg
+        self.device = device
+        self.gguf = gf
+        self.max_context = max_context
+        self.prefill_chunk = prefill_chunk
+        self.layers: list[Layer] = []
+        self.step = device.tensor((STEP_BYTES // 4,), "uint32", "step", usage=UNIFORM)
+        self._step_bytes = bytearray(STEP_BYTES)
+        self.kv: dict[int, tuple] = {}  # layer -> (K cache, V cache, slots)
+        self.logits = device.tensor((1, cfg.vocab_size), "float32", "logits")
+        self.head_in = device.tensor((1, cfg.d_model), "float32", "head_in")
+        self.head_norm = device.tensor((1, cfg.d_model), "float32", "head_norm")
+        self._ple_table = None
+
+    # -- loading -------------------------------------------------------------------------------------------
+    @classmethod
+    async def load(cls, gf: GGUFFile, device: Device, *, max_context: int = 4096, prefill_chunk: int = 64,
+                   progress=None) -> "Gemma":
+        """Upload the weights of `gf` and record the decode and prefill graphs. `progress(done_bytes,
+        total_bytes, name)` is called after each tensor."""
+        cfg = ModelConfig.from_metadata(gf.metadata)
+        max_context = max(1, min(max_context, cfg.context_length))
+        m = cls(cfg, device, gf, max_context, min(prefill_chunk, max_context))
+        await m._upload(progress)
+        m._alloc_kv()
+        m.decode = await m._record(1)
+        m.prefill = await m._record(m.prefill_chunk) if m.prefill_chunk > 1 else m.decode
+        return m
+
+    def _weight_names(self) -> list[str]:
+        skip = {"per_layer_token_embd.weight"}  # stays in the file: read a row per token (see class doc)
+        return [n for n in self.gguf.tensors if n in self._wanted() and n not in skip]
+
+    def _wanted(self) -> set:
+        c = self.cfg
+        names = {"token_embd.weight", "output_norm.weight"}
+        if c.ple_dim:
+            names |= {"per_layer_model_proj.weight", "per_layer_proj_norm.weight"}
+        if "rope_freqs.weight" in self.gguf:
+            names.add("rope_freqs.weight")
+        for l in range(c.n_layers):
+            p = f"blk.{l}."
+            names |= {p + s + ".weight" for s in ("attn_norm", "attn_q", "attn_output", "attn_q_norm",
+                                                  "post_attention_norm", "ffn_norm", "ffn_gate", "ffn_up",
+                                                  "ffn_down", "post_ffw_norm")}
+            if c.has_kv[l]:
+                names |= {p + "attn_k.weight", p + "attn_v.weight", p + "attn_k_norm.weight"}
+            if c.ple_dim:
+                names |= {p + "inp_gate.weight", p + "proj.weight", p + "post_norm.weight"}
+            if p + "layer_output_scale.weight" in self.gguf:
+                names.add(p + "layer_output_scale.weight")
+        return names
+
+    async def _upload(self, progress) -> None:
+        gf, dev = self.gguf, self.device
+        missing = sorted(n for n in self._wanted() if n not in gf)
+        if missing:
+            raise ModelLoadError(f"{gf.source.name}: the GGUF lacks tensors {', '.join(missing[:6])}"
+                                 + (" ..." if len(missing) > 6 else ""))
+        names = self._weight_names()
+        total = sum(gf.info(n).nbytes for n in names)
+        done = 0
+        w = {}
+        for name in names:
+            info = gf.info(name)
+            raw = await gf.tensor_bytes(name)
+            if info.type_name == "f32" and len(info.shape) == 1:
+                w[name] = dev.upload(np.frombuffer(raw, np.float32), label=name)
+            else:
+                shape = (info.n_rows, info.shape[-1])
+                w[name] = dev.upload_rows(raw, info.n_rows, info.row_bytes, shape, info.type_name, name)
+            del raw
+            done += info.nbytes
+            if progress is not None:
+                progress(done, total, name)
+        self.w = w
+        c = self.cfg
+        for l in range(c.n_layers):
+            p = f"blk.{l}."
+            g = w.get
+            self.layers.append(Layer(
+                attn_norm=w[p + "attn_norm.weight"], wq=w[p + "attn_q.weight"], wk=g(p + "attn_k.weight"),
+                wv=g(p + "attn_v.weight"), wo=w[p + "attn_output.weight"], q_norm=w[p + "attn_q_norm.weight"],
+                k_norm=g(p + "attn_k_norm.weight"), post_attn_norm=w[p + "post_attention_norm.weight"],
+                ffn_norm=w[p + "ffn_norm.weight"], w_gate=w[p + "ffn_gate.weight"], w_up=w[p + "ffn_up.weight"],
+                w_down=w[p + "ffn_down.weight"], post_ffw_norm=w[p + "post_ffw_norm.weight"],
+                inp_gate=g(p + "inp_gate.weight"), proj=g(p + "proj.weight"), post_norm=g(p + "post_norm.weight"),
+                out_scale=g(p + "layer_output_scale.weight"),
+            ))
+        if c.ple_dim:
+            # The PLE identity term is E_ple[t] * sqrt(ple_dim), and the sum with the projected term is scaled
+            # by 1/sqrt(2) (gemma4.md 1.2). Fold 1/sqrt(2) into the projection norm's weight, so the graph
+            # computes p = rms_norm(proj) * (w / sqrt 2) + identity, with the host writing the identity
+            # part (E_ple[t] * sqrt(ple_dim) / sqrt 2) into the buffer the norm accumulates into.
+            norm = await gf.tensor("per_layer_proj_norm.weight")
+            w["per_layer_proj_norm.weight"] = dev.upload((norm / math.sqrt(2.0)).astype(np.float32),
+                                                         label="per_layer_proj_norm/sqrt2")
+            self._ple_info = gf.info("per_layer_token_embd.weight")
+            if self._ple_info.type_name not in ("bf16", "f16", "f32"):
+                raise ModelLoadError(f"per_layer_token_embd is {self._ple_info.type_name}; expected bf16, f16 or f32")
+
+    def _alloc_kv(self) -> None:
+        c = self.cfg
+        for l in range(c.n_layers):
+            if not c.has_kv[l]:
+                continue
+            window = c.sliding_window if c.is_sliding[l] else 0
+            slots = ops.kv_slots(self.max_context, window=window, max_tokens=self.prefill_chunk)
+            k, v = ops.kv_cache(self.device, n_kv_heads=c.n_kv_heads[l], head_dim=c.head_dim[l], slots=slots,
+                                label=f"kv{l}")
+            self.kv[l] = (k, v, slots)
+
+    # -- the forward pass ----------------------------------------------------------------------------------
+    async def _record(self, cap: int) -> Run:
+        """Record the forward pass of a run of up to `cap` tokens, ending with the last token's logits."""
+        c, dev = self.cfg, self.device
+        d = c.d_model
+        T = lambda *shape, name: dev.tensor(shape, "float32", f"{name}[{cap}]")  # noqa: E731
+        max_q = max(h * hd for h, hd in zip(c.n_heads, c.head_dim))
+        max_kv = max(h * hd for h, hd in zip(c.n_kv_heads, c.head_dim))
+        max_ffn = max(c.ffn_dim)
+        run = Run(cap, dev.tensor((cap,), "uint32", f"ids[{cap}]"), dev.graph())
+        b = run.bufs
+        b["h"], b["x"], b["o"] = T(cap, d, name="h"), T(cap, d, name="x"), T(cap, d, name="o")
+        b["q_lin"], b["q"], b["attn"] = T(cap, max_q, name="q_lin"), T(cap, max_q, name="q"), T(cap, max_q, name="attn")
+        b["k_lin"], b["k"] = T(cap, max_kv, name="k_lin"), T(cap, max_kv, name="k")
+        b["v_lin"], b["v"] = T(cap, max_kv, name="v_lin"), T(cap, max_kv, name="v")
+        b["gate"], b["up"], b["act"] = T(cap, max_ffn, name="gate"), T(cap, max_ffn, name="up"), T(cap, max_ffn, name="act")
+        g = run.graph
+        step = self.step
+        h, x, o = b["h"], b["x"], b["o"]
+        eps = c.norm_eps
+
+        await ops.embed(g, self.w["token_embd.weight"], run.ids, h, n_tokens=cap, scale=c.embed_scale)
+        if c.ple_dim:
+            run.ple = T(cap, c.n_layers * c.ple_dim, name="ple")
+            b["ple_proj"] = T(cap, c.n_layers * c.ple_dim, name="ple_proj")
+            b["ple_gate"], b["ple_act"] = T(cap, c.ple_dim, name="ple_gate"), T(cap, c.ple_dim, name="ple_act")
+            await ops.matmul(g, self.w["per_layer_model_proj.weight"], h, b["ple_proj"], n_tokens=cap,
+                             scale=1.0 / math.sqrt(d))
+            await ops.rms_norm(g, b["ple_proj"], self.w["per_layer_proj_norm.weight"], run.ple, n=c.ple_dim,
+                               eps=eps, accumulate=True)
+
+        for l, L in enumerate(self.layers):
+            nh, nkv, hd = c.n_heads[l], c.n_kv_heads[l], c.head_dim[l]
+            q_lin, q, attn = (b[n].view((cap, nh * hd)) for n in ("q_lin", "q", "attn"))
+            ffn = c.ffn_dim[l]
+            gate, up, act = (b[n].view((cap, ffn)) for n in ("gate", "up", "act"))
+            rope = dict(n_rot=c.rope_dim[l], freq_scale=c.rope_scale[l], base=c.rope_base[l],
+                        freq_factors=None if c.is_sliding[l] else self.w.get("rope_freqs.weight"))
+            # attention
+            await ops.rms_norm(g, h, L.attn_norm, x, n=d, eps=eps)
+            await ops.matmul(g, L.wq, x, q_lin, n_tokens=cap)
+            await ops.rms_norm(g, q_lin, L.q_norm, q, n=hd, eps=eps)
+            await ops.rope(g, q, step, n_heads=nh, head_dim=hd, **rope)
+            if c.has_kv[l]:
+                k_lin, k, v_lin, v = (b[n].view((cap, nkv * hd)) for n in ("k_lin", "k", "v_lin", "v"))
+                await ops.matmul(g, L.wk, x, k_lin, n_tokens=cap)
+                await ops.matmul(g, L.wv, x, v_lin, n_tokens=cap)
+                await ops.rms_norm(g, k_lin, L.k_norm, k, n=hd, eps=eps)
+                await ops.rope(g, k, step, n_heads=nkv, head_dim=hd, **rope)
+                if c.arch == "gemma4":  # Gemma 4 normalises V too (no weight)
+                    await ops.rms_norm(g, v_lin, None, v, n=hd, eps=eps)
+                else:
+                    v = v_lin
+                kc, vc, slots = self.kv[l]
+                await ops.kv_store(g, k, v, kc, vc, step, n_kv_heads=nkv, head_dim=hd, max_ctx=slots)
+            kc, vc, slots = self.kv[c.kv_donor[l]]
+            await ops.attention(g, q, kc, vc, attn, step, n_heads=nh, n_kv_heads=nkv, head_dim=hd,
+                                scale=c.attn_scale, window=c.sliding_window if c.is_sliding[l] else 0,
+                                max_ctx=slots)
+            await ops.matmul(g, L.wo, attn, o, n_tokens=cap)
+            await ops.rms_norm(g, o, L.post_attn_norm, h, n=d, eps=eps, accumulate=True)
+            # feed-forward (GeGLU)
+            await ops.rms_norm(g, h, L.ffn_norm, x, n=d, eps=eps)
+            await ops.matmul(g, L.w_gate, x, gate, n_tokens=cap)
+            await ops.matmul(g, L.w_up, x, up, n_tokens=cap)
+            await ops.gelu_mul(g, gate, up, act, n=ffn)
+            await ops.matmul(g, L.w_down, act, o, n_tokens=cap)
+            last_scale = L.out_scale if not c.ple_dim else None
+            await ops.rms_norm(g, o, L.post_ffw_norm, h, n=d, eps=eps, accumulate=True, scale=last_scale)
+            # per-layer embedding (Gemma 4 E2B/E4B), then the layer's output scale over the whole stream
+            if c.ple_dim:
+                await ops.matmul(g, L.inp_gate, h, b["ple_gate"], n_tokens=cap)
+                await ops.ple_gate(g, b["ple_gate"], run.ple, b["ple_act"], layer=l, n_layers=c.n_layers, dim=c.ple_dim)
+                await ops.matmul(g, L.proj, b["ple_act"], o, n_tokens=cap)
+                await ops.rms_norm(g, o, L.post_norm, h, n=d, eps=eps, accumulate=True, scale=L.out_scale)
+
+        # head: the last token only
+        src = h
+        if cap > 1:
+            await ops.select_row(g, h, step, self.head_in, n=d)
+            src = self.head_in
+        await ops.rms_norm(g, src, self.w["output_norm.weight"], self.head_norm, n=d, eps=eps)
+        await ops.matmul(g, self.w["token_embd.weight"], self.head_norm, self.logits, n_tokens=1)
+        if c.final_logit_softcap:
+            await ops.softcap(g, self.logits, cap=c.final_logit_softcap)
+        return run
+
+    # -- running -------------------------------------------------------------------------------------------
+    def write_step(self, pos: int, n_tokens: int, seed: int = 0, counter: int = 0) -> None:
+        """Set the Step uniform (shaders/common.wgsl) for the next run."""
+        struct.pack_into("<5I", self._step_bytes, 0, pos, n_tokens, pos + n_tokens, seed & 0xFFFFFFFF,
+                         counter & 0xFFFFFFFF)
+        self.device.write(self.step.buffer, self._step_bytes)
+
+    async def write_inputs(self, run: Run, ids, pos: int) -> None:
+        """Write a run's token ids (and, for Gemma 4, their per-layer embedding rows) to the GPU."""
+        n = len(ids)
+        if not 1 <= n <= run.capacity:
+            raise ValueError(f"a run holds 1..{run.capacity} tokens, got {n}")
+        if pos + n > self.max_context:
+            raise ContextOverflowError(f"{pos + n} tokens exceed the context of {self.max_context}")
+        arr = np.asarray(ids, dtype=np.uint32)
+        if int(arr.max()) >= self.cfg.vocab_size:
+            raise ValueError(f"token id {int(arr.max())} is outside the vocabulary of {self.cfg.vocab_size}")
+        self.device.write(run.ids.buffer, arr)
+        if self.cfg.ple_dim:
+            self.device.write(run.ple.buffer, await self.ple_rows(arr))
+
+    async def ple_rows(self, ids: np.ndarray) -> np.ndarray:
+        """E_ple[ids] * sqrt(ple_dim) / sqrt(2), f32 [len(ids), n_layers * ple_dim], read from the file."""
+        info = self._ple_info
+        rows = []
+        for t in ids.tolist():
+            raw = await self.gguf.tensor_bytes(info.name, rows=t)
+            if info.type_name == "bf16":
+                row = (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
+            else:
+                row = np.frombuffer(raw, np.float16 if info.type_name == "f16" else np.float32).astype(np.float32)
+            rows.append(row)
+        return (np.stack(rows) * np.float32(math.sqrt(self.cfg.ple_dim) / math.sqrt(2.0))).astype(np.float32)
+
+    async def forward(self, ids, pos: int) -> np.ndarray:
+        """Run `ids` at positions pos.. through the model (prefill chunks as needed) and return the last
+        token's logits. For tests and tools: generation uses Engine, which samples on the GPU instead."""
+        ids = list(ids)
+        while ids:
+            run = self.prefill if len(ids) > 1 else self.decode
+            chunk, ids = ids[: run.capacity], ids[run.capacity :]
+            await self.write_inputs(run, chunk, pos)
+            self.write_step(pos, len(chunk))
+            self.device.submit(run.graph)
+            pos += len(chunk)
+        return (await self.device.read(self.logits))[0]
+
+
+class ContextOverflowError(ValueError):
+    """More tokens than the context the model was loaded with."""
