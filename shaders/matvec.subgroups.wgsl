@@ -1,6 +1,6 @@
-// matvec.wgsl with the final reduction done by subgroupAdd: one subgroup operation per row instead of
-// log2(WG) workgroup barriers, which matters for short rows (1536 columns: 2 to 3 units per lane).
-// See matvec.wgsl for the layout and the constants.
+// matvec.wgsl with the final reduction done by subgroupAdd: one subgroup operation instead of log2(WG)
+// workgroup barriers, which matters for short rows (1536 columns: a few units per lane).
+// See matvec.wgsl for the layout, the helpers' purpose and the constants.
 //
 // Subgroup partials are combined through workgroup memory in slot lid / subgroup_size, which assumes that
 // each subgroup is a contiguous range of local_invocation_index. WGSL does not promise that, but every
@@ -13,7 +13,52 @@
 const UPR: u32 = (COLS / QK) * UPB;
 const MAX_SG: u32 = (WG + 3u) / 4u;  // WebGPU subgroups have at least 4 invocations
 
-var<workgroup> red: array<array<f32, R>, MAX_SG>;
+var<workgroup> red: array<vec4<f32>, MAX_SG>;
+
+fn unit_rows(u: u32, b0: u32, b1: u32, b2: u32, b3: u32) -> vec4<f32> {
+  let blk = u / UPB;
+  let k = u % UPB;
+  let xo = blk * (QK / 4u);
+  let x0 = X[xo + unit_run(k, 0u)];
+  let x1 = X[xo + unit_run(k, 1u)];
+  var x2 = vec4<f32>(0.0);
+  var x3 = vec4<f32>(0.0);
+  if (UNIT_RUNS > 2u) {
+    x2 = X[xo + unit_run(k, 2u)];
+    x3 = X[xo + unit_run(k, 3u)];
+  }
+  let one = vec4<f32>(1.0);
+  let xs = vec4<f32>(dot(x0, one), dot(x1, one), dot(x2, one), dot(x3, one));
+  let off = blk * BLOCK_BYTES;
+  var s = vec4<f32>(0.0);
+  s.x = unit_dot(b0 + off, k, x0, x1, x2, x3, xs);
+  if (R > 1u) {
+    s.y = unit_dot(b1 + off, k, x0, x1, x2, x3, xs);
+  }
+  if (R > 2u) {
+    s.z = unit_dot(b2 + off, k, x0, x1, x2, x3, xs);
+    s.w = unit_dot(b3 + off, k, x0, x1, x2, x3, xs);
+  }
+  return s;
+}
+
+fn store(row0: u32, s: vec4<f32>) {
+  let o = ROW0 + row0;
+  var y = SCALE * s;
+  if (ACC) {
+    y += vec4<f32>(Y[o], Y[min(o + 1u, o + R - 1u)], Y[min(o + 2u, o + R - 1u)], Y[min(o + 3u, o + R - 1u)]);
+  }
+  Y[o] = y.x;
+  if (R > 1u && row0 + 1u < ROWS) {
+    Y[o + 1u] = y.y;
+  }
+  if (R > 2u && row0 + 2u < ROWS) {
+    Y[o + 2u] = y.z;
+  }
+  if (R > 2u && row0 + 3u < ROWS) {
+    Y[o + 3u] = y.w;
+  }
+}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
@@ -22,45 +67,24 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   if (row0 >= ROWS) {
     return;
   }
-  var base: array<u32, R>;
-  for (var r = 0u; r < R; r++) {
-    base[r] = min(row0 + r, ROWS - 1u) * ROW_BYTES;
-  }
-  var acc: array<f32, R>;
+  let b0 = row0 * ROW_BYTES;
+  let b1 = min(row0 + 1u, ROWS - 1u) * ROW_BYTES;
+  let b2 = min(row0 + 2u, ROWS - 1u) * ROW_BYTES;
+  let b3 = min(row0 + 3u, ROWS - 1u) * ROW_BYTES;
+  var acc = vec4<f32>(0.0);
   for (var u = lid; u < UPR; u += WG) {
-    let blk = u / UPB;
-    let k = u % UPB;
-    var xs: array<vec4<f32>, UNIT_RUNS>;
-    for (var j = 0u; j < UNIT_RUNS; j++) {
-      xs[j] = X[blk * (QK / 4u) + unit_run(k, j)];
-    }
-    for (var r = 0u; r < R; r++) {
-      let v = unit_deq(base[r] + blk * BLOCK_BYTES, k);
-      var s = 0.0;
-      for (var j = 0u; j < UNIT_RUNS; j++) {
-        s += dot(v[j], xs[j]);
-      }
-      acc[r] += s;
-    }
+    acc += unit_rows(u, b0, b1, b2, b3);
   }
-  let n_sg = (WG + sg_size - 1u) / sg_size;
-  for (var r = 0u; r < R; r++) {
-    let s = subgroupAdd(acc[r]);
-    if (sg_lane == 0u) {
-      red[lid / sg_size][r] = s;
-    }
+  let s = subgroupAdd(acc);
+  if (sg_lane == 0u) {
+    red[lid / sg_size] = s;
   }
   workgroupBarrier();
-  if (lid < R && row0 + lid < ROWS) {
-    var t = 0.0;
-    for (var i = 0u; i < n_sg; i++) {
-      t += red[i][lid];
+  if (lid == 0u) {
+    var t = red[0];
+    for (var i = 1u; i < (WG + sg_size - 1u) / sg_size; i++) {
+      t += red[i];
     }
-    let o = ROW0 + row0 + lid;
-    var y = SCALE * t;
-    if (ACC) {
-      y += Y[o];
-    }
-    Y[o] = y;
+    store(row0, t);
   }
 }

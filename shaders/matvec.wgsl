@@ -2,12 +2,14 @@
 // memory-bound: the hot kernel). The type's dequantiser comes from quant/<type>.wgsl (see quant/f32.wgsl for
 // its interface); this file only decides who reads what.
 //
-// A workgroup owns R consecutive rows of this part of the weight. Its WG lanes walk the row together, lane i
-// taking units i, i + WG, ... (a unit is 8 or 16 weights that share their loads; quant/<type>.wgsl). Lanes
+// A workgroup owns R (1, 2 or 4) consecutive rows of this part of the weight. Its WG lanes walk the rows
+// together, lane i taking units i, i + WG, ... (a unit is 8 or 16 weights that share their loads). Lanes
 // next to each other read neighbouring words of the same blocks, so every load instruction of a subgroup
 // covers whole cache lines. Each lane handles the same unit of all R rows, so the activation runs it loads
-// (vec4 reads) are reused R times. Partial sums are reduced across the workgroup at the end: here through
-// workgroup memory; matvec.subgroups.wgsl does it with subgroupAdd.
+// (vec4 reads) and their sums are reused R times. The R partial sums live in one vec4 and the rows are
+// written out without arrays or loops over R: private arrays indexed in loops end up in local memory.
+// Partial sums are reduced across the workgroup at the end: here through workgroup memory;
+// matvec.subgroups.wgsl does it with subgroupAdd.
 //
 // Constants: ROWS (rows of this part), ROW0 (its first row in the whole weight: parts are separate buffers,
 // so the part's data starts at byte 0 and only the output index moves), COLS (a multiple of QK, and of 8 for
@@ -19,7 +21,53 @@
 
 const UPR: u32 = (COLS / QK) * UPB;  // units per row
 
-var<workgroup> red: array<array<f32, WG>, R>;
+var<workgroup> red: array<vec4<f32>, WG>;
+
+// The partial dot products of unit u with rows at byte offsets b0..b3 (only the first R are used).
+fn unit_rows(u: u32, b0: u32, b1: u32, b2: u32, b3: u32) -> vec4<f32> {
+  let blk = u / UPB;  // UPB is a power of two: these are shifts
+  let k = u % UPB;
+  let xo = blk * (QK / 4u);
+  let x0 = X[xo + unit_run(k, 0u)];
+  let x1 = X[xo + unit_run(k, 1u)];
+  var x2 = vec4<f32>(0.0);
+  var x3 = vec4<f32>(0.0);
+  if (UNIT_RUNS > 2u) {
+    x2 = X[xo + unit_run(k, 2u)];
+    x3 = X[xo + unit_run(k, 3u)];
+  }
+  let one = vec4<f32>(1.0);
+  let xs = vec4<f32>(dot(x0, one), dot(x1, one), dot(x2, one), dot(x3, one));
+  let off = blk * BLOCK_BYTES;
+  var s = vec4<f32>(0.0);
+  s.x = unit_dot(b0 + off, k, x0, x1, x2, x3, xs);
+  if (R > 1u) {
+    s.y = unit_dot(b1 + off, k, x0, x1, x2, x3, xs);
+  }
+  if (R > 2u) {
+    s.z = unit_dot(b2 + off, k, x0, x1, x2, x3, xs);
+    s.w = unit_dot(b3 + off, k, x0, x1, x2, x3, xs);
+  }
+  return s;
+}
+
+fn store(row0: u32, s: vec4<f32>) {
+  let o = ROW0 + row0;
+  var y = SCALE * s;
+  if (ACC) {
+    y += vec4<f32>(Y[o], Y[min(o + 1u, o + R - 1u)], Y[min(o + 2u, o + R - 1u)], Y[min(o + 3u, o + R - 1u)]);
+  }
+  Y[o] = y.x;
+  if (R > 1u && row0 + 1u < ROWS) {
+    Y[o + 1u] = y.y;
+  }
+  if (R > 2u && row0 + 2u < ROWS) {
+    Y[o + 2u] = y.z;
+  }
+  if (R > 2u && row0 + 3u < ROWS) {
+    Y[o + 3u] = y.w;
+  }
+}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -27,45 +75,24 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   if (row0 >= ROWS) {
     return;  // padding workgroup of a wrapped grid (uniform: depends on the workgroup id only)
   }
-  var base: array<u32, R>;
-  for (var r = 0u; r < R; r++) {
-    base[r] = min(row0 + r, ROWS - 1u) * ROW_BYTES;  // rows past the end recompute the last; not stored
-  }
-  var acc: array<f32, R>;
+  // Rows past the end recompute the last row; their sums are not stored.
+  let b0 = row0 * ROW_BYTES;
+  let b1 = min(row0 + 1u, ROWS - 1u) * ROW_BYTES;
+  let b2 = min(row0 + 2u, ROWS - 1u) * ROW_BYTES;
+  let b3 = min(row0 + 3u, ROWS - 1u) * ROW_BYTES;
+  var acc = vec4<f32>(0.0);
   for (var u = lid; u < UPR; u += WG) {
-    let blk = u / UPB;  // UPB is a power of two: these are shifts
-    let k = u % UPB;
-    var xs: array<vec4<f32>, UNIT_RUNS>;
-    for (var j = 0u; j < UNIT_RUNS; j++) {
-      xs[j] = X[blk * (QK / 4u) + unit_run(k, j)];
-    }
-    for (var r = 0u; r < R; r++) {
-      let v = unit_deq(base[r] + blk * BLOCK_BYTES, k);
-      var s = 0.0;
-      for (var j = 0u; j < UNIT_RUNS; j++) {
-        s += dot(v[j], xs[j]);
-      }
-      acc[r] += s;
-    }
+    acc += unit_rows(u, b0, b1, b2, b3);
   }
-  for (var r = 0u; r < R; r++) {
-    red[r][lid] = acc[r];
-  }
+  red[lid] = acc;
   workgroupBarrier();
   for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
     if (lid < stride) {
-      for (var r = 0u; r < R; r++) {
-        red[r][lid] += red[r][lid + stride];
-      }
+      red[lid] += red[lid + stride];
     }
     workgroupBarrier();
   }
-  if (lid < R && row0 + lid < ROWS) {
-    let o = ROW0 + row0 + lid;
-    var y = SCALE * red[lid][0];
-    if (ACC) {
-      y += Y[o];
-    }
-    Y[o] = y;
+  if (lid == 0u) {
+    store(row0, red[0]);
   }
 }

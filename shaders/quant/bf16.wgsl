@@ -17,9 +17,7 @@ fn run_deq(b: u32, r: u32) -> vec4<f32> {
   return vec4<f32>(bf16x2(w.x), bf16x2(w.y));
 }
 
-fn unit_deq(b: u32, u: u32) -> array<vec4<f32>, UNIT_RUNS> {
+fn unit_dot(b: u32, u: u32, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>, xs: vec4<f32>) -> f32 {
   let i = b >> 2u;
-  return array<vec4<f32>, UNIT_RUNS>(
-    vec4<f32>(bf16x2(W[i]), bf16x2(W[i + 1u])),
-    vec4<f32>(bf16x2(W[i + 2u]), bf16x2(W[i + 3u])));
+  return dot(vec4<f32>(bf16x2(W[i]), bf16x2(W[i + 1u])), x0) + dot(vec4<f32>(bf16x2(W[i + 2u]), bf16x2(W[i + 3u])), x1);
 }

@@ -14,16 +14,15 @@ fn unit_run(u: u32, k: u32) -> u32 {
   return 16u * (u >> 2u) + 2u * (u & 3u) + (k & 1u) + 8u * (k >> 1u);
 }
 
-fn unit_deq(b: u32, u: u32) -> array<vec4<f32>, UNIT_RUNS> {
+fn unit_dot(b: u32, u: u32, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>, xs: vec4<f32>) -> f32 {
   let g = u >> 2u;
   let i = (b >> 2u) + 4u + 8u * g + 2u * (u & 3u);
   let q0 = W[i];
   let q1 = W[i + 1u];
-  let lo = k_scale_min(b, 2u * g);
-  let hi = k_scale_min(b, 2u * g + 1u);
-  return array<vec4<f32>, UNIT_RUNS>(
-    lo.x * u8x4(q0 & NIB) - lo.y, lo.x * u8x4(q1 & NIB) - lo.y,
-    hi.x * u8x4((q0 >> 4u) & NIB) - hi.y, hi.x * u8x4((q1 >> 4u) & NIB) - hi.y);
+  let m = k_scale_min2(b, g);
+  // sum (a q - m) x = a sum q x - m sum x: the mins cost one multiply-add per sub-block, not per weight.
+  return m.x * (dot(u8x4(q0 & NIB), x0) + dot(u8x4(q1 & NIB), x1)) - m.z * (xs.x + xs.y)
+       + m.y * (dot(u8x4((q0 >> 4u) & NIB), x2) + dot(u8x4((q1 >> 4u) & NIB), x3)) - m.w * (xs.z + xs.w);
 }
 
 // Run r: sub-block j = r / 8 (group j / 2, nibble j % 2), bytes 4 (r % 8) .. +3 of the group.

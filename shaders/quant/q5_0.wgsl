@@ -15,13 +15,12 @@ fn q5_spread(h: u32) -> u32 {
   return ((h & 1u) << 4u) | ((h & 2u) << 11u) | ((h & 4u) << 18u) | ((h & 8u) << 25u);
 }
 
-fn unit_deq(b: u32, u: u32) -> array<vec4<f32>, UNIT_RUNS> {
-  let d = f16_at(b);
+fn unit_dot(b: u32, u: u32, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>, xs: vec4<f32>) -> f32 {
   let qh = ldw(b + 2u);
   let q = ldw(b + 6u + 4u * u);
   let lo = (q & NIB) | q5_spread(qh >> (4u * u));
   let hi = ((q >> 4u) & NIB) | q5_spread(qh >> (16u + 4u * u));
-  return array<vec4<f32>, UNIT_RUNS>(d * (u8x4(lo) - 16.0), d * (u8x4(hi) - 16.0));
+  return f16_at(b) * (dot(u8x4(lo), x0) + dot(u8x4(hi), x1) - 16.0 * (xs.x + xs.y));
 }
 
 fn run_deq(b: u32, r: u32) -> vec4<f32> {

@@ -14,7 +14,7 @@ fn unit_run(u: u32, k: u32) -> u32 {
   return 16u * (u >> 2u) + 2u * (u & 3u) + (k & 1u) + 8u * (k >> 1u);
 }
 
-fn unit_deq(b: u32, u: u32) -> array<vec4<f32>, UNIT_RUNS> {
+fn unit_dot(b: u32, u: u32, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>, xs: vec4<f32>) -> f32 {
   let g = u >> 2u;
   let i = b >> 2u;
   let iq = i + 12u + 8u * g + 2u * (u & 3u);
@@ -23,13 +23,12 @@ fn unit_deq(b: u32, u: u32) -> array<vec4<f32>, UNIT_RUNS> {
   let q1 = W[iq + 1u];
   let h0 = W[ih] >> (2u * g);
   let h1 = W[ih + 1u] >> (2u * g);
-  let lo = k_scale_min(b, 2u * g);
-  let hi = k_scale_min(b, 2u * g + 1u);
-  return array<vec4<f32>, UNIT_RUNS>(
-    lo.x * u8x4((q0 & NIB) | ((h0 & BIT0) << 4u)) - lo.y,
-    lo.x * u8x4((q1 & NIB) | ((h1 & BIT0) << 4u)) - lo.y,
-    hi.x * u8x4(((q0 >> 4u) & NIB) | ((h0 & (BIT0 << 1u)) << 3u)) - hi.y,
-    hi.x * u8x4(((q1 >> 4u) & NIB) | ((h1 & (BIT0 << 1u)) << 3u)) - hi.y);
+  let m = k_scale_min2(b, g);
+  return m.x * (dot(u8x4((q0 & NIB) | ((h0 & BIT0) << 4u)), x0) + dot(u8x4((q1 & NIB) | ((h1 & BIT0) << 4u)), x1))
+       - m.z * (xs.x + xs.y)
+       + m.y * (dot(u8x4(((q0 >> 4u) & NIB) | ((h0 & (BIT0 << 1u)) << 3u)), x2)
+              + dot(u8x4(((q1 >> 4u) & NIB) | ((h1 & (BIT0 << 1u)) << 3u)), x3))
+       - m.w * (xs.z + xs.w);
 }
 
 fn run_deq(b: u32, r: u32) -> vec4<f32> {

@@ -17,21 +17,22 @@ fn unit_run(u: u32, k: u32) -> u32 {
   return 32u * (u >> 3u) + 8u * k + (u & 7u);
 }
 
-fn unit_deq(b: u32, u: u32) -> array<vec4<f32>, UNIT_RUNS> {
+fn unit_dot(b: u32, u: u32, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>, xs: vec4<f32>) -> f32 {
   let n = u >> 3u;
   let l = 4u * (u & 7u);
   let qa = ldw(b + 64u * n + l);
   let qb = ldw(b + 64u * n + 32u + l);
   let qh = ldw(b + 128u + 32u * n + l);
-  // The 8 scales of this half; run k uses scale 2k + l / 16.
-  let s = ldw2(b + 192u + 8u * n);
-  let hs = l >> 4u;
-  let d = f16_at(b + 208u);
-  return array<vec4<f32>, UNIT_RUNS>(
-    (d * i8_of(s.x, hs)) * (u8x4((qa & NIB) | ((qh & BITS2) << 4u)) - 32.0),
-    (d * i8_of(s.x, 2u + hs)) * (u8x4((qb & NIB) | (((qh >> 2u) & BITS2) << 4u)) - 32.0),
-    (d * i8_of(s.y, hs)) * (u8x4(((qa >> 4u) & NIB) | (((qh >> 4u) & BITS2) << 4u)) - 32.0),
-    (d * i8_of(s.y, 2u + hs)) * (u8x4(((qb >> 4u) & NIB) | (((qh >> 6u) & BITS2) << 4u)) - 32.0));
+  // The 8 scales of this half; run k uses scale 2k + l / 16. Gather the four into one word (bytes: runs 0, 2,
+  // 1, 3) so that a single conversion serves them.
+  let s = ldw2(b + 192u + 8u * n) >> vec2<u32>(8u * (l >> 4u));
+  let sc = i8x4((s.x & 0x00FF00FFu) | ((s.y & 0x00FF00FFu) << 8u)) * f16_at(b + 208u);
+  // sum s (q - 32) x = s (sum q x - 32 sum x) for each run.
+  let d0 = dot(u8x4((qa & NIB) | ((qh & BITS2) << 4u)), x0) - 32.0 * xs.x;
+  let d1 = dot(u8x4((qb & NIB) | (((qh >> 2u) & BITS2) << 4u)), x1) - 32.0 * xs.y;
+  let d2 = dot(u8x4(((qa >> 4u) & NIB) | (((qh >> 4u) & BITS2) << 4u)), x2) - 32.0 * xs.z;
+  let d3 = dot(u8x4(((qb >> 4u) & NIB) | (((qh >> 6u) & BITS2) << 4u)), x3) - 32.0 * xs.w;
+  return sc.x * d0 + sc.z * d1 + sc.y * d2 + sc.w * d3;
 }
 
 fn run_deq(b: u32, r: u32) -> vec4<f32> {

@@ -11,10 +11,9 @@ fn unit_run(u: u32, k: u32) -> u32 {
   return 2u * u + k;
 }
 
-fn unit_deq(b: u32, u: u32) -> array<vec4<f32>, UNIT_RUNS> {
-  let d = f16_at(b);
+fn unit_dot(b: u32, u: u32, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>, xs: vec4<f32>) -> f32 {
   let q = ldw2(b + 2u + 8u * u);
-  return array<vec4<f32>, UNIT_RUNS>(d * i8x4(q.x), d * i8x4(q.y));
+  return f16_at(b) * (dot(i8x4(q.x), x0) + dot(i8x4(q.y), x1));
 }
 
 fn run_deq(b: u32, r: u32) -> vec4<f32> {

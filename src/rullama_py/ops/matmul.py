@@ -66,19 +66,24 @@ def _check(t: Tensor, n: int, what: str) -> None:
         raise ValueError(f"{what} {t.label!r} of shape {t.shape} holds {total} values; needs {n}")
 
 
+# (WG, R) forced for every matvec, or None: for tools/bench_matmul.py --sweep and the tests only.
+MATVEC_SHAPE_OVERRIDE: tuple[int, int] | None = None
+
+
 def _matvec_shape(cols: int, rows: int, qt: str) -> tuple[int, int]:
     """(WG, R): lanes per workgroup and rows per workgroup for the matvec kernel.
 
-    WG: about three units per lane per row, within 64..256 lanes: enough in flight per lane to hide latency,
-    few idle lanes on short rows (1536 columns of Q4_K are 96 units). R: rows share each activation load, but
-    small matrices need every row in its own workgroup to fill the GPU."""
+    Measured on an H100 (tools/bench_matmul.py --sweep, Gemma 4 E2B shapes): 128 lanes beat 64 and 256 for
+    rows of 1536 to 6144 columns; 4 rows per workgroup win from 6144 rows up (the activation loads and their
+    sums are shared by 4 rows, and fewer, fatter workgroups), while 1536-row matrices need one row per
+    workgroup to spread over all SMs. Very short rows (Gemma 3 270M: 640 columns) take 64 lanes."""
+    if MATVEC_SHAPE_OVERRIDE is not None:
+        return MATVEC_SHAPE_OVERRIDE
     blk = QUANT_TYPES[qt][0]
     per_block = {"f32": 1, "f16": 1, "bf16": 1, "q8_0": 4, "q4_0": 4, "q5_0": 4}.get(qt, 16)
     units = cols // max(blk, 8) * per_block
-    wg = 64
-    while wg < 256 and wg * 3 < units:
-        wg *= 2
-    r = 1 if rows < 4096 else 2 if rows < 32768 else 4
+    wg = 64 if units <= 128 else 128 if units <= 1024 else 256
+    r = 1 if rows < 4096 else 4
     return wg, r
 
 
@@ -100,6 +105,7 @@ async def matmul(g: Graph, w: Tensor, x: Tensor, out: Tensor, *, n_tokens: int, 
     if n_tokens == 1 and cols % 8 == 0:
         for buf, first, n in w.parts:
             wg, r = _matvec_shape(cols, rows, qt)
+            assert r in (1, 2, 4) and wg & (wg - 1) == 0, (wg, r)  # the kernel's vec4 of rows; tree reduction
             grid = _grid(-(-n // r))
             k = await dev.kernel("matvec", libs=libs, ROWS=n, ROW0=first, COLS=cols, ROW_BYTES=rb, R=r, WG=wg,
                                  GRID_X=grid[0], ACC=accumulate, SCALE=float(scale))
