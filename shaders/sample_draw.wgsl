@@ -2,11 +2,11 @@
 // stage 1's NSLICE candidate lists, sorts them, applies top-k / top-p / min-p and the temperature, draws with
 // rand01(stp.seed, stp.counter), writes the token id to out[0] and appends it to the history.
 // Constants: NSLICE, CAND (== WG), WG (256), KTOT (= min(CAND, V)), HEADS (entries at the front of each list
-//            that are its largest), NHEAD (= NSLICE * HEADS, at most 1024), HCAP (history capacity).
+//            that are its largest), NHEAD (= NSLICE * HEADS, at most 1024).
 @group(0) @binding(0) var<storage, read> cand: array<vec2<u32>>;
 @group(0) @binding(1) var<uniform> prm: SampleParams;
 @group(0) @binding(2) var<uniform> stp: Step;
-@group(0) @binding(3) var<storage, read_write> hist: array<u32>;  // [count, next, ring[HCAP]]
+@group(0) @binding(3) var<storage, read_write> hist: array<u32>;  // [count, next, ring of arrayLength - 2]
 @group(0) @binding(4) var<storage, read_write> out: array<u32>;
 
 var<workgroup> pool: array<vec2<u32>, NHEAD>;
@@ -154,9 +154,10 @@ fn main(@builtin(local_invocation_index) lid: u32) {
   if (lid == 0u) {
     let tok = ~top[pick].y;
     out[0] = tok;
-    let next = hist[1] % HCAP;
+    let hcap = arrayLength(&hist) - 2u;
+    let next = hist[1] % hcap;
     hist[2u + next] = tok;
-    hist[1] = (next + 1u) % HCAP;
-    hist[0] = min(hist[0] + 1u, HCAP);
+    hist[1] = (next + 1u) % hcap;
+    hist[0] = min(hist[0] + 1u, hcap);
   }
 }

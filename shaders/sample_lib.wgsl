@@ -15,15 +15,16 @@ struct SampleParams {
   top_k: u32,         // 0: all candidates
   last_n: u32,        // penalised window of the history (0: none)
   flags: u32,         // F_* below
+  softcap: f32,       // final logit soft-cap c (F_SOFTCAP): c * tanh(x / c)
+  inv_softcap: f32,   // 1 / c
   pad0: u32,
-  pad1: u32,
-  pad2: u32,
 }
 
 const F_GREEDY: u32 = 1u;
 const F_TOP_P: u32 = 2u;
 const F_MIN_P: u32 = 4u;
 const F_PENALTY: u32 = 8u;
+const F_SOFTCAP: u32 = 16u;
 
 // Candidates are "composite keys" vec2(order_key(value), ~id): comparing them as 64-bit unsigned numbers
 // orders by value descending, then by id ascending, and no two tokens compare equal. (0, 0) is no token

@@ -5,10 +5,10 @@
 // id asc) to cand[w * CAND ..], in this order: its top HEADS (any order), then the largest of the others,
 // then the rest (any order), then NO_TOKEN padding up to CAND. Stage 2 relies on exactly that.
 // Constants: V (vocabulary), NSLICE, SLICE (>= ceil(V / NSLICE), a multiple of 32), CAND (== WG), WG (256),
-//            HEADS, SOFTCAP (0: none), INV_SOFTCAP, HCAP (history capacity), ROW_OFFSET (first logit).
+//            HEADS, ROW_OFFSET (index of the first logit).
 @group(0) @binding(0) var<storage, read> logits: array<f32>;
 @group(0) @binding(1) var<uniform> prm: SampleParams;
-@group(0) @binding(2) var<storage, read> hist: array<u32>;  // [count, next, ring[HCAP]]
+@group(0) @binding(2) var<storage, read> hist: array<u32>;  // [count, next, ring of arrayLength - 2]
 @group(0) @binding(3) var<storage, read_write> cand: array<vec2<u32>>;
 
 var<workgroup> vals: array<f32, SLICE>;
@@ -51,11 +51,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   if ((prm.flags & F_PENALTY) != 0u) {
     // Mark each distinct token of the last `last_n` history entries once (llama.cpp penalises a token once
     // however often it occurs).
-    let count = min(hist[0], HCAP);
-    let next = hist[1] % HCAP;
+    let hcap = arrayLength(&hist) - 2u;
+    let count = min(hist[0], hcap);
+    let next = hist[1] % hcap;
     let nn = min(prm.last_n, count);
     for (var j = lid; j < nn; j += WG) {
-      let t = hist[2u + (next + HCAP - 1u - j) % HCAP];
+      let t = hist[2u + (next + hcap - 1u - j) % hcap];
       if (t < V && t % NSLICE == w) {
         let o = t / NSLICE;
         atomicOr(&pen[o / 32u], 1u << (o % 32u));
@@ -65,9 +66,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   }
   for (var i = lid; i < n; i += WG) {
     var v = logits[ROW_OFFSET + i * NSLICE + w];
-    if (SOFTCAP > 0.0) {
+    if ((prm.flags & F_SOFTCAP) != 0u) {
       // tanh(15) is 1.0 in f32, so the clamp changes nothing but keeps tanh away from overflow.
-      v = SOFTCAP * tanh(clamp(v * INV_SOFTCAP, -15.0, 15.0));
+      v = prm.softcap * tanh(clamp(v * prm.inv_softcap, -15.0, 15.0));
     }
     if (((atomicLoad(&pen[i / 32u]) >> (i % 32u)) & 1u) != 0u) {
       v = select(v * prm.penalty, v * prm.inv_penalty, v > 0.0);

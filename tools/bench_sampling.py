@@ -39,8 +39,11 @@ def logits_for(kind: str, vocab: int, rng) -> np.ndarray:
     if kind == "peaked":
         idx = rng.choice(vocab, 30, replace=False)
         x[idx] += rng.uniform(4, 9, 30).astype(np.float32)
-    elif kind == "clustered":  # 400 strong tokens in two slices: stage 2's exact fallback
-        x[70000:70400] += 6.0
+    elif kind == "one_list":  # 300 strong tokens all owned by stage 1's workgroup 5: stage 2's exact fallback
+        x[5 + 128 * np.arange(300)] += 6.0
+    elif kind == "gemma3":  # real first-step logits of Gemma 3 270M (tests/goldens)
+        path = os.path.join(os.path.dirname(__file__), "..", "tests", "goldens", "gemma3_270m_llamacpp_logits.npz")
+        x = np.load(path)["case0"].astype(np.float32)
     return x
 
 
@@ -77,7 +80,7 @@ async def main():
 
     rows = []
     rng = np.random.default_rng(0)
-    for kind in ("peaked", "clustered"):
+    for kind in ("gemma3", "peaked", "one_list"):
         logits = logits_for(kind, a.vocab, rng)
         lt = dev.upload(logits)
         step = dev.tensor((8,), "uint32", usage=gpu.UNIFORM)

@@ -74,7 +74,7 @@ POOL = 1024   # keys stage 2 holds in workgroup memory: NSLICE * HEADS <= POOL
 WG = 256
 MAX_INV_TEMP = 1e30  # cap on 1 / temperature (f32 range): tinier temperatures act greedily, exact ties drawn at random
 
-_F_GREEDY, _F_TOP_P, _F_MIN_P, _F_PENALTY = 1, 2, 4, 8
+_F_GREEDY, _F_TOP_P, _F_MIN_P, _F_PENALTY, _F_SOFTCAP = 1, 2, 4, 8, 16
 _STATE_MAGIC = b"RLSM"
 _STATE_VERSION = 1
 _STEP_RNG_OFFSET = 12  # byte offset of Step.seed (then Step.counter) in shaders/common.wgsl's Step
@@ -156,7 +156,7 @@ class SamplerParams:
         return self.temperature == 0
 
 
-def pack_params(p: SamplerParams, max_history: int) -> bytes:
+def pack_params(p: SamplerParams, max_history: int, softcap: float | None = None) -> bytes:
     """The 48-byte SampleParams uniform (shaders/sample_lib.wgsl)."""
     t = float(p.temperature)
     inv_temp = min(1.0 / t, MAX_INV_TEMP) if t > 0 else 0.0
@@ -171,8 +171,10 @@ def pack_params(p: SamplerParams, max_history: int) -> bytes:
         flags |= _F_MIN_P
     if pen != 1.0 and last_n > 0:
         flags |= _F_PENALTY
+    if softcap:
+        flags |= _F_SOFTCAP
     return struct.pack(
-        "<6f6I",
+        "<6f3I2fI",
         inv_temp,
         inv_temp if p.temperature_first else 1.0,
         float(p.top_p),
@@ -182,8 +184,8 @@ def pack_params(p: SamplerParams, max_history: int) -> bytes:
         int(p.top_k),
         last_n,
         flags,
-        0,
-        0,
+        float(softcap or 0.0),
+        1.0 / softcap if softcap else 0.0,
         0,
     )
 
@@ -250,7 +252,7 @@ class Sampler:
         elif self.params is None:
             self.seed, self.counter = int.from_bytes(os.urandom(4), "little"), 0
         self.params = params
-        self.device.write(self.params_buf, pack_params(params, self.max_history))
+        self.device.write(self.params_buf, pack_params(params, self.max_history, self.softcap))
 
     def rng_words(self) -> tuple[int, int]:
         """(seed, counter) for the next draw: what `prepare` writes into Step.seed and Step.counter."""
@@ -268,7 +270,7 @@ class Sampler:
 
     # -- recording -----------------------------------------------------------------------------------------
     async def _kernels(self, row: int):
-        common = dict(CAND=CAND, WG=WG, HCAP=self.max_history)
+        common = dict(CAND=CAND, WG=WG)  # the pipelines depend on the vocabulary (and logits row) only
         k1 = await self.device.kernel(
             "sample_select",
             libs=("sample_lib",),
@@ -276,8 +278,6 @@ class Sampler:
             NSLICE=self.nslice,
             SLICE=SLICE,
             HEADS=self.heads,
-            SOFTCAP=float(self.softcap or 0.0),
-            INV_SOFTCAP=1.0 / self.softcap if self.softcap else 0.0,
             ROW_OFFSET=row * self.vocab_size,
             **common,
         )

@@ -1,4 +1,8 @@
-"""GPU sampler (rullama_py.sampling) against the numpy reference (tests/reference_sampling.py)."""
+"""GPU sampler (rullama_py.sampling) against the numpy reference (tests/reference_sampling.py).
+
+These also run in Pyodide on SwiftShader, where each new pipeline takes seconds to compile: they stick to
+three vocabulary sizes (1000: one stage-1 list; 10290: six lists, the last one shorter; 262144: Gemma's).
+test_sampling_native.py holds the native-only rest (more sizes, the statistical test)."""
 
 import dataclasses
 import math
@@ -66,7 +70,7 @@ def p(**kw) -> SamplerParams:
 
 
 # -- greedy ----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("vocab", [100, 1000, 2148, REAL_VOCAB])
+@pytest.mark.parametrize("vocab", [1000, 10290, REAL_VOCAB])
 async def test_greedy_is_exact_argmax(device, vocab):
     rng = np.random.default_rng(vocab)
     ties = rng.integers(-4, 4, vocab).astype(np.float32)  # many exact ties, incl. the maximum
@@ -109,25 +113,33 @@ def peaked_logits(rng, vocab):
     return x
 
 
-@pytest.mark.parametrize("vocab", [1000, 10290])
-@pytest.mark.parametrize("combo", list(COMBOS))
-async def test_matches_reference(device, combo, vocab):
+async def check_against_reference(device, combo, vocab, seeds=(0, 1, 12345, 2**32 - 1), n=6):
     rng = np.random.default_rng(zlib.crc32(f"{combo}-{vocab}".encode()))
     logits = peaked_logits(rng, vocab)
     history = rng.integers(0, vocab, 5).tolist()
     params = COMBOS[combo]
     rig = await Rig.make(device, logits, params, max_history=32)
-    for seed in (0, 1, 12345, 2**32 - 1):
+    for seed in seeds:
         rig.sampler.set_params(dataclasses.replace(params, seed=seed))
         rig.sampler.reset(seed)
         rig.sampler.set_history(history)
-        got = await rig.draws(6)
-        assert got == expected_run(logits, params, 6, seed, history, max_history=32), f"seed {seed}"
+        got = await rig.draws(n)
+        assert got == expected_run(logits, params, n, seed, history, max_history=32), f"seed {seed}"
+
+
+@pytest.mark.parametrize("combo", list(COMBOS))
+async def test_matches_reference(device, combo):
+    await check_against_reference(device, combo, 1000)
+
+
+@pytest.mark.parametrize("combo", ["penalty", "combined", "temperature_first"])
+async def test_matches_reference_six_lists(device, combo):
+    await check_against_reference(device, combo, 10290, seeds=(3, 2**31), n=4)
 
 
 async def test_softcap_matches_reference(device):
     rng = np.random.default_rng(7)
-    logits = peaked_logits(rng, 3000) * 8  # well into the cap's non-linear range
+    logits = peaked_logits(rng, 1000) * 8  # well into the cap's non-linear range
     params = p(temperature=0.9, top_k=50, top_p=0.9, repetition_penalty=1.2)
     rig = await Rig.make(device, logits, params, softcap=30.0)
     got = await rig.draws(8)
@@ -149,14 +161,13 @@ async def test_real_vocab_matches_reference(device):
 
 async def test_logits_row(device):
     rng = np.random.default_rng(3)
-    logits = rng.standard_normal((3, 500)).astype(np.float32)
+    logits = rng.standard_normal((3, 1000)).astype(np.float32)
     rig = await Rig.make(device, logits, p(temperature=0.0), rows=3, row=2)
     assert await rig.draw() == int(np.argmax(logits[2]))
 
 
 # -- the exact fallback when one slice holds many of the top candidates ----------------------------------------
-@pytest.mark.parametrize("case", ["all_equal", "one_list", "id_runs"])
-async def test_crowded_and_tied_candidates(device, case):
+async def crowded_case(device, case):
     """all_equal: every value tied (ids decide). one_list: 300 strong tokens that all belong to stage 1's
     workgroup 5, so stage 2 must take its exact fallback. id_runs: strong tokens in runs of consecutive ids,
     as LM vocabularies have them, which the interleaved partition spreads out."""
@@ -172,11 +183,15 @@ async def test_crowded_and_tied_candidates(device, case):
         logits[:2048] += 3.0
     params = p(temperature=1.0, seed=5)
     rig = await Rig.make(device, logits, params)
-    got = await rig.draws(3)
-    assert got == expected_run(logits, params, 3, 5)
+    got = await rig.draws(2)
+    assert got == expected_run(logits, params, 2, 5)
     assert await uses_fallback(device, rig.sampler) == (case == "one_list")
     rig.sampler.set_params(p(temperature=0.0, seed=5))
     assert await rig.draw() == int(np.argmax(logits))
+
+
+async def test_crowded_list_fallback(device):
+    await crowded_case(device, "one_list")
 
 
 async def uses_fallback(device, s) -> bool:
@@ -200,7 +215,7 @@ async def test_heads_suffice_for_lm_like_logits(device):
 
 
 # -- stage 1's candidate lists -------------------------------------------------------------------------------
-@pytest.mark.parametrize("vocab", [2148, 10290])
+@pytest.mark.parametrize("vocab", [10290])
 async def test_stage1_candidate_lists(device, vocab):
     rng = np.random.default_rng(vocab + 1)
     logits = rng.integers(-20, 20, vocab).astype(np.float32)  # with ties
@@ -221,50 +236,6 @@ async def test_stage1_candidate_lists(device, vocab):
             assert got_ids[s.heads] == ids[s.heads]
 
 
-# -- statistics ----------------------------------------------------------------------------------------------
-def chi2_critical(df: int, z: float = 3.0902) -> float:
-    """Upper 0.1% point of the chi-square distribution (Wilson-Hilferty approximation)."""
-    a = 2.0 / (9.0 * df)
-    return df * (1.0 - a + z * math.sqrt(a)) ** 3
-
-
-async def test_frequencies_match_filtered_distribution(device):
-    rng = np.random.default_rng(5)
-    logits = peaked_logits(rng, 1000)
-    params = p(temperature=0.8, top_k=12, top_p=0.97, seed=2024)
-    ids, probs = ref.distribution(logits, params)
-    assert 4 <= ids.size <= 12
-    rig = await Rig.make(device, logits, params)
-    n = 1200
-    got = np.array(await rig.draws(n))
-    assert np.isin(got, ids).all(), "drew a token outside the filtered set"
-    counts = np.array([(got == t).sum() for t in ids])
-    expected = probs * n
-    # Merge rare categories (expected < 5) so that the chi-square approximation holds.
-    order = np.argsort(expected)
-    obs_m, exp_m, acc_o, acc_e = [], [], 0, 0.0
-    for j in order:
-        acc_o, acc_e = acc_o + counts[j], acc_e + expected[j]
-        if acc_e >= 5:
-            obs_m.append(acc_o), exp_m.append(acc_e)
-            acc_o, acc_e = 0, 0.0
-    if acc_e:
-        obs_m[-1] += acc_o
-        exp_m[-1] += acc_e
-    obs_m, exp_m = np.array(obs_m), np.array(exp_m)
-    chi2 = float(((obs_m - exp_m) ** 2 / exp_m).sum())
-    assert chi2 < chi2_critical(len(obs_m) - 1), (chi2, counts, expected)
-
-
-def test_rng_is_uniform():
-    u = np.array([ref.rand01(7, c) for c in range(20000)], np.float64)
-    assert 0.0 <= u.min() and u.max() < 1.0
-    hist = np.histogram(u, bins=20, range=(0, 1))[0]
-    chi2 = float(((hist - 1000) ** 2 / 1000).sum())
-    assert chi2 < chi2_critical(19)
-    assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 0.03
-
-
 # -- seeds, history, state -------------------------------------------------------------------------------------
 async def test_seed_reproducible_and_distinct(device):
     logits = np.zeros(1000, np.float32)  # flat: 256 equally likely candidates
@@ -280,7 +251,7 @@ async def test_seed_reproducible_and_distinct(device):
 
 
 async def test_history_on_gpu_and_penalty(device):
-    logits = np.full(500, -5.0, np.float32)
+    logits = np.full(1000, -5.0, np.float32)
     logits[[5, 7, 9]] = [10.0, 9.0, 8.5]
     params = p(temperature=0.0, repetition_penalty=2.0, repetition_last_n=2)
     rig = await Rig.make(device, logits, params, max_history=4)
@@ -307,7 +278,7 @@ async def test_state_round_trip(device):
     assert await rig.draws(7) == after
     assert first + after == expected_run(logits, params, 12, 77, [1, 2, 3], max_history=6)
     with pytest.raises(ValueError, match="vocabulary"):
-        other = await Sampler.create(device, 999, params, max_history=6)
+        other = await Sampler.create(device, 10290, params, max_history=6)
         other.set_state(snap)
     with pytest.raises(ValueError, match="sampler state"):
         rig.sampler.set_state(b"nonsense")
