@@ -41,6 +41,10 @@ Algorithm (2 dispatches per token):
   Then it bitonic-sorts the 256, applies top-k / top-p / min-p / temperature with workgroup prefix sums,
   draws, writes the token id and appends it to the history ring buffer.
 
+Measured with tools/bench_sampling.py on an H100 (wgpu-native over Vulkan), V = 262144: about 11 us of GPU
+time per token (stage 1 ~5.5 us, stage 2 ~5 us), about 20 us when stage 2 takes its fallback; lavapipe on
+two CPU cores needs about 0.2 s.
+
 Candidate cap. Only the CAND = 256 largest penalised logits are ever candidates, so top_k is limited to 256
 (a larger value raises ValueError) and top_k = 0 means "all of the top 256", not llama.cpp's "all V". With
 top_k in 1..256 (llama.cpp's default 40, Gemma's recommended 64) the result is exact. With top_k = 0 the
