@@ -28,7 +28,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let t0 = wid.y * TN;
   let tx = lid % 16u;  // this lane's tokens: 4 tx .. 4 tx + 3
   let ty = lid / 16u;  // this lane's rows: 4 ty .. 4 ty + 3
-  var acc: array<vec4<f32>, 4>;  // acc[i][j]: row 4 ty + i, token 4 tx + j
+  // accI[j]: row 4 ty + I, token 4 tx + j. Four named vectors, not an array: a private array indexed in a
+  // loop is compiled to local memory, which made every multiply-add a memory round trip.
+  var acc0 = vec4<f32>(0.0);
+  var acc1 = vec4<f32>(0.0);
+  var acc2 = vec4<f32>(0.0);
+  var acc3 = vec4<f32>(0.0);
   for (var k0 = 0u; k0 < COLS; k0 += TK) {
     // W tile: TM rows x TK/4 runs, two runs per lane. Consecutive lanes take consecutive rows so that the
     // transposed stores hit distinct banks; the rows' bytes are reused from cache by the other run slots.
@@ -43,9 +48,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         // Float rows of any length: zero the columns past the end (they belong to the next row).
         v = select(vec4<f32>(0.0), v, vec4<u32>(col) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(COLS));
       }
-      for (var j = 0u; j < 4u; j++) {
-        ws[(kk + j) * (TM / 4u) + row / 4u][row % 4u] = v[j];
-      }
+      let o = kk * (TM / 4u) + row / 4u;
+      let c = row % 4u;
+      ws[o][c] = v.x;
+      ws[o + TM / 4u][c] = v.y;
+      ws[o + 2u * (TM / 4u)][c] = v.z;
+      ws[o + 3u * (TM / 4u)][c] = v.w;
     }
     // X tile: TN tokens x TK columns, one element per lane per pass.
     for (var i = 0u; i < TN * TK / 256u; i++) {
@@ -62,28 +70,40 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     for (var kk = 0u; kk < TK; kk++) {
       let a = ws[kk * (TM / 4u) + ty];
       let b = xs[kk * (TN / 4u) + tx];
-      acc[0] += a.x * b;
-      acc[1] += a.y * b;
-      acc[2] += a.z * b;
-      acc[3] += a.w * b;
+      acc0 += a.x * b;
+      acc1 += a.y * b;
+      acc2 += a.z * b;
+      acc3 += a.w * b;
     }
     workgroupBarrier();
   }
-  for (var i = 0u; i < 4u; i++) {
-    let row = r0 + 4u * ty + i;
-    if (row >= ROWS) {
-      break;
-    }
-    for (var j = 0u; j < 4u; j++) {
-      let t = t0 + 4u * tx + j;
-      if (t < N_TOK) {
-        let o = t * OUT_STRIDE + ROW0 + row;
-        var y = SCALE * acc[i][j];
-        if (ACC) {
-          y += Y[o];
-        }
-        Y[o] = y;
-      }
-    }
+  let row = r0 + 4u * ty;
+  let t = t0 + 4u * tx;
+  store_row(row, t, acc0);
+  store_row(row + 1u, t, acc1);
+  store_row(row + 2u, t, acc2);
+  store_row(row + 3u, t, acc3);
+}
+
+// Outputs of one row for 4 tokens from t (skipping rows and tokens past the end).
+fn store_row(row: u32, t: u32, v: vec4<f32>) {
+  if (row >= ROWS) {
+    return;
   }
+  store1(row, t, v.x);
+  store1(row, t + 1u, v.y);
+  store1(row, t + 2u, v.z);
+  store1(row, t + 3u, v.w);
+}
+
+fn store1(row: u32, t: u32, v: f32) {
+  if (t >= N_TOK) {
+    return;
+  }
+  let o = t * OUT_STRIDE + ROW0 + row;
+  var y = SCALE * v;
+  if (ACC) {
+    y += Y[o];
+  }
+  Y[o] = y;
 }

@@ -1,5 +1,6 @@
 """Micro-benchmark of the decode matrix-vector kernel (ops.matmul with one token): achieved weight bandwidth
-per GGUF type at Gemma 4 E2B shapes. Native only (wgpu-py); prints JSON.
+per GGUF type at Gemma 4 E2B shapes. Native only (wgpu-py); prints JSON. --tokens N times the tiled prefill
+kernel instead (see tflop_per_s).
 
 Timing is wall time without timestamp queries: one graph holds N back-to-back dispatches of the op (one
 submit), another 2N; each is encoded, submitted and waited for (through a readback of the output) several
@@ -52,23 +53,24 @@ def random_weight(qt: str, rows: int, cols: int, rng) -> np.ndarray:
     return b
 
 
-WARMUP_S = 1.0
-_warm = False
+WARMUP_S = 0.3
+heavy = None  # the warm-up graph (main)
 
 
-async def bench_one(dev, qt: str, rows: int, cols: int, reps: int, stream_mb: float, rng, sweep=(None,)) -> list:
+async def bench_one(dev, qt: str, rows: int, cols: int, reps: int, stream_mb: float, rng, sweep=(None,),
+                    tokens: int = 1) -> list:
     rb = row_bytes(qt, cols)
     nbytes = rows * rb
     raw = random_weight(qt, rows, cols, rng).tobytes()
     copies = max(1, min(64, int(np.ceil(stream_mb * 2**20 / nbytes))))
     weights = [dev.upload_rows(raw, rows, rb, (rows, cols), qt, f"{qt}_{i}") for i in range(copies)]
-    x = dev.upload(rng.standard_normal((1, cols), dtype=np.float32))
-    out = dev.tensor((1, rows))
+    x = dev.upload(rng.standard_normal((tokens, cols), dtype=np.float32))
+    out = dev.tensor((tokens, rows))
 
     async def graph(n):
         g = dev.graph()
         for i in range(n):
-            await ops.matmul(g, weights[i % copies], x, out, n_tokens=1)
+            await ops.matmul(g, weights[i % copies], x, out, n_tokens=tokens)
         return g
 
     rb = gpu.Readback(dev, 4, "bench")
@@ -94,13 +96,14 @@ async def bench_one(dev, qt: str, rows: int, cols: int, reps: int, stream_mb: fl
         return min(enc_t), min(gpu_t)
 
     n = max(reps, copies)
-    global _warm
-    if not _warm:
-        # GPUs idle at low clocks and take a moment to ramp up: keep it busy before timing anything.
-        g, t0 = await graph(n), time.perf_counter()
-        while time.perf_counter() - t0 < WARMUP_S:
-            await best(g, 1)
-        _warm = True
+    # GPUs idle at low clocks and take a while to ramp up, and small matrices alone do not make them: before
+    # each timing, keep the GPU busy with a heavy load for a moment.
+    g, t0 = await graph(n), time.perf_counter()
+    while WARMUP_S > 0 and time.perf_counter() - t0 < WARMUP_S:
+        enc = dev.raw.create_command_encoder()
+        heavy.encode(enc)
+        dev.queue.submit([enc.finish()])
+        await best(g, 1)
     results = []
     for shape in sweep:
         _mm.MATVEC_SHAPE_OVERRIDE = None if shape is None else tuple(int(v) for v in shape.split("x"))
@@ -117,13 +120,15 @@ async def bench_one(dev, qt: str, rows: int, cols: int, reps: int, stream_mb: fl
             "parts": len(weights[0].parts),
             "copies": copies,
             "calls": n,
+            "tokens": tokens,
             "us_per_call": round(per_call * 1e6, 3),
             "gb_per_s": round(nbytes / per_call / 1e9, 2),
+            "tflop_per_s": round(2 * rows * cols * tokens / per_call / 1e12, 3),
             "us_per_call_incl_submit": round(t1 / n * 1e6, 3),
             "us_encode_per_call": round(e1 / n * 1e6, 3),
         }
-        print(f"{qt:5} {rows:>6}x{cols:<5} {r['wg_r']:8} {r['us_per_call']:9.2f} us  {r['gb_per_s']:8.1f} GB/s",
-              file=sys.stderr, flush=True)
+        print(f"{qt:5} {rows:>6}x{cols:<5} {r['wg_r']:8} {r['us_per_call']:9.2f} us  {r['gb_per_s']:8.1f} GB/s"
+              f"  {r['tflop_per_s']:7.3f} TFLOP/s", file=sys.stderr, flush=True)
         results.append(r)
     for w in weights:
         for buf, _, _ in w.parts:
@@ -132,6 +137,7 @@ async def bench_one(dev, qt: str, rows: int, cols: int, reps: int, stream_mb: fl
 
 
 async def main() -> None:
+    global WARMUP_S
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--types", default=",".join(QUANT_TYPES), help="comma-separated GGUF types")
     ap.add_argument("--shapes", default=None, help="comma-separated ROWSxCOLS (default: Gemma 4 E2B's)")
@@ -140,15 +146,25 @@ async def main() -> None:
     ap.add_argument("--stream-mb", type=float, default=128.0, help="weight copies cycled to defeat the L2 cache")
     ap.add_argument("--disable", default="", help="features to turn off, e.g. subgroups,shader-f16")
     ap.add_argument("--sweep", default=None, help="WGxR,WGxR,...: time each matvec shape instead of the default")
+    ap.add_argument("--warmup-s", type=float, default=WARMUP_S, help="heavy load before each timing (0: none)")
+    ap.add_argument("--tokens", type=int, default=1, help="tokens per call: more than 1 times the tiled (prefill) kernel")
     ap.add_argument("--lib-suffix", default="", help="experiments: use shaders/quant/<type><suffix>.wgsl")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args()
     shapes = SHAPES if args.shapes is None else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    WARMUP_S = args.warmup_s
     if args.lib_suffix:
         libs = _mm._libs
         _mm._libs = lambda qt: libs(qt)[:-1] + (libs(qt)[-1] + args.lib_suffix * (qt != "f32"),)
     dev = await gpu.Device.open(disable_features=[f for f in args.disable.split(",") if f])
     rng = np.random.default_rng(0)
+    # The warm-up load: 64 calls of a 64 MiB f32 matvec (about 20 ms on an H100).
+    global heavy
+    hw = dev.upload_rows(np.zeros(4096 * 4096, np.float32), 4096, 4096 * 4, (4096, 4096), "f32", "warmup")
+    hx, hy = dev.tensor((1, 4096)), dev.tensor((1, 4096))
+    heavy = dev.graph()
+    for _ in range(64):
+        await ops.matmul(heavy, hw, hx, hy, n_tokens=1)
     results = []
     # The fixed cost of one dispatch (launch, and the barrier between dispatches writing the same output):
     # a matvec over a single row of 8 weights. Calls of small matrices cannot go below it.
@@ -158,7 +174,7 @@ async def main() -> None:
             if (rows, cols) == HEAD and qt not in args.head_types.split(","):
                 continue
             sweep = (None,) if args.sweep is None else args.sweep.split(",")
-            results += await bench_one(dev, qt, rows, cols, args.reps, args.stream_mb, rng, sweep)
+            results += await bench_one(dev, qt, rows, cols, args.reps, args.stream_mb, rng, sweep, args.tokens)
     report = {
         "device": dev.info,
         "features": sorted(dev.features),

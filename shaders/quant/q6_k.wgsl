@@ -41,6 +41,7 @@ fn run_deq(b: u32, r: u32) -> vec4<f32> {
   let l = 4u * (r & 7u);
   let ql = (ldw(b + 64u * n + 32u * (k & 1u) + l) >> (4u * (k >> 1u))) & NIB;
   let qh = ((ldw(b + 128u + 32u * n + l) >> (2u * k)) & BITS2) << 4u;
+  // extractBits on an i32 sign-extends the 8-bit scale.
   let sc = f32(extractBits(bitcast<i32>(u8_at(b + 192u + 8u * n + 2u * k + (l >> 4u))), 0u, 8u));
   return (f16_at(b + 208u) * sc) * (u8x4(ql | qh) - 32.0);
 }

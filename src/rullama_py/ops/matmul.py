@@ -107,7 +107,7 @@ async def matmul(g: Graph, w: Tensor, x: Tensor, out: Tensor, *, n_tokens: int, 
             wg, r = _matvec_shape(cols, rows, qt)
             assert r in (1, 2, 4) and wg & (wg - 1) == 0, (wg, r)  # the kernel's vec4 of rows; tree reduction
             grid = _grid(-(-n // r))
-            k = await dev.kernel("matvec", libs=libs, ROWS=n, ROW0=first, COLS=cols, ROW_BYTES=rb, R=r, WG=wg,
+            k = await dev.kernel("matvec", libs=libs + ("matvec_lib",), ROWS=n, ROW0=first, COLS=cols, ROW_BYTES=rb, R=r, WG=wg,
                                  GRID_X=grid[0], ACC=accumulate, SCALE=float(scale))
             g.add(k, [buf, x, out], grid)
         return
