@@ -3,7 +3,7 @@
 What it is for: GPU benchmarks and loader tests without the 7 GB download. Every text tensor has E2B's real name,
 shape and Ollama Q4_K_M type (see docs of `tensor_specs` and `q4_k_m_type`), every `gemma4.*` metadata key carries
 E2B's value, and the tokenizer section has E2B's vocabulary size with the special tokens at their real ids. The
-weights are random quant blocks with small finite scales, so kernels see realistic value ranges (|w| <~ 0.2) and
+weights are random quant blocks with small finite scales, so kernels see realistic value ranges (|w| < 0.13) and
 the output is finite but meaningless. The vision and audio towers are not written (only their metadata keys are,
 as in the real single-file blob), so the file is about 5.9 GB rather than 7.2 GB; 4.7 GB of it is the BF16
 per-layer embedding table, which `--vocab` shrinks.
@@ -378,21 +378,27 @@ def _f16_bytes(values: np.ndarray) -> np.ndarray:
 
 
 def random_q4_k(rng: np.random.Generator, n_blocks: int) -> np.ndarray:
-    """Q4_K blocks: value = d*sc*q - dmin*m with 6-bit sc, m and 4-bit q taken from random bytes (every bit pattern
-    of the scales and quants is a valid block). d is a normal f16 in [6.2e-5, 1.5e-4] and dmin = 7.5*d, so a
-    sub-block is centred on average and |value| < 0.15: the range of real weights."""
+    """Q4_K blocks: value = d*sc*q - dmin*m, one 6-bit (sc, m) pair per 32 values, 4-bit q from random bits.
+    Each sub-block gets m = sc and dmin = 7.5*d, which centres it on zero (value = d*sc*(q - 7.5)), as a trained
+    weight matrix is; d is a normal f16 in [1e-4, 2e-4], so |value| < 0.095 and the std is ~0.025, about
+    1/sqrt(1536): matrices keep activations at unit scale instead of adding a large rank-one bias."""
     blocks = random_bytes(rng, n_blocks * 144).reshape(n_blocks, 144)
-    d = rng.uniform(6.2e-5, 1.5e-4, n_blocks)
+    d = rng.uniform(1e-4, 2e-4, n_blocks)
     blocks[:, 0:2] = _f16_bytes(d)
     blocks[:, 2:4] = _f16_bytes(7.5 * d)
+    # The 12 scale bytes (block bytes 4-15) with m = sc, layout as in tools/make_tiny_gemma4.quantize_q4_k: the
+    # first 4 keep their random bits (sc[0..3] and the top bits of sc[4..7]), the next 4 repeat them for the mins,
+    # the last 4 hold the low nibble of sc[4..7] twice.
+    blocks[:, 8:12] = blocks[:, 4:8]
+    blocks[:, 12:16] = (blocks[:, 12:16] & 0x0F) * np.uint8(0x11)
     return blocks
 
 
 def random_q6_k(rng: np.random.Generator, n_blocks: int) -> np.ndarray:
-    """Q6_K blocks: value = d*scale*(q-32), q from random bits; the int8 sub-block scales are halved into [-64, 63]
-    and d is a normal f16 in [6.2e-5, 9e-5], so |value| < 0.19."""
+    """Q6_K blocks: value = d*scale*(q-32), q from random bits (symmetric, so centred); the int8 sub-block scales
+    are random in [-32, 31] and d is a normal f16 in [6.2e-5, 9e-5], so |value| < 0.095 and the std is ~0.025."""
     blocks = random_bytes(rng, n_blocks * 210).reshape(n_blocks, 210)
-    blocks[:, 192:208] = (blocks[:, 192:208].view(np.int8) >> 1).view(np.uint8)
+    blocks[:, 192:208] = (blocks[:, 192:208].view(np.int8) >> 2).view(np.uint8)
     blocks[:, 208:210] = _f16_bytes(rng.uniform(6.2e-5, 9e-5, n_blocks))
     return blocks
 
@@ -416,12 +422,17 @@ def random_small_float(rng: np.random.Generator, n: int, qtype: Q) -> np.ndarray
 
 
 def small_tensor_values(spec: TensorSpec, dims: Gemma4Dims, rng: np.random.Generator) -> np.ndarray:
-    """Values of the F32 tensors, chosen to look like trained ones: norm weights around 1, per-layer output scales
-    in (0.2, 1), and the exact rope frequency factors."""
+    """Values of the F32 tensors: norm weights around 1, per-layer output scales in (0.8, 1), the exact rope
+    frequency factors, and q/k norm weights in (0.1, 0.3). The last two keep the random model from being chaotic
+    (with q/k weights near 1, q.k over 256 dims has a std of 16 and attention is one-hot, and 1e-3 of noise, e.g.
+    llama.cpp's Q8 activations, changed the logits by ~6), so a GPU run can still be compared with the numpy
+    reference at full E2B shapes."""
     if spec.kind == "rope_freqs":
         return rope_freq_factors(dims)
     if spec.kind == "scalar":
-        return rng.uniform(0.2, 1.0, spec.ne).astype(np.float32)
+        return rng.uniform(0.8, 1.0, spec.ne).astype(np.float32)
+    if spec.name.endswith(("attn_q_norm.weight", "attn_k_norm.weight")):
+        return rng.uniform(0.1, 0.3, spec.ne).astype(np.float32)
     return rng.uniform(0.5, 1.5, spec.ne).astype(np.float32)
 
 
