@@ -16,12 +16,18 @@
 // Inside a workgroup, per tile of WG keys: thread j scores key j against all R rows (q tile in workgroup
 // memory, pre-scaled; the key row read straight from the cache, 8 halves per 16-byte load); the row maxima
 // are reduced through workgroup memory; the probabilities replace the scores there; then each thread
-// accumulates 8 output dims x its rows over the tile's values, reading V rows coalesced. Online softmax in f32:
-// running max per row in workgroup memory, the running sum kept per thread and reduced once at the end.
+// accumulates 8 output dims x R rows over every NKG-th value of the tile (one 16-byte V load feeds 8R FMAs),
+// and the NKG partial sums are added once at the end. Online softmax in f32: running max per row in workgroup
+// memory, the running sum kept per thread and reduced once at the end.
 //
-// Constants: HD (multiple of 8), G, NH, NKV, R (power of two, <= 32, divides WG), WG (power of two), NSPLIT,
-// ALIGN (chunks are rounded up to a multiple of it: WG, so no chunk ends in a part-filled tile), CAP, WINDOW,
-// SCALE, MAXT (token capacity of q/out).
+// Per-thread state is vectors whose 4 lanes are 4 rows (R = 4 or 8: one or two "row quads"), never private
+// arrays: SPIR-V has no register-indexed arrays, and NVIDIA's compiler keeps a loop-indexed private array in
+// local (device) memory even when every bound is a constant; that made a first version of this kernel ~10x
+// slower on an H100. Row loops are therefore written out, and the online-softmax rescale is a vector multiply.
+//
+// Constants: HD (8 times a power of two, HD / 8 <= WG), G, NH, NKV, R (4 or 8), WG (power of two, >= HD / 8),
+// NSPLIT, ALIGN (chunks are rounded up to a multiple of it: WG, so no chunk ends in a part-filled tile), CAP,
+// WINDOW, SCALE, MAXT (token capacity of q/out).
 @group(0) @binding(0) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> kc: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> vc: array<vec4<u32>>;
@@ -30,20 +36,35 @@
 @group(0) @binding(5) var<storage, read_write> ml: array<vec2<f32>>;   // split: (running max, sum) per row
 
 const HD4: u32 = HD / 4u;
-const HD8: u32 = HD / 8u;
-const NSEG: u32 = WG / R;                       // threads per row in the row reductions
-const ITEMS: u32 = (R * HD8 + WG - 1u) / WG;    // (row, 8-dim column) accumulators per thread
+const HD8: u32 = HD / 8u;                 // 16-byte pieces of a cache row (8 halves)
+const TWO: bool = R == 8u;                // a second row quad
+const NSEG: u32 = WG / R;                 // threads per row in the row reductions
+const NKG: u32 = WG / HD8;                // key groups in the P.V step; thread = (column lid % HD8, group)
+// Loads issued 4 at a time before their use: a loop that loads and immediately consumes stalls for the full
+// memory latency every iteration, which is all there is to see when a decode step runs few workgroups.
+const U: u32 = select(1u, 4u, HD8 % 4u == 0u);
 const MAXROWS: u32 = MAXT * NH;
 // "No key yet / masked". Finite on purpose: exp(MASKED - MASKED) = 1 keeps empty rows NaN-free, where -inf
 // would give exp(nan).
 const MASKED: f32 = -1e30;
 
-var<workgroup> qs: array<vec4<f32>, R * HD4>;   // q tile, times SCALE
-var<workgroup> ps: array<f32, R * WG>;          // [row][key of the tile]: scores, then probabilities
+var<workgroup> qs: array<vec4<f32>, R * HD4>;  // q tile (times SCALE); after the keys, the output tile
+var<workgroup> ps: array<f32, R * WG>;         // [row][key of the tile]: scores, then probabilities
 var<workgroup> red: array<f32, WG>;
-var<workgroup> m_run: array<f32, R>;            // running max per row
-var<workgroup> alpha: array<f32, R>;            // exp(old max - new max) of the current tile
-var<private> acc: array<vec4<f32>, 2u * ITEMS>;
+var<workgroup> m_run: array<f32, R>;           // running max per row
+var<workgroup> alpha: array<f32, R>;           // exp(old max - new max) of the current tile
+
+// Two row quads of something: lanes of `a` are rows 0-3, of `b` rows 4-7 (unused when R == 4).
+struct Quads {
+  a: vec4<f32>,
+  b: vec4<f32>,
+}
+
+// acc.aD / acc.bD: output dim D (of this thread's 8) for rows 0-3 / 4-7.
+struct Acc {
+  a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>, a4: vec4<f32>, a5: vec4<f32>, a6: vec4<f32>, a7: vec4<f32>,
+  b0: vec4<f32>, b1: vec4<f32>, b2: vec4<f32>, b3: vec4<f32>, b4: vec4<f32>, b5: vec4<f32>, b6: vec4<f32>, b7: vec4<f32>,
+}
 
 fn lo4(w: vec4<u32>) -> vec4<f32> {
   return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
@@ -98,8 +119,79 @@ fn reduce_rows(lid: u32, take_max: bool) {
   }
 }
 
-// Attends rows [x*R, x*R + R) of kv head kvh over keys [kb, ke). Leaves the unnormalised output in acc, the
-// row maxima in m_run and the row sums in red[0..R).
+// q row r (of the tile) . the 8 key dims of piece d.
+fn qk(r: u32, d: u32, k0: vec4<f32>, k1: vec4<f32>) -> f32 {
+  return dot(qs[r * HD4 + 2u * d], k0) + dot(qs[r * HD4 + 2u * d + 1u], k1);
+}
+
+// Scores of the R rows against piece d (8 dims) of one key.
+fn score8(d: u32, w: vec4<u32>) -> Quads {
+  let k0 = lo4(w);
+  let k1 = hi4(w);
+  var o: Quads;
+  o.a = vec4<f32>(qk(0u, d, k0, k1), qk(1u, d, k0, k1), qk(2u, d, k0, k1), qk(3u, d, k0, k1));
+  if (TWO) {
+    o.b = vec4<f32>(qk(4u, d, k0, k1), qk(5u, d, k0, k1), qk(6u, d, k0, k1), qk(7u, d, k0, k1));
+  }
+  return o;
+}
+
+// acc += p (per row) x the 8 value dims of w.
+fn pv8(acc: ptr<function, Acc>, j: u32, w: vec4<u32>) {
+  let v0 = lo4(w);
+  let v1 = hi4(w);
+  let pa = vec4<f32>(ps[j], ps[WG + j], ps[2u * WG + j], ps[3u * WG + j]);
+  (*acc).a0 += pa * v0.x;
+  (*acc).a1 += pa * v0.y;
+  (*acc).a2 += pa * v0.z;
+  (*acc).a3 += pa * v0.w;
+  (*acc).a4 += pa * v1.x;
+  (*acc).a5 += pa * v1.y;
+  (*acc).a6 += pa * v1.z;
+  (*acc).a7 += pa * v1.w;
+  if (TWO) {
+    let pb = vec4<f32>(ps[4u * WG + j], ps[5u * WG + j], ps[6u * WG + j], ps[7u * WG + j]);
+    (*acc).b0 += pb * v0.x;
+    (*acc).b1 += pb * v0.y;
+    (*acc).b2 += pb * v0.z;
+    (*acc).b3 += pb * v0.w;
+    (*acc).b4 += pb * v1.x;
+    (*acc).b5 += pb * v1.y;
+    (*acc).b6 += pb * v1.z;
+    (*acc).b7 += pb * v1.w;
+  }
+}
+
+fn scale_acc(acc: ptr<function, Acc>, fa: vec4<f32>, fb: vec4<f32>) {
+  (*acc).a0 *= fa; (*acc).a1 *= fa; (*acc).a2 *= fa; (*acc).a3 *= fa;
+  (*acc).a4 *= fa; (*acc).a5 *= fa; (*acc).a6 *= fa; (*acc).a7 *= fa;
+  if (TWO) {
+    (*acc).b0 *= fb; (*acc).b1 *= fb; (*acc).b2 *= fb; (*acc).b3 *= fb;
+    (*acc).b4 *= fb; (*acc).b5 *= fb; (*acc).b6 *= fb; (*acc).b7 *= fb;
+  }
+}
+
+// Visibility of key k to the rows of quad `base` (rows base..base+3 of the tile).
+fn visible(x: u32, quad: u32, k: u32, ke: u32) -> vec4<bool> {
+  let rr = vec4<u32>(x * R + quad * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
+  let p = vec4<u32>(step.pos) + rr / G;
+  let kk = vec4<u32>(k);
+  var ok = (rr < vec4<u32>(n_rows())) & (kk <= p) & vec4<bool>(k < ke);
+  if (WINDOW > 0u) {
+    ok = ok & (p - kk < vec4<u32>(WINDOW));  // p - k wraps when k > p, but then ok is false already
+  }
+  return ok;
+}
+
+fn put4(row0: u32, j: u32, v: vec4<f32>) {
+  ps[row0 * WG + j] = v.x;
+  ps[(row0 + 1u) * WG + j] = v.y;
+  ps[(row0 + 2u) * WG + j] = v.z;
+  ps[(row0 + 3u) * WG + j] = v.w;
+}
+
+// Attends rows [x*R, x*R + R) of kv head kvh over keys [kb, ke). Leaves the unnormalised output tile in qs
+// ([row][HD4]), the row maxima in m_run and the row sums in red[0..R).
 fn attend(x: u32, kvh: u32, kb: u32, ke: u32, lid: u32) {
   let rows = n_rows();
   for (var i = lid; i < R * HD4; i += WG) {
@@ -113,37 +205,49 @@ fn attend(x: u32, kvh: u32, kb: u32, ke: u32, lid: u32) {
   if (lid < R) {
     m_run[lid] = MASKED;
   }
-  for (var i = 0u; i < 2u * ITEMS; i++) {
-    acc[i] = vec4<f32>(0.0);
-  }
-  var lsum: array<f32, R>;
+  var acc: Acc;   // zero-initialised
+  var l: Quads;   // this thread's share of the row sums
+  let c = lid % HD8;
+  let kg = lid / HD8;
+  // Trip counts the shader compiler cannot see through (step.n_tokens >= 1 whenever this runs): with constant
+  // bounds the loops below get unrolled completely, and the kernel (~10K instructions at HD = 512) then
+  // spends most of a short decode step fetching its own code: on an H100 one tile cost ~90 us the first time
+  // and ~25 us after. Rolled loops with 4 loads per iteration keep both the code small and the loads in flight.
+  let one = min(step.n_tokens, 1u);
+  let n_pieces = HD8 * one;
+  let n_keys = WG * one;
   workgroupBarrier();
 
   for (var kt = kb; kt < ke; kt += WG) {
     // Scores of key k = kt + lid against every row of the tile.
     let k = kt + lid;
-    var s: array<f32, R>;
-    var ok = 0u;  // bit r: key k is visible to row r
+    var s: Quads;
     if (k < ke) {
       let base = (kvh * CAP + k % CAP) * HD8;
-      for (var d = 0u; d < HD8; d++) {
-        let w = kc[base + d];
-        let k0 = lo4(w);
-        let k1 = hi4(w);
-        for (var r = 0u; r < R; r++) {
-          s[r] += dot(qs[r * HD4 + 2u * d], k0) + dot(qs[r * HD4 + 2u * d + 1u], k1);
-        }
-      }
-      for (var r = 0u; r < R; r++) {
-        let rr = x * R + r;
-        let p = step.pos + rr / G;
-        if (rr < rows && k <= p && (WINDOW == 0u || p - k < WINDOW)) {
-          ok |= 1u << r;
+      for (var d = 0u; d < n_pieces; d += U) {
+        if (U == 4u) {
+          let w0 = kc[base + d];
+          let w1 = kc[base + d + 1u];
+          let w2 = kc[base + d + 2u];
+          let w3 = kc[base + d + 3u];
+          let s0 = score8(d, w0);
+          let s1 = score8(d + 1u, w1);
+          let s2 = score8(d + 2u, w2);
+          let s3 = score8(d + 3u, w3);
+          s.a += (s0.a + s1.a) + (s2.a + s3.a);
+          s.b += (s0.b + s1.b) + (s2.b + s3.b);
+        } else {
+          let s0 = score8(d, kc[base + d]);
+          s.a += s0.a;
+          s.b += s0.b;
         }
       }
     }
-    for (var r = 0u; r < R; r++) {
-      ps[r * WG + lid] = select(MASKED, s[r], ((ok >> r) & 1u) != 0u);
+    let oka = visible(x, 0u, k, ke);
+    let okb = visible(x, 1u, k, ke);
+    put4(0u, lid, select(vec4<f32>(MASKED), s.a, oka));
+    if (TWO) {
+      put4(4u, lid, select(vec4<f32>(MASKED), s.b, okb));
     }
     workgroupBarrier();
 
@@ -156,48 +260,100 @@ fn attend(x: u32, kvh: u32, kb: u32, ke: u32, lid: u32) {
     }
     workgroupBarrier();
 
-    for (var r = 0u; r < R; r++) {
-      let p = select(0.0, exp(s[r] - m_run[r]), ((ok >> r) & 1u) != 0u);
-      lsum[r] = lsum[r] * alpha[r] + p;
-      ps[r * WG + lid] = p;
+    let ma = vec4<f32>(m_run[0], m_run[1], m_run[2], m_run[3]);
+    let fa = vec4<f32>(alpha[0], alpha[1], alpha[2], alpha[3]);
+    let pa = select(vec4<f32>(0.0), exp(s.a - ma), oka);
+    l.a = l.a * fa + pa;
+    put4(0u, lid, pa);
+    var fb = vec4<f32>(0.0);
+    if (TWO) {
+      let mb = vec4<f32>(m_run[4 % R], m_run[5 % R], m_run[6 % R], m_run[7 % R]);
+      fb = vec4<f32>(alpha[4 % R], alpha[5 % R], alpha[6 % R], alpha[7 % R]);
+      let pb = select(vec4<f32>(0.0), exp(s.b - mb), okb);
+      l.b = l.b * fb + pb;
+      put4(4u, lid, pb);
     }
     workgroupBarrier();
 
-    // acc[row][8 dims] = acc * alpha + sum_j p[row][j] * V[j]; consecutive threads take consecutive 16-byte
-    // pieces of the same V row, so the loads coalesce.
-    let nk = min(WG, ke - kt);
-    let slot0 = kt % CAP;
-    for (var it = 0u; it < ITEMS; it++) {
-      let idx = lid + it * WG;
-      if (idx < R * HD8) {
-        let r = idx / HD8;
-        let c = idx % HD8;
-        let a = alpha[r];
-        var a0 = acc[2u * it] * a;
-        var a1 = acc[2u * it + 1u] * a;
-        var slot = slot0;
-        for (var j = 0u; j < nk; j++) {
-          let pj = ps[r * WG + j];
-          let w = vc[(kvh * CAP + slot) * HD8 + c];
-          a0 += pj * lo4(w);
-          a1 += pj * hi4(w);
-          slot += 1u;
-          if (slot == CAP) {
-            slot = 0u;
-          }
+    // acc = acc * alpha + sum_j p[row][j] * V[j] over keys j = kg, kg + NKG, ... of the tile: the threads of
+    // a warp read consecutive 16-byte pieces of one V row (coalesced) and each load serves all R rows. Keys
+    // past ke have p = 0; their slots hold finite values (zero-filled, or clamped by kv_store), so they are
+    // read rather than branched around.
+    scale_acc(&acc, fa, fb);
+    if (kg < NKG) {
+      let vbase = kvh * CAP;
+      for (var j = kg; j < n_keys; j += U * NKG) {
+        if (U == 4u) {
+          let j1 = j + NKG;
+          let j2 = j + 2u * NKG;
+          let j3 = j + 3u * NKG;
+          let w0 = vc[(vbase + (kt + j) % CAP) * HD8 + c];
+          let w1 = vc[(vbase + (kt + j1) % CAP) * HD8 + c];
+          let w2 = vc[(vbase + (kt + j2) % CAP) * HD8 + c];
+          let w3 = vc[(vbase + (kt + j3) % CAP) * HD8 + c];
+          pv8(&acc, j, w0);
+          pv8(&acc, j1, w1);
+          pv8(&acc, j2, w2);
+          pv8(&acc, j3, w3);
+        } else {
+          pv8(&acc, j, vc[(vbase + (kt + j) % CAP) * HD8 + c]);
         }
-        acc[2u * it] = a0;
-        acc[2u * it + 1u] = a1;
       }
     }
     workgroupBarrier();
   }
 
-  for (var r = 0u; r < R; r++) {
-    ps[r * WG + lid] = lsum[r];
+  // Row sums: this thread's shares, reduced over the workgroup into red[0..R).
+  put4(0u, lid, l.a);
+  if (TWO) {
+    put4(4u, lid, l.b);
   }
   workgroupBarrier();
   reduce_rows(lid, false);
+
+  // Add the key groups' accumulators into group 0, one group at a time through qs (free now; the transposed
+  // layout [column][8 dims x quads] of 8R floats per column fills exactly R * HD floats).
+  let t0 = c * (8u * (R / 4u));
+  for (var g = 1u; g < NKG; g++) {
+    workgroupBarrier();
+    if (kg == g) {
+      qs[t0] = acc.a0; qs[t0 + 1u] = acc.a1; qs[t0 + 2u] = acc.a2; qs[t0 + 3u] = acc.a3;
+      qs[t0 + 4u] = acc.a4; qs[t0 + 5u] = acc.a5; qs[t0 + 6u] = acc.a6; qs[t0 + 7u] = acc.a7;
+      if (TWO) {
+        qs[t0 + 8u] = acc.b0; qs[t0 + 9u] = acc.b1; qs[t0 + 10u] = acc.b2; qs[t0 + 11u] = acc.b3;
+        qs[t0 + 12u] = acc.b4; qs[t0 + 13u] = acc.b5; qs[t0 + 14u] = acc.b6; qs[t0 + 15u] = acc.b7;
+      }
+    }
+    workgroupBarrier();
+    if (kg == 0u) {
+      acc.a0 += qs[t0]; acc.a1 += qs[t0 + 1u]; acc.a2 += qs[t0 + 2u]; acc.a3 += qs[t0 + 3u];
+      acc.a4 += qs[t0 + 4u]; acc.a5 += qs[t0 + 5u]; acc.a6 += qs[t0 + 6u]; acc.a7 += qs[t0 + 7u];
+      if (TWO) {
+        acc.b0 += qs[t0 + 8u]; acc.b1 += qs[t0 + 9u]; acc.b2 += qs[t0 + 10u]; acc.b3 += qs[t0 + 11u];
+        acc.b4 += qs[t0 + 12u]; acc.b5 += qs[t0 + 13u]; acc.b6 += qs[t0 + 14u]; acc.b7 += qs[t0 + 15u];
+      }
+    }
+  }
+  workgroupBarrier();
+  // Group 0 writes the output tile row-major: row r, dims 8c..8c+7 (transposing lanes = rows back).
+  if (kg == 0u) {
+    let lo = transpose(mat4x4<f32>(acc.a0, acc.a1, acc.a2, acc.a3));
+    let hi = transpose(mat4x4<f32>(acc.a4, acc.a5, acc.a6, acc.a7));
+    qs[2u * c] = lo[0]; qs[2u * c + 1u] = hi[0];
+    qs[HD4 + 2u * c] = lo[1]; qs[HD4 + 2u * c + 1u] = hi[1];
+    qs[2u * HD4 + 2u * c] = lo[2]; qs[2u * HD4 + 2u * c + 1u] = hi[2];
+    qs[3u * HD4 + 2u * c] = lo[3]; qs[3u * HD4 + 2u * c + 1u] = hi[3];
+    if (TWO) {
+      let lo2 = transpose(mat4x4<f32>(acc.b0, acc.b1, acc.b2, acc.b3));
+      let hi2 = transpose(mat4x4<f32>(acc.b4, acc.b5, acc.b6, acc.b7));
+      let o = 4u * HD4 + 2u * c;
+      qs[o] = lo2[0]; qs[o + 1u] = hi2[0];
+      qs[o + HD4] = lo2[1]; qs[o + HD4 + 1u] = hi2[1];
+      qs[o + 2u * HD4] = lo2[2]; qs[o + 2u * HD4 + 1u] = hi2[2];
+      qs[o + 3u * HD4] = lo2[3]; qs[o + 3u * HD4 + 1u] = hi2[3];
+    }
+  }
+  workgroupBarrier();
 }
 
 @compute @workgroup_size(WG)
@@ -208,15 +364,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   }
   let kr = key_range(wid.x, 0u);
   attend(wid.x, wid.y, kr.x, kr.y, lid);
-  for (var it = 0u; it < ITEMS; it++) {
-    let idx = lid + it * WG;
-    let r = idx / HD8;
+  for (var i = lid; i < R * HD4; i += WG) {
+    let r = i / HD4;
     let rr = wid.x * R + r;
-    if (idx < R * HD8 && rr < rows) {
-      let o = q_row(rr, wid.y) * HD4 + 2u * (idx % HD8);
-      let inv = 1.0 / red[r];  // >= 1: the row's own position is always visible
-      dst[o] = acc[2u * it] * inv;
-      dst[o + 1u] = acc[2u * it + 1u] * inv;
+    if (rr < rows) {
+      dst[q_row(rr, wid.y) * HD4 + i % HD4] = qs[i] / red[r];  // red[r] >= 1: the row sees its own position
     }
   }
 }
@@ -231,13 +383,10 @@ fn split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
   attend(wid.x, wid.y, kr.x, kr.y, lid);
   let base = wid.z * MAXROWS;
   if (kr.x < kr.y) {  // an empty split leaves its accumulator unwritten: combine gives it weight 0
-    for (var it = 0u; it < ITEMS; it++) {
-      let idx = lid + it * WG;
-      let rr = wid.x * R + idx / HD8;
-      if (idx < R * HD8 && rr < rows) {
-        let o = (base + q_row(rr, wid.y)) * HD4 + 2u * (idx % HD8);
-        dst[o] = acc[2u * it];
-        dst[o + 1u] = acc[2u * it + 1u];
+    for (var i = lid; i < R * HD4; i += WG) {
+      let rr = wid.x * R + i / HD4;
+      if (rr < rows) {
+        dst[(base + q_row(rr, wid.y)) * HD4 + i % HD4] = qs[i];
       }
     }
   }
@@ -247,46 +396,72 @@ fn split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
   }
 }
 
-// ---- combine: one workgroup per (token, head) row. Bindings of its own (they may reuse numbers: WGSL only
-// forbids that within one entry point).
+// ---- combine: merges the splits of one (token, head) row, CC 4-dim columns per workgroup:
+// grid (rows, HD4 / CC); thread = (column lid % CC, split group lid / CC). Bindings of its own (they may reuse
+// numbers: WGSL only forbids that within one entry point).
 const CWG: u32 = 64u;
+const CC: u32 = min(HD4, 16u);
+const SG: u32 = CWG / CC;
 @group(0) @binding(0) var<storage, read> c_part: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> c_ml: array<vec2<f32>>;
 @group(0) @binding(2) var<uniform> c_step: Step;
 @group(0) @binding(3) var<storage, read_write> c_out: array<vec4<f32>>;
 
 var<workgroup> wts: array<f32, NSPLIT>;
+var<workgroup> cred: array<vec4<f32>, CWG>;
+
+fn reduce_c(lid: u32, take_max: bool) -> f32 {
+  workgroupBarrier();
+  for (var s = CWG / 2u; s > 0u; s /= 2u) {
+    if (lid < s) {
+      let a = cred[lid].x;
+      let b = cred[lid + s].x;
+      cred[lid].x = select(a + b, max(a, b), take_max);
+    }
+    workgroupBarrier();
+  }
+  let r = cred[0].x;
+  workgroupBarrier();
+  return r;
+}
 
 @compute @workgroup_size(CWG)
-fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-           @builtin(local_invocation_index) lid: u32) {
-  let row = wid.y * nwg.x + wid.x;
+fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let row = wid.x;
   if (row >= min(c_step.n_tokens, MAXT) * NH) {
     return;
   }
   var mx = MASKED;
-  for (var s = 0u; s < NSPLIT; s++) {
+  for (var s = lid; s < NSPLIT; s += CWG) {
     mx = max(mx, c_ml[s * MAXROWS + row].x);
   }
-  // Splits with no visible key (sum 0) get weight 0 and their (stale) accumulators are never read.
+  cred[lid].x = mx;
+  mx = reduce_c(lid, true);
+  // Splits with no visible key (sum 0) get weight 0, and their (stale) accumulators are not read.
+  var l = 0.0;
   for (var s = lid; s < NSPLIT; s += CWG) {
     let e = c_ml[s * MAXROWS + row];
-    wts[s] = select(0.0, exp(e.x - mx), e.y > 0.0);
+    let w = select(0.0, exp(e.x - mx), e.y > 0.0);
+    wts[s] = w;
+    l += w * e.y;
   }
-  workgroupBarrier();
-  var l = 0.0;
-  for (var s = 0u; s < NSPLIT; s++) {
-    l += wts[s] * c_ml[s * MAXROWS + row].y;
-  }
-  let inv = 1.0 / l;
-  for (var d = lid; d < HD4; d += CWG) {
-    var o = vec4<f32>(0.0);
-    for (var s = 0u; s < NSPLIT; s++) {
-      let w = wts[s];
-      if (w > 0.0) {
-        o += w * c_part[(s * MAXROWS + row) * HD4 + d];
-      }
+  cred[lid].x = l;
+  l = reduce_c(lid, false);
+
+  let d = wid.y * CC + lid % CC;
+  var o = vec4<f32>(0.0);
+  for (var s = lid / CC; s < NSPLIT; s += SG) {
+    let w = wts[s];
+    if (w > 0.0) {
+      o += w * c_part[(s * MAXROWS + row) * HD4 + d];
     }
-    c_out[row * HD4 + d] = o * inv;
+  }
+  cred[lid] = o;
+  workgroupBarrier();
+  if (lid < CC) {
+    for (var g = 1u; g < SG; g++) {
+      o += cred[g * CC + lid];
+    }
+    c_out[row * HD4 + d] = o / l;
   }
 }

@@ -73,37 +73,33 @@ async def run_case(device, *, heads, kv_heads, hd, window, chunks, T, decode, sl
 
 
 @pytest.mark.parametrize(
-    "heads,kv_heads,hd,window,chunks,T,decode,slots,splits",
+    "heads,kv_heads,hd,window,chunks,T,decode,slots,splits,scale",
     [
         # GQA ratio 1, small head; 158 keys: several key tiles, a window crossing tile edges; decode forced to
         # 3 key splits + combine.
-        (2, 2, 16, 100, (64, 64), 64, 30, 200, 3),
+        (2, 2, 16, 100, (64, 64), 64, 30, 200, 3, None),
         # ratio 4, window 8: 40 tokens in a ring of kv_slots = 8 + 16 - 1 = 23 slots, wrapping mid key tile.
-        (4, 1, 64, 8, (13, 16), 16, 11, "ring", None),
-        # ratio 8, Gemma 4 sliding-layer head size; a cache of 1000 slots makes the automatic plan cut decode
-        # into several splits, all but the first empty at this context length.
-        (8, 1, 256, 0, (9,), 12, 4, 1000, None),
+        (4, 1, 64, 8, (13, 16), 16, 11, "ring", None, None),
+        # ratio 8, Gemma 4 sliding layer (head_dim 256, scale 1.0 on unit-RMS q and k); a cache of 1000 slots
+        # makes the automatic plan cut decode into several splits, all but the first empty at this length.
+        (8, 1, 256, 0, (9,), 12, 4, 1000, None, 1.0),
         # ratio 4, Gemma 4 global head size, two kv heads; decode in 2 splits.
-        (8, 2, 512, 0, (6,), 6, 3, 16, 2),
+        (8, 2, 512, 0, (6,), 6, 3, 16, 2, None),
     ],
 )
-async def test_prefill_then_decode(device, heads, kv_heads, hd, window, chunks, T, decode, slots, splits):
+async def test_prefill_then_decode(device, heads, kv_heads, hd, window, chunks, T, decode, slots, splits, scale):
     n_total = sum(chunks) + decode
     if slots == "ring":
         slots = ops.kv_slots(n_total, window=window, max_tokens=T)
         assert slots < n_total  # the ring really wraps
-    await run_case(device, heads=heads, kv_heads=kv_heads, hd=hd, window=window, chunks=chunks, T=T,
-                   decode=decode, slots=slots, splits=splits, seed=hd + heads)
-
-
-async def test_scale_one_against_f32(device):
-    """Gemma 4 setting (scale 1.0, head_dim 256, q and k of RMS 1): also compare with unrounded f32 K/V.
-    Scores have std ~sqrt(256) = 16, and f16 rounding (relative 2^-11) moves each by ~16 * 2^-11 / sqrt(2) ~
-    0.005, which shifts the softmax weights by ~0.5%: bound 2e-2 * max|v|."""
-    q, k, v, got, pos = await run_case(device, heads=8, kv_heads=1, hd=256, window=0, chunks=(9,), T=12,
-                                       decode=2, slots=1000, scale=1.0)
-    want = ref.attention(q[pos - 1 : pos], k[:pos], v[:pos], pos - 1, scale=1.0)
-    np.testing.assert_allclose(got, want, rtol=0, atol=2e-2 * np.abs(v).max())
+    q, k, v, got, pos = await run_case(device, heads=heads, kv_heads=kv_heads, hd=hd, window=window, chunks=chunks,
+                                       T=T, decode=decode, slots=slots, splits=splits, scale=scale, seed=hd + heads)
+    if scale == 1.0:
+        # Against unrounded f32 K/V as well. Scores have std ~sqrt(256) = 16 here, and f16 rounding (relative
+        # 2^-11) moves each by ~16 * 2^-11 / sqrt(2) ~ 0.005, which shifts the softmax weights by ~0.5%: bound
+        # 2e-2 * max|v|.
+        want = ref.attention(q[pos - 1 : pos], k[:pos], v[:pos], pos - 1, scale=1.0)
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-2 * np.abs(v).max())
 
 
 async def test_kv_store_layout(device):

@@ -117,28 +117,28 @@ def _scratch(device: Device, nbytes: int, label: str) -> Tensor:
     return pool[key]
 
 
-def _pow2_floor(n: int) -> int:
-    return 1 << (max(1, n).bit_length() - 1)
-
-
 def attention_plan(device: Device, *, n_tokens: int, n_heads: int, n_kv_heads: int, head_dim: int,
-                   window: int, max_ctx: int, splits: int | None = None) -> dict:
+                   window: int, max_ctx: int, splits: int | None = None, wg: int | None = None) -> dict:
     """Tile sizes and the dispatches attention() records (exposed for tests and benchmarks)."""
-    if head_dim % 8:
-        raise ValueError(f"head_dim {head_dim} must be a multiple of 8")
+    hd8 = head_dim // 8
+    if head_dim % 8 or hd8 & (hd8 - 1):
+        raise ValueError(f"head_dim {head_dim} must be 8 times a power of two")
     if n_heads % n_kv_heads:
         raise ValueError(f"n_heads {n_heads} is not a multiple of n_kv_heads {n_kv_heads}")
     group = n_heads // n_kv_heads
-    wg = 128 if head_dim >= 128 else 64
-    # Rows per workgroup: as many as the q tile's workgroup memory allows (the rest of the kernel needs about
-    # R * WG * 4 + WG * 4 bytes more), no more than the rows there are, at most 8. More rows only save K/V
-    # re-reads, which hit L2 anyway: the scoring loop costs the same 2 workgroup-memory loads per 8 FMAs at
-    # any R, while registers (R scores, R * head_dim / WG accumulators) and compile time grow with R.
+    # Keys per tile = threads. At least one thread per 16-byte piece of a cache row (the P.V step).
+    wg = max(wg or (128 if head_dim >= 128 else 64), hd8)
+    # Rows per workgroup: 8 (two "row quads"; the kernel keeps per-row state in vec4 lanes) when there are more
+    # than 4 and the q tile fits workgroup memory with the rest (R * WG * 4 + WG * 4 bytes more), else 4. More
+    # rows only save K/V re-reads, which hit L2 anyway: the scoring loop costs the same 2 workgroup-memory
+    # loads per 8 FMAs at any R, while registers (8R accumulators per thread) grow with R.
     budget = min(device.limits.get("max-compute-workgroup-storage-size", 16384), 48 << 10)
     rows_max = n_tokens * group
-    r = min(8, _pow2_floor(rows_max) * (2 if rows_max & (rows_max - 1) else 1))
-    while r > 1 and r * head_dim * 4 + r * wg * 4 + wg * 4 + 64 > budget:
-        r //= 2
+    r = 8 if rows_max > 4 else 4
+    while r * head_dim * 4 + r * wg * 4 + wg * 4 + 64 > budget:
+        if r == 4:
+            raise ValueError(f"head_dim {head_dim}: the attention tile does not fit {budget} bytes of workgroup memory")
+        r = 4
     row_tiles = -(-rows_max // r)
     max_keys = min(max_ctx, window + n_tokens - 1) if window > 0 else max_ctx
     if splits is None:
@@ -155,17 +155,18 @@ def attention_plan(device: Device, *, n_tokens: int, n_heads: int, n_kv_heads: i
 
 async def attention(g: Graph, q: Tensor, cache_k: Tensor, cache_v: Tensor, out: Tensor, step: Tensor, *,
                     n_heads: int, n_kv_heads: int, head_dim: int, scale: float, window: int = 0, max_ctx: int,
-                    splits: int | None = None):
+                    splits: int | None = None, wg: int | None = None):
     """out = softmax(scale * q k^T + mask) v for q, out f32 [n_tokens, n_heads, head_dim] at positions
     step.pos + t, over the keys 0..step.pos + n_tokens - 1 already stored by kv_store (GQA: q head h uses kv
     head h // (n_heads / n_kv_heads)). Causal; with window > 0 a key k is visible to position p iff
     p - k < window. max_ctx is the caches' slot count (see kv_slots; key k is read from slot k % max_ctx).
 
     Dispatches: 1 when there are enough (token, head) rows to fill the GPU without cutting the keys (prefill),
-    else 2 (flash-decoding: key splits, then a combine). `splits` forces the split count (tests)."""
+    else 2 (flash-decoding: key splits, then a combine). `splits` forces the split count and `wg` the
+    keys per tile (= threads per workgroup), for tests and tuning."""
     max_t = _tokens(q, n_heads * head_dim, "q")
     plan = attention_plan(g.device, n_tokens=max_t, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim,
-                          window=window, max_ctx=max_ctx, splits=splits)
+                          window=window, max_ctx=max_ctx, splits=splits, wg=wg)
     nsplit = plan["splits"]
     consts = dict(HD=head_dim, G=plan["group"], NH=n_heads, NKV=n_kv_heads, R=plan["rows"], WG=plan["wg"],
                   NSPLIT=nsplit, ALIGN=plan["align"], CAP=max_ctx, WINDOW=window, SCALE=float(scale), MAXT=max_t)
@@ -180,4 +181,4 @@ async def attention(g: Graph, q: Tensor, cache_k: Tensor, cache_v: Tensor, out: 
     k = await g.device.kernel("attention", entry="split", **consts)
     g.add(k, [q, cache_k, cache_v, step, part, ml], grid)
     c = await g.device.kernel("attention", entry="combine", **consts)
-    g.add(c, [part, ml, step, out], _grid(rows, 1))
+    g.add(c, [part, ml, step, out], (rows, head_dim // 4 // min(head_dim // 4, 16)))
