@@ -2,8 +2,10 @@
 // memory-bound: the hot kernel). The type's dequantiser comes from quant/<type>.wgsl (see quant/f32.wgsl for
 // its interface); this file only decides who reads what.
 //
-// A workgroup owns R (1, 2 or 4) consecutive rows of this part of the weight. Its WG lanes walk the rows
-// together, lane i taking units i, i + WG, ... (a unit is 8 or 16 weights that share their loads). Lanes
+// A workgroup of WG lanes is WG / LPR row groups of LPR lanes; each group owns R (1, 2 or 4) consecutive rows
+// of this part of the weight. A group's lanes walk its rows together, lane i taking units i, i + LPR, ...
+// (a unit is 8 or 16 weights that share their loads): short rows (1536 columns of Q4_K are 96 units) give
+// each lane several units rather than leaving most lanes of a large workgroup idle. Lanes
 // next to each other read neighbouring words of the same blocks, so every load instruction of a subgroup
 // covers whole cache lines. Each lane handles the same unit of all R rows, so the activation runs it loads
 // (vec4 reads) and their sums are reused R times. The R partial sums live in one vec4 and the rows are
@@ -13,40 +15,43 @@
 //
 // Constants: ROWS (rows of this part), ROW0 (its first row in the whole weight: parts are separate buffers,
 // so the part's data starts at byte 0 and only the output index moves), COLS (a multiple of QK, and of 8 for
-// float types: the host uses the tiled kernel otherwise), ROW_BYTES, R, WG (power of two), GRID_X
-// (workgroups along x; more than 65535 workgroups wrap into y), ACC (add into y), SCALE.
+// float types: the host uses the tiled kernel otherwise), ROW_BYTES, R, WG and LPR (powers of two, LPR <= WG),
+// GRID_X (workgroups along x; more than 65535 workgroups wrap into y), ACC (add into y), SCALE.
 @group(0) @binding(0) var<storage, read> W: array<u32>;
 @group(0) @binding(1) var<storage, read> X: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> Y: array<f32>;
 
 const UPR: u32 = (COLS / QK) * UPB;  // units per row
+const G: u32 = WG / LPR;  // row groups per workgroup
 
 var<workgroup> red: array<vec4<f32>, WG>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let row0 = (wid.x + wid.y * GRID_X) * R;
-  if (row0 >= ROWS) {
+  let wrow = (wid.x + wid.y * GRID_X) * (G * R);
+  if (wrow >= ROWS) {
     return;  // padding workgroup of a wrapped grid (uniform: depends on the workgroup id only)
   }
+  let li = lid % LPR;
+  let row0 = wrow + (lid / LPR) * R;
   // Rows past the end recompute the last row; their sums are not stored.
-  let b0 = row0 * ROW_BYTES;
+  let b0 = min(row0, ROWS - 1u) * ROW_BYTES;
   let b1 = min(row0 + 1u, ROWS - 1u) * ROW_BYTES;
   let b2 = min(row0 + 2u, ROWS - 1u) * ROW_BYTES;
   let b3 = min(row0 + 3u, ROWS - 1u) * ROW_BYTES;
   var acc = vec4<f32>(0.0);
-  for (var u = lid; u < UPR; u += WG) {
+  for (var u = li; u < UPR; u += LPR) {
     acc += unit_rows(u, b0, b1, b2, b3);
   }
   red[lid] = acc;
   workgroupBarrier();
-  for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
-    if (lid < stride) {
+  for (var stride = LPR / 2u; stride > 0u; stride >>= 1u) {
+    if (li < stride) {
       red[lid] += red[lid + stride];
     }
     workgroupBarrier();
   }
-  if (lid == 0u) {
-    store(row0, red[0]);
+  if (li == 0u && row0 < ROWS) {
+    store(row0, red[lid]);
   }
 }

@@ -95,18 +95,32 @@ async def test_matvec_fallback_split_parts(device_fallback):
     assert len(w.parts) == 3
 
 
-@pytest.mark.parametrize("wg,r", [(64, 2), (256, 1), (128, 4)])
-async def test_matvec_workgroup_shapes(device, wg, r):
-    """Every rows-per-workgroup / lanes combination the kernel supports, whatever the size heuristic picks;
-    67 rows leave the last workgroup partly empty."""
+@pytest.mark.parametrize("wg,r,lpr", [(64, 2, 64), (256, 1, 256), (128, 4, 32), (64, 4, 16), (32, 1, 4)])
+async def test_matvec_workgroup_shapes(device, device_fallback, wg, r, lpr):
+    """Rows per group, lanes per workgroup and per row group, whatever the size heuristic picks: row groups
+    smaller and larger than a subgroup (lavapipe's are 8 lanes, NVIDIA's 32); 67 rows leave the last
+    workgroup partly empty."""
     mm = sys.modules["rullama_py.ops.matmul"]  # the module (`ops.matmul` is the function)
-    mm.MATVEC_SHAPE_OVERRIDE = (wg, r)
+    mm.MATVEC_SHAPE_OVERRIDE = (wg, r, lpr)
     try:
         await _check(device, "q4_k", rows=67, cols=512, n_tokens=1, seed=8, accumulate=r == 2)
+        await _check(device_fallback, "q8_0", rows=67, cols=512, n_tokens=1, seed=9)
     finally:
         mm.MATVEC_SHAPE_OVERRIDE = None
 
 
 async def test_matvec_wrapped_grid(device):
-    """More than 65535 workgroups in one dispatch (the 262144-row head in one part): the grid wraps into y."""
-    await _check(device, "f32", rows=4 * 65535 + 3, cols=8, n_tokens=1, seed=7)
+    """More than 65535 workgroups in one dispatch (a 262144-row head in one part can get there): the grid
+    wraps into y. One row per workgroup makes 65538 rows enough."""
+    mm = sys.modules["rullama_py.ops.matmul"]
+    mm.MATVEC_SHAPE_OVERRIDE = (64, 1, 64)
+    try:
+        await _check(device, "f32", rows=65535 + 3, cols=8, n_tokens=1, seed=7)
+    finally:
+        mm.MATVEC_SHAPE_OVERRIDE = None
+
+
+async def test_matvec_head_shape(device):
+    """The heuristic's choice for very tall weights (4 rows per group of 32 lanes), on a split weight."""
+    await _check(device, "q6_k", rows=32771, cols=256, n_tokens=1, seed=10,
+                 max_binding=ref.row_bytes("q6_k", 256) * 12000)

@@ -66,25 +66,31 @@ def _check(t: Tensor, n: int, what: str) -> None:
         raise ValueError(f"{what} {t.label!r} of shape {t.shape} holds {total} values; needs {n}")
 
 
-# (WG, R) forced for every matvec, or None: for tools/bench_matmul.py --sweep and the tests only.
-MATVEC_SHAPE_OVERRIDE: tuple[int, int] | None = None
+# (WG, R[, LPR]) forced for every matvec, or None: for tools/bench_matmul.py --sweep and the tests only.
+MATVEC_SHAPE_OVERRIDE: tuple | None = None
 
 
-def _matvec_shape(cols: int, rows: int, qt: str) -> tuple[int, int]:
-    """(WG, R): lanes per workgroup and rows per workgroup for the matvec kernel.
+def _matvec_shape(cols: int, rows: int, qt: str) -> tuple[int, int, int]:
+    """(WG, R, LPR): lanes per workgroup, rows per row group, lanes per row group for the matvec kernel.
 
-    Measured on an H100 (tools/bench_matmul.py --sweep, Gemma 4 E2B shapes): 128 lanes beat 64 and 256 for
-    rows of 1536 to 6144 columns; 4 rows per workgroup win from 6144 rows up (the activation loads and their
-    sums are shared by 4 rows, and fewer, fatter workgroups), while 1536-row matrices need one row per
-    workgroup to spread over all SMs. Very short rows (Gemma 3 270M: 640 columns) take 64 lanes."""
+    Measured on an H100 (tools/bench_matmul.py --sweep, Gemma 4 E2B shapes, Q4_K / Q6_K / Q8_0): 128 lanes
+    beat 64 and 256 for rows of 1536 to 6144 columns. Up to a few thousand rows, one row group per workgroup
+    (LPR = WG) with 1 row (< 4096 rows) or 4 rows (the activation loads and their sums shared by 4 rows) is
+    best: those calls are latency-bound and need many lanes per row. The 262144-row head runs 15-25 % faster
+    with 4 groups of 32 lanes, each lane taking 3 units of 4 rows, than with 128 lanes a row. Very short rows
+    (Gemma 3 270M: 640 columns) take 64 lanes."""
     if MATVEC_SHAPE_OVERRIDE is not None:
-        return MATVEC_SHAPE_OVERRIDE
+        wg, r, *lpr = MATVEC_SHAPE_OVERRIDE
+        return wg, r, (lpr[0] if lpr else wg)
     blk = QUANT_TYPES[qt][0]
     per_block = {"f32": 1, "f16": 1, "bf16": 1, "q8_0": 4, "q4_0": 4, "q5_0": 4}.get(qt, 16)
     units = cols // max(blk, 8) * per_block
     wg = 64 if units <= 128 else 128 if units <= 1024 else 256
-    r = 1 if rows < 4096 else 4
-    return wg, r
+    if rows < 4096:
+        return wg, 1, wg
+    if rows < 32768:
+        return wg, 4, wg
+    return wg, 4, min(wg, 32)
 
 
 async def matmul(g: Graph, w: Tensor, x: Tensor, out: Tensor, *, n_tokens: int, accumulate: bool = False,
@@ -104,11 +110,12 @@ async def matmul(g: Graph, w: Tensor, x: Tensor, out: Tensor, *, n_tokens: int, 
     # The matvec kernel works in 8-element units and reads the activation as vec4s.
     if n_tokens == 1 and cols % 8 == 0:
         for buf, first, n in w.parts:
-            wg, r = _matvec_shape(cols, rows, qt)
-            assert r in (1, 2, 4) and wg & (wg - 1) == 0, (wg, r)  # the kernel's vec4 of rows; tree reduction
-            grid = _grid(-(-n // r))
-            k = await dev.kernel("matvec", libs=libs + ("matvec_lib",), ROWS=n, ROW0=first, COLS=cols, ROW_BYTES=rb, R=r, WG=wg,
-                                 GRID_X=grid[0], ACC=accumulate, SCALE=float(scale))
+            wg, r, lpr = _matvec_shape(cols, rows, qt)
+            # R: the kernel's vec4 of rows; powers of two: tree and butterfly reductions.
+            assert r in (1, 2, 4) and wg & (wg - 1) == 0 and lpr & (lpr - 1) == 0 and 4 <= lpr <= wg, (wg, r, lpr)
+            grid = _grid(-(-n // (r * wg // lpr)))
+            k = await dev.kernel("matvec", libs=libs + ("matvec_lib",), ROWS=n, ROW0=first, COLS=cols, ROW_BYTES=rb,
+                                 R=r, WG=wg, LPR=lpr, GRID_X=grid[0], ACC=accumulate, SCALE=float(scale))
             g.add(k, [buf, x, out], grid)
         return
     for buf, first, n in w.parts:
