@@ -186,6 +186,15 @@ class Gemma:
                                 label=f"kv{l}")
             self.kv[l] = (k, v, slots)
 
+    def can_rewind(self, n_now: int, n_target: int) -> bool:
+        """Whether the cache of a context of n_now tokens can be cut back to its first n_target tokens: a
+        sliding-window layer's ring buffer must still hold the window that position n_target looks at."""
+        for l, (_, _, slots) in self.kv.items():
+            if self.cfg.is_sliding[l] and slots < self.max_context:
+                if n_now - n_target > slots - self.cfg.sliding_window:
+                    return False
+        return True
+
     # -- the forward pass ----------------------------------------------------------------------------------
     async def _record(self, cap: int) -> Run:
         """Record the forward pass of a run of up to `cap` tokens, ending with the last token's logits."""
