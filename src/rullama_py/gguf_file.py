@@ -176,9 +176,10 @@ class _Header:
             return [await self.array(f"{what}[{k}]", depth + 1) for k in range(count)]
         dt = _SCALAR_DTYPES[etype]
         data = await self.r.read(count * dt.itemsize)
-        arr = np.frombuffer(data, dtype=dt, count=count)
         if etype == GGUFValueType.BOOL:
-            arr = np.frombuffer(data, dtype=np.uint8, count=count) != 0
+            arr = np.frombuffer(data, dtype=np.uint8, count=count) != 0  # any non-zero byte is true
+        else:
+            arr = np.frombuffer(data, dtype=dt, count=count)
         if count < _NUMPY_ARRAY_MIN:
             return arr.tolist()
         arr = arr.astype(dt.newbyteorder("="), copy=True)  # own memory (not a view of the read window)

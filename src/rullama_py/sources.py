@@ -433,7 +433,7 @@ class SequentialReader:
             raise SourceError(f"{self.source.name}: need {n} bytes at offset {pos}, only {want} remain")
         data = await self.source.read(pos, want)
         self.reads += 1
-        self._buf = memoryview(data).cast("B") if not isinstance(data, memoryview) else data.cast("B")
+        self._buf = memoryview(data).cast("B")
         self._base, self._i = pos, 0
         self._chunk = min(self._chunk * 2, self._max_chunk)
 
