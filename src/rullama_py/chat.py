@@ -43,6 +43,12 @@ class _Special(str):
     __slots__ = ()
 
 
+class _Bos(_Special):
+    """The prompt's BOS: the vocab's BOS id (whatever its text), rendered as the template's ``<bos>``."""
+
+    __slots__ = ()
+
+
 def _role(message: Mapping) -> str:
     role = message.get("role")
     if role == "model":
@@ -113,7 +119,7 @@ class ChatTemplate:
             raise ChatError(f"the vocabulary has no {text!r} token, which this chat format needs")
         return tid
 
-    def _prepare(self, messages, add_generation_prompt, continue_final_message):
+    def _prepare(self, messages, continue_final_message):
         messages = list(messages)
         if not messages:
             raise ChatError("no messages")
@@ -128,13 +134,13 @@ class ChatTemplate:
         return messages, roles, bool(continue_final_message)
 
     def render_text(self, messages, add_generation_prompt: bool = True, continue_final_message: bool | None = None,
-                    **options) -> str:  # fmt: skip
+                    **options) -> str:
         """The prompt as text, BOS text included. ``continue_final_message`` (default: when the last message
         is from the assistant) leaves that message's turn open for the model to continue."""
         return "".join(self._pieces(messages, add_generation_prompt, continue_final_message, **options))
 
     def render(self, messages, add_generation_prompt: bool = True, continue_final_message: bool | None = None,
-               **options) -> list[int]:  # fmt: skip
+               **options) -> list[int]:
         """The prompt as token ids: one BOS, special tokens as their ids, text tokenized between them."""
         out: list[int] = []
         text: list[str] = []
@@ -146,7 +152,12 @@ class ChatTemplate:
                 text.clear()
 
         for piece in self._pieces(messages, add_generation_prompt, continue_final_message, **options):
-            if isinstance(piece, _Special):
+            if isinstance(piece, _Bos):
+                flush()
+                if self.tok.bos_id is None:
+                    raise ChatError("the vocabulary has no BOS token")
+                out.append(self.tok.bos_id)
+            elif isinstance(piece, _Special):
                 flush()
                 out.append(self._id(piece))
             elif piece:
@@ -172,12 +183,12 @@ class Gemma3Chat(ChatTemplate):
     def _pieces(self, messages, add_generation_prompt, continue_final_message=None, **options) -> list:
         if options:
             raise ChatError(f"unsupported options for Gemma 3: {sorted(options)}")
-        messages, roles, cont = self._prepare(messages, add_generation_prompt, continue_final_message)
+        messages, roles, cont = self._prepare(messages, continue_final_message)
         tail = None
         if cont:
             tail, messages, roles = messages[-1], messages[:-1], roles[:-1]
             add_generation_prompt = True  # the continued turn opens with the generation prompt
-        out = [_Special(self.bos_text)]
+        out = [_Bos(self.bos_text)]
         prefix = ""
         if roles and roles[0] == "system":
             content = messages[0].get("content")
@@ -227,7 +238,7 @@ class Gemma4Chat(ChatTemplate):
     }
 
     def __init__(self, tokenizer: Tokenizer, parse_special_in_content: bool = False,
-                 empty_thought_channel: bool = False):  # fmt: skip
+                 empty_thought_channel: bool = False):
         super().__init__(tokenizer, parse_special_in_content)
         self.empty_thought_channel = empty_thought_channel
 
@@ -254,16 +265,16 @@ class Gemma4Chat(ChatTemplate):
         return [_Special(start), *[_Special(soft)] * n, _Special(end)]
 
     def _pieces(self, messages, add_generation_prompt, continue_final_message=None, enable_thinking=False,
-                **options) -> list:  # fmt: skip
+                **options) -> list:
         if options:
             raise ChatError(f"unsupported options for Gemma 4: {sorted(options)}")
-        messages, roles, cont = self._prepare(messages, add_generation_prompt, continue_final_message)
+        messages, roles, cont = self._prepare(messages, continue_final_message)
         tail = None
         if cont:
             tail, messages, roles = messages[-1], messages[:-1], roles[:-1]
             add_generation_prompt = False
         T, C = _Special(self.turn_open), _Special(self.turn_close)
-        out = [_Special(self.bos_text)]
+        out = [_Bos(self.bos_text)]
         if enable_thinking or (roles and roles[0] == "system"):
             out += [T, "system\n"]
             if enable_thinking:

@@ -66,7 +66,7 @@ SPACE_MARK = "\u2581"  # SentencePiece's visible space
 _EOT_TEXTS = (
     "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<EOT>",
     "_<EOT>", "[EOT]", "<｜end▁of▁sentence｜>", "<end_of_utterance>",
-)  # fmt: skip
+)
 _EOM_TEXTS = ("<|eom_id|>",)
 _FIM_TEXTS = {
     "fim_pre": ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>",
@@ -78,13 +78,13 @@ _FIM_TEXTS = {
     "fim_pad": ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"),
     "fim_rep": ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
     "fim_sep": ("<|file_sep|>",),
-}  # fmt: skip
+}
 _EOG_TEXTS = (
     "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
     "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
     "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
     "<｜end▁of▁sentence｜>", "[e~[",
-)  # fmt: skip
+)
 # gpt-oss channel markers that llama.cpp always renders (kept for parity; absent from Gemma vocabs).
 _ALWAYS_RENDERED = ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>")
 
@@ -95,7 +95,7 @@ _ID_KEYS = {  # role -> GGUF key suffix; the deprecated prefix/suffix/middle key
     "mask": "mask_token_id", "fim_pre": "fim_pre_token_id", "fim_suf": "fim_suf_token_id",
     "fim_mid": "fim_mid_token_id", "fim_pad": "fim_pad_token_id", "fim_rep": "fim_rep_token_id",
     "fim_sep": "fim_sep_token_id",
-}  # fmt: skip
+}
 _DEPRECATED_ID_KEYS = {"fim_pre": "prefix_token_id", "fim_suf": "suffix_token_id", "fim_mid": "middle_token_id"}
 
 _NEWLINE_RUNS = re.compile(r"[^\n]+|\n+")  # llama.cpp's only pre-split for Gemma 4: runs of \n vs the rest
@@ -140,7 +140,7 @@ def _as_str_list(values) -> list:
         values = list(values)
     if values and not isinstance(values[0], str):
         values = [v.decode("utf-8", "surrogateescape") if isinstance(v, (bytes, bytearray)) else str(v)
-                  for v in values]  # fmt: skip
+                  for v in values]
     return values
 
 
@@ -149,7 +149,7 @@ class Tokenizer:
 
     def __init__(self, *, kind: str, tokens: list, scores, token_types, merges=None, special_ids=None,
                  add_bos: bool, add_eos: bool, add_space_prefix: bool, clean_spaces: bool,
-                 escape_whitespace: bool, arch: str | None = None):  # fmt: skip
+                 escape_whitespace: bool, arch: str | None = None):
         if kind not in ("spm", "bpe"):
             raise TokenizerError(f"unsupported tokenizer kind {kind!r}")
         n = len(tokens)
@@ -219,8 +219,7 @@ class Tokenizer:
         GGUF reader or gguf-py provide them: strings as str or bytes, arrays as lists or numpy arrays."""
 
         def get(key, default=None):
-            v = meta.get(_KEY + key, default)
-            return v
+            return meta.get(_KEY + key, default)
 
         model = get("model")
         if isinstance(model, (bytes, bytearray)):
@@ -277,7 +276,7 @@ class Tokenizer:
             return cls(kind=kind, tokens=tokens, scores=get("scores"), token_types=get("token_type"),
                        merges=merges, special_ids=ids, add_bos=add_bos, add_eos=add_eos,
                        add_space_prefix=space_prefix, clean_spaces=clean, escape_whitespace=escape,
-                       arch=arch)  # fmt: skip
+                       arch=arch)
 
     def _resolve_special_tokens(self, attrs: np.ndarray) -> None:
         """llama.cpp's load-time fix-ups: find end-of-turn/FIM tokens by text, mark every end-of-generation
@@ -327,7 +326,7 @@ class Tokenizer:
         texts = {self._tokens[t]: t for t in eog}
         # gpt-oss / solar-open: "<|end|>" is not an end of generation when the finer-grained ones exist.
         if "<|end|>" in texts and (("<|return|>" in texts and ("<|call|>" in texts or "<|calls|>" in texts))
-                                   or ("<|calls|>" in texts and "<|flush|>" in texts)):  # fmt: skip
+                                   or ("<|calls|>" in texts and "<|flush|>" in texts)):
             end = texts["<|end|>"]
             eog.discard(end)
             attrs[end] = ATTR_USER_DEFINED
@@ -407,7 +406,7 @@ class Tokenizer:
     # ------------------------------------------------------------------ encoding
 
     def encode(self, text: str, add_bos: bool | None = None, parse_special: bool = False,
-               add_eos: bool | None = None) -> list[int]:  # fmt: skip
+               add_eos: bool | None = None) -> list[int]:
         """Token ids of ``text``, as ``llama_tokenize(text, add_special, parse_special)`` returns them.
 
         ``add_bos``/``add_eos``: None follows the vocab (llama.cpp's ``add_special=True``: BOS for Gemma,
@@ -646,7 +645,7 @@ class Tokenizer:
         return piece
 
     def decode_bytes(self, ids: Iterable[int], remove_special: bool = False, unparse_special: bool = False,
-                     clean_spaces: bool | None = None) -> bytes:  # fmt: skip
+                     clean_spaces: bool | None = None) -> bytes:
         """``llama_detokenize`` as bytes (the text may end inside a UTF-8 sequence).
 
         ``remove_special``: drop a leading BOS / trailing EOS that the vocab adds by itself.
@@ -668,7 +667,7 @@ class Tokenizer:
         return data
 
     def decode(self, ids: Iterable[int], remove_special: bool = False, unparse_special: bool = False,
-               clean_spaces: bool | None = None) -> str:  # fmt: skip
+               clean_spaces: bool | None = None) -> str:
         """`decode_bytes` as text; bytes that are not valid UTF-8 become U+FFFD."""
         return self.decode_bytes(ids, remove_special, unparse_special, clean_spaces).decode("utf-8", "replace")
 
@@ -693,7 +692,7 @@ class StreamDecoder:
     for that behaviour."""
 
     def __init__(self, tokenizer: Tokenizer, remove_special: bool = False, unparse_special: bool = False,
-                 clean_spaces: bool | None = None):  # fmt: skip
+                 clean_spaces: bool | None = None):
         self.tok = tokenizer
         self.remove_special = remove_special
         self.unparse_special = unparse_special
