@@ -1,0 +1,360 @@
+"""The Python half of the web app: what web/worker.js calls inside Pyodide.
+
+    app = WebApp(emit)                       # emit(event: str, payload_json: str) posts to the page
+    r = await app.load("url", "http://127.0.0.1:8800/models/default.gguf", '{"max_context": 2048}')
+    r = await app.chat('[{"role": "user", "content": "Hi"}]', '{"temperature": 0, "max_tokens": 64}')
+    app.stop()                               # from the worker's message handler, while chat() is running
+    blob = await app.save_state(); await app.restore_state(blob)
+
+Structured values cross the JS boundary as JSON strings: no proxies to free on either side, and the same
+calls work natively (tests/browser/test_webapp.py drives this class on wgpu-py). Every call returns
+`{"ok": true, ...}` or `{"ok": false, "error": {"kind", "message", "detail"}}` where `message` is a plain
+sentence for the page to show and `kind` one of: no-webgpu, device-limit, device-lost, not-found,
+unreachable, no-range, source, corrupt, unsupported, context, busy, no-model, snapshot, internal.
+
+Streaming events (through `emit`): "progress" while loading (phase, bytes fetched, tensors uploaded, seconds
+left) and "token" per generated token (id, text, running counts). Stop is a flag checked between tokens:
+each token awaits the GPU, so the worker's event loop runs and delivers the page's stop message in time.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+
+from . import gpu
+from .config import ConfigError
+from .engine import ContextOverflowError, Engine, SnapshotError
+from .gguf_file import GGUFError
+from .models.gemma import ModelLoadError
+from .chat import ChatError
+from .sampling import SamplerParams
+from .sources import BlobSource, HTTPSource, LocalFile, OPFSSource, Source, SourceError
+
+IN_BROWSER = sys.platform == "emscripten"
+
+__all__ = ["WebApp", "describe_error", "CountingSource"]
+
+_PARAM_FIELDS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "repetition_last_n", "seed")
+_PROGRESS_EVERY = 0.1  # seconds between progress events (the 270M model has ~240 tensors)
+
+
+class CountingSource(Source):
+    """Counts the bytes read from another source (the "fetched" figure of the load progress)."""
+
+    def __init__(self, inner: Source):
+        self.inner = inner
+        self.name = inner.name
+        self.size = inner.size
+        self.fetched = 0
+        self.reads = 0
+
+    async def _read(self, offset: int, n: int):
+        data = await self.inner.read(offset, n)
+        self.fetched += n
+        self.reads += 1
+        return data
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def describe_error(e: BaseException) -> dict:
+    """A plain sentence for the page, a kind for the page's logic, and the technical detail."""
+    detail = f"{type(e).__name__}: {e}"
+    text = str(e)
+    low = text.lower()
+    if isinstance(e, gpu.NoAdapterError):
+        kind, msg = "no-webgpu", ("This browser cannot run models: WebGPU is not available (no GPU adapter was "
+                                  "found). Use a recent Chrome or Edge with WebGPU turned on.")
+    elif isinstance(e, gpu.DeviceLimitError):
+        kind, msg = "device-limit", ("This device's GPU cannot hold this model: it needs a larger buffer than the "
+                                     "GPU allows. Try a smaller model or a shorter context.")
+    elif isinstance(e, gpu.DeviceLostError):
+        kind, msg = "device-lost", "The GPU stopped working (the device was lost). Reload the page to start again."
+    elif isinstance(e, GGUFError):
+        kind, msg = "corrupt", "This file is damaged or is not a GGUF model, so it cannot be loaded."
+    elif isinstance(e, SourceError):
+        if "http 404" in low:
+            kind, msg = "not-found", "The model file was not found at that address (HTTP 404). Check the URL."
+        elif "fetch failed" in low or "connection refused" in low or "timed out" in low:
+            kind, msg = "unreachable", ("The model server could not be reached: nothing answered at that address, "
+                                        "or it does not let this page read from it.")
+        elif "ignored the range" in low:
+            kind, msg = "no-range", ("That server sent the whole file instead of the part asked for: models are read "
+                                     "in parts, so the server must support HTTP Range requests.")
+        elif "http " in low:
+            kind, msg = "source", "The model server refused the request (" + text.split(": ", 1)[-1] + ")."
+        else:
+            kind, msg = "source", "The model file could not be read."
+    elif isinstance(e, (ConfigError, ModelLoadError)):
+        kind, msg = "unsupported", "This model is not supported by rullama (only Gemma 3 and Gemma 4 text models are)."
+    elif isinstance(e, ContextOverflowError):
+        kind, msg = "context", ("The conversation no longer fits in the model's context. Start a new chat, or load "
+                                "the model with a larger context.")
+    elif isinstance(e, SnapshotError):
+        kind, msg = "snapshot", "The saved state of this conversation belongs to another model; it will be re-read."
+    elif isinstance(e, ChatError):
+        kind, msg = "chat", "The conversation cannot be written in this model's chat format."
+    elif isinstance(e, gpu.GPUError):
+        kind, msg = "gpu", "The GPU reported an error."
+    else:
+        kind, msg = "internal", "Something went wrong inside the app."
+    return {"kind": kind, "message": msg, "detail": detail}
+
+
+def _json(x) -> str:
+    return json.dumps(x, separators=(",", ":"))
+
+
+def _fail(kind: str, message: str, detail: str = "") -> str:
+    return _json({"ok": False, "error": {"kind": kind, "message": message, "detail": detail}})
+
+
+def _loads(s):
+    if s is None:
+        return {}
+    if not isinstance(s, str):  # a JS string arrives as str; anything else is a caller bug
+        s = str(s)
+    return json.loads(s) if s else {}
+
+
+class WebApp:
+    """One loaded model and its conversation state, driven by the worker."""
+
+    def __init__(self, emit=None):
+        self._emit = emit
+        self.engine: Engine | None = None
+        self.device: gpu.Device | None = None
+        self.source: CountingSource | None = None
+        self.model_name = ""
+        self.busy = False
+        self._stop = False
+        self.last_stats: dict = {}
+
+    def emit(self, event: str, payload: dict) -> None:
+        if self._emit is not None:
+            self._emit(event, _json(payload))
+
+    # -- loading -------------------------------------------------------------------------------------------
+    async def _open_source(self, kind: str, target) -> Source:
+        if kind == "url":
+            return await HTTPSource.open(str(target))
+        if kind == "file":  # a browser File or Blob (picker, drag and drop)
+            return BlobSource(target)
+        if kind == "opfs":  # a path in the origin's private file system, e.g. "models/abc.gguf"
+            if not isinstance(target, str):
+                return await OPFSSource.open(target)
+            return await OPFSSource.open_path(target)
+        if kind == "path":  # native runs and tests
+            return LocalFile(str(target))
+        raise ValueError(f"unknown model source kind {kind!r}")
+
+    async def _open_device(self, opts: dict) -> gpu.Device:
+        # A fresh device per model: dropping the old one frees its GPU memory at once, and its kernel and
+        # bind-group caches (keyed by Python object ids) cannot be confused with the new model's buffers.
+        if self.device is not None:
+            try:
+                self.device.destroy()
+            except Exception:  # noqa: BLE001 - already lost or destroyed: nothing to free
+                pass
+            self.device = None
+        dev = await gpu.Device.open()
+        # Testing knob: pretend the GPU allows at most this many bytes per buffer (the page passes
+        # ?max_buffer=N), to exercise the "model too large for this device" path on any machine.
+        cap = opts.get("max_buffer_size")
+        if cap:
+            for k in ("max-buffer-size", "max-storage-buffer-binding-size"):
+                dev.limits[k] = min(dev.limits[k], int(cap))
+        self.device = dev
+        return dev
+
+    async def load(self, kind: str, target, options=None) -> str:
+        """Open the model, upload its weights (emitting "progress") and get ready to chat."""
+        if self.busy:
+            return _fail("busy", "The model is busy: stop the reply first.")
+        self.busy = True
+        try:
+            return _json({"ok": True, **await self._load(str(kind), target, _loads(options))})
+        except Exception as e:  # noqa: BLE001 - every failure becomes a sentence for the page
+            self.engine = None
+            return _json({"ok": False, "error": describe_error(e), "trace": traceback.format_exc()[-3000:]})
+        finally:
+            self.busy = False
+
+    async def _load(self, kind: str, target, opts: dict) -> dict:
+        self.engine = None
+        t0 = time.perf_counter()
+        self.emit("progress", {"phase": "open", "text": "Opening the model file"})
+        inner = await self._open_source(kind, target)
+        src = self.source = CountingSource(inner)
+        self.model_name = opts.get("name") or inner.name
+        dev = await self._open_device(opts)
+        state = {"tensors": 0, "last": 0.0, "t_up": None}
+
+        def progress(done: int, total: int, name: str) -> None:
+            now = time.perf_counter()
+            if state["t_up"] is None:
+                state["t_up"] = now  # the header is parsed: weight transfer starts here
+            state["tensors"] += 1
+            if now - state["last"] < _PROGRESS_EVERY and done < total:
+                return
+            state["last"] = now
+            elapsed = now - state["t_up"]
+            left = (total - done) * elapsed / done if done and elapsed > 0 else None
+            self.emit("progress", {"phase": "weights", "fetched": src.fetched, "file_size": src.size,
+                                   "done": done, "total": total, "tensors": state["tensors"], "tensor": name,
+                                   "seconds_left": left,
+                                   "text": "Compiling GPU kernels" if done >= total else "Uploading weights"})
+
+        self.emit("progress", {"phase": "header", "text": "Reading the model header"})
+        params = SamplerParams(**self._params(opts.get("params") or {}))
+        eng = await Engine.load(src, max_context=int(opts.get("max_context", 2048)),
+                                prefill_chunk=int(opts.get("prefill_chunk", 64)), device=dev, params=params,
+                                progress=progress)
+        self.engine = eng
+        cfg = eng.config
+        info = {
+            "name": self.model_name,
+            "size": src.size,
+            "fetched": src.fetched,
+            "reads": src.reads,
+            "tensors": state["tensors"],
+            "arch": getattr(cfg, "arch", ""),
+            "vocab_size": cfg.vocab_size,
+            "n_layers": cfg.n_layers,
+            "max_context": eng.max_context,
+            "has_vision": eng.has_vision,
+            "has_audio": eng.has_audio,
+            "identity": eng.layout_hash().hex(),
+            "dispatches_per_token": len(eng.model.decode.graph) + len(eng.sample_graph),
+            "adapter": dev.info,
+            "load_seconds": time.perf_counter() - t0,
+        }
+        self.emit("progress", {"phase": "ready", "text": "Ready", "fetched": src.fetched, "file_size": src.size,
+                               "tensors": state["tensors"]})
+        return info
+
+    # -- chatting ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _params(p: dict) -> dict:
+        out = {}
+        for k in _PARAM_FIELDS:
+            v = p.get(k)
+            if v is None or v == "":
+                continue
+            out[k] = int(v) if k in ("top_k", "seed", "repetition_last_n") else float(v)
+        return out
+
+    def context_used(self) -> int:
+        return len(self.engine.tokens) if self.engine is not None else 0
+
+    async def chat(self, messages, request=None) -> str:
+        """Stream the reply to `messages` (JSON list of {role, content}); `request` holds the sampling
+        settings and max_tokens. Returns the final stats; finish_reason "stopped" after stop()."""
+        if self.engine is None:
+            return _fail("no-model", "Load a model first.")
+        if self.busy:
+            return _fail("busy", "The model is busy with another request.")
+        self.busy = True
+        self._stop = False
+        eng = self.engine
+        try:
+            msgs = _loads(messages)
+            req = _loads(request)
+            eng.set_params(SamplerParams(**self._params(req)))
+            max_tokens = int(req.get("max_tokens", 512))
+            n, text = 0, []
+            t_first = None
+            stopped = False
+            agen = eng.chat(msgs, max_tokens=max_tokens)
+            try:
+                async for tok in agen:
+                    if tok.id >= 0:
+                        n += 1
+                    if t_first is None:
+                        t_first = time.perf_counter()
+                    text.append(tok.text)
+                    st = eng.stats
+                    self.emit("token", {"id": tok.id, "text": tok.text, "n": n, "context": self.context_used(),
+                                        "max_context": eng.max_context, "prompt_tokens": st.prompt_tokens,
+                                        "prompt_tps": st.prompt_tps, "generate_tps": st.generate_tps})
+                    if self._stop:
+                        stopped = True
+                        break
+            finally:
+                await agen.aclose()
+            self.last_stats = self._stats(stopped)
+            return _json({"ok": True, "text": "".join(text), **self.last_stats})
+        except Exception as e:  # noqa: BLE001
+            return _json({"ok": False, "error": describe_error(e), "trace": traceback.format_exc()[-3000:],
+                          **self._stats(False)})
+        finally:
+            self.busy = False
+            self._stop = False
+
+    def _stats(self, stopped: bool) -> dict:
+        eng = self.engine
+        if eng is None:
+            return {}
+        st = eng.stats
+        return {"prompt_tokens": st.prompt_tokens, "prompt_seconds": st.prompt_seconds, "prompt_tps": st.prompt_tps,
+                "generated_tokens": st.generated_tokens, "generate_seconds": st.generate_seconds,
+                "generate_tps": st.generate_tps, "finish_reason": "stopped" if stopped else st.finish_reason,
+                "context": self.context_used(), "max_context": eng.max_context}
+
+    def stop(self) -> None:
+        """Ask the running chat() to end after the current token."""
+        self._stop = True
+
+    def new_chat(self) -> str:
+        if self.busy:
+            return _fail("busy", "Stop the reply first.")
+        if self.engine is not None:
+            self.engine.reset()
+        return _json({"ok": True, "context": 0})
+
+    def stats(self) -> str:
+        return _json({"ok": True, "loaded": self.engine is not None, "busy": self.busy, **self.last_stats,
+                      "context": self.context_used(),
+                      "max_context": self.engine.max_context if self.engine is not None else 0})
+
+    # -- snapshots -----------------------------------------------------------------------------------------
+    @property
+    def identity(self) -> str:
+        """What a snapshot must match (model configuration, weights fingerprint, context size), as hex."""
+        return self.engine.layout_hash().hex() if self.engine is not None else ""
+
+    async def save_state(self):
+        """The engine state as bytes (a Uint8Array in the browser), or None without a model."""
+        if self.engine is None or self.busy:
+            return None
+        self.busy = True
+        try:
+            blob = await self.engine.save_state()
+        finally:
+            self.busy = False
+        if IN_BROWSER:
+            from pyodide.ffi import to_js  # type: ignore
+
+            return to_js(memoryview(blob))
+        return blob
+
+    async def restore_state(self, data) -> str:
+        """Restore save_state's bytes. A snapshot of another model is refused and nothing changes."""
+        if self.engine is None:
+            return _fail("no-model", "Load a model first.")
+        if self.busy:
+            return _fail("busy", "The model is busy.")
+        if hasattr(data, "to_bytes"):  # a JS Uint8Array
+            data = data.to_bytes()
+        self.busy = True
+        try:
+            await self.engine.restore_state(bytes(data))
+            return _json({"ok": True, "context": self.context_used()})
+        except Exception as e:  # noqa: BLE001
+            return _json({"ok": False, "error": describe_error(e)})
+        finally:
+            self.busy = False

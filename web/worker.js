@@ -1,0 +1,263 @@
+// The app's worker: Pyodide with rullama_py (src/rullama_py/webapp.py does the model work), and the OPFS
+// model cache (downloads in ranges, resumable). It runs in a worker so that Python, the GGUF parsing and the
+// GPU submissions never block the page.
+//
+// Protocol with app.js. Requests {id, op, ...} are answered by {reply: id, ok, value | error}; events are
+// {event: name, ...} (boot, progress, token, download). Model work (load, chat, save, restore, new-chat) runs
+// one request at a time, in order; `stop` and `pause-download` act at once, between tokens or chunks.
+
+const base = new URL('./', self.location.href); // the app's root: everything is fetched relative to it
+let py = null;
+let app = null; // the rullama_py.webapp.WebApp PyProxy
+let booting = null;
+let queue = Promise.resolve();
+let download = null; // {abort: AbortController, paused: bool} while a download runs
+
+const post = (msg, transfer = []) => self.postMessage(msg, transfer);
+const emit = (event, payload) => post({ event, ...payload });
+
+function exclusive(fn) {
+  const p = queue.then(fn, fn);
+  queue = p.catch(() => {});
+  return p;
+}
+
+class AppError extends Error {
+  constructor(kind, message, detail = '') {
+    super(message);
+    this.kind = kind;
+    this.detail = detail;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Pyodide start-up: numpy and micropip from the served Pyodide distribution, our wheels with deps=False
+// (everything is offline: micropip must not look for dependencies anywhere else).
+
+async function boot() {
+  if (!booting) {
+    booting = (async () => {
+      const t0 = performance.now();
+      emit('boot', { text: 'Starting Python (Pyodide)' });
+      const { loadPyodide } = await import(new URL('pyodide/pyodide.mjs', base).href);
+      py = await loadPyodide({ indexURL: new URL('pyodide/', base).href });
+      emit('boot', { text: 'Loading numpy' });
+      await py.loadPackage(['numpy', 'micropip'], { messageCallback: () => {} });
+      const resp = await fetch(new URL('wheels/index.json', base));
+      if (!resp.ok) throw new AppError('boot', 'The app could not find its Python packages (wheels/index.json).');
+      const wheels = (await resp.json()).wheels;
+      emit('boot', { text: 'Installing rullama_py' });
+      py.globals.set('WHEELS', wheels.map(w => new URL('wheels/' + w, base).href));
+      await py.runPythonAsync('import micropip\nawait micropip.install(list(WHEELS), deps=False)');
+      py.globals.delete('WHEELS');
+      const webapp = py.pyimport('rullama_py.webapp');
+      app = webapp.WebApp((event, payload) => emit(event, JSON.parse(payload)));
+      webapp.destroy();
+      const seconds = (performance.now() - t0) / 1000;
+      emit('boot', { text: 'Python ready', ready: true, seconds });
+      return { seconds, wheels };
+    })();
+    booting.catch(() => { booting = null; }); // a failed start may be retried
+  }
+  return booting;
+}
+
+// Python methods return JSON strings ({ok, ...} or {ok: false, error: {kind, message, detail}}).
+async function pyCall(method, ...args) {
+  await boot();
+  const out = await app[method](...args);
+  const r = typeof out === 'string' ? JSON.parse(out) : out;
+  if (r && r.ok === false) throw new AppError(r.error.kind, r.error.message, r.error.detail + (r.trace ? '\n' + r.trace : ''));
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// OPFS cache: models/<key>.gguf holds the bytes, models/<key>.json what is known about them:
+// {key, url, name, size, etag, done, complete}. `done` only moves forward after the bytes before it were
+// written and flushed, so an interrupted download (reload, closed tab, pause) resumes at `done`.
+
+async function cacheDir() {
+  const root = await navigator.storage.getDirectory();
+  return root.getDirectoryHandle('models', { create: true });
+}
+
+async function cacheKey(url) {
+  const digest = await crypto.subtle.digest('SHA-256', new TextEncoder().encode(url));
+  const hex = [...new Uint8Array(digest).slice(0, 8)].map(b => b.toString(16).padStart(2, '0')).join('');
+  return hex;
+}
+
+async function readMeta(dir, key) {
+  try {
+    const file = await (await dir.getFileHandle(key + '.json')).getFile();
+    return JSON.parse(await file.text());
+  } catch {
+    return null;
+  }
+}
+
+async function writeMeta(dir, meta) {
+  // createWritable writes a swap file and swaps it in on close: the record is never half written.
+  const w = await (await dir.getFileHandle(meta.key + '.json', { create: true })).createWritable();
+  await w.write(JSON.stringify(meta));
+  await w.close();
+}
+
+function httpProblem(status, url) {
+  if (status === 404) return new AppError('not-found', 'The model file was not found at that address (HTTP 404). Check the URL.', url);
+  if (status === 200) return new AppError('no-range', 'That server sent the whole file instead of the part asked for: models are read in parts, so the server must support HTTP Range requests.', url);
+  return new AppError('source', `The model server refused the request (HTTP ${status}).`, url);
+}
+
+async function fetchRange(url, first, last, signal, etag) {
+  const headers = { Range: `bytes=${first}-${last}` };
+  if (etag) headers['If-Range'] = etag; // if the file changed, the server answers 200 and we start over
+  let r;
+  try {
+    r = await fetch(url, { headers, signal, cache: 'no-store' });
+  } catch (e) {
+    if (e.name === 'AbortError') throw e;
+    throw new AppError('unreachable', 'The model server could not be reached: nothing answered at that address, or it does not let this page read from it.', String(e));
+  }
+  if (r.status !== 206) {
+    if (r.status === 200 && etag) throw new AppError('changed', 'The model file changed on the server since the download started; it will be downloaded again.');
+    throw httpProblem(r.status, url);
+  }
+  return r;
+}
+
+async function downloadToCache({ url, name, chunk }) {
+  if (download) throw new AppError('busy', 'A download is already running.');
+  const ctl = { abort: new AbortController(), paused: false };
+  download = ctl;
+  let handle = null;
+  try {
+    const dir = await cacheDir();
+    const key = await cacheKey(url);
+    const probe = await fetchRange(url, 0, 0, ctl.abort.signal);
+    const cr = /\/(\d+)\s*$/.exec(probe.headers.get('Content-Range') || '');
+    await probe.arrayBuffer();
+    if (!cr) throw new AppError('source', 'The model server did not say how large the file is (no Content-Range).', url);
+    const size = Number(cr[1]);
+    const etag = probe.headers.get('ETag') || '';
+    let meta = await readMeta(dir, key);
+    if (!meta || meta.url !== url || meta.size !== size || (meta.etag || '') !== etag) {
+      meta = { key, url, name: name || url.split('/').pop(), size, etag, done: 0, complete: false };
+    }
+    const est = await navigator.storage.estimate();
+    const free = (est.quota || Infinity) - (est.usage || 0);
+    if (size - meta.done > free) {
+      throw new AppError('quota', `There is not enough browser storage for this model (it needs ${mb(size - meta.done)}, ${mb(free)} are free).`);
+    }
+    if (navigator.storage.persist) navigator.storage.persist().catch(() => {});
+    const fh = await dir.getFileHandle(key + '.gguf', { create: true });
+    handle = await fh.createSyncAccessHandle();
+    if (meta.complete && handle.getSize() === size) return { ...meta, resumedFrom: size };
+    let done = Math.min(meta.done, handle.getSize());
+    handle.truncate(done); // bytes past `done` were written but not recorded: fetch them again
+    meta.done = done;
+    meta.complete = false;
+    await writeMeta(dir, meta);
+    const resumedFrom = done;
+    const step = Math.max(4096, Number(chunk) || 8 << 20);
+    const t0 = performance.now();
+    let lastEvent = 0;
+    emit('download', { key, url, name: meta.name, done, size, resumedFrom, secondsLeft: null });
+    while (done < size) {
+      if (ctl.paused) break;
+      const last = Math.min(done + step, size) - 1;
+      const r = await fetchRange(url, done, last, ctl.abort.signal, etag);
+      const buf = new Uint8Array(await r.arrayBuffer());
+      if (buf.length !== last - done + 1) throw new AppError('source', `The server sent ${buf.length} bytes for a ${last - done + 1}-byte part.`, url);
+      handle.write(buf, { at: done });
+      handle.flush();
+      done += buf.length;
+      meta.done = done;
+      await writeMeta(dir, meta);
+      const now = performance.now();
+      if (now - lastEvent > 100 || done === size) {
+        lastEvent = now;
+        const rate = (done - resumedFrom) / ((now - t0) / 1000);
+        emit('download', { key, url, name: meta.name, done, size, resumedFrom, secondsLeft: rate > 0 ? (size - done) / rate : null });
+      }
+    }
+    if (done === size) {
+      meta.complete = true;
+      await writeMeta(dir, meta);
+    }
+    return { ...meta, resumedFrom, paused: done < size };
+  } catch (e) {
+    if (e.name === 'AbortError') return { paused: true };
+    throw e;
+  } finally {
+    if (handle) handle.close();
+    download = null;
+  }
+}
+
+function mb(n) {
+  return (n / 1e6).toFixed(1) + ' MB';
+}
+
+async function cacheList() {
+  const dir = await cacheDir();
+  const out = [];
+  for await (const [name] of dir.entries()) {
+    if (!name.endsWith('.json')) continue;
+    const meta = await readMeta(dir, name.slice(0, -5));
+    if (meta) out.push(meta);
+  }
+  return out.sort((a, b) => a.name.localeCompare(b.name));
+}
+
+async function cacheDelete({ key }) {
+  const dir = await cacheDir();
+  for (const suffix of ['.gguf', '.json']) {
+    try { await dir.removeEntry(key + suffix); } catch { /* already gone */ }
+  }
+  return true;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+
+const ops = {
+  boot: () => boot(),
+  load: msg => exclusive(async () => {
+    const target = msg.kind === 'opfs' ? 'models/' + msg.key + '.gguf' : msg.kind === 'file' ? msg.file : msg.url;
+    return pyCall('load', msg.kind, target, JSON.stringify(msg.options || {}));
+  }),
+  chat: msg => exclusive(() => pyCall('chat', JSON.stringify(msg.messages), JSON.stringify(msg.request || {}))),
+  stop: async () => { if (app) app.stop(); return true; },
+  'new-chat': () => exclusive(() => pyCall('new_chat')),
+  stats: () => pyCall('stats'),
+  save: () => exclusive(async () => {
+    await boot();
+    const bytes = await app.save_state();
+    if (!bytes) return null;
+    const identity = app.identity;
+    return { bytes, identity };
+  }),
+  restore: msg => exclusive(() => pyCall('restore_state', msg.bytes)),
+  download: msg => downloadToCache(msg),
+  'pause-download': async () => {
+    if (download) { download.paused = true; download.abort.abort(); }
+    return true;
+  },
+  'cache-list': () => cacheList(),
+  'cache-delete': msg => cacheDelete(msg),
+};
+
+self.onmessage = async ({ data }) => {
+  const op = ops[data.op];
+  try {
+    if (!op) throw new AppError('internal', `unknown request ${data.op}`);
+    const value = await op(data);
+    const transfer = value && value.bytes instanceof Uint8Array ? [value.bytes.buffer] : [];
+    post({ reply: data.id, ok: true, value }, transfer);
+  } catch (e) {
+    const error = e instanceof AppError
+      ? { kind: e.kind, message: e.message, detail: e.detail }
+      : { kind: 'internal', message: 'Something went wrong inside the app.', detail: String(e && e.stack || e) };
+    post({ reply: data.id, ok: false, error });
+  }
+};
