@@ -296,6 +296,7 @@ async function loadModel(source) {
   S.engineConv = null;
   updateButtons();
   $('model-pill').textContent = 'loading…';
+  $('model-pill').classList.add('muted');
   const options = {
     max_context: parseInt($('max-context').value, 10) || 2048,
     prefill_chunk: parseInt($('prefill-chunk').value, 10) || 64,
@@ -327,6 +328,7 @@ async function loadModel(source) {
     S.lastLoad = info;
     localStorage.setItem('rullama.lastSource', JSON.stringify({ ...source, file: undefined }));
     $('model-pill').textContent = `${info.name} · ${info.arch} · context ${info.max_context}`;
+    $('model-pill').classList.remove('muted');
     $('model-pill').title = `identity ${info.identity}\nGPU ${info.adapter.vendor} ${info.adapter.device} ${info.adapter.description}`;
     setProgress(1, `Ready: ${info.name} loaded in ${info.wall_seconds.toFixed(1)} s (${mb(info.fetched)} read, ${info.tensors} tensors)`);
     $('loader').hidden = true;
@@ -396,6 +398,10 @@ function renderConversations() {
   }
 }
 
+// Control characters (a random test model emits byte tokens 0x00-0x1f) shown as their Unicode pictures
+// rather than as empty boxes; newlines and tabs stay.
+const visible = t => t.replace(/[\x00-\x08\x0b-\x1f]/g, ch => String.fromCharCode(0x2400 + ch.charCodeAt(0)));
+
 function messageElement(m) {
   const div = document.createElement('div');
   div.className = 'msg ' + m.role;
@@ -404,7 +410,7 @@ function messageElement(m) {
   who.textContent = m.role === 'user' ? 'You' : 'Model';
   const body = document.createElement('div');
   body.className = 'body';
-  body.textContent = m.content;
+  body.textContent = visible(m.content);
   div.append(who, body);
   if (m.meta) {
     const meta = document.createElement('div');
@@ -493,7 +499,7 @@ async function reply() {
   on('token', e => {
     if (e.id >= 0) ids.push(e.id);
     m.content += e.text;
-    body.textContent = m.content;
+    body.textContent = visible(m.content);
     box.scrollTop = box.scrollHeight;
     $('status').textContent = `generating · ${e.n} tokens · ${e.generate_tps.toFixed(1)} tokens/s · context ${e.context} / ${e.max_context}`;
   });

@@ -24,7 +24,8 @@ Where web/ comes from: the source checkout. web/ lives next to src/ (this file i
 so web/ is two folders up); `--web DIR` or $RULLAMA_WEB point elsewhere. The wheel does not ship web/: its
 node_modules/ (Pyodide, Playwright) is hundreds of megabytes and comes from `tools/setup.sh`. Before serving,
 the project wheel in web/dist/wheels is rebuilt when it is missing or older than the Python sources or
-shaders, so the browser always runs the code of the checkout.
+shaders (checked again whenever a page starts and asks for wheels/index.json), so the browser always runs
+the code of the checkout.
 
 Cross-origin isolation: every response carries `Cross-Origin-Opener-Policy: same-origin` and
 `Cross-Origin-Embedder-Policy: require-corp`. The app does not need SharedArrayBuffer (stop is a message
@@ -43,6 +44,7 @@ import json
 import mimetypes
 import os
 import re
+import subprocess
 import sys
 import threading
 import urllib.parse
@@ -180,13 +182,16 @@ class AppServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address, *, web: Path, model: Path | None, ollama_root: Path | None, verbose: bool = False):
+    def __init__(self, address, *, web: Path, model: Path | None, ollama_root: Path | None, verbose: bool = False,
+                 rebuild: bool = False):
         self.web = Path(web)
         self.pyodide = self.web / "node_modules" / "pyodide"
         self.wheels = self.web / "dist" / "wheels"
         self.model = Path(model) if model is not None else None
         self.ollama_root = Path(ollama_root) if ollama_root is not None else None
         self.verbose = verbose
+        self.rebuild = rebuild  # rebuild a stale project wheel when a page asks for the wheel list
+        self._build_lock = threading.Lock()
         self.requests: deque = deque(maxlen=5000)
         self._lock = threading.Lock()
         super().__init__(address, _Handler)
@@ -220,6 +225,9 @@ class AppServer(ThreadingHTTPServer):
         if path == "/api/models":
             return "json", {"models": self.models()}
         if path == "/wheels/index.json":
+            if self.rebuild:  # a page (re)starts: give it the code of the checkout as it is now
+                with self._build_lock:
+                    ensure_wheels(self.wheels, log=lambda m: sys.stderr.write(m + "\n"))
             return "json", {"wheels": runtime_wheels(self.wheels)}
         if path == "/models/default.gguf":
             return ("file", self.model) if self.model is not None else None
@@ -290,7 +298,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = urllib.parse.urlsplit(self.path).path
         try:
             target = self.server.resolve(path)
-        except OSError as e:
+        except (OSError, ServeError, subprocess.CalledProcessError) as e:
             self._error(500, f"{path}: {e}")
             return
         if target is None:
@@ -401,7 +409,7 @@ def make_server(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, model_path=N
         root = Path(ollama_root).expanduser().resolve()
         if not (root / "manifests").is_dir():
             log(f"rullama serve: {root} has no manifests/ folder: no Ollama models to list")
-    return AppServer((host, port), web=web, model=model, ollama_root=root, verbose=verbose)
+    return AppServer((host, port), web=web, model=model, ollama_root=root, verbose=verbose, rebuild=build_wheels)
 
 
 def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, model_path=None, ollama_root=None, *,

@@ -121,6 +121,32 @@ def _loads(s):
     return json.loads(s) if s else {}
 
 
+def _buffers_of(root) -> list:
+    """The GPU buffers reachable from `root` through rullama_py objects, dicts, lists and tuples (weights,
+    KV cache, activations, sampler state, staging buffers), without descending into the shared Device or
+    the file's metadata."""
+    from ._backend import api
+    from .gguf_file import GGUFFile
+    from .tokenizer import Tokenizer
+
+    skip = (gpu.Device, GGUFFile, Tokenizer, Source, str, bytes, int, float)
+    seen, stack, out = set(), [root], []
+    while stack:
+        x = stack.pop()
+        if id(x) in seen or isinstance(x, skip):
+            continue
+        seen.add(id(x))
+        if isinstance(x, api.GPUBuffer):
+            out.append(x)
+        elif isinstance(x, dict):
+            stack.extend(x.values())
+        elif isinstance(x, (list, tuple)):
+            stack.extend(x)
+        elif type(x).__module__.startswith("rullama_py") and hasattr(x, "__dict__"):
+            stack.extend(vars(x).values())
+    return out
+
+
 class WebApp:
     """One loaded model and its conversation state, driven by the worker."""
 
@@ -153,23 +179,36 @@ class WebApp:
         raise ValueError(f"unknown model source kind {kind!r}")
 
     async def _open_device(self, opts: dict) -> gpu.Device:
-        # A fresh device per model: dropping the old one frees its GPU memory at once, and its kernel and
-        # bind-group caches (keyed by Python object ids) cannot be confused with the new model's buffers.
-        if self.device is not None:
-            try:
-                self.device.destroy()
-            except Exception:  # noqa: BLE001 - already lost or destroyed: nothing to free
-                pass
-            self.device = None
-        dev = await gpu.Device.open()
-        # Testing knob: pretend the GPU allows at most this many bytes per buffer (the page passes
-        # ?max_buffer=N), to exercise the "model too large for this device" path on any machine.
+        """The GPU device for the next model. One device serves every load of the page, so a second model
+        (or the same one again) reuses the compiled kernels: on a software GPU compiling them takes minutes.
+        The previous model's buffers are destroyed first, so its memory is free before the next upload."""
         cap = opts.get("max_buffer_size")
         if cap:
+            # Testing knob: pretend the GPU allows at most this many bytes per buffer (the page passes
+            # ?max_buffer=N), to show the "model too large for this device" path on any machine. A device
+            # of its own, so the real limits of the shared one stay untouched.
+            dev = await gpu.Device.open()
             for k in ("max-buffer-size", "max-storage-buffer-binding-size"):
                 dev.limits[k] = min(dev.limits[k], int(cap))
-        self.device = dev
-        return dev
+            return dev
+        if self.device is None:
+            self.device = await gpu.Device.open()
+        return self.device
+
+    def _release(self) -> None:
+        """Forget the loaded model and destroy its GPU buffers."""
+        eng, self.engine = self.engine, None
+        if eng is None:
+            return
+        for buf in _buffers_of(eng):
+            try:
+                buf.destroy()
+            except Exception:  # noqa: BLE001 - the device may be lost already: nothing left to free
+                pass
+        dev = eng.device
+        # The device caches bind groups by the Python ids of their buffers; once the old wrappers are gone
+        # a new buffer can get a recycled id and hit an old (destroyed) bind group. Clear the cache.
+        dev._bind_groups.clear()
 
     async def load(self, kind: str, target, options=None) -> str:
         """Open the model, upload its weights (emitting "progress") and get ready to chat."""
@@ -179,26 +218,28 @@ class WebApp:
         try:
             return _json({"ok": True, **await self._load(str(kind), target, _loads(options))})
         except Exception as e:  # noqa: BLE001 - every failure becomes a sentence for the page
-            self.engine = None
+            self._release()
             return _json({"ok": False, "error": describe_error(e), "trace": traceback.format_exc()[-3000:]})
         finally:
             self.busy = False
 
     async def _load(self, kind: str, target, opts: dict) -> dict:
-        self.engine = None
+        self._release()
         t0 = time.perf_counter()
         self.emit("progress", {"phase": "open", "text": "Opening the model file"})
         inner = await self._open_source(kind, target)
         src = self.source = CountingSource(inner)
         self.model_name = opts.get("name") or inner.name
         dev = await self._open_device(opts)
-        state = {"tensors": 0, "last": 0.0, "t_up": None}
+        state = {"tensors": 0, "last": 0.0, "t_up": None, "t_done": None}
 
         def progress(done: int, total: int, name: str) -> None:
             now = time.perf_counter()
             if state["t_up"] is None:
                 state["t_up"] = now  # the header is parsed: weight transfer starts here
             state["tensors"] += 1
+            if done >= total:
+                state["t_done"] = now  # all weights are on the GPU: kernel compilation and recording follow
             if now - state["last"] < _PROGRESS_EVERY and done < total:
                 return
             state["last"] = now
@@ -232,6 +273,10 @@ class WebApp:
             "dispatches_per_token": len(eng.model.decode.graph) + len(eng.sample_graph),
             "adapter": dev.info,
             "load_seconds": time.perf_counter() - t0,
+            # where the load time went: opening + header, weights (read + upload), kernels (compile + record)
+            "seconds": {"header": (state["t_up"] or t0) - t0,
+                        "weights": (state["t_done"] or t0) - (state["t_up"] or t0),
+                        "kernels": time.perf_counter() - (state["t_done"] or t0)},
         }
         self.emit("progress", {"phase": "ready", "text": "Ready", "fetched": src.fetched, "file_size": src.size,
                                "tensors": state["tensors"]})
