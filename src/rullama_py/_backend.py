@@ -66,6 +66,35 @@ async def map_read(buffer, offset: int, size: int) -> None:
         buffer.map_sync(api.MapMode.READ, offset, size)
 
 
+def prepare_dispatches(dispatches):
+    """A recorded graph's dispatches in the form `encode_prepared` replays quickly.
+
+    Browser: one JS array, encoded by one call into JS (see webgpu_js). Native: the raw wgpu-native handles.
+    wgpu-py wraps every C call in Python error capture, and for three calls per dispatch that is the largest
+    cost of a decode step. Replaying an identical, already-validated command list through the bare C
+    functions skips it; gpu.Graph always encodes a graph's first run through the checked API."""
+    if IN_BROWSER:
+        return api.prepare_dispatches(dispatches)
+    return [(d.pipeline._internal, d.bind_group._internal, *d.workgroups) for d in dispatches]
+
+
+def encode_prepared(encoder, prepared) -> None:
+    if IN_BROWSER:
+        encoder.encode_prepared(prepared)
+        return
+    from wgpu.backends.wgpu_native._ffi import ffi, lib
+
+    cpass = encoder.begin_compute_pass()
+    h = cpass._internal
+    set_pipeline, set_group = lib.wgpuComputePassEncoderSetPipeline, lib.wgpuComputePassEncoderSetBindGroup
+    dispatch, null = lib.wgpuComputePassEncoderDispatchWorkgroups, ffi.NULL
+    for pipeline, group, x, y, z in prepared:
+        set_pipeline(h, pipeline)
+        set_group(h, 0, group, 0, null)
+        dispatch(h, x, y, z)
+    cpass.end()
+
+
 def device_error(device):
     """An error the device reported asynchronously (lost device, uncaptured validation error), or None.
     wgpu-py raises those at the call that caused them, so natively there is nothing pending."""

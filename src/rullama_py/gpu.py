@@ -188,10 +188,12 @@ class Graph:
     def encode(self, encoder) -> None:
         if not self.dispatches:
             return
-        if _backend.IN_BROWSER:  # one JS call per run instead of four per dispatch
-            if self._prepared is None:
-                self._prepared = api.prepare_dispatches(self.dispatches)
-            encoder.encode_prepared(self._prepared)
+        if self._prepared is not None:  # replays of a validated graph: see _backend.prepare_dispatches
+            _backend.encode_prepared(encoder, self._prepared)
+            return
+        if _backend.IN_BROWSER:
+            self._prepared = _backend.prepare_dispatches(self.dispatches)
+            _backend.encode_prepared(encoder, self._prepared)
             return
         cpass = encoder.begin_compute_pass()
         for d in self.dispatches:
@@ -199,6 +201,7 @@ class Graph:
             cpass.set_bind_group(0, d.bind_group)
             cpass.dispatch_workgroups(*d.workgroups)
         cpass.end()
+        self._prepared = _backend.prepare_dispatches(self.dispatches)  # this first run validated them
 
     def __len__(self) -> int:
         return len(self.dispatches)
