@@ -13,8 +13,9 @@
 //   entry `split`:   writes each split's unnormalised accumulator and (max, sum) to dst / ml,
 //   entry `combine`: one workgroup per row merges the splits (log-sum-exp weights) into out.
 //
-// Inside a workgroup, per tile of WG keys: thread j scores key j against all R rows (q tile in workgroup
-// memory, pre-scaled; the key row read straight from the cache, 8 halves per 16-byte load); the row maxima
+// Inside a workgroup, per tile of KT keys: thread j scores key j against all R rows (q tile in workgroup
+// memory, pre-scaled; the key row read straight from the cache, 8 halves per 16-byte load; for tiles of fewer
+// keys than threads (decode) WG / KT threads share a key, each taking a part of its row); the row maxima
 // are reduced through workgroup memory; the probabilities replace the scores there; then each thread
 // accumulates 8 output dims x R rows over every NKG-th value of the tile (one 16-byte V load feeds 8R FMAs),
 // and the NKG partial sums are added once at the end. Online softmax in f32: running max per row in workgroup
@@ -26,8 +27,9 @@
 // slower on an H100. Row loops are therefore written out, and the online-softmax rescale is a vector multiply.
 //
 // Constants: HD (8 times a power of two, HD / 8 <= WG), G, NH, NKV, R (4 or 8), WG (power of two, >= HD / 8),
-// NSPLIT, ALIGN (chunks are rounded up to a multiple of it: WG, so no chunk ends in a part-filled tile), CAP,
-// WINDOW, SCALE, MAXT (token capacity of q/out).
+// KT (keys per tile: a power of two dividing WG, with WG / KT dividing HD / 8), NSPLIT, ALIGN (chunks are
+// rounded up to a multiple of it: KT, so no chunk ends in a part-filled tile), CAP, WINDOW, SCALE, MAXT (token
+// capacity of q/out).
 @group(0) @binding(0) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> kc: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> vc: array<vec4<u32>>;
@@ -38,18 +40,23 @@
 const HD4: u32 = HD / 4u;
 const HD8: u32 = HD / 8u;                 // 16-byte pieces of a cache row (8 halves)
 const TWO: bool = R == 8u;                // a second row quad
-const NSEG: u32 = WG / R;                 // threads per row in the row reductions
+const NPG: u32 = WG / KT;                 // threads per key in the scoring step (piece groups)
+const PPT: u32 = HD8 / NPG;               // pieces of a key row per thread in the scoring step
+const NSEG: u32 = min(WG / R, KT);        // threads per row in the row reductions
+const EPS: u32 = KT / NSEG;               // entries per thread in the row reductions
 const NKG: u32 = WG / HD8;                // key groups in the P.V step; thread = (column lid % HD8, group)
 // Loads issued 4 at a time before their use: a loop that loads and immediately consumes stalls for the full
 // memory latency every iteration, which is all there is to see when a decode step runs few workgroups.
-const U: u32 = select(1u, 4u, HD8 % 4u == 0u);
+const UK: u32 = select(1u, 4u, PPT % 4u == 0u);
+const UV: u32 = select(1u, 4u, (KT / NKG) % 4u == 0u && KT >= NKG);
 const MAXROWS: u32 = MAXT * NH;
 // "No key yet / masked". Finite on purpose: exp(MASKED - MASKED) = 1 keeps empty rows NaN-free, where -inf
 // would give exp(nan).
 const MASKED: f32 = -1e30;
 
 var<workgroup> qs: array<vec4<f32>, R * HD4>;  // q tile (times SCALE); after the keys, the output tile
-var<workgroup> ps: array<f32, R * WG>;         // [row][key of the tile]: scores, then probabilities
+// [row][key of the tile]: scores, then probabilities; first [piece group][row][key] partial scores (R * WG).
+var<workgroup> ps: array<f32, R * WG>;
 var<workgroup> red: array<f32, WG>;
 var<workgroup> m_run: array<f32, R>;           // running max per row
 var<workgroup> alpha: array<f32, R>;           // exp(old max - new max) of the current tile
@@ -98,17 +105,19 @@ fn key_range(x: u32, z: u32) -> vec2<u32> {
   return vec2<u32>(kb, min(hi, kb + chunk));
 }
 
-// Sum (or max) of ps[r][0..WG) for every row r, left in red[r]. Thread (r = lid % R, seg = lid / R) folds R
+// Sum (or max) of ps[r][0..KT) for every row r, left in red[r]. Thread (r = lid % R, seg = lid / R) folds EPS
 // entries, then a tree over the NSEG segments of each row.
 fn reduce_rows(lid: u32, take_max: bool) {
   let r = lid % R;
   let seg = lid / R;
-  var a = ps[r * WG + seg * R];
-  for (var j = 1u; j < R; j++) {
-    let b = ps[r * WG + seg * R + j];
-    a = select(a + b, max(a, b), take_max);
+  if (seg < NSEG) {
+    var a = ps[r * KT + seg * EPS];
+    for (var j = 1u; j < EPS; j++) {
+      let b = ps[r * KT + seg * EPS + j];
+      a = select(a + b, max(a, b), take_max);
+    }
+    red[lid] = a;
   }
-  red[lid] = a;
   workgroupBarrier();
   for (var s = NSEG / 2u; s > 0u; s /= 2u) {
     if (seg < s) {
@@ -128,7 +137,7 @@ fn qk(r: u32, d: u32, k0: vec4<f32>, k1: vec4<f32>) -> f32 {
 fn score8(d: u32, w: vec4<u32>) -> Quads {
   let k0 = lo4(w);
   let k1 = hi4(w);
-  var o: Quads;
+  var o = Quads(vec4<f32>(0.0), vec4<f32>(0.0));
   o.a = vec4<f32>(qk(0u, d, k0, k1), qk(1u, d, k0, k1), qk(2u, d, k0, k1), qk(3u, d, k0, k1));
   if (TWO) {
     o.b = vec4<f32>(qk(4u, d, k0, k1), qk(5u, d, k0, k1), qk(6u, d, k0, k1), qk(7u, d, k0, k1));
@@ -140,7 +149,7 @@ fn score8(d: u32, w: vec4<u32>) -> Quads {
 fn pv8(acc: ptr<function, Acc>, j: u32, w: vec4<u32>) {
   let v0 = lo4(w);
   let v1 = hi4(w);
-  let pa = vec4<f32>(ps[j], ps[WG + j], ps[2u * WG + j], ps[3u * WG + j]);
+  let pa = vec4<f32>(ps[j], ps[KT + j], ps[2u * KT + j], ps[3u * KT + j]);
   (*acc).a0 += pa * v0.x;
   (*acc).a1 += pa * v0.y;
   (*acc).a2 += pa * v0.z;
@@ -150,7 +159,7 @@ fn pv8(acc: ptr<function, Acc>, j: u32, w: vec4<u32>) {
   (*acc).a6 += pa * v1.z;
   (*acc).a7 += pa * v1.w;
   if (TWO) {
-    let pb = vec4<f32>(ps[4u * WG + j], ps[5u * WG + j], ps[6u * WG + j], ps[7u * WG + j]);
+    let pb = vec4<f32>(ps[4u * KT + j], ps[5u * KT + j], ps[6u * KT + j], ps[7u * KT + j]);
     (*acc).b0 += pb * v0.x;
     (*acc).b1 += pb * v0.y;
     (*acc).b2 += pb * v0.z;
@@ -183,11 +192,17 @@ fn visible(x: u32, quad: u32, k: u32, ke: u32) -> vec4<bool> {
   return ok;
 }
 
-fn put4(row0: u32, j: u32, v: vec4<f32>) {
-  ps[row0 * WG + j] = v.x;
-  ps[(row0 + 1u) * WG + j] = v.y;
-  ps[(row0 + 2u) * WG + j] = v.z;
-  ps[(row0 + 3u) * WG + j] = v.w;
+// ps[row0 + i][j] = v[i]; `base` selects a piece group's partial-score block.
+fn put4(base: u32, row0: u32, j: u32, v: vec4<f32>) {
+  ps[base + row0 * KT + j] = v.x;
+  ps[base + (row0 + 1u) * KT + j] = v.y;
+  ps[base + (row0 + 2u) * KT + j] = v.z;
+  ps[base + (row0 + 3u) * KT + j] = v.w;
+}
+
+fn get4(base: u32, row0: u32, j: u32) -> vec4<f32> {
+  return vec4<f32>(ps[base + row0 * KT + j], ps[base + (row0 + 1u) * KT + j], ps[base + (row0 + 2u) * KT + j],
+                   ps[base + (row0 + 3u) * KT + j]);
 }
 
 // Attends rows [x*R, x*R + R) of kv head kvh over keys [kb, ke). Leaves the unnormalised output tile in qs
@@ -205,8 +220,11 @@ fn attend(x: u32, kvh: u32, kb: u32, ke: u32, lid: u32) {
   if (lid < R) {
     m_run[lid] = MASKED;
   }
-  var acc: Acc;   // zero-initialised
-  var l: Quads;   // this thread's share of the row sums
+  // Explicit initial values throughout: naga hoists a loop body's `var x: T;` to the function entry and zeroes it
+  // once, not on every iteration as WGSL specifies (scores then leaked from one key tile into the next).
+  let z = vec4<f32>(0.0);
+  var acc = Acc(z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z);
+  var l = Quads(z, z);  // this thread's share of the row sums
   let c = lid % HD8;
   let kg = lid / HD8;
   // Trip counts the shader compiler cannot see through (step.n_tokens >= 1 whenever this runs): with constant
@@ -214,40 +232,62 @@ fn attend(x: u32, kvh: u32, kb: u32, ke: u32, lid: u32) {
   // spends most of a short decode step fetching its own code: on an H100 one tile cost ~90 us the first time
   // and ~25 us after. Rolled loops with 4 loads per iteration keep both the code small and the loads in flight.
   let one = min(step.n_tokens, 1u);
-  let n_pieces = HD8 * one;
-  let n_keys = WG * one;
+  let n_pieces = PPT * one;
+  let n_keys = KT * one;
+  // Scoring: thread = (key j of the tile, piece group pg); with several groups per key (decode tiles of few
+  // keys) each adds up PPT of the key's HD8 pieces and the partial scores meet in ps.
+  let j = lid % KT;
+  let pg = lid / KT;
   workgroupBarrier();
 
-  for (var kt = kb; kt < ke; kt += WG) {
-    // Scores of key k = kt + lid against every row of the tile.
-    let k = kt + lid;
-    var s: Quads;
+  for (var kt = kb; kt < ke; kt += KT) {
+    // Scores of key k = kt + j against every row of the tile.
+    let k = kt + j;
+    var s = Quads(z, z);
     if (k < ke) {
-      let base = (kvh * CAP + k % CAP) * HD8;
-      for (var d = 0u; d < n_pieces; d += U) {
-        if (U == 4u) {
+      let base = (kvh * CAP + k % CAP) * HD8 + pg * PPT;
+      for (var d = 0u; d < n_pieces; d += UK) {
+        if (UK == 4u) {
           let w0 = kc[base + d];
           let w1 = kc[base + d + 1u];
           let w2 = kc[base + d + 2u];
           let w3 = kc[base + d + 3u];
-          let s0 = score8(d, w0);
-          let s1 = score8(d + 1u, w1);
-          let s2 = score8(d + 2u, w2);
-          let s3 = score8(d + 3u, w3);
+          let s0 = score8(pg * PPT + d, w0);
+          let s1 = score8(pg * PPT + d + 1u, w1);
+          let s2 = score8(pg * PPT + d + 2u, w2);
+          let s3 = score8(pg * PPT + d + 3u, w3);
           s.a += (s0.a + s1.a) + (s2.a + s3.a);
           s.b += (s0.b + s1.b) + (s2.b + s3.b);
         } else {
-          let s0 = score8(d, kc[base + d]);
+          let s0 = score8(pg * PPT + d, kc[base + d]);
           s.a += s0.a;
           s.b += s0.b;
         }
       }
     }
-    let oka = visible(x, 0u, k, ke);
-    let okb = visible(x, 1u, k, ke);
-    put4(0u, lid, select(vec4<f32>(MASKED), s.a, oka));
-    if (TWO) {
-      put4(4u, lid, select(vec4<f32>(MASKED), s.b, okb));
+    if (NPG > 1u) {  // sum the piece groups' partial scores (each thread of group 0 for its own key)
+      put4(pg * R * KT, 0u, j, s.a);
+      if (TWO) {
+        put4(pg * R * KT, 4u, j, s.b);
+      }
+      workgroupBarrier();
+      if (pg == 0u) {
+        for (var g = 1u; g < NPG; g++) {
+          s.a += get4(g * R * KT, 0u, j);
+          if (TWO) {
+            s.b += get4(g * R * KT, 4u, j);
+          }
+        }
+      }
+    }
+    // Only piece group 0 (lid < KT) goes on with the key's scores; the others keep zero sums and no key.
+    let oka = visible(x, 0u, k, ke) & vec4<bool>(pg == 0u);
+    let okb = visible(x, 1u, k, ke) & vec4<bool>(pg == 0u);
+    if (pg == 0u) {
+      put4(0u, 0u, j, select(vec4<f32>(MASKED), s.a, oka));
+      if (TWO) {
+        put4(0u, 4u, j, select(vec4<f32>(MASKED), s.b, okb));
+      }
     }
     workgroupBarrier();
 
@@ -264,49 +304,55 @@ fn attend(x: u32, kvh: u32, kb: u32, ke: u32, lid: u32) {
     let fa = vec4<f32>(alpha[0], alpha[1], alpha[2], alpha[3]);
     let pa = select(vec4<f32>(0.0), exp(s.a - ma), oka);
     l.a = l.a * fa + pa;
-    put4(0u, lid, pa);
+    if (pg == 0u) {
+      put4(0u, 0u, j, pa);
+    }
     var fb = vec4<f32>(0.0);
     if (TWO) {
       let mb = vec4<f32>(m_run[4 % R], m_run[5 % R], m_run[6 % R], m_run[7 % R]);
       fb = vec4<f32>(alpha[4 % R], alpha[5 % R], alpha[6 % R], alpha[7 % R]);
       let pb = select(vec4<f32>(0.0), exp(s.b - mb), okb);
       l.b = l.b * fb + pb;
-      put4(4u, lid, pb);
+      if (pg == 0u) {
+        put4(0u, 4u, j, pb);
+      }
     }
     workgroupBarrier();
 
-    // acc = acc * alpha + sum_j p[row][j] * V[j] over keys j = kg, kg + NKG, ... of the tile: the threads of
+    // acc = acc * alpha + sum_i p[row][i] * V[i] over keys i = kg, kg + NKG, ... of the tile: the threads of
     // a warp read consecutive 16-byte pieces of one V row (coalesced) and each load serves all R rows. Keys
     // past ke have p = 0; their slots hold finite values (zero-filled, or clamped by kv_store), so they are
     // read rather than branched around.
     scale_acc(&acc, fa, fb);
     if (kg < NKG) {
       let vbase = kvh * CAP;
-      for (var j = kg; j < n_keys; j += U * NKG) {
-        if (U == 4u) {
-          let j1 = j + NKG;
-          let j2 = j + 2u * NKG;
-          let j3 = j + 3u * NKG;
-          let w0 = vc[(vbase + (kt + j) % CAP) * HD8 + c];
-          let w1 = vc[(vbase + (kt + j1) % CAP) * HD8 + c];
-          let w2 = vc[(vbase + (kt + j2) % CAP) * HD8 + c];
-          let w3 = vc[(vbase + (kt + j3) % CAP) * HD8 + c];
-          pv8(&acc, j, w0);
-          pv8(&acc, j1, w1);
-          pv8(&acc, j2, w2);
-          pv8(&acc, j3, w3);
+      for (var i = kg; i < n_keys; i += UV * NKG) {
+        if (UV == 4u) {
+          let i1 = i + NKG;
+          let i2 = i + 2u * NKG;
+          let i3 = i + 3u * NKG;
+          let w0 = vc[(vbase + (kt + i) % CAP) * HD8 + c];
+          let w1 = vc[(vbase + (kt + i1) % CAP) * HD8 + c];
+          let w2 = vc[(vbase + (kt + i2) % CAP) * HD8 + c];
+          let w3 = vc[(vbase + (kt + i3) % CAP) * HD8 + c];
+          pv8(&acc, i, w0);
+          pv8(&acc, i1, w1);
+          pv8(&acc, i2, w2);
+          pv8(&acc, i3, w3);
         } else {
-          pv8(&acc, j, vc[(vbase + (kt + j) % CAP) * HD8 + c]);
+          pv8(&acc, i, vc[(vbase + (kt + i) % CAP) * HD8 + c]);
         }
       }
     }
     workgroupBarrier();
   }
 
-  // Row sums: this thread's shares, reduced over the workgroup into red[0..R).
-  put4(0u, lid, l.a);
-  if (TWO) {
-    put4(4u, lid, l.b);
+  // Row sums: the shares of the KT threads of piece group 0, reduced into red[0..R).
+  if (pg == 0u) {
+    put4(0u, 0u, j, l.a);
+    if (TWO) {
+      put4(0u, 4u, j, l.b);
+    }
   }
   workgroupBarrier();
   reduce_rows(lid, false);

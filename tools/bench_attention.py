@@ -115,7 +115,7 @@ def random_cache(dev, rng, slots: int, hd: int, copies: int):
     return caches
 
 
-async def bench_decode(dev, kind: str, ctx: int, reps: int, stream_mb: float, rng, wg=None) -> dict:
+async def bench_decode(dev, kind: str, ctx: int, reps: int, stream_mb: float, rng, wg=None, kt=None) -> dict:
     hd, window = LAYERS[kind]["head_dim"], LAYERS[kind]["window"]
     slots = ops.kv_slots(ctx, window=window, max_tokens=1)
     keys = min(ctx, window) if window else ctx
@@ -127,12 +127,12 @@ async def bench_decode(dev, kind: str, ctx: int, reps: int, stream_mb: float, rn
     k = dev.upload(rng.standard_normal((1, KV_HEADS, hd)).astype(np.float32))
     out = dev.tensor((1, HEADS, hd))
     plan = attention_plan(dev, n_tokens=1, n_heads=HEADS, n_kv_heads=KV_HEADS, head_dim=hd, window=window,
-                          max_ctx=slots, wg=wg)
+                          max_ctx=slots, wg=wg, kt=kt)
 
     async def attn(g, i):
         ck, cv = caches[i % copies]
         await ops.attention(g, q, ck, cv, out, step, n_heads=HEADS, n_kv_heads=KV_HEADS, head_dim=hd, scale=1.0,
-                            window=window, max_ctx=slots, wg=wg)
+                            window=window, max_ctx=slots, wg=wg, kt=kt)
 
     async def store(g, i):
         ck, cv = caches[i % copies]
@@ -148,7 +148,7 @@ async def bench_decode(dev, kind: str, ctx: int, reps: int, stream_mb: float, rn
     for ck, cv in caches:
         ck.buffer.destroy()
         cv.buffer.destroy()
-    return {"phase": "decode", "layer": kind, "ctx": ctx, "keys": keys, "head_dim": hd, "wg": plan["wg"],
+    return {"phase": "decode", "layer": kind, "ctx": ctx, "keys": keys, "head_dim": hd, "wg": plan["wg"], "kt": plan["kt"],
             "splits": plan["splits"], "dispatches": plan["dispatches"], "us": round(t * 1e6, 2), "gb_per_s": round(kv_bytes / t / 1e9, 1),
             "us_kernels": [round(x * 1e6, 2) for x in ta.get("gpu_kernels", [])],
             "us_wall": round(ta["wall"] * 1e6, 2), "kv_store_us": round(ts.get("gpu", ts["wall"]) * 1e6, 2),
@@ -190,7 +190,8 @@ async def main() -> None:
     ap.add_argument("--chunk", type=int, default=512)
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--stream-mb", type=float, default=256.0)
-    ap.add_argument("--wg", default="0", help="comma-separated decode tile sizes to try (0 = the plan's)")
+    ap.add_argument("--wg", default="0", help="comma-separated decode workgroup sizes to try (0 = the plan's)")
+    ap.add_argument("--kt", default="0", help="comma-separated decode keys-per-tile to try (0 = the plan's)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     dev = open_device()
@@ -199,9 +200,10 @@ async def main() -> None:
     for kind in LAYERS:
         for ctx in (int(c) for c in args.ctx.split(",")):
             for wg in (int(w) for w in args.wg.split(",")):
-                r = await bench_decode(dev, kind, ctx, args.reps, args.stream_mb, rng, wg or None)
-                print(json.dumps(r), file=sys.stderr, flush=True)
-                results.append(r)
+                for kt in (int(k) for k in args.kt.split(",")):
+                    r = await bench_decode(dev, kind, ctx, args.reps, args.stream_mb, rng, wg or None, kt or None)
+                    print(json.dumps(r), file=sys.stderr, flush=True)
+                    results.append(r)
         for pos in (int(p) for p in args.prefill.split(",")):
             r = await bench_prefill(dev, kind, pos, args.chunk, max(3, args.reps // 5), rng)
             print(json.dumps(r), file=sys.stderr, flush=True)
