@@ -89,6 +89,7 @@ class Engine:
         self.next_token: int | None = None  # sampled, not yet fed (it sits in the decode run's input)
         self.stats = Stats()
         self._readback = Readback(self.device, 4, "token")
+        self._decode_cb = None  # the next decode step's command buffer, encoded ahead
         self._fingerprint = b""
         self.stop_ids = frozenset(self.chat_template.stop_ids) | (
             {tokenizer.eos_id} if tokenizer.eos_id is not None else set()
@@ -169,17 +170,33 @@ class Engine:
             pos += len(chunk)
         return self.next_token
 
+    def _encode_decode_step(self):
+        m = self.model
+        return self.device.encode([m.decode.graph, self.sample_graph], self._readback, (m.decode.ids.buffer, 0, 4))
+
     async def step(self) -> int:
-        """Feed the pending token and sample the next one (one decode step)."""
+        """Feed the pending token and sample the next one (one decode step).
+
+        The step's command buffer was encoded while the GPU ran the previous step (it does not depend on the
+        token, which the GPU sampler wrote into the decode input itself); only the Step uniform and, for
+        Gemma 4, the token's per-layer-embedding row are written now, and queue writes land before the
+        submit that follows them."""
         if self.next_token is None:
             raise RuntimeError("nothing to continue: feed a prompt first")
         if len(self.tokens) + 1 > self.max_context:
             raise ContextOverflowError(f"the context of {self.max_context} tokens is full")
         m, tok = self.model, self.next_token
-        if m.cfg.ple_dim:  # the token is already on the GPU; only its per-layer-embedding row is not
+        cb, self._decode_cb = self._decode_cb or self._encode_decode_step(), None
+        if m.cfg.ple_dim:
             self.device.write(m.decode.ple.buffer, await m.ple_rows(np.array([tok], np.uint32)))
         pos = len(self.tokens)
-        self.next_token = await self._sample_after(m.decode, pos, 1)
+        seed, counter = self.sampler.rng_words()
+        m.write_step(pos, 1, seed, counter)
+        self.sampler.advance()
+        self.device.submit_encoded(cb)
+        self._decode_cb = self._encode_decode_step()  # overlaps with the GPU's work on this step
+        data = await self._readback.read(self.device, 4)
+        self.next_token = int(np.frombuffer(data, np.uint32, 1)[0])
         self.tokens.append(tok)
         return self.next_token
 

@@ -453,17 +453,26 @@ class Device:
     def graph(self) -> Graph:
         return Graph(self)
 
-    def submit(self, graph, readback: Readback | None = None, source=None) -> None:
-        """Encode `graph` (a Graph or a list of them, in order) and, when `readback` is given, a copy of
-        `source` (buffer, offset, size) into it, all in one command buffer and one submit."""
-        with _translate_errors("submitting work"):
+    def encode(self, graph, readback: Readback | None = None, source=None):
+        """A finished command buffer: `graph` (a Graph or a list of them, in order) and, when `readback` is
+        given, a copy of `source` (buffer, offset, size) into it. Encoding ahead (while the GPU runs the
+        previous step) and submitting later is how the decode loop hides the host's encoding time."""
+        with _translate_errors("encoding work"):
             enc = self.raw.create_command_encoder()
             for gr in graph if isinstance(graph, (list, tuple)) else (graph,):
                 gr.encode(enc)
             if readback is not None:
                 buf, off, size = source
                 enc.copy_buffer_to_buffer(buf, off, readback.buffer, 0, (size + 3) & ~3)
-            self.queue.submit([enc.finish()])
+            return enc.finish()
+
+    def submit(self, graph, readback: Readback | None = None, source=None) -> None:
+        """Encode (see `encode`) and submit, one command buffer."""
+        self.submit_encoded(self.encode(graph, readback, source))
+
+    def submit_encoded(self, command_buffer) -> None:
+        with _translate_errors("submitting work"):
+            self.queue.submit([command_buffer])
 
     async def run(self, graph, readback: Readback | None = None, source=None) -> memoryview | None:
         """Submit `graph`; with a readback, wait for the GPU and return the copied bytes."""
