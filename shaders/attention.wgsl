@@ -10,7 +10,9 @@
 // with one token the only parallelism is over keys. Chunk sizes are computed from step at run time, so one
 // recorded dispatch serves every context length; splits past the context exit at once.
 //   entry `main`:    NSPLIT == 1, writes the normalised output (prefill: enough row tiles for parallelism).
-//   entry `split`:   writes each split's unnormalised accumulator and (max, sum) to dst / ml,
+//   entry `split`:   writes each split's unnormalised accumulator and (max, sum) to dst / ml; it runs only
+//                    when the run's key count is in [NKV_MIN, NKV_MAX], so that a decode graph can hold two
+//                    split kernels tiled for short and long contexts (ops/attention.py),
 //   entry `combine`: one workgroup per row merges the splits (log-sum-exp weights) into out.
 //
 // Inside a workgroup, per tile of KT keys: thread j scores key j against all R rows (q tile in workgroup
@@ -23,13 +25,13 @@
 //
 // Per-thread state is vectors whose 4 lanes are 4 rows (R = 4 or 8: one or two "row quads"), never private
 // arrays: SPIR-V has no register-indexed arrays, and NVIDIA's compiler keeps a loop-indexed private array in
-// local (device) memory even when every bound is a constant; that made a first version of this kernel ~10x
-// slower on an H100. Row loops are therefore written out, and the online-softmax rescale is a vector multiply.
+// local (device) memory even when every bound is a constant; a first version of this kernel that used them was
+// ~6x slower on an H100. Row loops are therefore written out, and the online-softmax rescale is a vector multiply.
 //
 // Constants: HD (8 times a power of two, HD / 8 <= WG), G, NH, NKV, R (4 or 8), WG (power of two, >= HD / 8),
 // KT (keys per tile: a power of two dividing WG, with WG / KT dividing HD / 8), NSPLIT, ALIGN (chunks are
 // rounded up to a multiple of it: KT, so no chunk ends in a part-filled tile), CAP, WINDOW, SCALE, MAXT (token
-// capacity of q/out).
+// capacity of q/out), NKV_MIN, NKV_MAX (split only).
 @group(0) @binding(0) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> kc: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> vc: array<vec4<u32>>;
@@ -228,9 +230,9 @@ fn attend(x: u32, kvh: u32, kb: u32, ke: u32, lid: u32) {
   let c = lid % HD8;
   let kg = lid / HD8;
   // Trip counts the shader compiler cannot see through (step.n_tokens >= 1 whenever this runs): with constant
-  // bounds the loops below get unrolled completely, and the kernel (~10K instructions at HD = 512) then
-  // spends most of a short decode step fetching its own code: on an H100 one tile cost ~90 us the first time
-  // and ~25 us after. Rolled loops with 4 loads per iteration keep both the code small and the loads in flight.
+  // bounds the loops below get unrolled completely, and at HD = 512 a decode step over 1K keys took 104 us
+  // instead of 39 us on an H100 (the cost was the kernel's size, not its data). Rolled loops with 4 loads per
+  // iteration keep both the code small and the loads in flight.
   let one = min(step.n_tokens, 1u);
   let n_pieces = PPT * one;
   let n_keys = KT * one;
@@ -422,7 +424,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 @compute @workgroup_size(WG)
 fn split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let rows = n_rows();
-  if (wid.x * R >= rows) {
+  let n_kv = step.pos + min(step.n_tokens, MAXT);  // keys after this run
+  if (wid.x * R >= rows || n_kv < NKV_MIN || n_kv > NKV_MAX) {
     return;
   }
   let kr = key_range(wid.x, wid.z);

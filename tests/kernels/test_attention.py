@@ -33,7 +33,8 @@ def f16(a):
     return a.astype(np.float16).astype(np.float64)
 
 
-async def run_case(device, *, heads, kv_heads, hd, window, chunks, T, decode, slots, scale=None, splits=None, seed=0):
+async def run_case(device, *, heads, kv_heads, hd, window, chunks, T, decode, slots, scale=None, splits=None, seed=0,
+                   short=None):
     """Prefill `chunks` (token counts, each <= T) then `decode` single-token steps. Returns the max error and
     the tolerance of every run (asserted inside)."""
     rng = np.random.default_rng(seed)
@@ -52,7 +53,8 @@ async def run_case(device, *, heads, kv_heads, hd, window, chunks, T, decode, sl
         await ops.kv_store(g, bufs["k"], bufs["v"], cache_k, cache_v, step, n_kv_heads=kv_heads, head_dim=hd,
                            max_ctx=slots)
         await ops.attention(g, bufs["q"], cache_k, cache_v, bufs["out"], step, n_heads=heads, n_kv_heads=kv_heads,
-                            head_dim=hd, scale=scale, window=window, max_ctx=slots, splits=splits if cap == 1 else None)
+                            head_dim=hd, scale=scale, window=window, max_ctx=slots, splits=splits if cap == 1 else None,
+                            **({} if short is None else {"short": short}))
         graphs[cap] = (g, bufs)
     pos = 0
     for n in list(chunks) + [1] * decode:
@@ -102,6 +104,15 @@ async def test_prefill_then_decode(device, heads, kv_heads, hd, window, chunks, 
         np.testing.assert_allclose(got, want, rtol=0, atol=2e-2 * np.abs(v).max())
 
 
+async def test_decode_short_and_long_split_kernels(device):
+    """A decode graph over a cache that can outgrow `short` keys holds two split kernels (32-key tiles for
+    short contexts, full tiles beyond); decoding from 11 to 22 keys with short = 16 runs each in turn."""
+    plan = attention_plan(device, n_tokens=1, n_heads=4, n_kv_heads=1, head_dim=32, window=0, max_ctx=64, short=16)
+    assert plan["short_split"] == 16 and plan["dispatches"] == 3
+    await run_case(device, heads=4, kv_heads=1, hd=32, window=0, chunks=(10,), T=16, decode=12, slots=64,
+                   short=16, seed=3)
+
+
 async def test_kv_store_layout(device):
     """Cache layout [kv_head][slot][dim] in f16, slot = position % slots (ring), only this run's tokens written."""
     kvh, hd, slots, cap = 2, 8, 5, 4
@@ -126,7 +137,7 @@ async def test_kv_store_layout(device):
 
 async def test_dispatch_counts(device):
     decode = attention_plan(device, n_tokens=1, n_heads=8, n_kv_heads=1, head_dim=512, window=0, max_ctx=131072)
-    assert decode["dispatches"] == 2 and decode["splits"] > 32
+    assert decode["dispatches"] == 3 and decode["splits"] > 32 and decode["short_split"]
     sliding = attention_plan(device, n_tokens=1, n_heads=8, n_kv_heads=1, head_dim=256, window=512, max_ctx=512)
     assert sliding["kt"] == 32 and sliding["splits"] == 512 // 32  # short context: small tiles, one split each
     prefill = attention_plan(device, n_tokens=512, n_heads=8, n_kv_heads=1, head_dim=256, window=512, max_ctx=1023)
