@@ -1,16 +1,20 @@
 """Rotary embedding, KV cache and attention (shaders/rope.wgsl, kv_store.wgsl, attention.wgsl).
 
-Per-run values come from a `Step` uniform buffer (shaders/common.wgsl: pos, n_tokens, n_kv) that the caller
-rewrites before each submit, so one recorded graph serves every decode step and every prefill chunk of up to
+Per-run values come from a `Step` uniform buffer (shaders/common.wgsl; these kernels read pos and n_tokens, the
+key count being pos + n_tokens) that the caller rewrites before each submit, so one recorded graph serves every decode step and every prefill chunk of up to
 the recorded token capacity (the first dimension of the activation tensors). Everything else is a compile-time
 constant of the kernels.
 
 KV cache layout (one K and one V tensor per layer, see `kv_cache`): f16 [n_kv_heads][slots][head_dim], packed
 two halves per u32 in the kernels (same bytes as an f16 array). Position p lives in slot p % slots. A layer
 whose cache holds the whole context (slots >= context) therefore stores p at slot p; a sliding-window layer
-may use a ring of `kv_slots(window, ...)` = window + max_tokens - 1 slots: the oldest key a query of the
+may use a ring of `kv_slots(ctx, window=, max_tokens=)` = window + max_tokens - 1 slots: the oldest key a query of the
 current run can see is pos + 0 - (window - 1) and the newest key written is pos + n_tokens - 1, so that many
 slots never overwrite a key still in use.
+
+Dispatches per call: rope 1, kv_store 1 (K and V), attention 1 (prefill), 2 (decode: key splits + combine) or
+3 (decode over a cache that can outgrow attention_plan's `short`: split kernels for short and long contexts,
+one of which returns at once).
 """
 
 from __future__ import annotations
@@ -128,7 +132,7 @@ def attention_plan(device: Device, *, n_tokens: int, n_heads: int, n_kv_heads: i
     if n_heads % n_kv_heads:
         raise ValueError(f"n_heads {n_heads} is not a multiple of n_kv_heads {n_kv_heads}")
     group = n_heads // n_kv_heads
-    # Keys per tile = threads. At least one thread per 16-byte piece of a cache row (the P.V step).
+    # Threads per workgroup: at least one per 16-byte piece of a cache row (the P.V step).
     wg = max(wg or (128 if head_dim >= 128 else 64), hd8)
     # Rows per workgroup: 8 (two "row quads"; the kernel keeps per-row state in vec4 lanes) when there are more
     # than 4 and the q tile fits workgroup memory with the rest (R * WG * 4 + WG * 4 bytes more), else 4. More
