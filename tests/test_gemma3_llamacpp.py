@@ -38,14 +38,19 @@ async def test_first_step_logits_match_llamacpp(model, case):
     got = await model.forward(CASES[case]["prompt_ids"], 0)
     assert got.shape == ref.shape
     # llama.cpp's CPU matmuls quantise activations to 8 bits (Q8_0/Q8_K) and the goldens are stored as f16,
-    # so exact equality is not expected; the logit vectors must agree closely in shape and in their top.
+    # while our kernels dequantise weights exactly and keep activations in f32. Measured: correlation
+    # 0.9979-0.9996, max |diff| 0.8-1.7 at |logit| 20-32 (noise spread over the 262k tail), softmax KL
+    # 1e-4..5e-3, identical top 10. A real mistake (a wrong norm, rope base or mask) gives KL > 0.5 and
+    # a different top. The bounds below leave room for other GPUs' rounding.
     assert int(got.argmax()) == int(ref.argmax())
-    corr = np.corrcoef(got, ref)[0, 1]
-    assert corr > 0.999, corr
-    assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max() + 0.5
-    top_ref = set(np.argsort(ref)[-10:])
-    top_got = set(np.argsort(got)[-10:])
-    assert len(top_ref & top_got) >= 8
+    assert np.corrcoef(got, ref)[0, 1] > 0.995
+    assert np.abs(got - ref).max() < 0.1 * np.abs(ref).max()
+    p = np.exp(ref - ref.max())
+    p /= p.sum()
+    log_q = got - got.max() - np.log(np.exp(got - got.max()).sum())
+    kl = float((p * (np.log(p + 1e-30) - log_q)).sum())
+    assert kl < 0.02, kl
+    assert len(set(np.argsort(ref)[-10:]) & set(np.argsort(got)[-10:])) >= 9
 
 
 @pytest.mark.parametrize("case", [0, 2, 4])

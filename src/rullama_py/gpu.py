@@ -483,13 +483,14 @@ class Device:
         return await readback.read(self, source[2])
 
     async def sync(self) -> None:
-        """Wait until the GPU has finished all submitted work (and surface any error it reported)."""
-        rb = Readback(self, 4, "sync")
-        try:
-            self.submit(Graph(self))
-            await rb.read(self)
-        finally:
-            rb.buffer.destroy()
+        """Wait until the GPU has finished all submitted work (and surface any error it reported). The wait
+        is a readback of a copy submitted after that work: mapping a buffer no submission uses would return
+        at once on wgpu-native."""
+        if getattr(self, "_sync_src", None) is None:
+            self._sync_src = self.create_buffer(4, STORAGE, "sync")
+            self._sync_rb = Readback(self, 4, "sync")
+        self.submit(Graph(self), self._sync_rb, (self._sync_src, 0, 4))
+        await self._sync_rb.read(self, 4)
 
     def destroy(self) -> None:
         self._kernels.clear()
