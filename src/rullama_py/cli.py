@@ -158,6 +158,11 @@ def _list(a) -> int:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["serve"]:  # the server parses its own options (src/rullama_py/server.py)
+        from . import server
+
+        return server.main(argv[1:])
     ap = argparse.ArgumentParser(prog="rullama", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
@@ -183,14 +188,9 @@ def main(argv=None) -> int:
     li = sub.add_parser("list", help="models in the Ollama store")
     li.add_argument("--ollama", default=None, help="store root (default $OLLAMA_MODELS or ~/.ollama/models)")
 
-    s = sub.add_parser("serve", help="serve the web app and a model on localhost", add_help=False)
-    s.add_argument("rest", nargs=argparse.REMAINDER)
+    sub.add_parser("serve", help="serve the web app and a model on localhost (rullama serve --help)")
 
     a = ap.parse_args(argv)
-    if a.cmd == "serve":
-        from . import server
-
-        return server.main(a.rest)
     if a.cmd == "list":
         return _list(a)
     try:
