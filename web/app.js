@@ -496,8 +496,10 @@ async function reply() {
   const body = el.querySelector('.body');
   const ids = [];
   let restored = 0;
+  S.streaming = { n: 0 };
   on('token', e => {
     if (e.id >= 0) ids.push(e.id);
+    S.streaming.n = e.n;
     m.content += e.text;
     body.textContent = visible(m.content);
     box.scrollTop = box.scrollHeight;

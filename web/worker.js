@@ -131,6 +131,7 @@ async function downloadToCache({ url, name, chunk }) {
   const ctl = { abort: new AbortController(), paused: false };
   download = ctl;
   let handle = null;
+  let meta = null;
   try {
     const dir = await cacheDir();
     const key = await cacheKey(url);
@@ -140,7 +141,7 @@ async function downloadToCache({ url, name, chunk }) {
     if (!cr) throw new AppError('source', 'The model server did not say how large the file is (no Content-Range).', url);
     const size = Number(cr[1]);
     const etag = probe.headers.get('ETag') || '';
-    let meta = await readMeta(dir, key);
+    meta = await readMeta(dir, key);
     if (!meta || meta.url !== url || meta.size !== size || (meta.etag || '') !== etag) {
       meta = { key, url, name: name || url.split('/').pop(), size, etag, done: 0, complete: false };
     }
@@ -187,7 +188,7 @@ async function downloadToCache({ url, name, chunk }) {
     }
     return { ...meta, resumedFrom, paused: done < size };
   } catch (e) {
-    if (e.name === 'AbortError') return { paused: true };
+    if (e.name === 'AbortError') return { ...(meta || {}), paused: true };
     throw e;
   } finally {
     if (handle) handle.close();

@@ -1,0 +1,288 @@
+// Drives the web app in headless Chromium (Debian's /usr/bin/chromium, WebGPU on SwiftShader) with npm
+// playwright-core, and reports what the page showed. tests/browser/test_browser.py runs one scenario per
+// call and makes the assertions (it also computes the native outputs to compare with).
+//
+// Usage: node tests/browser/driver.mjs '{"scenario": "tiny", "url": "http://127.0.0.1:PORT/", "artifacts": DIR, ...}'
+// Prints progress lines, then one line `RESULT:{json}`. Screenshots go to <artifacts>/<scenario>-NN-<step>.png.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { createRequire } from 'node:module';
+
+const here = path.dirname(new URL(import.meta.url).pathname);
+const require = createRequire(path.resolve(here, '../../web/package.json'));
+const { chromium } = require('playwright-core');
+
+const cfg = JSON.parse(process.argv[2]);
+const LONG = (cfg.timeout_s || 1500) * 1000; // model loads take minutes on a software GPU
+const t0 = Date.now();
+const log = (...a) => console.log(`[${((Date.now() - t0) / 1000).toFixed(1)} s]`, ...a);
+fs.mkdirSync(cfg.artifacts, { recursive: true });
+let shotNo = 0;
+
+const profiles = [];
+async function launch({ webgpu = true } = {}) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rullama-chromium-'));
+  profiles.push(dir);
+  const args = ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync',
+    '--no-first-run', '--disable-quic'];
+  if (webgpu) args.unshift('--enable-unsafe-webgpu');
+  const ctx = await chromium.launchPersistentContext(dir, { executablePath: '/usr/bin/chromium', headless: true, args,
+    viewport: { width: 1280, height: 760 } });
+  const page = ctx.pages()[0] || (await ctx.newPage());
+  page.on('pageerror', e => log('[pageerror]', e.message));
+  page.on('console', m => { if (m.type() === 'error' || m.type() === 'warning') log('[console]', m.text()); });
+  return { ctx, page };
+}
+
+async function shot(page, step) {
+  shotNo += 1;
+  const file = path.join(cfg.artifacts, `${cfg.scenario}-${String(shotNo).padStart(2, '0')}-${step}.png`);
+  await page.screenshot({ path: file });
+  return file;
+}
+
+const app = (page, fn, arg) => page.evaluate(fn, arg);
+const until = (page, fn, arg, timeout = LONG) => page.waitForFunction(fn, arg, { timeout, polling: 250 });
+
+async function open(page, url) {
+  await page.goto(url);
+  await until(page, () => window.rullamaApp && window.rullamaApp.started && window.rullamaApp.python);
+  log('page ready (Python started)');
+}
+
+async function setSampling(page, { temperature = 0, max_tokens = 8 } = {}) {
+  await page.fill('#temperature', String(temperature));
+  await page.fill('#max_tokens', String(max_tokens));
+}
+
+async function waitLoaded(page) {
+  await until(page, () => !window.rullamaApp.busy && (window.rullamaApp.model || window.rullamaApp.lastError));
+  const r = await app(page, () => ({ model: window.rullamaApp.model, error: window.rullamaApp.lastError }));
+  if (r.error) log('load error', JSON.stringify(r.error));
+  else log('loaded', r.model.name, JSON.stringify(r.model.seconds));
+  return r;
+}
+
+// The loader panel hides itself once a model is loaded; "Model…" brings it back.
+async function showLoader(page) {
+  if (await page.isHidden('#loader')) await page.click('#toggle-loader');
+}
+
+async function loadFromServer(page, modelId, { progressShot } = {}) {
+  await showLoader(page);
+  await page.click('[role=tab][data-tab=server]');
+  if (modelId) await page.selectOption('#server-models', modelId);
+  await app(page, () => { window.rullamaApp.lastError = null; });
+  await page.click('#load');
+  if (progressShot) {
+    try {
+      await until(page, () => /tensors uploaded|Compiling/.test(document.getElementById('progress-text').textContent), null, 120000);
+      await shot(page, progressShot);
+    } catch { /* the load went past the weights phase before we looked */ }
+  }
+  return waitLoaded(page);
+}
+
+async function send(page, text, sampling) {
+  if (sampling) await setSampling(page, sampling);
+  await app(page, () => { window.rullamaApp.lastReply = null; });
+  await page.fill('#prompt', text);
+  await page.click('#send');
+}
+
+async function reply(page) {
+  await until(page, () => window.rullamaApp.lastReply && !window.rullamaApp.busy);
+  const r = await app(page, () => window.rullamaApp.lastReply);
+  log('reply', JSON.stringify({ ids: r.ids, stats: r.stats && { p: r.stats.prompt_tokens, n: r.stats.generated_tokens, f: r.stats.finish_reason }, restored: r.restored }));
+  return r;
+}
+
+async function chat(page, text, sampling) {
+  await send(page, text, sampling);
+  return reply(page);
+}
+
+const shownMessages = page => app(page, () => [...document.querySelectorAll('#messages .msg')].map(d => ({
+  role: d.classList.contains('user') ? 'user' : 'assistant', text: d.querySelector('.body').textContent })));
+
+const forgetError = page => app(page, () => { window.rullamaApp.lastError = null; });
+
+async function shownError(page) {
+  await until(page, () => window.rullamaApp.lastError && !window.rullamaApp.busy && !document.getElementById('error').hidden, null, LONG);
+  return app(page, () => ({ kind: document.getElementById('error').dataset.kind, message: document.getElementById('error-message').textContent }));
+}
+
+async function snapshotSaved(page, tokens) {
+  await until(page, n => window.rullamaApp.lastSnapshot && window.rullamaApp.lastSnapshot.tokens === n, tokens, 300000);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+
+const scenarios = {
+  // Load the tiny model over Range, greedy reply, attachments, stop, then reload and resume.
+  async tiny() {
+    const { ctx, page } = await launch();
+    const out = {};
+    await open(page, cfg.url);
+    await shot(page, 'started');
+    out.load1 = await loadFromServer(page, 'default', { progressShot: 'loading' });
+    await shot(page, 'loaded');
+
+    out.attach = {};
+    for (const [name, mimeType] of [['photo.png', 'image/png'], ['voice.wav', 'audio/wav'], ['notes.txt', 'text/plain']]) {
+      await page.setInputFiles('#attach-file', { name, mimeType, buffer: Buffer.from('not really ' + name) });
+      out.attach[name] = await page.textContent('#notice');
+    }
+    await shot(page, 'attach-refused');
+
+    out.r1 = await chat(page, cfg.prompts[0], { temperature: 0, max_tokens: cfg.max_tokens });
+    await shot(page, 'greedy-reply');
+
+    await send(page, cfg.prompts[1], { temperature: 0, max_tokens: 200 });
+    await until(page, () => window.rullamaApp.streaming && window.rullamaApp.streaming.n >= 3);
+    await shot(page, 'streaming');
+    await page.click('#stop');
+    out.r2 = await reply(page);
+    await shot(page, 'stopped');
+    await snapshotSaved(page, out.r2.stats.context);
+    out.shown_before_reload = await shownMessages(page);
+
+    await page.reload();
+    await until(page, () => window.rullamaApp && window.rullamaApp.started && window.rullamaApp.python);
+    out.shown_after_reload = await shownMessages(page);
+    await shot(page, 'reloaded');
+    out.load2 = await loadFromServer(page, 'default');
+    out.r3 = await chat(page, cfg.prompts[2], { temperature: 0, max_tokens: cfg.max_tokens });
+    await shot(page, 'resumed');
+    await ctx.close();
+    return out;
+  },
+
+  // Plain-sentence errors: 404, nothing listening, a corrupt file, a device too small for the model.
+  async errors() {
+    const { ctx, page } = await launch();
+    const out = {};
+    await open(page, cfg.url);
+    await page.click('[role=tab][data-tab=url]');
+    for (const [name, url] of [['not_found', 'models/missing.gguf'], ['unreachable', cfg.dead_url]]) {
+      await page.fill('#model-url', url);
+      await forgetError(page);
+      await page.click('#load');
+      out[name] = await shownError(page);
+      await shot(page, name);
+    }
+    await page.click('[role=tab][data-tab=file]');
+    await forgetError(page);
+    await page.setInputFiles('#model-file', { name: 'corrupt.gguf', mimeType: 'application/octet-stream', buffer: Buffer.from(cfg.corrupt_b64, 'base64') });
+    out.corrupt = await shownError(page);
+    await shot(page, 'corrupt');
+
+    await open(page, cfg.url + '?max_buffer=4096');
+    const r = await loadFromServer(page, 'default');
+    out.device_limit = await shownError(page);
+    out.device_limit.load_error = r.error;
+    await shot(page, 'device-limit');
+    await ctx.close();
+    return out;
+  },
+
+  // No WebGPU: a browser without an adapter, and one without navigator.gpu at all.
+  async nowebgpu() {
+    const out = {};
+    let { ctx, page } = await launch({ webgpu: false });
+    await page.goto(cfg.url);
+    out.no_adapter = await shownError(page);
+    out.no_adapter.load_disabled = await page.isDisabled('#load');
+    await shot(page, 'no-adapter');
+    await ctx.close();
+    ({ ctx, page } = await launch());
+    await page.addInitScript(() => { delete Object.getPrototypeOf(navigator).gpu; });
+    await page.goto(cfg.url);
+    out.no_gpu_api = await shownError(page);
+    await shot(page, 'no-navigator-gpu');
+    await ctx.close();
+    return out;
+  },
+
+  // The other sources: OPFS cache (download paused, page reloaded, resumed), an Ollama model, a local file.
+  async sources() {
+    const { ctx, page } = await launch();
+    const out = {};
+    const url = cfg.url + '?chunk=' + cfg.chunk;
+    await open(page, url);
+    await page.click('[role=tab][data-tab=server]');
+    await page.selectOption('#server-models', 'default');
+    await page.check('#keep-copy');
+    await page.click('#load');
+    await until(page, n => window.rullamaApp.lastDownload && window.rullamaApp.lastDownload.done >= n, cfg.chunk * 4);
+    await page.click('#pause-download');
+    await until(page, () => !window.rullamaApp.busy);
+    out.paused = await app(page, () => ({ download: window.rullamaApp.lastDownload, text: document.getElementById('progress-text').textContent }));
+    await page.click('[role=tab][data-tab=cache]');
+    await until(page, () => document.querySelector('#cache-list button'));
+    out.cache_list_paused = await page.textContent('#cache-list');
+    await shot(page, 'download-paused');
+
+    await page.reload();
+    await until(page, () => window.rullamaApp && window.rullamaApp.started && window.rullamaApp.python);
+    await page.click('[role=tab][data-tab=cache]');
+    await until(page, () => document.querySelector('#cache-list button'));
+    await app(page, () => { window.rullamaApp.lastDownload = null; });
+    await page.click('#cache-list button'); // "Resume download"
+    await until(page, () => window.rullamaApp.lastDownload);
+    out.resumed = await app(page, () => window.rullamaApp.lastDownload);
+    out.load_opfs = await waitLoaded(page);
+    out.opfs_download_last = await app(page, () => window.rullamaApp.lastDownload);
+    await shot(page, 'opfs-loaded');
+    out.r_opfs = await chat(page, cfg.prompts[0], { temperature: 0, max_tokens: cfg.max_tokens });
+    await showLoader(page);
+    await page.click('[role=tab][data-tab=cache]');
+    out.cache_list_done = await page.textContent('#cache-list');
+
+    await page.click('[role=tab][data-tab=server]');
+    await page.uncheck('#keep-copy');
+    out.server_models = await app(page, () => window.rullamaApp.serverModels);
+    out.load_ollama = await loadFromServer(page, cfg.ollama_id);
+    await page.click('#new-chat');
+    out.r_ollama = await chat(page, cfg.prompts[0], { temperature: 0, max_tokens: cfg.max_tokens });
+    await shot(page, 'ollama');
+
+    await showLoader(page);
+    await page.click('[role=tab][data-tab=file]');
+    await forgetError(page);
+    await page.setInputFiles('#model-file', cfg.local_file);
+    await until(page, () => window.rullamaApp.busy || window.rullamaApp.lastError, null, 60000);
+    out.load_file = await waitLoaded(page);
+    await page.click('#new-chat');
+    out.r_file = await chat(page, cfg.prompts[0], { temperature: 0, max_tokens: cfg.max_tokens });
+    await shot(page, 'local-file');
+    await ctx.close();
+    return out;
+  },
+
+  // The real model: load it and reproduce the first tokens of a greedy reply.
+  async real() {
+    const { ctx, page } = await launch();
+    const out = {};
+    await open(page, cfg.url);
+    await page.fill('#max-context', String(cfg.max_context));
+    out.load = await loadFromServer(page, 'default', { progressShot: 'loading' });
+    await shot(page, 'loaded');
+    out.r = await chat(page, cfg.prompts[0], { temperature: 0, max_tokens: cfg.max_tokens });
+    await shot(page, 'reply');
+    await ctx.close();
+    return out;
+  },
+};
+
+let result;
+try {
+  result = { ok: true, ...(await scenarios[cfg.scenario]()) };
+} catch (e) {
+  result = { ok: false, error: String(e && e.stack || e) };
+}
+result.seconds = (Date.now() - t0) / 1000;
+for (const d of profiles) fs.rmSync(d, { recursive: true, force: true });
+console.log('RESULT:' + JSON.stringify(result));
+process.exit(0);

@@ -1,0 +1,307 @@
+"""The web app in headless Chromium (WebGPU on SwiftShader), against outputs computed natively on wgpu-py.
+
+Each scenario is one run of tests/browser/driver.mjs (Playwright) against `rullama serve` running in this
+process (so the tests can read its request log); the tests below check what the page showed. Screenshots of
+every step land in test-artifacts/browser/. A model load costs minutes on this software GPU (compiling the
+kernels dominates), so the scenarios group several checks per page session and use the tiny Gemma 4 fixture;
+only `test_real_gemma3_*` (marked slow) loads the real Gemma 3 270M, and generates 4 tokens.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import run
+from rullama_py import assets, server
+from rullama_py.engine import Engine
+from rullama_py.sampling import SamplerParams
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[2]
+DRIVER = Path(__file__).resolve().parent / "driver.mjs"
+ART = ROOT / "test-artifacts" / "browser"
+TINY = ROOT / "tests" / "fixtures" / "gemma4_tiny_e2b_f32.gguf"
+OLLAMA_NAME = "tinygemma:e2b"
+PROMPTS = ["hello there", "tell me more", "and again"]
+MAX_TOKENS = 8
+MAX_CONTEXT = 2048  # the page's default; the native runs use the same, so the identities match too
+PREFILL = 64
+
+
+def _missing() -> str | None:
+    if not shutil.which("node"):
+        return "node is not installed"
+    if not Path("/usr/bin/chromium").exists():
+        return "/usr/bin/chromium is missing (Debian chromium package)"
+    for p in ("web/node_modules/playwright-core/package.json", "web/node_modules/pyodide/pyodide.mjs"):
+        if not (ROOT / p).exists():
+            return f"{p} is missing (run tools/setup.sh)"
+    return None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _needs_browser():
+    missing = _missing()
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"cannot run the browser tests: {missing}")
+        pytest.skip(missing)
+
+
+def _ollama_store(root: Path, gguf: Path) -> Path:
+    """A one-model Ollama store (manifest + blobs) holding `gguf` as OLLAMA_NAME."""
+    data = gguf.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    (root / "blobs").mkdir(parents=True)
+    (root / "blobs" / f"sha256-{digest}").write_bytes(data)
+    name, tag = OLLAMA_NAME.split(":")
+    manifest = root / "manifests" / "registry.ollama.ai" / "library" / name / tag
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"schemaVersion": 2, "layers": [
+        {"mediaType": "application/vnd.ollama.image.model", "digest": f"sha256:{digest}", "size": len(data)}]}))
+    return root
+
+
+class Served:
+    def __init__(self, **kw):
+        self.srv = server.make_server("127.0.0.1", 0, **kw)
+        self.url = self.srv.url
+        self.thread = threading.Thread(target=self.srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        self.thread.start()
+
+    def model_requests(self, path="/models/default.gguf"):
+        return [r for r in list(self.srv.requests) if r[1] == path]
+
+    def close(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tmp_path_factory):
+    s = Served(model_path=TINY, ollama_root=_ollama_store(tmp_path_factory.mktemp("ollama"), TINY))
+    yield s
+    s.close()
+
+
+def drive(scenario: str, url: str, timeout_s: int = 2400, **cfg) -> dict:
+    ART.mkdir(parents=True, exist_ok=True)
+    for old in ART.glob(f"{scenario}-*.png"):
+        old.unlink()
+    conf = {"scenario": scenario, "url": url, "artifacts": str(ART), "prompts": PROMPTS, "max_tokens": MAX_TOKENS,
+            "timeout_s": timeout_s, **cfg}
+    env = dict(os.environ, XDG_RUNTIME_DIR=os.environ.get("XDG_RUNTIME_DIR", "/tmp"))
+    proc = subprocess.run(["node", str(DRIVER), json.dumps(conf)], capture_output=True, text=True,
+                          timeout=timeout_s + 120, env=env)
+    (ART / f"{scenario}.log").write_text(proc.stdout + proc.stderr)
+    line = next((l for l in reversed(proc.stdout.splitlines()) if l.startswith("RESULT:")), None)
+    if line is None:
+        pytest.fail(f"driver {scenario} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    res = json.loads(line[len("RESULT:"):])
+    if not res["ok"]:
+        pytest.fail(f"scenario {scenario} failed: {res['error']}\n--- log tail ---\n{proc.stdout[-3000:]}")
+    return res
+
+
+# -- native references ---------------------------------------------------------------------------------------
+
+class Native:
+    """The same model on wgpu-py with the page's settings: greedy replies to the same conversations."""
+
+    def __init__(self, path: Path, max_context: int):
+        self.engine = run(Engine.load(str(path), max_context=max_context, prefill_chunk=PREFILL,
+                                      params=SamplerParams(temperature=0.0)))
+
+    def conversation(self, turns):
+        """turns: [(messages, max_tokens)] fed in order on one context, as the page does; returns
+        [(ids, stats)] per turn."""
+        eng = self.engine
+        eng.reset()
+        out = []
+        for msgs, max_tokens in turns:
+            async def go():
+                return [t.id async for t in eng.chat(msgs, max_tokens=max_tokens) if t.id >= 0]
+            ids = run(go())
+            out.append((ids, eng.stats))
+        return out
+
+
+@pytest.fixture(scope="module")
+def native_tiny():
+    return Native(TINY, MAX_CONTEXT)
+
+
+# -- the tiny model: stream over Range, attachments, stop, reload and resume ---------------------------------
+
+@pytest.fixture(scope="module")
+def tiny(tiny_server):
+    tiny_server.srv.requests.clear()
+    res = drive("tiny", tiny_server.url)
+    res["model_requests"] = tiny_server.model_requests()
+    return res
+
+
+def test_page_streams_the_tiny_model_read_by_ranges(tiny, native_tiny):
+    load = tiny["load1"]
+    assert load["error"] is None and load["model"]["source"] == "url"
+    assert load["model"]["has_vision"] is False and load["model"]["identity"] == native_tiny.engine.layout_hash().hex()
+    [(want, _)] = native_tiny.conversation([([{"role": "user", "content": PROMPTS[0]}], MAX_TOKENS)])
+    assert tiny["r1"]["ids"] == want  # token for token, greedy, Pyodide + SwiftShader vs wgpu-py + lavapipe
+    assert tiny["r1"]["stats"]["finish_reason"] == "length" and tiny["r1"]["stats"]["generated_tokens"] == MAX_TOKENS
+    reqs = tiny["model_requests"]
+    assert reqs and all(r[0] == "GET" and r[2] and r[2].startswith("bytes=") and r[3] == 206 for r in reqs), reqs[:5]
+    biggest = max(int(r[2].split("-")[1]) - int(r[2].split("=")[1].split("-")[0]) + 1 for r in reqs)
+    assert biggest < TINY.stat().st_size  # streamed in parts, never fetched whole
+
+
+def test_attachments_are_refused_in_plain_words(tiny):
+    a = tiny["attach"]
+    assert "This model has no image input" in a["photo.png"]
+    assert "This model has no audio input" in a["voice.wav"]
+    assert "only images and WAV audio" in a["notes.txt"]
+
+
+def test_stop_ends_the_reply_mid_generation(tiny):
+    r2 = tiny["r2"]
+    assert r2["stats"]["finish_reason"] == "stopped"
+    assert 3 <= r2["stats"]["generated_tokens"] < 200 and len(r2["ids"]) == r2["stats"]["generated_tokens"]
+    shown = tiny["shown_before_reload"]
+    assert [m["role"] for m in shown] == ["user", "assistant", "user", "assistant"]
+
+
+def test_reload_resumes_from_the_saved_kv_snapshot(tiny, native_tiny):
+    assert tiny["shown_after_reload"] == tiny["shown_before_reload"]  # the conversation came back from IndexedDB
+    assert tiny["load2"]["model"]["identity"] == tiny["load1"]["model"]["identity"]
+    r1, r2, r3 = tiny["r1"], tiny["r2"], tiny["r3"]
+    msgs = [{"role": "user", "content": PROMPTS[0]}]
+    turns = [(list(msgs), MAX_TOKENS)]
+    msgs += [{"role": "assistant", "content": r1["text"]}, {"role": "user", "content": PROMPTS[1]}]
+    turns.append((list(msgs), r2["stats"]["generated_tokens"]))
+    msgs += [{"role": "assistant", "content": r2["text"]}, {"role": "user", "content": PROMPTS[2]}]
+    turns.append((list(msgs), MAX_TOKENS))
+    ref = native_tiny.conversation(turns)
+    full = len(native_tiny.engine.chat_template.render(msgs))
+    assert r3["restored"] == r2["stats"]["context"]  # the snapshot put the whole earlier context back
+    # Only the new turn was read: exactly what a native engine that never stopped reads for it.
+    # Without the snapshot a reloaded page starts empty and reads all `full` tokens.
+    assert r3["stats"]["prompt_tokens"] == ref[2][1].prompt_tokens < full // 2
+    assert r3["ids"] == ref[2][0]
+
+
+# -- errors ----------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def errors(tiny_server):
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there once closed
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}/model.gguf"
+    corrupt = b"GGUF" + bytes(range(256)) * 64
+    return drive("errors", tiny_server.url, dead_url=dead, corrupt_b64=base64.b64encode(corrupt).decode())
+
+
+@pytest.mark.parametrize("case, kind, words", [
+    ("not_found", "not-found", "was not found at that address (HTTP 404)"),
+    ("unreachable", "unreachable", "could not be reached"),
+    ("corrupt", "corrupt", "damaged or is not a GGUF model"),
+    ("device_limit", "device-limit", "GPU cannot hold this model"),
+])
+def test_errors_are_plain_sentences(errors, case, kind, words):
+    e = errors[case]
+    assert e["kind"] == kind and words in e["message"], e
+
+
+@pytest.fixture(scope="module")
+def nowebgpu(tiny_server):
+    return drive("nowebgpu", tiny_server.url, timeout_s=300)
+
+
+def test_no_webgpu_is_said_plainly(nowebgpu):
+    assert nowebgpu["no_adapter"]["kind"] == "no-webgpu" and "no GPU adapter" in nowebgpu["no_adapter"]["message"]
+    assert nowebgpu["no_adapter"]["load_disabled"] is True
+    assert nowebgpu["no_gpu_api"]["kind"] == "no-webgpu" and "WebGPU is not available" in nowebgpu["no_gpu_api"]["message"]
+
+
+# -- the other sources: OPFS cache (interrupted and resumed), Ollama store, local file -----------------------
+
+CHUNK = 16384
+
+
+@pytest.fixture(scope="module")
+def sources(tiny_server):
+    tiny_server.srv.requests.clear()
+    res = drive("sources", tiny_server.url, chunk=CHUNK, ollama_id="ollama:" + OLLAMA_NAME, local_file=str(TINY))
+    res["default_requests"] = tiny_server.model_requests()
+    res["ollama_requests"] = tiny_server.model_requests("/models/ollama/" + OLLAMA_NAME.replace(":", "%3A"))
+    return res
+
+
+def _native_first_reply(native):
+    return native.conversation([([{"role": "user", "content": PROMPTS[0]}], MAX_TOKENS)])[0][0]
+
+
+def test_opfs_cache_resumes_an_interrupted_download(sources, native_tiny):
+    size = TINY.stat().st_size
+    paused = sources["paused"]["download"]
+    assert 0 < paused["done"] < size and "paused" in sources["paused"]["text"]
+    assert "Resume download" in sources["cache_list_paused"]
+    resumed = sources["resumed"]
+    assert resumed["resumedFrom"] > 0 and resumed["resumedFrom"] % CHUNK == 0
+    assert sources["opfs_download_last"]["done"] == size
+    assert sources["load_opfs"]["model"]["source"] == "opfs"
+    # Downloaded in CHUNK-sized parts, from 0 only once (the resume went on from where it stopped), and
+    # the model was then read from OPFS, not over HTTP (a header read would be a larger range).
+    reqs = [r for r in sources["default_requests"] if r[2] != "bytes=0-0"]
+    starts = [int(r[2].split("=")[1].split("-")[0]) for r in reqs]
+    assert starts.count(0) == 1 and all(int(r[2].split("-")[1]) - s + 1 <= CHUNK for r, s in zip(reqs, starts))
+    assert sources["r_opfs"]["ids"] == _native_first_reply(native_tiny)
+    assert "Load" in sources["cache_list_done"]
+
+
+def test_ollama_store_models_are_listed_and_load(sources, native_tiny):
+    listed = {m["id"]: m for m in sources["server_models"]}
+    assert listed["ollama:" + OLLAMA_NAME]["size"] == TINY.stat().st_size
+    assert sources["load_ollama"]["error"] is None and sources["ollama_requests"]
+    assert sources["r_ollama"]["ids"] == _native_first_reply(native_tiny)
+
+
+def test_local_file_loads_by_slices(sources, native_tiny):
+    load = sources["load_file"]
+    assert load["error"] is None and load["model"]["source"] == "file"
+    assert load["model"]["name"] == TINY.name
+    assert sources["r_file"]["ids"] == _native_first_reply(native_tiny)
+
+
+# -- the real Gemma 3 270M -------------------------------------------------------------------------------------
+
+REAL_TOKENS = 4
+REAL_CONTEXT = 512
+
+
+@pytest.mark.slow
+def test_real_gemma3_reproduces_the_native_greedy_tokens():
+    path = assets.default_model_path()
+    if not assets.is_default_model_ready(path):
+        pytest.skip("the default model is not downloaded (python -m rullama_py.assets)")
+    s = Served(model_path=None)
+    try:
+        res = drive("real", s.url, timeout_s=3000, max_context=REAL_CONTEXT, max_tokens=REAL_TOKENS,
+                    prompts=["Why is the sky blue?"])
+        reqs = s.model_requests()
+    finally:
+        s.close()
+    assert res["load"]["error"] is None, res["load"]
+    native = Native(path, REAL_CONTEXT)
+    [(want, _)] = native.conversation([([{"role": "user", "content": "Why is the sky blue?"}], REAL_TOKENS)])
+    assert res["r"]["ids"] == want
+    assert all(r[3] == 206 for r in reqs)
