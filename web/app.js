@@ -456,6 +456,8 @@ function statusLine(st, restored) {
     `prompt ${st.prompt_tokens} tokens` + (st.prompt_tps ? ` at ${st.prompt_tps.toFixed(1)} tokens/s` : ''),
     `context ${st.context} / ${st.max_context}`,
   ];
+  // The CPU's share of a decode step (Python encoding and submitting the GPU work): the rest is GPU time.
+  if (st.host && st.host.steps) parts.push(`host ${st.host.host_ms.toFixed(2)} of ${st.host.wall_ms.toFixed(1)} ms per token`);
   if (restored) parts.push(`resumed from the saved state (${restored} tokens not re-read)`);
   return parts.join(' · ');
 }
@@ -524,6 +526,7 @@ async function reply() {
     S.engineConv = null; // unknown state: the next reply re-reads the conversation
   } finally {
     S.busy = S.generating = false;
+    S.streaming = null;
     updateButtons();
   }
 }

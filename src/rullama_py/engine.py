@@ -30,7 +30,7 @@ from .sampling import Sampler, SamplerParams
 from .sources import Source
 from .tokenizer import Tokenizer
 
-__all__ = ["Engine", "Token", "SnapshotError", "ContextOverflowError", "open_model_file"]
+__all__ = ["Engine", "Token", "HostTimes", "SnapshotError", "ContextOverflowError", "open_model_file"]
 
 SNAPSHOT_MAGIC = b"RLMSNAP\x00"
 SNAPSHOT_VERSION = 1
@@ -63,6 +63,28 @@ class Stats:
         return self.generated_tokens / self.generate_seconds if self.generate_seconds else 0.0
 
 
+@dataclass
+class HostTimes:
+    """Where the host's time goes in decode steps (Engine.step), accumulated until reset.
+
+    `host` is everything a step does on the CPU, that is the whole step except the wait for the GPU's 4-byte
+    result and the per-layer-embedding row read; `encode` is the part of it spent encoding the next step's
+    command buffer (every dispatch of the model and the sampler). `ple_read` is the wait for Gemma 4's
+    per-layer-embedding row (file, OPFS or HTTP I/O, not CPU). Comparing `host` with the step's wall time
+    says whether a step is bound by the host or by the GPU."""
+
+    steps: int = 0
+    host: float = 0.0
+    encode: float = 0.0
+    ple_read: float = 0.0
+    wall: float = 0.0
+
+    def per_step_ms(self) -> dict:
+        n = max(self.steps, 1)
+        return {"steps": self.steps, "host_ms": 1e3 * self.host / n, "encode_ms": 1e3 * self.encode / n,
+                "ple_read_ms": 1e3 * self.ple_read / n, "wall_ms": 1e3 * self.wall / n}
+
+
 async def open_model_file(model) -> GGUFFile:
     """A GGUF from a path, "default" (the embedded Gemma 3 270M), an http(s) URL, an Ollama name such as
     "gemma3:270m", or anything sources.open_source accepts (bytes, a browser File/Blob, ...)."""
@@ -88,6 +110,7 @@ class Engine:
         self.tokens: list[int] = []  # tokens whose K/V are in the cache, in order
         self.next_token: int | None = None  # sampled, not yet fed (it sits in the decode run's input)
         self.stats = Stats()
+        self.host_times = HostTimes()
         self._readback = Readback(self.device, 4, "token")
         self._decode_cb = None  # the next decode step's command buffer, encoded ahead
         self._fingerprint = b""
@@ -185,19 +208,38 @@ class Engine:
             raise RuntimeError("nothing to continue: feed a prompt first")
         if len(self.tokens) + 1 > self.max_context:
             raise ContextOverflowError(f"the context of {self.max_context} tokens is full")
+        clock = time.perf_counter
+        t0 = clock()
         m, tok = self.model, self.next_token
-        cb, self._decode_cb = self._decode_cb or self._encode_decode_step(), None
+        cb, self._decode_cb = self._decode_cb, None
+        if cb is None:  # the first step after a prompt: nothing was encoded ahead
+            cb = self._encode_decode_step()
+        t_enc = clock() - t0
+        t_ple = 0.0
         if m.cfg.ple_dim:
-            self.device.write(m.decode.ple.buffer, await m.ple_rows(np.array([tok], np.uint32)))
+            t1 = clock()
+            rows = await m.ple_rows(np.array([tok], np.uint32))
+            t_ple = clock() - t1
+            self.device.write(m.decode.ple.buffer, rows)
         pos = len(self.tokens)
         seed, counter = self.sampler.rng_words()
         m.write_step(pos, 1, seed, counter)
         self.sampler.advance()
         self.device.submit_encoded(cb)
+        t1 = clock()
         self._decode_cb = self._encode_decode_step()  # overlaps with the GPU's work on this step
+        t2 = clock()
         data = await self._readback.read(self.device, 4)
+        t3 = clock()
         self.next_token = int(np.frombuffer(data, np.uint32, 1)[0])
         self.tokens.append(tok)
+        t4 = clock()
+        h = self.host_times
+        h.steps += 1
+        h.encode += t_enc + (t2 - t1)
+        h.ple_read += t_ple
+        h.host += (t2 - t0) - t_ple + (t4 - t3)
+        h.wall += t4 - t0
         return self.next_token
 
     def reset(self) -> None:

@@ -26,7 +26,7 @@ import traceback
 
 from . import gpu
 from .config import ConfigError
-from .engine import ContextOverflowError, Engine, SnapshotError
+from .engine import ContextOverflowError, Engine, HostTimes, SnapshotError
 from .gguf_file import GGUFError
 from .models.gemma import ModelLoadError
 from .chat import ChatError
@@ -310,6 +310,7 @@ class WebApp:
             msgs = _loads(messages)
             req = _loads(request)
             eng.set_params(SamplerParams(**self._params(req)))
+            eng.host_times = HostTimes()
             max_tokens = int(req.get("max_tokens", 512))
             n, text = 0, []
             t_first = None
@@ -348,7 +349,7 @@ class WebApp:
         return {"prompt_tokens": st.prompt_tokens, "prompt_seconds": st.prompt_seconds, "prompt_tps": st.prompt_tps,
                 "generated_tokens": st.generated_tokens, "generate_seconds": st.generate_seconds,
                 "generate_tps": st.generate_tps, "finish_reason": "stopped" if stopped else st.finish_reason,
-                "context": self.context_used(), "max_context": eng.max_context}
+                "context": self.context_used(), "max_context": eng.max_context, "host": eng.host_times.per_step_ms()}
 
     def stop(self) -> None:
         """Ask the running chat() to end after the current token."""

@@ -86,7 +86,8 @@ async function loadFromServer(page, modelId, { progressShot } = {}) {
 
 async function send(page, text, sampling) {
   if (sampling) await setSampling(page, sampling);
-  await app(page, () => { window.rullamaApp.lastReply = null; });
+  // Forget the previous reply's state, so that waits below see only this one.
+  await app(page, () => { window.rullamaApp.lastReply = null; window.rullamaApp.streaming = null; });
   await page.fill('#prompt', text);
   await page.click('#send');
 }

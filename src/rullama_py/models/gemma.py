@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -68,6 +69,7 @@ class Run:
 
 
 STEP_BYTES = 32
+PLE_CACHE_BYTES = 32 << 20  # per-layer-embedding rows kept on the host (see Gemma.ple_rows)
 
 
 class Gemma:
@@ -86,7 +88,11 @@ class Gemma:
         self.logits = device.tensor((1, cfg.vocab_size), "float32", "logits")
         self.head_in = device.tensor((1, cfg.d_model), "float32", "head_in")
         self.head_norm = device.tensor((1, cfg.d_model), "float32", "head_norm")
-        self._ple_table = None
+        # Gemma 4's per-layer-embedding rows, scaled and ready to upload, most recently used last. The table
+        # (4.7 GB for E2B) stays in the file and a row is read per token; in the browser that read is an OPFS
+        # or HTTP round trip, and chat text reuses a small set of tokens, so recent rows are kept.
+        self._ple_cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._ple_cache_rows = max(64, PLE_CACHE_BYTES // max(1, 4 * cfg.n_layers * (cfg.ple_dim or 1)))
 
     # -- loading -------------------------------------------------------------------------------------------
     @classmethod
@@ -304,17 +310,27 @@ class Gemma:
             self.device.write(run.ple.buffer, await self.ple_rows(arr))
 
     async def ple_rows(self, ids: np.ndarray) -> np.ndarray:
-        """E_ple[ids] * sqrt(ple_dim) / sqrt(2), f32 [len(ids), n_layers * ple_dim], read from the file."""
-        info = self._ple_info
+        """E_ple[ids] * sqrt(ple_dim) / sqrt(2), f32 [len(ids), n_layers * ple_dim], read from the file (recent
+        rows come from a small cache)."""
+        info, cache = self._ple_info, self._ple_cache
+        scale = np.float32(math.sqrt(self.cfg.ple_dim) / math.sqrt(2.0))
         rows = []
         for t in ids.tolist():
-            raw = await self.gguf.tensor_bytes(info.name, rows=t)
-            if info.type_name == "bf16":
-                row = (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
+            row = cache.get(t)
+            if row is None:
+                raw = await self.gguf.tensor_bytes(info.name, rows=t)
+                if info.type_name == "bf16":
+                    row = (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
+                else:
+                    row = np.frombuffer(raw, np.float16 if info.type_name == "f16" else np.float32).astype(np.float32)
+                row = row * scale
+                cache[t] = row
+                if len(cache) > self._ple_cache_rows:
+                    cache.popitem(last=False)
             else:
-                row = np.frombuffer(raw, np.float16 if info.type_name == "f16" else np.float32).astype(np.float32)
+                cache.move_to_end(t)
             rows.append(row)
-        return (np.stack(rows) * np.float32(math.sqrt(self.cfg.ple_dim) / math.sqrt(2.0))).astype(np.float32)
+        return np.stack(rows).astype(np.float32, copy=False)
 
     async def forward(self, ids, pos: int) -> np.ndarray:
         """Run `ids` at positions pos.. through the model (prefill chunks as needed) and return the last
