@@ -46,3 +46,23 @@ async def test_prefill_chunks_then_decode(device, name):
     for t in range(split, len(toks)):
         got = await m.forward([toks[t]], t)
         np.testing.assert_allclose(got, ref[t], atol=ATOL, err_msg=f"position {t}")
+
+
+@pytest.mark.parametrize("name", ["e2b_f32", "e4b_q8_0"])  # an F32 and a BF16 per-layer-embedding table
+async def test_ple_rows_and_their_cache_match_gguf(device, name):
+    """The host-read per-layer-embedding rows (and the LRU that keeps recent ones) equal gguf-py's reading of
+    the table, scaled by sqrt(ple_dim) / sqrt(2), whether a row comes from the file or from the cache."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    path = FIXTURES / f"gemma4_tiny_{name}.gguf"
+    t = next(t for t in GGUFReader(path).tensors if t.name == "per_layer_token_embd.weight")
+    table = dequantize(t.data, t.tensor_type).reshape(-1, t.shape[0]).astype(np.float32)
+    m = await _load(device, name, chunk=8)
+    m._ple_cache_rows = 3  # small, so that the ids below evict and re-read rows
+    scale = np.float32(np.sqrt(m.cfg.ple_dim) / np.sqrt(2.0))
+    ids = np.array([5, 7, 5, 9, 11, 5, 7, 7, 300, 5], np.uint32)
+    for _ in range(2):
+        got = await m.ple_rows(ids)
+        np.testing.assert_array_equal(got, table[ids] * scale)
+    assert len(m._ple_cache) == 3 and list(m._ple_cache) == [7, 300, 5]  # most recently used last
