@@ -258,6 +258,18 @@ const scenarios = {
     await page.click('#new-chat');
     out.r_file = await chat(page, cfg.prompts[0], { temperature: 0, max_tokens: cfg.max_tokens });
     await shot(page, 'local-file');
+
+    // Regenerate replaces the last reply (greedy: with the same tokens); a system prompt goes into the context.
+    await app(page, () => { window.rullamaApp.lastReply = null; });
+    await page.click('#regenerate');
+    out.r_regenerated = await reply(page);
+    out.shown_after_regenerate = await shownMessages(page);
+    await shot(page, 'regenerated');
+    await page.click('#new-chat');
+    await page.click('#system-box summary');
+    await page.fill('#system', cfg.system_prompt);
+    out.r_system = await chat(page, cfg.prompts[0], { temperature: 0, max_tokens: cfg.max_tokens });
+    await shot(page, 'system-prompt');
     await ctx.close();
     return out;
   },

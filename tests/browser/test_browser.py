@@ -235,12 +235,14 @@ def test_no_webgpu_is_said_plainly(nowebgpu):
 # -- the other sources: OPFS cache (interrupted and resumed), Ollama store, local file -----------------------
 
 CHUNK = 16384
+SYSTEM_PROMPT = "Answer in one word."
 
 
 @pytest.fixture(scope="module")
 def sources(tiny_server):
     tiny_server.srv.requests.clear()
-    res = drive("sources", tiny_server.url, chunk=CHUNK, ollama_id="ollama:" + OLLAMA_NAME, local_file=str(TINY))
+    res = drive("sources", tiny_server.url, chunk=CHUNK, ollama_id="ollama:" + OLLAMA_NAME, local_file=str(TINY),
+                system_prompt=SYSTEM_PROMPT)
     res["default_requests"] = tiny_server.model_requests()
     res["ollama_requests"] = tiny_server.model_requests("/models/ollama/" + OLLAMA_NAME.replace(":", "%3A"))
     return res
@@ -280,6 +282,19 @@ def test_local_file_loads_by_slices(sources, native_tiny):
     assert load["error"] is None and load["model"]["source"] == "file"
     assert load["model"]["name"] == TINY.name
     assert sources["r_file"]["ids"] == _native_first_reply(native_tiny)
+
+
+def test_regenerate_replaces_the_last_reply(sources):
+    assert sources["r_regenerated"]["ids"] == sources["r_file"]["ids"]  # greedy, same context
+    assert [m["role"] for m in sources["shown_after_regenerate"]] == ["user", "assistant"]
+
+
+def test_system_prompt_is_part_of_the_context(sources, native_tiny):
+    msgs = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": PROMPTS[0]}]
+    [(want, st)] = native_tiny.conversation([(msgs, MAX_TOKENS)])
+    got = sources["r_system"]
+    assert got["stats"]["prompt_tokens"] == st.prompt_tokens > sources["r_file"]["stats"]["prompt_tokens"]
+    assert got["ids"] == want
 
 
 # -- the real Gemma 3 270M -------------------------------------------------------------------------------------
