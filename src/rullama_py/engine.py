@@ -69,19 +69,23 @@ class HostTimes:
 
     `host` is everything a step does on the CPU, that is the whole step except the wait for the GPU's 4-byte
     result and the per-layer-embedding row read; `encode` is the part of it spent encoding the next step's
-    command buffer (every dispatch of the model and the sampler). `ple_read` is the wait for Gemma 4's
+    command buffer (every dispatch of the model and the sampler), `write` writing the step's inputs (the Step
+    uniform, the PLE row) and `submit` submitting the command buffer. The rest is the step's own Python. `ple_read` is the wait for Gemma 4's
     per-layer-embedding row (file, OPFS or HTTP I/O, not CPU). Comparing `host` with the step's wall time
     says whether a step is bound by the host or by the GPU."""
 
     steps: int = 0
     host: float = 0.0
     encode: float = 0.0
+    write: float = 0.0
+    submit: float = 0.0
     ple_read: float = 0.0
     wall: float = 0.0
 
     def per_step_ms(self) -> dict:
         n = max(self.steps, 1)
         return {"steps": self.steps, "host_ms": 1e3 * self.host / n, "encode_ms": 1e3 * self.encode / n,
+                "write_ms": 1e3 * self.write / n, "submit_ms": 1e3 * self.submit / n,
                 "ple_read_ms": 1e3 * self.ple_read / n, "wall_ms": 1e3 * self.wall / n}
 
 
@@ -220,11 +224,14 @@ class Engine:
             t1 = clock()
             rows = await m.ple_rows(np.array([tok], np.uint32))
             t_ple = clock() - t1
-            self.device.write(m.decode.ple.buffer, rows)
         pos = len(self.tokens)
         seed, counter = self.sampler.rng_words()
-        m.write_step(pos, 1, seed, counter)
         self.sampler.advance()
+        t_sub = clock()
+        if m.cfg.ple_dim:
+            self.device.write(m.decode.ple.buffer, rows)
+        m.write_step(pos, 1, seed, counter)
+        t_written = clock()
         self.device.submit_encoded(cb)
         t1 = clock()
         self._decode_cb = self._encode_decode_step()  # overlaps with the GPU's work on this step
@@ -237,6 +244,8 @@ class Engine:
         h = self.host_times
         h.steps += 1
         h.encode += t_enc + (t2 - t1)
+        h.write += t_written - t_sub
+        h.submit += t1 - t_written
         h.ple_read += t_ple
         h.host += (t2 - t0) - t_ple + (t4 - t3)
         h.wall += t4 - t0

@@ -26,8 +26,10 @@ Every file may rely on `shaders/common.wgsl`, which is always prepended.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -252,6 +254,7 @@ class Device:
         self.has_f16 = "shader-f16" in features and "shader-f16" not in disabled
         self.has_subgroups = bool(features & set(_SUBGROUP_NAMES)) and "subgroups" not in disabled
         self._kernels: dict = {}
+        self._compiling: dict = {}  # key -> the future of a compilation in progress
         self._bind_groups: dict = {}
         self._dir = shader_dir()
         self._sources: dict = {}
@@ -415,11 +418,22 @@ class Device:
         return "\n".join(head) + "\n" + "\n".join(body)
 
     async def kernel(self, name: str, libs=(), entry: str = "main", **consts) -> Kernel:
-        """The compiled pipeline of shaders/<name>.wgsl specialised with `consts` (cached)."""
+        """The compiled pipeline of shaders/<name>.wgsl specialised with `consts` (cached). Graphs recorded
+        concurrently that ask for the same kernel share one compilation."""
         key = (name, tuple(libs), entry, tuple(sorted((k, repr(v)) for k, v in consts.items())))
         k = self._kernels.get(key)
         if k is not None:
             return k
+        pending = self._compiling.get(key)
+        if pending is None:
+            pending = self._compiling[key] = asyncio.ensure_future(self._compile(key, name, libs, entry, consts))
+        try:
+            return await asyncio.shield(pending)
+        finally:
+            if pending.done():
+                self._compiling.pop(key, None)
+
+    async def _compile(self, key, name: str, libs, entry: str, consts: dict) -> Kernel:
         source = self.kernel_source(name, libs, entry, **consts)
         try:
             pipeline = await _backend.create_pipeline(self.raw, source, name, entry)
@@ -432,7 +446,7 @@ class Device:
 
     def bind_group(self, kernel: Kernel, bindings):
         """A bind group of `bindings` in order (cached by kernel and buffers)."""
-        entries, key = [], [id(kernel)]
+        entries, key, bufs = [], [id(kernel)], []
         for i, b in enumerate(bindings):
             if isinstance(b, Tensor):
                 b = b.buffer
@@ -440,14 +454,27 @@ class Device:
                 buf, off, size = b
                 entries.append({"binding": i, "resource": {"buffer": buf, "offset": off, "size": size}})
                 key.append((id(buf), off, size))
+                bufs.append(buf)
             else:
                 entries.append({"binding": i, "resource": {"buffer": b, "offset": 0, "size": b.size}})
                 key.append(id(b))
+                bufs.append(b)
         key = tuple(key)
-        bg = self._bind_groups.get(key)
-        if bg is None:
-            bg = self.raw.create_bind_group(layout=kernel.layout, entries=entries)
-            self._bind_groups[key] = bg
+        # Keyed by id(), which Python reuses once a buffer is freed (a model unloaded, a test's temporaries):
+        # an entry counts only while its own buffers are alive, and goes when one of them is freed, so a new
+        # buffer at an old address never gets a bind group of the old one (nor keeps its memory alive).
+        hit = self._bind_groups.get(key)
+        if hit is not None and all(r() is b for r, b in zip(hit[1], bufs)):
+            return hit[0]
+        bg = self.raw.create_bind_group(layout=kernel.layout, entries=entries)
+        cache = self._bind_groups
+
+        def forget(dead, key=key):
+            entry = cache.get(key)
+            if entry is not None and any(r is dead for r in entry[1]):
+                del cache[key]
+
+        cache[key] = (bg, [weakref.ref(b, forget) for b in bufs])
         return bg
 
     def graph(self) -> Graph:

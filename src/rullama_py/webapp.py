@@ -206,8 +206,8 @@ class WebApp:
             except Exception:  # noqa: BLE001 - the device may be lost already: nothing left to free
                 pass
         dev = eng.device
-        # The device caches bind groups by the Python ids of their buffers; once the old wrappers are gone
-        # a new buffer can get a recycled id and hit an old (destroyed) bind group. Clear the cache.
+        # Bind groups of the old buffers would go with the buffers' wrappers (gpu.Device.bind_group); drop
+        # them now so that the GPU memory they reference is freed before the next model uploads.
         dev._bind_groups.clear()
 
     async def load(self, kind: str, target, options=None) -> str:

@@ -62,7 +62,7 @@ def _js(value):
 
 
 class _Wrapper:
-    __slots__ = ("js",)
+    __slots__ = ("js", "__weakref__")  # gpu.Device's bind-group cache holds weak references to buffers
 
     def __init__(self, js_obj):
         self.js = js_obj
@@ -133,7 +133,7 @@ class GPUAdapter(_Wrapper):
 
 
 class GPUDevice(_Wrapper):
-    __slots__ = ("queue", "_error", "_proxies")
+    __slots__ = ("queue", "_error", "_proxies")  # (and _Wrapper's)
 
     def __init__(self, js_obj):
         super().__init__(js_obj)

@@ -98,6 +98,28 @@ async def test_graph_rerun_reuses_bind_groups(device):
     np.testing.assert_allclose(await device.read(y), np.full((2, 64), 2.0), rtol=1e-5)
 
 
+async def test_bind_groups_go_with_their_buffers(device):
+    """Bind groups are cached by buffer id(); Python reuses an id once its buffer is freed, so an entry must
+    leave with its buffers (or a new buffer at the old address would run with the old buffer's bind group)."""
+    import gc
+
+    rng = np.random.default_rng(0)
+    y = device.tensor((2, 64))
+    before = len(device._bind_groups)
+    for _ in range(4):
+        data = rng.standard_normal((2, 64)).astype(np.float32)
+        x = device.upload(data)
+        g = device.graph()
+        await ops.rms_norm(g, x, None, y, n=64, eps=1e-6)
+        assert len(device._bind_groups) == before + 1
+        await device.run(g)
+        want = data / np.sqrt((data * data).mean(-1, keepdims=True) + 1e-6)
+        np.testing.assert_allclose(await device.read(y), want, rtol=1e-4, atol=1e-5)
+        del x, g
+        gc.collect()
+        assert len(device._bind_groups) == before  # the entry left with x
+
+
 async def test_readback_reuse(device):
     t = device.upload(np.arange(8, dtype=np.uint32))
     rb = gpu.Readback(device, 16)

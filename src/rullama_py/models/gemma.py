@@ -18,6 +18,7 @@ Norm weights are used as stored (x * w): llama.cpp's converters fold Gemma 3's (
 
 from __future__ import annotations
 
+import asyncio
 import math
 import struct
 from collections import OrderedDict
@@ -105,8 +106,12 @@ class Gemma:
         m = cls(cfg, device, gf, max_context, min(prefill_chunk, max_context))
         await m._upload(progress)
         m._alloc_kv()
-        m.decode = await m._record(1)
-        m.prefill = await m._record(m.prefill_chunk) if m.prefill_chunk > 1 else m.decode
+        if m.prefill_chunk > 1:
+            # Recorded side by side: in the browser, pipelines compile asynchronously on the GPU process's
+            # threads, so the two graphs' kernels (matrix-vector vs matrix-matrix) compile at the same time.
+            m.decode, m.prefill = await asyncio.gather(m._record(1), m._record(m.prefill_chunk))
+        else:
+            m.decode = m.prefill = await m._record(1)
         return m
 
     def _weight_names(self) -> list[str]:
