@@ -84,7 +84,7 @@ def browser(model: str, tokens: int, ctx: int) -> dict:
         raise SystemExit(f"browser run failed: {res['error']}")
     m, st = res["load"]["model"], res["r"]["stats"]
     return {"dispatches_per_token": m["dispatches_per_token"], "device": m["adapter"], "tokens": st["generated_tokens"],
-            **st["host"]}
+            "load_seconds": m["seconds"], **st["host"]}
 
 
 def main(argv=None) -> int:

@@ -264,6 +264,10 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "rullama"
     timeout = 60  # an idle keep-alive connection does not hold a thread for ever
+    # Headers and body go out in separate writes; with Nagle's algorithm the body then waits for the
+    # client's delayed ACK, about 40 ms per request on a keep-alive connection (every browser fetch): a
+    # model load of a few hundred range reads took seconds longer than its bytes need.
+    disable_nagle_algorithm = True
 
     def log_message(self, fmt, *args):
         if self.server.verbose:
