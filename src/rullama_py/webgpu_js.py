@@ -221,6 +221,9 @@ class GPUComputePassEncoder(_Wrapper):
         self.js.end()
 
 
+_SMALL_WRITE = 64 << 10  # bytes; larger writes (weights) go through a zero-copy view
+
+
 class GPUQueue(_Wrapper):
     def submit(self, command_buffers):
         self.js.submit(to_js([c.js for c in command_buffers]))
@@ -229,6 +232,11 @@ class GPUQueue(_Wrapper):
         mv = memoryview(data).cast("B")
         if data_offset or size is not None:
             mv = mv[data_offset : None if size is None else data_offset + size]
+        if mv.nbytes <= _SMALL_WRITE:
+            # Per-step inputs (the Step uniform, a PLE row): one call with a copy. Measured in Pyodide 0.27.7
+            # on Node: 9 us for 32 bytes and 40 us for 36 KB, against about 130 us for the view path below.
+            self.js.writeBuffer(buffer.js, buffer_offset, to_js(mv))
+            return
         # Zero-copy: a Uint8Array view of the wasm heap, handed to writeBuffer (which copies it to the GPU)
         # and released before anything can grow the heap and detach it.
         proxy = create_proxy(mv)
