@@ -1,0 +1,201 @@
+"""`rullama serve` (src/rullama_py/server.py): the README's first command end to end, HTTP ranges as the
+app's model reads use them, confinement to the served folders, the Ollama models, and its errors."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from rullama_py import assets, server
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = b"GGUF" + bytes(range(256)) * 40  # 10,244 bytes, every offset distinguishable enough
+
+
+def _needs(path: Path, what: str):
+    if not path.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{what} is missing: {path}")
+        pytest.skip(f"{what} is missing: {path}")
+
+
+class Client:
+    """One keep-alive connection, as a browser's fetch uses."""
+
+    def __init__(self, port: int):
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    def get(self, path: str, method: str = "GET", **headers):
+        self.conn.request(method, path, headers=headers)
+        r = self.conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+
+
+@pytest.fixture()
+def ollama_store(tmp_path):
+    blob = b"GGUF" + b"ollama-model" * 100
+    digest = hashlib.sha256(blob).hexdigest()
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "blobs" / f"sha256-{digest}").write_bytes(blob)
+    manifest = tmp_path / "manifests" / "registry.ollama.ai" / "library" / "tiny" / "latest"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"schemaVersion": 2, "layers": [
+        {"mediaType": "application/vnd.ollama.image.model", "digest": f"sha256:{digest}", "size": len(blob)}]}))
+    return tmp_path, blob
+
+
+@pytest.fixture()
+def served(tmp_path, ollama_store):
+    _needs(ROOT / "web/node_modules/pyodide/pyodide.mjs", "web/node_modules (run tools/setup.sh)")
+    model = tmp_path / "model.gguf"
+    model.write_bytes(DATA)
+    srv = server.make_server("127.0.0.1", 0, model_path=model, ollama_root=ollama_store[0], build_wheels=False,
+                             log=lambda m: None)
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    t.start()
+    yield srv, Client(srv.server_address[1])
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_readme_first_command_serves_the_app_and_the_real_model():
+    """`rullama serve` (here with --port 0): prints the URL; the page, Pyodide, the wheels and the embedded
+    Gemma 3 270M are served with the headers the page needs; Ctrl-C ends it cleanly."""
+    model = assets.default_model_path()
+    _needs(ROOT / "web/node_modules/pyodide/pyodide.mjs", "web/node_modules (run tools/setup.sh)")
+    if not assets.is_default_model_ready(model):
+        _needs(Path("/nonexistent-default-model"), "the default model (python -m rullama_py.assets)")
+    proc = subprocess.Popen([sys.executable, "-m", "rullama_py.cli", "serve", "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        url = None
+        deadline = time.time() + 120  # the first start may build the project wheel
+        while url is None and time.time() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith("rullama serve: open "):
+                url = line.split("open ", 1)[1].strip()
+        assert url and url.startswith("http://127.0.0.1:"), f"no URL printed (exit {proc.poll()})"
+        c = Client(urllib.parse.urlsplit(url).port)
+        status, h, body = c.get("/")
+        assert status == 200 and h["content-type"].startswith("text/html") and b'src="app.js"' in body
+        assert h["cross-origin-opener-policy"] == "same-origin" and h["cross-origin-embedder-policy"] == "require-corp"
+        status, h, body = c.get("/models/default.gguf", Range="bytes=0-3")
+        assert (status, body) == (206, b"GGUF")
+        assert h["content-range"] == f"bytes 0-3/{model.stat().st_size}"
+        status, _, body = c.get("/wheels/index.json")
+        assert status == 200 and any(w.startswith("rullama_py-") for w in json.loads(body)["wheels"])
+        assert c.get("/pyodide/pyodide.mjs", "HEAD")[0] == 200
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()
+
+
+@pytest.mark.parametrize("rng, start, end", [
+    ("bytes=0-3", 0, 3),
+    ("bytes=100-4195", 100, 4195),
+    ("bytes=10000-", 10000, len(DATA) - 1),
+    ("bytes=-44", len(DATA) - 44, len(DATA) - 1),
+    ("bytes=10200-99999", 10200, len(DATA) - 1),  # clipped at the end of the file
+])
+def test_ranges(served, rng, start, end):
+    _, c = served
+    status, h, body = c.get("/models/default.gguf", Range=rng)
+    assert status == 206 and body == DATA[start:end + 1]
+    assert h["content-range"] == f"bytes {start}-{end}/{len(DATA)}" and h["content-length"] == str(end - start + 1)
+
+
+def test_whole_file_head_etag_and_unsatisfiable(served):
+    srv, c = served
+    status, h, body = c.get("/models/default.gguf")
+    assert (status, body, h["accept-ranges"]) == (200, DATA, "bytes")
+    etag = h["etag"]
+    status, h, body = c.get("/models/default.gguf", "HEAD")
+    assert (status, body, h["content-length"]) == (200, b"", str(len(DATA)))
+    assert c.get("/models/default.gguf", **{"If-None-Match": etag})[0] == 304
+    status, h, _ = c.get("/models/default.gguf", Range=f"bytes={len(DATA)}-")
+    assert status == 416 and h["content-range"] == f"bytes */{len(DATA)}"
+    # The file changed since the client's first range (If-Range no longer matches): the whole file, 200.
+    status, _, body = c.get("/models/default.gguf", Range="bytes=0-3", **{"If-Range": '"stale"'})
+    assert (status, body) == (200, DATA)
+    status, _, body = c.get("/models/default.gguf", Range="bytes=0-3", **{"If-Range": etag})
+    assert (status, body) == (206, DATA[:4])
+    c.conn.request("POST", "/api/models", body=b"x")
+    assert c.conn.getresponse().status == 405
+    assert [r[3] for r in srv.requests][-1] == 405  # the request log the browser tests read
+
+
+@pytest.mark.parametrize("path", [
+    "/../pyproject.toml", "/%2e%2e/pyproject.toml", "/wheels/../../pyproject.toml", "/pyodide/%2e%2e/package.json",
+    "/node_modules/pyodide/pyodide.mjs", "/package.json", "/package-lock.json", "/dist/wheels/index.json",
+    "/.gitignore", "/a%00b", "/missing.js",
+])
+def test_nothing_outside_the_served_folders(served, path):
+    _, c = served
+    assert c.get(path)[0] == 404
+
+
+def test_app_files_are_served(served):
+    _, c = served
+    for path, kind in (("/app.js", "javascript"), ("/worker.js", "javascript"), ("/style.css", "text/css")):
+        status, h, _ = c.get(path)
+        assert status == 200 and kind in h["content-type"], (path, h["content-type"])
+
+
+def test_models_listing_and_ollama_blobs(served, ollama_store):
+    _, c = served
+    _, blob = ollama_store
+    status, _, body = c.get("/api/models")
+    models = {m["id"]: m for m in json.loads(body)["models"]}
+    assert status == 200 and models["default"]["size"] == len(DATA)
+    tiny = models["ollama:tiny:latest"]
+    assert tiny["size"] == len(blob)
+    status, _, body = c.get("/" + tiny["url"], Range="bytes=4-15")
+    assert (status, body) == (206, blob[4:16])
+    assert c.get("/models/ollama/" + urllib.parse.quote("nothere:latest", safe=""))[0] == 404
+
+
+def test_keep_alive_connection_sends_without_delay(served):
+    """Headers and body are separate writes: with Nagle's algorithm on, each keep-alive response waited for
+    the client's delayed ACK (about 40 ms). The server sets TCP_NODELAY on its connections."""
+    srv, c = served
+    c.get("/models/default.gguf", Range="bytes=0-3")
+    import socket
+
+    seen = []
+    orig = server._Handler.setup
+
+    def setup(self):
+        orig(self)
+        seen.append(self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    server._Handler.setup = setup
+    try:
+        Client(srv.server_address[1]).get("/models/default.gguf", Range="bytes=0-3")
+    finally:
+        server._Handler.setup = orig
+    assert seen and seen[0] != 0
+
+
+def test_errors_name_the_problem(tmp_path, capsys):
+    with pytest.raises(server.ServeError, match="no such file"):
+        server.make_server("127.0.0.1", 0, model_path=tmp_path / "nope.gguf", build_wheels=False, log=lambda m: None)
+    with pytest.raises(server.ServeError, match="index.html"):
+        server.make_server("127.0.0.1", 0, web_dir=tmp_path, build_wheels=False, log=lambda m: None)
+    assert server.main(["--port", "0", "--model", str(tmp_path / "missing.gguf")]) == 1
+    assert "missing.gguf: no such file" in capsys.readouterr().err
