@@ -637,6 +637,7 @@ async function start() {
     showError(gpuProblem);
     $('load').disabled = true;
     $('python-pill').textContent = 'no WebGPU';
+    await fetchServerModels(); // still show what this server offers
     return;
   }
   call('boot').catch(showError); // start Python now, so that it is ready when a model is chosen

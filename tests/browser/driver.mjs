@@ -195,6 +195,8 @@ const scenarios = {
     await page.goto(cfg.url);
     out.no_adapter = await shownError(page);
     out.no_adapter.load_disabled = await page.isDisabled('#load');
+    await until(page, () => !/loading list/.test(document.getElementById('server-models').textContent), null, 30000);
+    out.no_adapter.server_models = await page.textContent('#server-models');
     await shot(page, 'no-adapter');
     await ctx.close();
     ({ ctx, page } = await launch());

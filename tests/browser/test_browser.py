@@ -229,6 +229,7 @@ def nowebgpu(tiny_server):
 def test_no_webgpu_is_said_plainly(nowebgpu):
     assert nowebgpu["no_adapter"]["kind"] == "no-webgpu" and "no GPU adapter" in nowebgpu["no_adapter"]["message"]
     assert nowebgpu["no_adapter"]["load_disabled"] is True
+    assert TINY.name in nowebgpu["no_adapter"]["server_models"]  # the server's models are still listed
     assert nowebgpu["no_gpu_api"]["kind"] == "no-webgpu" and "WebGPU is not available" in nowebgpu["no_gpu_api"]["message"]
 
 
