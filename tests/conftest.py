@@ -19,6 +19,15 @@ def run(coro):
     return _loop.run_until_complete(coro)
 
 
+def require(missing: str | None, what: str) -> None:
+    """Skip when something the tests need (set up by tools/setup.sh) is `missing`; under CI, fail instead,
+    so that a broken setup can never pass as skipped tests."""
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"cannot run {what}: {missing}")
+        pytest.skip(missing)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem):
     if inspect.iscoroutinefunction(pyfuncitem.obj):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require
 from rullama_py import assets, server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,10 +25,7 @@ DATA = b"GGUF" + bytes(range(256)) * 40  # 10,244 bytes, every offset distinguis
 
 
 def _needs(path: Path, what: str):
-    if not path.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{what} is missing: {path}")
-        pytest.skip(f"{what} is missing: {path}")
+    require(None if path.exists() else f"{what} is missing: {path}", "the server tests")
 
 
 class Client:
@@ -74,8 +72,8 @@ def test_readme_first_command_serves_the_app_and_the_real_model():
     Gemma 3 270M are served with the headers the page needs; Ctrl-C ends it cleanly."""
     model = assets.default_model_path()
     _needs(ROOT / "web/node_modules/pyodide/pyodide.mjs", "web/node_modules (run tools/setup.sh)")
-    if not assets.is_default_model_ready(model):
-        _needs(Path("/nonexistent-default-model"), "the default model (python -m rullama_py.assets)")
+    require(None if assets.is_default_model_ready(model) else f"the default model {model} is not downloaded "
+            "(python -m rullama_py.assets)", "the server tests")
     proc = subprocess.Popen([sys.executable, "-m", "rullama_py.cli", "serve", "--port", "0"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     try:

@@ -70,9 +70,9 @@ class HostTimes:
     `host` is everything a step does on the CPU, that is the whole step except the wait for the GPU's 4-byte
     result and the per-layer-embedding row read; `encode` is the part of it spent encoding the next step's
     command buffer (every dispatch of the model and the sampler), `write` writing the step's inputs (the Step
-    uniform, the PLE row) and `submit` submitting the command buffer. The rest is the step's own Python. `ple_read` is the wait for Gemma 4's
-    per-layer-embedding row (file, OPFS or HTTP I/O, not CPU). Comparing `host` with the step's wall time
-    says whether a step is bound by the host or by the GPU."""
+    uniform, the PLE row) and `submit` submitting the command buffer; the rest is the step's own Python.
+    `ple_read` is the wait for Gemma 4's per-layer-embedding row (file, OPFS or HTTP I/O, not CPU).
+    Comparing `host` with the step's wall time says whether a step is bound by the host or by the GPU."""
 
     steps: int = 0
     host: float = 0.0

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run
+from conftest import require, run
 from rullama_py import assets, server
 from rullama_py.engine import Engine
 from rullama_py.sampling import SamplerParams
@@ -52,11 +52,7 @@ def _missing() -> str | None:
 
 @pytest.fixture(scope="module", autouse=True)
 def _needs_browser():
-    missing = _missing()
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"cannot run the browser tests: {missing}")
-        pytest.skip(missing)
+    require(_missing(), "the browser tests")
 
 
 def _ollama_store(root: Path, gguf: Path) -> Path:
