@@ -7,13 +7,59 @@ package is written once against `api` and the three awaitable helpers below.
 
 from __future__ import annotations
 
+import os
 import sys
 
 IN_BROWSER = sys.platform == "emscripten"
 
+
+def _usable_runtime_dir(path: str) -> bool:
+    return bool(path) and os.path.isabs(path) and os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
+
+
+def ensure_runtime_dir() -> str | None:
+    """Give the process a valid XDG_RUNTIME_DIR when it has none (a login over ssh, a container, cron).
+
+    The Vulkan drivers' window-system code asks libwayland for a display even for compute-only use, and
+    libwayland prints "error: XDG_RUNTIME_DIR is invalid or not set in the environment." (once per driver)
+    when the variable is unset or not an absolute path; users read that as our failure. With a valid
+    directory the display lookup just finds no socket, silently. The directory is private to the user: a
+    per-user folder under the temp dir, created 0700 and used only when it is ours and closed to others
+    (else a fresh mkdtemp one). Returns the directory set, or None when the environment was already fine.
+    Must run before the Vulkan loader is first touched; this module's import does it."""
+    if _usable_runtime_dir(os.environ.get("XDG_RUNTIME_DIR", "")):
+        return None
+    import stat
+    import tempfile
+
+    path = os.path.join(tempfile.gettempdir(), f"rullama-runtime-{os.getuid()}")
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        path = None
+    if path is not None:
+        try:
+            st = os.lstat(path)  # not a symlink someone else planted, ours, and closed to others
+            ok = stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid()
+            if ok and st.st_mode & 0o077:
+                os.chmod(path, 0o700)
+        except OSError:
+            ok = False
+        if not ok:
+            path = None
+    if path is None:
+        path = tempfile.mkdtemp(prefix="rullama-runtime-")  # 0700, unique
+    os.environ["XDG_RUNTIME_DIR"] = path
+    return path
+
+
 if IN_BROWSER:
     from . import webgpu_js as api
 else:
+    if os.name == "posix" and sys.platform != "darwin":  # Linux and the BSDs: Mesa's and others' Wayland code
+        ensure_runtime_dir()
     import wgpu as api  # noqa: F401  (re-exported)
 
 
