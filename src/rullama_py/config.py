@@ -215,6 +215,12 @@ def _vision(m: _Meta) -> VisionConfig | None:
     )
 
 
+def vision_config(meta: dict) -> VisionConfig | None:
+    """The vision tower of a model file (`<arch>.vision.*`, Ollama's blobs) or of a llama.cpp mmproj
+    (`clip.vision.*`, architecture "clip"); None when the file has none."""
+    return _vision(_Meta(meta, str(meta.get(Keys.General.ARCHITECTURE, ""))))
+
+
 def _audio(m: _Meta) -> AudioConfig | None:
     raw = _sub_config(m, "audio")
     if raw is None:

@@ -21,23 +21,47 @@ from pathlib import Path
 
 import numpy as np
 
-from . import assets, ollama
+from . import assets, media, ollama
 from .chat import chat_template_for
+from .config import vision_config
 from .gguf_file import GGUFFile
-from .gpu import Device, Readback, default_device
+from .gpu import Device, Readback, Tensor, default_device
 from .models.gemma import ContextOverflowError, Gemma
+from .models.gemma_vision import Cancelled, GemmaVision, VisionLoadError
 from .sampling import Sampler, SamplerParams
 from .sources import Source
 from .tokenizer import Tokenizer
 
-__all__ = ["Engine", "Token", "HostTimes", "SnapshotError", "ContextOverflowError", "open_model_file"]
+__all__ = ["Engine", "Token", "HostTimes", "SnapshotError", "ContextOverflowError", "open_model_file", "Cancelled",
+           "NoTowerError", "VisionLoadError", "MediaSpan"]
 
 SNAPSHOT_MAGIC = b"RLMSNAP\x00"
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: the media spans of the context; version 1 blobs (text only) are still read
 
 
 class SnapshotError(ValueError):
     """A state blob that does not belong to the loaded model (or is damaged)."""
+
+
+class NoTowerError(ValueError):
+    """An image (or audio clip) was given to a model without the tower that reads it."""
+
+
+@dataclass(frozen=True)
+class MediaSpan:
+    """A block of soft tokens in the context: `n` rows from position `start`, made from the media whose
+    content key (sha256 of the bytes, plus the token budget) is `key`. The token ids of every image's block
+    are the same placeholder id, so prefix reuse compares these too."""
+
+    start: int
+    n: int
+    key: str
+
+
+@dataclass
+class _Image:
+    key: str
+    prepared: "media.PreparedImage"
 
 
 @dataclass
@@ -101,6 +125,24 @@ async def open_model_file(model) -> GGUFFile:
     return await GGUFFile.open(model)
 
 
+async def _vision_file(gf: GGUFFile, mmproj, text_d_model: int) -> GGUFFile | None:
+    """The file that holds the vision tower: the mmproj when one is given (checked against the text model's
+    width now, so a wrong pairing fails at load), else the model file itself when it carries `v.*` tensors."""
+    if mmproj is None:
+        return gf if vision_config(gf.metadata) is not None and "v.patch_embd.weight" in gf else None
+    mm = mmproj if isinstance(mmproj, GGUFFile) else await GGUFFile.open(mmproj)
+    name = mm.source.name
+    if vision_config(mm.metadata) is None or "v.patch_embd.weight" not in mm:
+        raise VisionLoadError(f"{name} is not a vision projector (it has no clip.vision keys or v.* tensors)")
+    if "mm.input_projection.weight" not in mm:
+        raise VisionLoadError(f"{name} lacks mm.input_projection.weight, the projection to the text model")
+    width = mm.info("mm.input_projection.weight").n_rows
+    if width != text_d_model:
+        raise VisionLoadError(f"{name} projects images to width {width}, but the text model is {text_d_model} "
+                              "wide: this mmproj belongs to another model")
+    return mm
+
+
 class Engine:
     """A model ready to generate: tokenizer, chat template, GPU model and GPU sampler, and the KV state."""
 
@@ -118,17 +160,25 @@ class Engine:
         self._readback = Readback(self.device, 4, "token")
         self._decode_cb = None  # the next decode step's command buffer, encoded ahead
         self._fingerprint = b""
+        self.vision_file: GGUFFile | None = None  # the file holding the vision tower: the model's own or an mmproj
+        self.image_tokens = 280  # soft-token budget per image (media.SOFT_TOKEN_BUDGETS)
+        self.spans: list[MediaSpan] = []  # soft-token blocks among self.tokens
+        self._vision: GemmaVision | None = None  # built on the first image, freed by release_towers()
+        self._prepared: dict[str, media.PreparedImage] = {}  # recent images by key (history is re-sent each turn)
+        self._cancel = False
         self.stop_ids = frozenset(self.chat_template.stop_ids) | (
             {tokenizer.eos_id} if tokenizer.eos_id is not None else set()
         )
 
     # -- loading -------------------------------------------------------------------------------------------
     @classmethod
-    async def load(cls, model, *, max_context: int = 4096, prefill_chunk: int = 64, device: Device | None = None,
-                   params: SamplerParams | None = None, text_only: bool = True, progress=None) -> "Engine":
-        """Open `model` (see open_model_file), upload its weights and record its graphs. `text_only` skips the
-        vision and audio towers (the only mode until the towers land). `progress(done, total, name)` is called
-        per tensor."""
+    async def load(cls, model, *, mmproj=None, max_context: int = 4096, prefill_chunk: int = 64,
+                   device: Device | None = None, params: SamplerParams | None = None, text_only: bool = False,
+                   progress=None) -> "Engine":
+        """Open `model` (see open_model_file), upload its weights and record its graphs. `mmproj` (a path, URL,
+        bytes or Source) is a llama.cpp vision projector for a text-only model file; Ollama's Gemma 4 blobs
+        carry the tower themselves. Towers are uploaded on the first image, not here. `text_only` ignores
+        them. `progress(done, total, name)` is called per tensor."""
         gf = await open_model_file(model)
         device = device or await default_device()
         tok = Tokenizer.from_gguf_metadata(gf.metadata)
@@ -139,8 +189,9 @@ class Engine:
         eng.sample_graph = device.graph()
         await sampler.record(eng.sample_graph, m.logits, m.step, m.decode.ids)
         eng._fingerprint = await eng._weights_fingerprint()
+        if not text_only:
+            eng.vision_file = await _vision_file(gf, mmproj, m.cfg.d_model)
         return eng
-
     @property
     def config(self):
         return self.model.cfg
@@ -151,7 +202,7 @@ class Engine:
 
     @property
     def has_vision(self) -> bool:
-        return self.model.cfg.vision is not None and "v.patch_embd.weight" in self.model.gguf
+        return self.vision_file is not None
 
     @property
     def has_audio(self) -> bool:
@@ -169,13 +220,16 @@ class Engine:
         data = await self.device.run([run.graph, self.sample_graph], self._readback, (self.model.decode.ids.buffer, 0, 4))
         return int(np.frombuffer(data, np.uint32, 1)[0])
 
-    async def feed(self, ids) -> int:
-        """Append `ids` to the context (prefill in chunks) and sample the token that follows; returns it."""
+    async def feed(self, ids, soft=()) -> int:
+        """Append `ids` to the context (prefill in chunks) and sample the token that follows; returns it.
+        `soft`: (offset in ids, tensor, n_rows) blocks of soft tokens whose rows replace the embeddings of
+        ids[offset:offset + n_rows] (see Gemma.write_inputs)."""
         ids = [int(i) for i in ids]
         if not ids:
             raise ValueError("feed() needs at least one token")
         if self.next_token is not None:
             ids = [self.next_token] + ids  # the pending token goes in first
+            soft = [(off + 1, t, n) for off, t, n in soft]
             self.next_token = None
         if len(self.tokens) + len(ids) > self.max_context:
             raise ContextOverflowError(
@@ -184,17 +238,22 @@ class Engine:
         self.sampler.set_history((self.tokens + ids)[-256:])
         m = self.model
         pos = len(self.tokens)
-        while ids:
-            run = m.prefill if len(ids) > 1 else m.decode
-            chunk, ids = ids[: run.capacity], ids[run.capacity:]
-            await m.write_inputs(run, chunk, pos)
-            if ids:
+        done = 0
+        while done < len(ids):
+            run = m.prefill if len(ids) - done > 1 else m.decode
+            chunk = ids[done: done + run.capacity]
+            end = done + len(chunk)
+            rows = [(max(off, done) - done, t, max(off, done) - off, min(off + n, end) - max(off, done))
+                    for off, t, n in soft if off < end and off + n > done]
+            await m.write_inputs(run, chunk, pos, rows)
+            if end < len(ids):
                 m.write_step(pos, len(chunk))
                 self.device.submit(run.graph)
             else:
                 self.next_token = await self._sample_after(run, pos, len(chunk))
             self.tokens += chunk
             pos += len(chunk)
+            done = end
         return self.next_token
 
     def _encode_decode_step(self):
@@ -254,6 +313,7 @@ class Engine:
     def reset(self) -> None:
         """Forget the context (the KV cache is simply overwritten from position 0)."""
         self.tokens = []
+        self.spans = []
         self.next_token = None
         self.sampler.reset(self.params.seed)
         self.stats = Stats()
@@ -272,22 +332,50 @@ class Engine:
         async for t in self._stream(ids, max_tokens, stop_ids):
             yield t
 
-    async def chat(self, messages, *, max_tokens: int = 512):
+    async def chat(self, messages, *, max_tokens: int = 512, progress=None):
         """Stream the model's reply to `messages` (list of {"role", "content"}). The KV cache is reused for the
         longest prefix the new prompt shares with what is already in it, so a follow-up turn only prefills
-        the new messages."""
-        ids = self.chat_template.render(messages, add_generation_prompt=True)
-        self._rewind_to_common_prefix(ids)
-        async for t in self._stream(ids[len(self.tokens):], max_tokens, None):
-            yield t
+        the new messages.
 
-    def _rewind_to_common_prefix(self, ids) -> None:
+        A content may be a list of parts: {"type": "text", "text": ...} and {"type": "image", "image": bytes,
+        a file path or a media.PreparedImage}. Each image becomes `<|image>` + soft tokens + `<image|>`
+        (self.image_tokens per image at most); only images outside the reused prefix go through the tower.
+        `progress(event)` is called while the tower runs: {"stage": "image", "index": i, "count": n,
+        "layer": l, "layers": L}. cancel() stops the tower between layers (Cancelled is raised; the context
+        keeps what it had) and a reply at its next token (finish_reason "cancelled")."""
+        self._cancel = False
+        messages, images = self._with_media(messages)
+        ids = self.chat_template.render(messages, add_generation_prompt=True)
+        spans = self._find_spans(ids, images)
+        self._rewind_to_common_prefix(ids, spans)
+        kept = len(self.tokens)
+        todo = [(sp, img) for sp, img in zip(spans, images) if sp.start + sp.n > kept]
+        soft = await self._encode_images(todo, progress) if todo else []
+        try:
+            async for t in self._stream(ids[kept:], max_tokens, None,
+                                        soft=[(sp.start - kept, t, sp.n) for (sp, _), t in zip(todo, soft)],
+                                        spans=[sp for sp, _ in todo]):
+                yield t
+        finally:
+            for t in soft:
+                t.parts[0][0].destroy()
+
+    def cancel(self) -> None:
+        """Stop a running image encode (between tower layers) or reply (at the next token)."""
+        self._cancel = True
+
+    def _rewind_to_common_prefix(self, ids, spans=()) -> None:
         have = self.tokens + ([self.next_token] if self.next_token is not None else [])
         n = 0
         for a, b in zip(have, ids):
             if a != b:
                 break
             n += 1
+        # Every image's block has the same ids: a kept block must also hold the same image.
+        new = set(spans)
+        for sp in self.spans:
+            if sp.start < n and sp not in new:
+                n = min(n, sp.start)
         n = min(n, len(ids) - 1, len(self.tokens))  # keep at least one token to feed
         if n < len(self.tokens) and not self.model.can_rewind(len(self.tokens), n):
             n = 0
@@ -295,9 +383,106 @@ class Engine:
             self.reset()
             return
         self.tokens = self.tokens[:n]
+        self.spans = [sp for sp in self.spans if sp.start + sp.n <= n]
         self.next_token = None
 
-    async def _stream(self, ids, max_tokens: int, stop_ids):
+    # -- images ------------------------------------------------------------------------------------------------
+    def _with_media(self, messages):
+        """Messages with every image part prepared (decoded and resized) and its soft-token count filled in,
+        and the images in prompt order."""
+        out, images = [], []
+        for m in messages:
+            content = m.get("content") if isinstance(m, dict) else None
+            if not isinstance(content, (list, tuple)):
+                out.append(m)
+                continue
+            parts = []
+            for p in content:
+                if isinstance(p, dict) and p.get("type") == "image":
+                    img = self._prepare_image(p.get("image", p.get("data")))
+                    images.append(img)
+                    p = {"type": "image", "n_tokens": img.prepared.n_soft}
+                elif isinstance(p, dict) and p.get("type") == "audio":
+                    raise NoTowerError("Audio input is not supported yet: this build reads text and images.")
+                parts.append(p)
+            out.append(dict(m, content=parts))
+        return out, images
+
+    def _prepare_image(self, data) -> _Image:
+        if not self.has_vision:
+            raise NoTowerError("This model has no vision tower, so it cannot read images. Use a Gemma 4 model "
+                               "with vision (Ollama's gemma4 files carry it), or add its mmproj file.")
+        if isinstance(data, media.PreparedImage):
+            key = hashlib.sha256(data.patches.tobytes()).hexdigest()[:32] + f"/{data.n_soft}"
+            return _Image(key, data)
+        if isinstance(data, (str, Path)):
+            try:
+                data = Path(data).read_bytes()
+            except OSError as e:
+                raise media.MediaError(f"cannot read the image {data}: {e.strerror or e}") from None
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise media.MediaError(f"an image part holds {type(data).__name__}; expected the file's bytes")
+        data = bytes(data)
+        key = f"{hashlib.sha256(data).hexdigest()[:32]}/{self.image_tokens}"
+        prepared = self._prepared.pop(key, None)
+        if prepared is None:
+            prepared = media.prepare_image(data, budget=self.image_tokens)
+        self._prepared[key] = prepared  # most recent last; a few kept for the history re-sent each turn
+        while len(self._prepared) > 4:
+            self._prepared.pop(next(iter(self._prepared)))
+        return _Image(key, prepared)
+
+    def _find_spans(self, ids, images) -> list[MediaSpan]:
+        """The soft-token block of each image in `ids`, in order."""
+        if not images:
+            return []
+        soft_id = self.tokenizer.token_to_id("<|image|>")
+        spans, i = [], 0
+        for img in images:
+            n = img.prepared.n_soft
+            while i < len(ids) and not (ids[i] == soft_id and ids[i: i + n] == [soft_id] * n):
+                i += 1
+            if i >= len(ids):
+                raise RuntimeError("the rendered prompt lost an image's soft-token block")
+            spans.append(MediaSpan(i, n, img.key))
+            i += n
+        return spans
+
+    async def _tower(self) -> GemmaVision:
+        if self._vision is None:
+            self._vision = await GemmaVision.load(self.vision_file, self.device, text_d_model=self.config.d_model)
+        return self._vision
+
+    async def _encode_images(self, todo, progress) -> list[Tensor]:
+        """Soft tokens of each (span, image), each in its own GPU buffer (the tower's output is reused)."""
+        tower = await self._tower()
+        d = self.config.d_model
+        out: list[Tensor] = []
+        try:
+            for i, (_, img) in enumerate(todo):
+                def on_layer(done, total, i=i):
+                    if progress is not None:
+                        progress({"stage": "image", "index": i + 1, "count": len(todo), "layer": done,
+                                  "layers": total})
+                on_layer(0, tower.cfg.n_layers)
+                rows = await tower.encode(img.prepared, budget=self.image_tokens, on_layer=on_layer,
+                                          cancelled=lambda: self._cancel)
+                t = self.device.tensor((img.prepared.n_soft, d), "float32", f"soft[{i}]")
+                self.device.copy([(rows.buffer, 0, t.buffer, 0, t.nbytes)])
+                out.append(t)
+        except BaseException:
+            for t in out:
+                t.parts[0][0].destroy()
+            raise
+        return out
+
+    def release_towers(self) -> None:
+        """Free the towers' GPU memory; the next image builds the vision tower again."""
+        if self._vision is not None:
+            self._vision.release()
+            self._vision = None
+
+    async def _stream(self, ids, max_tokens: int, stop_ids, soft=(), spans=()):
         stop = self.stop_ids if stop_ids is None else frozenset(stop_ids)
         st = self.stats = Stats()
         dec = self.tokenizer.stream_decoder()
@@ -305,7 +490,8 @@ class Engine:
             st.finish_reason = "length"
             return
         t0 = time.perf_counter()
-        tok = await self.feed(ids)
+        tok = await self.feed(ids, soft)
+        self.spans += list(spans)
         st.prompt_tokens, st.prompt_seconds = len(ids), time.perf_counter() - t0
         t0 = time.perf_counter()
         while True:
@@ -321,6 +507,9 @@ class Engine:
                 break
             if len(self.tokens) + 1 >= self.max_context:
                 st.finish_reason = "context"
+                break
+            if self._cancel:
+                st.finish_reason = "cancelled"
                 break
             tok = await self.step()
         rest = dec.flush()
@@ -353,13 +542,15 @@ class Engine:
         return h.digest()
 
     async def save_state(self) -> bytes:
-        """One versioned blob: KV cache, tokens, pending token and sampler state."""
+        """One versioned blob: KV cache, tokens, pending token, sampler state and the media spans."""
         m = self.model
         head = struct.pack("<8sI32sIIi", SNAPSHOT_MAGIC, SNAPSHOT_VERSION, self.layout_hash(), m.max_context,
                            len(self.tokens), -1 if self.next_token is None else self.next_token)
         parts = [head, np.asarray(self.tokens, np.uint32).tobytes()]
         sampler_state = await self.sampler.state()
         parts += [struct.pack("<I", len(sampler_state)), sampler_state]
+        spans = json.dumps([[sp.start, sp.n, sp.key] for sp in self.spans]).encode()
+        parts += [struct.pack("<I", len(spans)), spans]
         for l in sorted(m.kv):
             for t in m.kv[l][:2]:
                 raw = (await self.device.read(t)).tobytes()
@@ -376,8 +567,8 @@ class Engine:
         magic, version, layout, max_ctx, n_tok, nxt = struct.unpack_from("<8sI32sIIi", mv, 0)
         if magic != SNAPSHOT_MAGIC:
             raise SnapshotError("not a rullama snapshot (bad magic)")
-        if version != SNAPSHOT_VERSION:
-            raise SnapshotError(f"snapshot version {version} is not supported (this build reads {SNAPSHOT_VERSION})")
+        if version not in (1, SNAPSHOT_VERSION):
+            raise SnapshotError(f"snapshot version {version} is not supported (this build reads 1 and {SNAPSHOT_VERSION})")
         if layout != self.layout_hash():
             raise SnapshotError("the snapshot was made with another model, context size or KV layout")
         if max_ctx != self.max_context or n_tok > max_ctx:
@@ -389,6 +580,13 @@ class Engine:
             (slen,) = struct.unpack_from("<I", mv, off)
             sampler_state = bytes(mv[off + 4: off + 4 + slen])
             off += 4 + slen
+            spans = []
+            if version >= 2:
+                (jlen,) = struct.unpack_from("<I", mv, off)
+                spans = [MediaSpan(int(a), int(b), str(c)) for a, b, c in json.loads(bytes(mv[off + 4: off + 4 + jlen]))]
+                off += 4 + jlen
+                if any(sp.start < 0 or sp.n < 1 or sp.start + sp.n > n_tok for sp in spans):
+                    raise SnapshotError("snapshot media spans fall outside its tokens")
             caches = []
             for l in sorted(self.model.kv):
                 for t in self.model.kv[l][:2]:
@@ -397,8 +595,8 @@ class Engine:
                         raise SnapshotError(f"snapshot KV block for layer {l} has {n} bytes; expected {t.nbytes}")
                     caches.append((t, mv[off + 8: off + 8 + n]))
                     off += 8 + n
-        except (struct.error, ValueError) as e:
-            raise SnapshotError(f"snapshot is truncated: {e}") from None
+        except (struct.error, ValueError, TypeError) as e:
+            raise SnapshotError(f"snapshot is truncated or damaged: {e}") from None
         if off != len(mv):
             raise SnapshotError(f"snapshot has {len(mv) - off} unexpected trailing bytes")
         if len(sampler_state) != slen or len(tokens) != n_tok:
@@ -408,6 +606,7 @@ class Engine:
             self.device.write(t.buffer, raw)
         self.sampler.set_state(sampler_state)
         self.tokens = tokens
+        self.spans = spans
         self.next_token = None if nxt < 0 else nxt
         if self.next_token is not None:
             self.device.write(self.model.decode.ids.buffer, np.array([self.next_token], np.uint32))

@@ -497,6 +497,20 @@ class Device:
         """Encode (see `encode`) and submit, one command buffer."""
         self.submit_encoded(self.encode(graph, readback, source))
 
+    def copy(self, copies) -> None:
+        """Submit buffer-to-buffer copies [(src, src_offset, dst, dst_offset, nbytes), ...] in one command
+        buffer. Queue order puts them after the work submitted before and before the work submitted after,
+        so a graph submitted next sees the copied bytes (how soft tokens reach a prompt's embedding rows)."""
+        if not copies:
+            return
+        with _translate_errors("copying buffers", self):
+            enc = self.raw.create_command_encoder()
+            for src, src_off, dst, dst_off, size in copies:
+                if size % 4 or src_off % 4 or dst_off % 4:
+                    raise GPUError(f"buffer copies move whole words: offsets {src_off}, {dst_off}, size {size}")
+                enc.copy_buffer_to_buffer(src, src_off, dst, dst_off, size)
+            self.queue.submit([enc.finish()])
+
     def submit_encoded(self, command_buffer) -> None:
         with _translate_errors("submitting work"):
             self.queue.submit([command_buffer])

@@ -70,6 +70,7 @@ class Run:
 
 
 STEP_BYTES = 32
+SOFT_TOKEN = 0xFFFFFFFF  # the id of a row whose embedding is a soft token (see Gemma.write_inputs)
 PLE_CACHE_BYTES = 32 << 20  # per-layer-embedding rows kept on the host (see Gemma.ple_rows)
 
 
@@ -300,8 +301,16 @@ class Gemma:
                          counter & 0xFFFFFFFF)
         self.device.write(self.step.buffer, self._step_bytes)
 
-    async def write_inputs(self, run: Run, ids, pos: int) -> None:
-        """Write a run's token ids (and, for Gemma 4, their per-layer embedding rows) to the GPU."""
+    async def write_inputs(self, run: Run, ids, pos: int, soft=()) -> None:
+        """Write a run's token ids (and, for Gemma 4, their per-layer embedding rows) to the GPU.
+
+        `soft`: soft tokens (image or audio embeddings) that replace the token embeddings of some rows, as
+        (row, tensor, first_row, n_rows): rows row.. of this run take rows first_row.. of `tensor` (f32
+        [.., d_model], e.g. the vision tower's output). They are copied on the GPU into the run's embedding
+        buffer before the graph runs, and those rows' ids become SOFT_TOKEN, which the embed kernel leaves
+        alone (it writes only ids inside the table), so they reach the layers unscaled, as in transformers.
+        Their per-layer-embedding identity term is the pad token's row (transformers looks up pad_token_id,
+        0 in every Gemma 4 file, at multimodal positions)."""
         n = len(ids)
         if not 1 <= n <= run.capacity:
             raise ValueError(f"a run holds 1..{run.capacity} tokens, got {n}")
@@ -310,9 +319,22 @@ class Gemma:
         arr = np.asarray(ids, dtype=np.uint32)
         if int(arr.max()) >= self.cfg.vocab_size:
             raise ValueError(f"token id {int(arr.max())} is outside the vocabulary of {self.cfg.vocab_size}")
+        ple_ids = arr
+        if soft:
+            arr, ple_ids = arr.copy(), arr.copy()
+            row_bytes = 4 * self.cfg.d_model
+            h = run.bufs["h"].buffer
+            copies = []
+            for row, src, first, count in soft:
+                if row < 0 or row + count > n:
+                    raise ValueError(f"soft rows {row}..{row + count} fall outside a run of {n} tokens")
+                arr[row: row + count] = SOFT_TOKEN
+                ple_ids[row: row + count] = 0
+                copies.append((src.buffer, first * row_bytes, h, row * row_bytes, count * row_bytes))
+            self.device.copy(copies)
         self.device.write(run.ids.buffer, arr)
         if self.cfg.ple_dim:
-            self.device.write(run.ple.buffer, await self.ple_rows(arr))
+            self.device.write(run.ple.buffer, await self.ple_rows(ple_ids))
 
     async def ple_rows(self, ids: np.ndarray) -> np.ndarray:
         """E_ple[ids] * sqrt(ple_dim) / sqrt(2), f32 [len(ids), n_layers * ple_dim], read from the file (recent
