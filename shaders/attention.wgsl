@@ -1,6 +1,9 @@
-// Causal (optionally sliding-window) GQA attention over an f16 KV cache, for prefill and decode alike:
+// Causal (optionally sliding-window) or bidirectional GQA attention over an f16 KV cache, for prefill and
+// decode alike:
 //   out[t, h] = softmax_k(SCALE * q[t, h] . K[k] + mask) . V[k],   queries at positions step.pos + t
-// mask: key k is allowed iff k <= p and (WINDOW == 0 or p - k < WINDOW), p the query's position.
+// mask (CAUSAL): key k is allowed iff k <= p and (WINDOW == 0 or p - k < WINDOW), p the query's position.
+// Without CAUSAL (a vision tower's patches see each other): every key 0 .. step.pos + n_tokens - 1 is allowed
+// for every query, and WINDOW must be 0 (the host checks); the cache must then hold all of them (CAP >= keys).
 //   q, out: f32 [n_tokens, NH, HD];   cache: f16 [NKV][CAP][HD] packed in u32 (kv_store.wgsl), key k at k % CAP.
 //
 // Work split. A "row" is one (token, q head); the G = NH / NKV q heads that share a kv head are laid out
@@ -30,8 +33,8 @@
 //
 // Constants: HD (8 times a power of two, HD / 8 <= WG), G, NH, NKV, R (4 or 8), WG (power of two, >= HD / 8),
 // KT (keys per tile: a power of two dividing WG, with WG / KT dividing HD / 8), NSPLIT, ALIGN (chunks are
-// rounded up to a multiple of it: KT, so no chunk ends in a part-filled tile), CAP, WINDOW, SCALE, MAXT (token
-// capacity of q/out), NKV_MIN, NKV_MAX (split only).
+// rounded up to a multiple of it: KT, so no chunk ends in a part-filled tile), CAP, WINDOW, CAUSAL, SCALE, MAXT
+// (token capacity of q/out), NKV_MIN, NKV_MAX (split only).
 @group(0) @binding(0) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> kc: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> vc: array<vec4<u32>>;
@@ -97,10 +100,11 @@ fn key_range(x: u32, z: u32) -> vec2<u32> {
   let t0 = (x * R) / G;
   let t1 = (min(x * R + R, n_rows()) - 1u) / G;
   var lo = 0u;
-  if (WINDOW > 0u && step.pos + t0 + 1u > WINDOW) {
+  if (CAUSAL && WINDOW > 0u && step.pos + t0 + 1u > WINDOW) {
     lo = step.pos + t0 + 1u - WINDOW;
   }
-  let hi = step.pos + t1 + 1u;
+  // Bidirectional: every row sees the whole run, up to the last key this run stored.
+  let hi = select(step.pos + min(step.n_tokens, MAXT), step.pos + t1 + 1u, CAUSAL);
   let per = (hi - lo + NSPLIT - 1u) / NSPLIT;
   let chunk = ((per + ALIGN - 1u) / ALIGN) * ALIGN;
   let kb = min(hi, lo + z * chunk);
@@ -187,9 +191,12 @@ fn visible(x: u32, quad: u32, k: u32, ke: u32) -> vec4<bool> {
   let rr = vec4<u32>(x * R + quad * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
   let p = vec4<u32>(step.pos) + rr / G;
   let kk = vec4<u32>(k);
-  var ok = (rr < vec4<u32>(n_rows())) & (kk <= p) & vec4<bool>(k < ke);
-  if (WINDOW > 0u) {
-    ok = ok & (p - kk < vec4<u32>(WINDOW));  // p - k wraps when k > p, but then ok is false already
+  var ok = (rr < vec4<u32>(n_rows())) & vec4<bool>(k < ke);
+  if (CAUSAL) {
+    ok = ok & (kk <= p);
+    if (WINDOW > 0u) {
+      ok = ok & (p - kk < vec4<u32>(WINDOW));  // p - k wraps when k > p, but then ok is false already
+    }
   }
   return ok;
 }
@@ -416,7 +423,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let r = i / HD4;
     let rr = wid.x * R + r;
     if (rr < rows) {
-      dst[q_row(rr, wid.y) * HD4 + i % HD4] = qs[i] / red[r];  // red[r] >= 1: the row sees its own position
+      dst[q_row(rr, wid.y) * HD4 + i % HD4] = qs[i] / red[r];  // red[r] >= 1: the row sees its own key
     }
   }
 }

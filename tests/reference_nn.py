@@ -24,26 +24,28 @@ def rope(x, pos0, *, base, n_rot=None, freq_factors=None, freq_scale=1.0):
     return out
 
 
-def attention(q, k, v, pos0, *, scale, window=0):
+def attention(q, k, v, pos0, *, scale, window=0, causal=True):
     """softmax(scale * q k^T + mask) v. q [T, H, D] at positions pos0 + t; k, v [n_kv, KVH, D] at positions
-    0..n_kv-1. GQA: head h uses kv head h // (H / KVH). Causal; window > 0: key j visible iff p - j < window."""
+    0..n_kv-1. GQA: head h uses kv head h // (H / KVH). Causal; window > 0: key j visible iff p - j < window.
+    causal=False: no mask, every query sees all n_kv keys (HF's bidirectional mask of the vision tower)."""
     q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
     n_tok, n_heads, _ = q.shape
     n_kv, n_kv_heads, _ = k.shape
     group = n_heads // n_kv_heads
-    out = np.zeros_like(q)
-    keys = np.arange(n_kv)
-    for t in range(n_tok):
-        p = pos0 + t
-        visible = keys <= p
+    p = pos0 + np.arange(n_tok)[:, None]
+    keys = np.arange(n_kv)[None, :]
+    visible = np.ones((n_tok, n_kv), bool)
+    if causal:
+        visible &= keys <= p
         if window:
             visible &= p - keys < window
-        for h in range(n_heads):
-            kh = h // group
-            s = scale * (k[:, kh] @ q[t, h])
-            s = np.where(visible, s, -np.inf)
-            w = np.exp(s - s.max())
-            out[t, h] = (w / w.sum()) @ v[:, kh]
+    out = np.zeros_like(q)
+    for h in range(n_heads):
+        kh = h // group
+        s = scale * (q[:, h] @ k[:, kh].T)  # [T, n_kv]
+        s = np.where(visible, s, -np.inf)
+        w = np.exp(s - s.max(axis=1, keepdims=True))
+        out[:, h] = (w / w.sum(axis=1, keepdims=True)) @ v[:, kh]
     return out
 
 

@@ -9,7 +9,12 @@ Tolerances. The cache stores K and V in f16, so the reference is fed K and V rou
 1e-4 of max|v| for these sizes: atol = 2e-4 * max|v| allows a one-ulp f16 rounding difference on some devices.
 Against unrounded f32 K/V the f16 cache alone costs ~1e-3 relative on scores of O(1) (scale 1/sqrt(d)) and
 proportionally more when scores are larger (Gemma 4: scale 1.0 on normalised q, k); that is checked once with
-its own bound below."""
+its own bound below.
+
+Bidirectional attention (causal=False, the vision tower) keeps the same bound over up to 2500 keys: the f32
+accumulations a thread makes run over at most N / 8 + 64 terms (P.V: every 8th key of the run; scores: 64
+products), a worst-case relative error of (N / 8 + 64) * 2^-24 < 3e-5 of sum |p v| <= max|v|; exp costs
+WGSL's 3 + 2|x| ulp per weight, under 1e-5 of max|v| for score spreads below 80 (here about 8 * 6)."""
 
 import numpy as np
 import pytest
@@ -142,3 +147,93 @@ async def test_dispatch_counts(device):
     assert sliding["kt"] == 32 and sliding["splits"] == 512 // 32  # short context: small tiles, one split each
     prefill = attention_plan(device, n_tokens=512, n_heads=8, n_kv_heads=1, head_dim=256, window=512, max_ctx=1023)
     assert prefill["dispatches"] == 1
+
+
+async def run_bidirectional(device, *, heads, kv_heads, hd, maxt, runs, scale, splits=None, seed=0):
+    """One graph recorded for a capacity of `maxt` tokens (kv_store into a cache of maxt slots, then attention
+    with causal=False), replayed for each (pos, n_tokens) of `runs`; every run's output is compared with
+    softmax attention over all keys 0..pos + n_tokens - 1, and rows past n_tokens must stay as they were."""
+    rng = np.random.default_rng(seed)
+    n_total = max(p + n for p, n in runs)
+    q = rng.standard_normal((n_total, heads, hd)).astype(np.float32)
+    k = rng.standard_normal((n_total, kv_heads, hd)).astype(np.float32)
+    v = rng.standard_normal((n_total, kv_heads, hd)).astype(np.float32)
+    cache_k, cache_v = ops.kv_cache(device, n_kv_heads=kv_heads, head_dim=hd, slots=maxt)
+    step = new_step(device)
+    bufs = dict(q=device.tensor((maxt, heads, hd)), k=device.tensor((maxt, kv_heads, hd)),
+                v=device.tensor((maxt, kv_heads, hd)), out=device.tensor((maxt, heads, hd)))
+    g = device.graph()
+    await ops.kv_store(g, bufs["k"], bufs["v"], cache_k, cache_v, step, n_kv_heads=kv_heads, head_dim=hd,
+                       max_ctx=maxt)
+    await ops.attention(g, bufs["q"], cache_k, cache_v, bufs["out"], step, n_heads=heads, n_kv_heads=kv_heads,
+                        head_dim=hd, scale=scale, max_ctx=maxt, causal=False, splits=splits)
+    sentinel = np.full((maxt, heads, hd), 7.0, np.float32)
+    for pos, n in runs:
+        for name, src in (("q", q), ("k", k), ("v", v)):
+            chunk = np.zeros((maxt,) + src.shape[1:], np.float32)
+            chunk[:n] = src[pos : pos + n]
+            device.write(bufs[name].buffer, chunk)
+        device.write(bufs["out"].buffer, sentinel)
+        set_step(device, step, pos, n)
+        await device.run(g)
+        got = await device.read(bufs["out"])
+        want = ref.attention(q[pos : pos + n], f16(k[: pos + n]), f16(v[: pos + n]), pos, scale=scale, causal=False)
+        err = float(np.abs(got[:n] - want).max())
+        np.testing.assert_allclose(got[:n], want, rtol=0, atol=2e-4 * np.abs(v).max(),
+                                   err_msg=f"run at pos {pos}, {n} tokens")
+        np.testing.assert_array_equal(got[n:], sentinel[n:], err_msg="rows past n_tokens were written")
+    return g, err
+
+
+@pytest.mark.parametrize(
+    "heads,kv_heads,hd,maxt,runs,splits",
+    [
+        # odd sizes: 11 of 13 tokens (one row tile part-filled, two capacity rows unused), 3 heads of 16
+        (3, 3, 16, 13, ((0, 11),), None),
+        # GQA ratio 4; a second run at pos 5 sees the 5 keys before it and all of its own, none of the first
+        # run's later rows (a smaller run after a larger one: stale K/V past the run are ignored)
+        (8, 2, 32, 9, ((0, 9), (5, 4)), None),
+        # the split (flash-decoding) path: 3 key splits and the combine, every row seeing every key
+        (4, 1, 64, 7, ((0, 7), (0, 3)), 3),
+        # the vision tower's heads (12 x 64, scale 1.0 below) over 37 of 40 patches
+        (12, 12, 64, 40, ((0, 37),), None),
+    ],
+)
+async def test_bidirectional(device, heads, kv_heads, hd, maxt, runs, splits):
+    scale = 1.0 if hd == 64 else 0.5
+    g, _ = await run_bidirectional(device, heads=heads, kv_heads=kv_heads, hd=hd, maxt=maxt, runs=runs, scale=scale,
+                                   splits=splits, seed=heads + hd)
+    assert len(g) == (2 if splits is None else 3)  # kv_store + attention (+ combine)
+
+
+async def test_bidirectional_fallback(device_fallback):
+    await run_bidirectional(device_fallback, heads=2, kv_heads=2, hd=64, maxt=20, runs=((0, 17),), scale=1.0, seed=5)
+
+
+async def test_bidirectional_2520_patches(device):
+    """A graph recorded for the vision tower's 2520 patches, run over 2501 of them (head_dim 64, scale 1.0 on
+    unit-RMS q and k): one dispatch of 315 row tiles per head. One head only: all 12 would take minutes on a
+    CPU rasteriser, and the 12-head layout is covered by a small case above."""
+    plan = attention_plan(device, n_tokens=2520, n_heads=12, n_kv_heads=12, head_dim=64, window=0, max_ctx=2520)
+    assert plan["dispatches"] == 1 and plan["row_tiles"] == 315
+    g, _ = await run_bidirectional(device, heads=1, kv_heads=1, hd=64, maxt=2520, runs=((0, 2501),), scale=1.0,
+                                   seed=9)
+    assert len(g) == 2
+
+
+def test_bidirectional_plan_10080(device):
+    """The largest image (10080 patches): still one dispatch of 1260 row tiles x 12 heads, within the grid
+    limit, with workgroup memory within WebGPU's 16 KiB minimum."""
+    plan = attention_plan(device, n_tokens=10080, n_heads=12, n_kv_heads=12, head_dim=64, window=0, max_ctx=10080)
+    assert plan["dispatches"] == 1 and plan["splits"] == 1
+    assert plan["row_tiles"] == 1260 <= device.limits["max-compute-workgroups-per-dimension"]
+    r, wg = plan["rows"], plan["wg"]
+    assert r * 64 * 4 + r * wg * 4 + wg * 4 + 64 <= 16384
+
+
+async def test_bidirectional_rejects_window(device):
+    t = device.tensor((4, 2, 16))
+    ck, cv = ops.kv_cache(device, n_kv_heads=2, head_dim=16, slots=4)
+    with pytest.raises(ValueError, match="causal"):
+        await ops.attention(device.graph(), t, ck, cv, t, new_step(device), n_heads=2, n_kv_heads=2, head_dim=16,
+                            scale=1.0, window=2, max_ctx=4, causal=False)

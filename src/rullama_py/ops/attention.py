@@ -174,12 +174,17 @@ def attention_plan(device: Device, *, n_tokens: int, n_heads: int, n_kv_heads: i
 
 async def attention(g: Graph, q: Tensor, cache_k: Tensor, cache_v: Tensor, out: Tensor, step: Tensor, *,
                     n_heads: int, n_kv_heads: int, head_dim: int, scale: float, window: int = 0, max_ctx: int,
-                    splits: int | None = None, wg: int | None = None, kt: int | None = None,
+                    causal: bool = True, splits: int | None = None, wg: int | None = None, kt: int | None = None,
                     short: int = _SHORT):
     """out = softmax(scale * q k^T + mask) v for q, out f32 [n_tokens, n_heads, head_dim] at positions
     step.pos + t, over the keys 0..step.pos + n_tokens - 1 already stored by kv_store (GQA: q head h uses kv
     head h // (n_heads / n_kv_heads)). Causal; with window > 0 a key k is visible to position p iff
     p - k < window. max_ctx is the caches' slot count (see kv_slots; key k is read from slot k % max_ctx).
+    Output rows of tokens past step.n_tokens are not written.
+
+    causal=False (a vision tower): every query of the run sees every key 0..step.pos + n_tokens - 1, with no
+    mask; window must be 0, and the caches must hold all those keys (max_ctx >= step.pos + n_tokens, e.g. a
+    cache of max_ctx = the token capacity, written by kv_store at pos 0).
 
     Dispatches: 1 when there are enough (token, head) rows to fill the GPU without cutting the keys (prefill),
     else 2 (flash-decoding: key splits, then a combine), or 3 for decode over a cache that can hold more than
@@ -187,12 +192,14 @@ async def attention(g: Graph, q: Tensor, cache_k: Tensor, cache_v: Tensor, out: 
     length returns at once). `splits`, `wg` (threads per workgroup), `kt` (keys per tile) and `short` override
     the plan, for tests and tuning."""
     max_t = _tokens(q, n_heads * head_dim, "q")
+    if not causal and window:
+        raise ValueError(f"window {window}: a sliding window needs causal attention")
     plan = attention_plan(g.device, n_tokens=max_t, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim,
                           window=window, max_ctx=max_ctx, splits=splits, wg=wg, kt=kt, short=short)
     nsplit = plan["splits"]
     consts = dict(HD=head_dim, G=plan["group"], NH=n_heads, NKV=n_kv_heads, R=plan["rows"], WG=plan["wg"], KT=plan["kt"],
-                  NSPLIT=nsplit, ALIGN=plan["align"], CAP=max_ctx, WINDOW=window, SCALE=float(scale), MAXT=max_t,
-                  NKV_MIN=0, NKV_MAX=0xFFFFFFFF)
+                  NSPLIT=nsplit, ALIGN=plan["align"], CAP=max_ctx, WINDOW=window, CAUSAL=bool(causal),
+                  SCALE=float(scale), MAXT=max_t, NKV_MIN=0, NKV_MAX=0xFFFFFFFF)
     grid = (plan["row_tiles"], n_kv_heads, nsplit)
     if nsplit == 1:
         k = await g.device.kernel("attention", entry="main", **consts)
