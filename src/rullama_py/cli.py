@@ -1,7 +1,13 @@
-"""The `rullama` command (native): generate, chat, bench, list, serve.
+"""The `rullama` command (native): generate, chat, bench, list, serve. `python -m rullama_py` is the same.
 
 MODEL is a GGUF path, an Ollama model name (gemma3:270m, gemma4:e2b), an http(s) URL (read with Range
 requests), or "default" for the embedded Gemma 3 270M that the setup installs.
+
+Images (models with a vision tower: Ollama's Gemma 4 blobs, or a text model with --mmproj, a llama.cpp vision
+projector GGUF):
+
+    rullama generate MODEL --image photo.jpg -p "Describe this image."     # --image repeats
+    rullama chat MODEL                                                     # then: /image photo.jpg
 """
 
 from __future__ import annotations
@@ -9,8 +15,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import shlex
+import signal
 import sys
+import threading
 import time
+from dataclasses import dataclass
 
 from .sampling import SamplerParams
 
@@ -31,6 +42,177 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefill-chunk", type=int, default=64, help="tokens per prefill dispatch")
 
 
+IMAGE_TOKEN_BUDGETS = (70, 140, 280, 560, 1120)  # media.SOFT_TOKEN_BUDGETS (kept here: --help stays light)
+
+
+def _image_tokens(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = None
+    if n not in IMAGE_TOKEN_BUDGETS:
+        choices = ", ".join(str(b) for b in IMAGE_TOKEN_BUDGETS[:-1]) + f" or {IMAGE_TOKEN_BUDGETS[-1]}"
+        raise argparse.ArgumentTypeError(f"{text} is not an image token budget: choose {choices}.")
+    return n
+
+
+def _vision_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mmproj", metavar="PATH|URL",
+                   help="a llama.cpp vision projector GGUF for a text-only model (Ollama's Gemma 4 blobs need none)")
+    p.add_argument("--image-tokens", type=_image_tokens, default=280, metavar="N",
+                   help="soft tokens per image: 70, 140, 280 (default), 560 or 1120; more see finer detail")
+
+
+class UserError(Exception):
+    """A problem with what the user asked for; the message is a plain sentence, printed as `error: ...`."""
+
+
+@dataclass
+class Image:
+    """An image file, read and checked (decoded once to learn its size) before it is sent."""
+
+    path: str
+    data: bytes
+    width: int
+    height: int
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path.rstrip("/")) or self.path
+
+    def part(self) -> dict:
+        return {"type": "image", "image": self.data}
+
+
+def read_image(path: str) -> Image:
+    """Read and decode an image file. Raises UserError (no such file, a folder, unreadable) or
+    media.MediaError (not an image we read: SVG, HEIC, damaged, ...), both with a sentence for the user."""
+    from . import media
+
+    full = os.path.expanduser(path)
+    if not os.path.exists(full):
+        raise UserError(f"{path} does not exist.")
+    if os.path.isdir(full):
+        raise UserError(f"{path} is a folder, not an image.")
+    try:
+        with open(full, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise UserError(f"{path} cannot be read: {e.strerror or e}.") from None
+    rgb = media.decode_image(data, name=os.path.basename(path) or path)
+    return Image(path, data, int(rgb.shape[1]), int(rgb.shape[0]))
+
+
+def _path_or_url(x: str) -> str:
+    return x if x.startswith(("http://", "https://")) else os.path.expanduser(x)
+
+
+def _no_vision(model) -> str:
+    return f"{model} has no vision tower; pass --mmproj PATH with a llama.cpp vision projector."
+
+
+async def check_vision(model, mmproj=None) -> None:
+    """Before any weight is loaded: raise UserError when `model` (with `mmproj`) cannot read images. Only the
+    GGUF headers are read."""
+    from .engine import open_model_file
+    from .gguf_file import GGUFFile
+
+    if mmproj:
+        if not mmproj.startswith(("http://", "https://")) and not os.path.isfile(os.path.expanduser(mmproj)):
+            raise UserError(f"--mmproj {mmproj} does not exist.")
+        gf = await GGUFFile.open(_path_or_url(mmproj))
+        what = f"--mmproj {mmproj} is not a vision projector (it has no vision tower)."
+    else:
+        gf = await open_model_file(model)
+        what = _no_vision(model)
+    try:
+        if "v.patch_embd.weight" not in gf:
+            raise UserError(what)
+    finally:
+        await gf.close()
+
+
+class TowerProgress:
+    """The vision tower's progress on one line of stderr: "reading image 1 of 2: layer 5 of 16", rewritten
+    in place (\r) on a terminal, one plain line per report otherwise. Call as engine.chat's `progress`."""
+
+    def __init__(self, stream=None):
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._open = False
+
+    def __call__(self, event: dict) -> None:
+        if event.get("stage") != "image":
+            return
+        msg = (f"reading image {event['index']} of {event['count']}: "  # index counts from 1
+               f"layer {event['layer']} of {event['layers']}")
+        if self.tty:
+            self.stream.write("\r" + msg + "\x1b[K")
+            self._open = True
+        else:
+            self.stream.write(msg + "\n")
+        self.stream.flush()
+
+    def done(self) -> None:
+        """Clear the progress line (before the reply is printed)."""
+        if self._open:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self._open = False
+
+
+class Interrupts:
+    """Ctrl-C while a reply is being made: the first one cancels a running image encode (engine.cancel(),
+    chat then raises Cancelled) and asks the token loop to stop (`hit`); a second one interrupts as usual.
+    Installed as the SIGINT handler for the duration of a `with` block (main thread only)."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.hit = False
+        self._prev = None
+
+    def _on_sigint(self, signum, frame):
+        if self.hit:
+            raise KeyboardInterrupt
+        self.hit = True
+        cancel = getattr(self.engine, "cancel", None)
+        if cancel is not None:
+            cancel()
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._prev = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc):
+        if self._prev is not None:
+            signal.signal(signal.SIGINT, self._prev)
+            self._prev = None
+        return False
+
+
+def _cancelled_error():
+    """engine.Cancelled (the exception chat raises when an image encode is cancelled)."""
+    from . import engine
+
+    return getattr(engine, "Cancelled", ())
+
+
+def _sentence_errors() -> tuple:
+    """Errors whose message is a sentence for the user, printed as `error: <sentence>`: a bad image, an
+    image for a model without a vision tower, an mmproj that does not fit the model."""
+    from . import engine
+    from .media import MediaError
+
+    return (UserError, MediaError) + tuple(getattr(engine, n) for n in ("NoTowerError", "VisionLoadError")
+                                           if hasattr(engine, n))
+
+
+def _has_images(messages) -> bool:
+    return any(isinstance(m.get("content"), list) and any(isinstance(p, dict) and p.get("type") == "image"
+                                                          for p in m["content"]) for m in messages)
+
+
 def _params(a) -> SamplerParams:
     return SamplerParams(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, min_p=a.min_p,
                          repetition_penalty=a.repeat_penalty, seed=a.seed)
@@ -48,56 +230,195 @@ async def _load(a, params=None, quiet=False):
         if quiet:
             return
         if bar is None:
-            bar = tqdm(total=total, unit="B", unit_scale=True, desc="loading weights", file=sys.stderr, leave=False)
+            # disable=None: no bar when stderr is not a terminal (a log file gets no stream of redraws).
+            bar = tqdm(total=total, unit="B", unit_scale=True, desc="loading weights", file=sys.stderr, leave=False,
+                       disable=None)
+        if total != bar.total or done < bar.n:  # the projector's weights after the model's
+            bar.reset(total=total)
         bar.update(done - bar.n)
 
+    kwargs = {}
+    if getattr(a, "mmproj", None):
+        kwargs["mmproj"] = _path_or_url(a.mmproj)
     try:
-        return await Engine.load(a.model, max_context=a.ctx, prefill_chunk=a.prefill_chunk, params=params,
-                                 progress=progress)
+        eng = await Engine.load(a.model, max_context=a.ctx, prefill_chunk=a.prefill_chunk, params=params,
+                                progress=progress, **kwargs)
     finally:
         if bar is not None:
             bar.close()
+    if getattr(a, "image_tokens", None) is not None:
+        eng.image_tokens = a.image_tokens
+    return eng
 
 
 async def _generate(a) -> int:
+    images = [read_image(p) for p in a.image or []]  # fail before any weight is loaded
+    if images:
+        await check_vision(a.model, a.mmproj)
     eng = await _load(a, _params(a))
-    prompt = a.prompt
-    if a.chat:
-        prompt = eng.chat_template.render([{"role": "user", "content": prompt}])
-    async for tok in eng.generate(prompt, max_tokens=a.max_tokens):
-        sys.stdout.write(tok.text)
-        sys.stdout.flush()
+    if images and not eng.has_vision:
+        raise UserError(_no_vision(a.model))
+    tower = TowerProgress()
+    with Interrupts(eng) as intr:
+        try:
+            if images:
+                # One user turn, images first, as a chat app sends it.
+                messages = [{"role": "user", "content": [im.part() for im in images] + [{"type": "text", "text": a.prompt}]}]
+                stream = eng.chat(messages, max_tokens=a.max_tokens, progress=tower)
+            else:
+                prompt = a.prompt
+                if a.chat:
+                    prompt = eng.chat_template.render([{"role": "user", "content": prompt}])
+                stream = eng.generate(prompt, max_tokens=a.max_tokens)
+            try:
+                async for tok in stream:
+                    tower.done()
+                    sys.stdout.write(tok.text)
+                    sys.stdout.flush()
+                    if intr.hit:  # Ctrl-C: the engine stops at its next token too (cancel())
+                        break
+            finally:
+                await stream.aclose()
+        except _cancelled_error():
+            tower.done()
+            print("[cancelled]", file=sys.stderr)
+            return 130
+        finally:
+            tower.done()
+    if intr.hit:
+        print("\n[stopped]", file=sys.stderr)
+        return 130
     s = eng.stats
     print(f"\n[{s.prompt_tokens} prompt tokens {s.prompt_tps:.1f} tok/s, {s.generated_tokens} generated "
           f"{s.generate_tps:.1f} tok/s, stop: {s.finish_reason}]", file=sys.stderr)
     return 0
 
 
+async def _readline() -> str:
+    """A line of stdin without blocking the event loop. A daemon thread, not the loop's executor: after
+    Ctrl-C at the prompt asyncio.run would wait for the executor's thread, that is for an Enter."""
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+
+    def deliver(ok, value):
+        if not fut.done():
+            (fut.set_result if ok else fut.set_exception)(value)
+
+    def work():
+        try:
+            line = sys.stdin.readline()
+        except Exception as e:  # noqa: BLE001 - handed to the awaiting task
+            loop.call_soon_threadsafe(deliver, False, e)
+        else:
+            loop.call_soon_threadsafe(deliver, True, line)
+
+    threading.Thread(target=work, name="rullama-stdin", daemon=True).start()
+    return await fut
+
+
+CHAT_HELP = "chat: type a message; /image PATH attaches an image to the next one, /reset starts over, /exit quits"
+
+
+def _image_path(arg: str) -> str:
+    """The path of an `/image` line: as typed, or unquoted / unescaped the way a terminal pastes a dropped
+    file ('my photo.jpg', my\\ photo.jpg)."""
+    if os.path.exists(os.path.expanduser(arg)):
+        return arg
+    try:
+        words = shlex.split(arg)
+    except ValueError:
+        return arg
+    return words[0] if len(words) == 1 else arg
+
+
 async def _chat(a) -> int:
+    if a.mmproj:
+        await check_vision(a.model, a.mmproj)
     eng = await _load(a, _params(a))
     messages = [{"role": "system", "content": a.system}] if a.system else []
-    print("chat: type a message; /reset starts over, /exit quits", file=sys.stderr)
-    loop = asyncio.get_running_loop()
+    queued: list[Image] = []
+    print(CHAT_HELP, file=sys.stderr)
     while True:
         sys.stderr.write(">>> ")
         sys.stderr.flush()
-        line = await loop.run_in_executor(None, sys.stdin.readline)
-        if not line or line.strip() == "/exit":
+        line = await _readline()
+        cmd = line.strip()
+        if not line or cmd == "/exit":
             return 0
-        if line.strip() == "/reset":
+        if cmd == "/reset":
             messages = messages[:1] if a.system else []
+            queued.clear()
             eng.reset()
             continue
-        if not line.strip():
+        if cmd == "/image" or cmd.startswith(("/image ", "/image\t")):
+            arg = cmd[len("/image"):].strip()
+            if not arg:
+                print("error: /image needs a path, as in /image photo.jpg.", file=sys.stderr)
+            elif not eng.has_vision:
+                print("error: " + _no_vision(a.model), file=sys.stderr)
+            else:
+                from .media import MediaError
+
+                try:
+                    im = read_image(_image_path(arg))
+                except (UserError, MediaError) as e:
+                    print(f"error: {e}", file=sys.stderr)
+                else:
+                    queued.append(im)
+                    print(f"[image attached: {im.name}, {im.width} x {im.height}]", file=sys.stderr)
             continue
-        messages.append({"role": "user", "content": line.rstrip("\n")})
-        reply = []
-        async for tok in eng.chat(messages, max_tokens=a.max_tokens):
-            reply.append(tok.text)
-            sys.stdout.write(tok.text)
-            sys.stdout.flush()
+        if not cmd:
+            continue
+        text = line.rstrip("\n")
+        content = [im.part() for im in queued] + [{"type": "text", "text": text}] if queued else text
+        messages.append({"role": "user", "content": content})
+        n_images, queued = len(queued), []
+        reply, outcome = await _chat_turn(eng, messages, a.max_tokens)
+        if outcome == "cancelled":  # the conversation stays as it was before this message
+            messages.pop()
+            what = f"the message and its image{'s' if n_images > 1 else ''} were" if n_images else "the message was"
+            print(f"[cancelled: {what} not sent]", file=sys.stderr)
+            continue
+        if outcome.startswith("error: "):
+            messages.pop()
+            print(outcome, file=sys.stderr)
+            continue
         print()
-        messages.append({"role": "assistant", "content": "".join(reply)})
+        if outcome == "stopped":
+            print("[stopped]", file=sys.stderr)
+        messages.append({"role": "assistant", "content": reply})
+
+
+async def _chat_turn(eng, messages, max_tokens):
+    """Stream one reply. Returns (reply text, "done" | "stopped" (Ctrl-C during the reply: kept so far) |
+    "cancelled" (Ctrl-C during an image encode: nothing kept) | "error: <sentence>")."""
+    from .engine import ContextOverflowError
+
+    tower = TowerProgress()
+    kwargs = {"max_tokens": max_tokens}
+    if _has_images(messages):
+        kwargs["progress"] = tower
+    reply = []
+    with Interrupts(eng) as intr:
+        stream = eng.chat(messages, **kwargs)
+        try:
+            async for tok in stream:
+                tower.done()
+                reply.append(tok.text)
+                sys.stdout.write(tok.text)
+                sys.stdout.flush()
+                if intr.hit:  # Ctrl-C: the engine stops at its next token too (cancel())
+                    break
+            await stream.aclose()
+        except _cancelled_error():
+            return "", "cancelled"
+        except _sentence_errors() as e:
+            return "", f"error: {e}"
+        except ContextOverflowError as e:
+            return "", f"error: {e} (/reset starts over)"
+        finally:
+            tower.done()
+    return "".join(reply), ("stopped" if intr.hit else "done")
 
 
 async def _bench(a) -> int:
@@ -172,10 +493,15 @@ def main(argv=None) -> int:
     g.add_argument("--prompt", "-p", required=True)
     g.add_argument("--max-tokens", "-n", type=int, default=256)
     g.add_argument("--chat", action="store_true", help="wrap the prompt as a user turn of the chat template")
+    g.add_argument("--image", action="append", metavar="PATH",
+                   help="an image to show the model (repeatable); the images and the prompt become one user "
+                        "turn of the chat template, images first")
+    _vision_args(g)
 
-    c = sub.add_parser("chat", help="interactive chat")
+    c = sub.add_parser("chat", help="interactive chat (/image PATH attaches an image)")
     _model_args(c)
     _sampling_args(c)
+    _vision_args(c)
     c.add_argument("--system", default="", help="system prompt")
     c.add_argument("--max-tokens", "-n", type=int, default=1024)
 
@@ -193,10 +519,15 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.cmd == "list":
         return _list(a)
+    sentences = _sentence_errors()
     try:
         return asyncio.run({"generate": _generate, "chat": _chat, "bench": _bench}[a.cmd](a))
     except KeyboardInterrupt:
+        print(file=sys.stderr)
         return 130
+    except sentences as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except (OSError, ValueError, RuntimeError, LookupError) as e:  # our errors are all of these kinds, with clear messages
         print(f"rullama: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

@@ -1,0 +1,463 @@
+"""The `rullama` command (src/rullama_py/cli.py) and `python -m rullama_py`: argument parsing and the error
+sentences, images in generate and chat (against a stub engine, and end to end on the tiny vision model), the
+vision tower's progress line, Ctrl-C during an image encode, and the XDG_RUNTIME_DIR fix for the Vulkan
+stack's noise."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from conftest import require
+from rullama_py import _backend, cli, engine as engine_mod, media
+from rullama_py.engine import Stats, Token
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+TINY_TEXT = FIXTURES / "gemma4_tiny_e2b_f32.gguf"
+TINY_VISION = FIXTURES / "gemma4_tiny_vision_f32.gguf"
+STATS_LINE = re.compile(r"^\[\d+ prompt tokens [\d.]+ tok/s, \d+ generated [\d.]+ tok/s, stop: \w+\]$")
+
+
+def _png(path: Path, w: int = 64, h: int = 48, color=(200, 10, 10)) -> Path:
+    from PIL import Image
+
+    Image.new("RGB", (w, h), color).save(path)
+    return path
+
+
+def _gguf(path: Path, tensors: dict[str, tuple], arch: str = "clip") -> Path:
+    """A minimal GGUF with the named F32 tensors (zeros of the given shapes)."""
+    import gguf
+    import numpy as np
+
+    w = gguf.GGUFWriter(str(path), arch)
+    for name, shape in tensors.items():
+        w.add_tensor(name, np.zeros(shape, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+class Cancelled(Exception):
+    pass
+
+
+class FakeEngine:
+    """What the CLI programs against (engine.Engine's API), recording what it is given. Its tower has
+    `layers` layers; `on_layer(engine, image_index, layer)` is a hook called between them."""
+
+    def __init__(self, has_vision=True, layers=3, reply="ok!"):
+        self.has_vision = has_vision
+        self.layers = layers
+        self.reply = reply
+        self.image_tokens = 280
+        self.calls: list[tuple] = []
+        self.cancelled = False
+        self.resets = 0
+        self.on_layer = None
+        self.stats = Stats()
+        self.seen_images = 0  # images already "in the cache": only new ones go through the tower
+
+    def cancel(self):
+        self.cancelled = True
+
+    def reset(self):
+        self.resets += 1
+        self.seen_images = 0
+
+    async def generate(self, prompt, *, max_tokens=256):
+        self.calls.append(("generate", prompt, {"max_tokens": max_tokens}))
+        for ch in self.reply[:max_tokens]:
+            yield Token(1, ch)
+        self.stats = Stats(prompt_tokens=3, prompt_seconds=0.1, generated_tokens=len(self.reply), generate_seconds=0.1,
+                           finish_reason="length")
+
+    async def chat(self, messages, *, max_tokens=512, **kwargs):
+        self.cancelled = False
+        self.calls.append(("chat", [dict(m) for m in messages], dict(kwargs, max_tokens=max_tokens)))
+        images = [p for m in messages if isinstance(m["content"], list) for p in m["content"] if p["type"] == "image"]
+        new = images[self.seen_images:]
+        progress = kwargs.get("progress")
+        for i, _ in enumerate(new):
+            for layer in range(self.layers + 1):
+                if self.cancelled:
+                    raise engine_mod.Cancelled("image encoding was cancelled")
+                if progress is not None:
+                    progress({"stage": "image", "index": i + 1, "count": len(new), "layer": layer, "layers": self.layers})
+                if self.on_layer is not None:
+                    self.on_layer(self, i, layer)
+        self.seen_images = len(images)
+        for ch in self.reply:
+            yield Token(1, ch)
+            if self.cancelled:
+                break
+        self.stats = Stats(prompt_tokens=7, prompt_seconds=0.1, generated_tokens=len(self.reply), generate_seconds=0.1,
+                           finish_reason="stop")
+
+
+@pytest.fixture()
+def fake(monkeypatch):
+    """cli's Engine.load returns a FakeEngine; `fake.load_kwargs` records how it was called."""
+    eng = FakeEngine()
+    eng.load_kwargs = None
+
+    async def load(model, **kwargs):
+        eng.load_kwargs = dict(kwargs, model=model)
+        return eng
+
+    monkeypatch.setattr(engine_mod.Engine, "load", staticmethod(load))
+    if not hasattr(engine_mod, "Cancelled"):
+        monkeypatch.setattr(engine_mod, "Cancelled", Cancelled, raising=False)
+    return eng
+
+
+@pytest.fixture()
+def no_engine(monkeypatch):
+    """Any attempt to load weights fails the test: the errors must come first."""
+
+    async def load(*args, **kwargs):
+        raise AssertionError("the model was loaded although the command should have stopped before")
+
+    monkeypatch.setattr(engine_mod.Engine, "load", staticmethod(load))
+
+
+def _chat(monkeypatch, capsys, script: str, *args) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(script))
+    rc = cli.main(["chat", "model.gguf", *args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+# -- python -m rullama_py -----------------------------------------------------------------------------------
+
+def test_python_m_is_the_rullama_command():
+    run = lambda *args: subprocess.run([sys.executable, "-m", "rullama_py", *args], capture_output=True, text=True,  # noqa: E731
+                                       timeout=60, cwd=ROOT)
+    r = run("--help")
+    assert r.returncode == 0 and r.stdout.startswith("usage: rullama ") and "generate" in r.stdout
+    script = Path(sys.executable).parent / "rullama"
+    if script.exists():  # the console script of the venv: the same text
+        assert subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60).stdout == r.stdout
+    r = run("generate", "--help")
+    assert r.returncode == 0 and "--image PATH" in r.stdout and "--image-tokens N" in r.stdout and "--mmproj" in r.stdout
+    r = run("serve", "--help")
+    assert r.returncode == 0 and r.stdout.startswith("usage: rullama serve") and "--mmproj PATH" in r.stdout
+    r = run("generate", "model.gguf", "-p", "x", "--image-tokens", "12")
+    assert r.returncode == 2 and "12 is not an image token budget" in r.stderr
+
+
+# -- argument parsing and the error sentences ---------------------------------------------------------------
+
+def test_image_token_budgets_are_the_media_ones():
+    assert cli.IMAGE_TOKEN_BUDGETS == media.SOFT_TOKEN_BUDGETS
+    for n in media.SOFT_TOKEN_BUDGETS:
+        assert cli._image_tokens(str(n)) == n
+
+
+@pytest.mark.parametrize("value", ["100", "0", "-70", "281", "2240", "abc", "280.0", ""])
+def test_bad_image_tokens_are_refused_with_a_sentence(value, capsys, no_engine):
+    for cmd in (["generate", "m.gguf", "-p", "x"], ["chat", "m.gguf"]):
+        with pytest.raises(SystemExit) as e:
+            cli.main([*cmd, "--image-tokens", value])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument --image-tokens: {value} is not an image token budget: choose 70, 140, 280, 560 or 1120." in err
+
+
+def test_image_errors_come_before_the_model_loads(tmp_path, capsys, no_engine):
+    svg = tmp_path / "logo.svg"
+    svg.write_text('<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>')
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello\n")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    damaged = tmp_path / "damaged.png"
+    damaged.write_bytes(_png(tmp_path / "ok.png").read_bytes()[:60])
+    cases = [
+        (tmp_path / "missing.jpg", f"error: {tmp_path / 'missing.jpg'} does not exist."),
+        (tmp_path, f"error: {tmp_path} is a folder, not an image."),
+        (svg, "error: logo.svg is an SVG image, and SVG is not supported: convert it to PNG and try again."),
+        (notes, "error: notes.txt is not an image: it contains text."),
+        (empty, "error: empty.png is empty (0 bytes)."),
+        (damaged, "error: damaged.png is damaged"),
+    ]
+    for path, sentence in cases:
+        rc = cli.main(["generate", str(TINY_TEXT), "-p", "x", "--image", str(tmp_path / "ok.png"), "--image", str(path)])
+        err = capsys.readouterr().err
+        assert rc == 1 and err.startswith(sentence), (path, err)
+        assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_a_model_without_a_vision_tower_is_named_before_loading(tmp_path, capsys, no_engine):
+    png = _png(tmp_path / "red.png")
+    rc = cli.main(["generate", str(TINY_TEXT), "-p", "Describe this image.", "--image", str(png)])
+    assert rc == 1
+    assert capsys.readouterr().err == (f"error: {TINY_TEXT} has no vision tower; pass --mmproj PATH with a llama.cpp "
+                                       "vision projector.\n")
+
+
+def test_mmproj_errors(tmp_path, capsys, no_engine):
+    png = _png(tmp_path / "red.png")
+    base = ["generate", str(TINY_TEXT), "-p", "x", "--image", str(png)]
+    assert cli.main([*base, "--mmproj", str(tmp_path / "nope.gguf")]) == 1
+    assert capsys.readouterr().err == f"error: --mmproj {tmp_path / 'nope.gguf'} does not exist.\n"
+    assert cli.main([*base, "--mmproj", str(TINY_TEXT)]) == 1  # a GGUF, but no vision tower in it
+    assert capsys.readouterr().err == f"error: --mmproj {TINY_TEXT} is not a vision projector (it has no vision tower).\n"
+    assert cli.main(["chat", str(TINY_TEXT), "--mmproj", str(TINY_TEXT)]) == 1
+    assert "is not a vision projector" in capsys.readouterr().err
+
+
+async def test_check_vision_reads_only_headers(tmp_path):
+    mmproj = _gguf(tmp_path / "mmproj.gguf", {"v.patch_embd.weight": (4, 8)})
+    await cli.check_vision(str(TINY_TEXT), str(mmproj))  # a projector: no error
+    with pytest.raises(cli.UserError, match="has no vision tower"):
+        await cli.check_vision(str(TINY_TEXT))
+    if TINY_VISION.exists():
+        await cli.check_vision(str(TINY_VISION))  # the tower inside the model file (Ollama's layout)
+
+
+# -- generate with images (stub engine) ---------------------------------------------------------------------
+
+def test_generate_images_make_one_user_turn(tmp_path, capsys, fake, monkeypatch):
+    a, b = _png(tmp_path / "a.png"), _png(tmp_path / "b.png", 30, 90, (0, 0, 255))
+    monkeypatch.setattr(cli, "check_vision", _async_none)
+    rc = cli.main(["generate", "model.gguf", "--image", str(a), "--image", str(b), "-p", "Describe these.",
+                   "--image-tokens", "560", "--mmproj", "proj.gguf", "-n", "9"])
+    out, err = capsys.readouterr()
+    assert rc == 0 and out == "ok!"  # the newline goes to stderr, before the stats
+    assert fake.load_kwargs["mmproj"] == "proj.gguf" and fake.image_tokens == 560
+    (kind, messages, kwargs), = fake.calls
+    assert kind == "chat" and kwargs["max_tokens"] == 9 and callable(kwargs["progress"])
+    assert messages == [{"role": "user", "content": [{"type": "image", "image": a.read_bytes()},
+                                                     {"type": "image", "image": b.read_bytes()},
+                                                     {"type": "text", "text": "Describe these."}]}]
+    lines = err.splitlines()
+    # stderr is not a terminal here: one plain line per report, then the stats.
+    assert lines[:4] == [f"reading image 1 of 2: layer {i} of 3" for i in range(4)]
+    assert lines[4:8] == [f"reading image 2 of 2: layer {i} of 3" for i in range(4)]
+    assert lines[8] == "" and STATS_LINE.match(lines[9]) and len(lines) == 10
+
+
+def test_generate_without_images_is_unchanged(capsys, fake):
+    assert cli.main(["generate", "model.gguf", "-p", "The capital of France is", "-n", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "ok" and STATS_LINE.match(err.strip())
+    assert fake.calls == [("generate", "The capital of France is", {"max_tokens": 2})]
+    assert "mmproj" not in fake.load_kwargs
+
+
+def test_generate_image_on_a_model_without_vision(tmp_path, capsys, fake, monkeypatch):
+    """When the headers did not tell (the check passed), has_vision after loading does."""
+    fake.has_vision = False
+    monkeypatch.setattr(cli, "check_vision", _async_none)
+    assert cli.main(["generate", "gemma3:270m", "-p", "x", "--image", str(_png(tmp_path / "a.png"))]) == 1
+    assert capsys.readouterr().err.endswith("error: gemma3:270m has no vision tower; pass --mmproj PATH with a "
+                                            "llama.cpp vision projector.\n")
+    assert fake.calls == []
+
+
+def test_engine_sentences_are_printed_as_errors(tmp_path, capsys, fake, monkeypatch):
+    async def chat(messages, **kwargs):
+        raise media.MediaError("a.png is too large: 20000 x 20000 pixels is more than 100 megapixels. Use a smaller image.")
+        yield
+
+    fake.chat = chat
+    monkeypatch.setattr(cli, "check_vision", _async_none)
+    assert cli.main(["generate", "m.gguf", "-p", "x", "--image", str(_png(tmp_path / "a.png"))]) == 1
+    assert capsys.readouterr().err == "error: a.png is too large: 20000 x 20000 pixels is more than 100 megapixels. Use a smaller image.\n"
+
+
+async def _async_none(*args, **kwargs):
+    return None
+
+
+# -- the progress line ----------------------------------------------------------------------------------------
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_tower_progress_rewrites_one_line_on_a_terminal():
+    term = _Terminal()
+    p = cli.TowerProgress(term)
+    p({"stage": "image", "index": 1, "count": 2, "layer": 5, "layers": 16})
+    p({"stage": "image", "index": 2, "count": 2, "layer": 16, "layers": 16})
+    p({"stage": "audio", "index": 1, "count": 1, "layer": 1, "layers": 2})  # not ours to show
+    p.done()
+    p.done()  # twice: nothing more
+    assert term.getvalue() == ("\rreading image 1 of 2: layer 5 of 16\x1b[K\rreading image 2 of 2: layer 16 of 16\x1b[K"
+                               "\r\x1b[K")
+    plain = io.StringIO()
+    p = cli.TowerProgress(plain)
+    p({"stage": "image", "index": 1, "count": 2, "layer": 5, "layers": 16})
+    p.done()
+    assert plain.getvalue() == "reading image 1 of 2: layer 5 of 16\n"
+
+
+# -- chat: /image, the queue, Ctrl-C ----------------------------------------------------------------------------
+
+def test_chat_image_queue(tmp_path, capsys, fake, monkeypatch):
+    red, blue = _png(tmp_path / "red.png"), _png(tmp_path / "my blue.png", 20, 10, (0, 0, 255))
+    svg = tmp_path / "x.svg"
+    svg.write_text("<svg xmlns='http://www.w3.org/2000/svg'/>")
+    script = "\n".join([
+        f"/image {red}",
+        f"/image {tmp_path / 'missing.png'}",   # an error: the queue is kept
+        f"/image {svg}",                         # an error: the queue is kept
+        "/image",
+        f"/image '{blue}'",                      # quoted, as a terminal pastes a dropped file
+        "What is in these?",
+        "And now?",                              # no image: plain text
+        f"/image {red}",
+        "/reset",                                # the queue goes too
+        "plain",
+        "/exit",
+    ]) + "\n"
+    rc, out, err = _chat(monkeypatch, capsys, script, "--image-tokens", "70")
+    assert rc == 0 and fake.image_tokens == 70
+    assert "[image attached: red.png, 64 x 48]" in err and "[image attached: my blue.png, 20 x 10]" in err
+    assert f"error: {tmp_path / 'missing.png'} does not exist." in err
+    assert "error: x.svg is an SVG image, and SVG is not supported" in err
+    assert "error: /image needs a path, as in /image photo.jpg." in err
+    first, second, third = fake.calls
+    assert first[1] == [{"role": "user", "content": [{"type": "image", "image": red.read_bytes()},
+                                                     {"type": "image", "image": blue.read_bytes()},
+                                                     {"type": "text", "text": "What is in these?"}]}]
+    assert callable(first[2]["progress"])
+    assert second[1][1:] == [{"role": "assistant", "content": "ok!"}, {"role": "user", "content": "And now?"}]
+    assert third[1] == [{"role": "user", "content": "plain"}] and "progress" not in third[2] and fake.resets == 1
+    assert out == "ok!\n" * 3
+    assert err.count("reading image 1 of 2: layer 3 of 3") == 1 and err.count("reading image 2 of 2") == 4
+
+
+def test_chat_image_on_a_model_without_vision(tmp_path, capsys, fake, monkeypatch):
+    fake.has_vision = False
+    rc, out, err = _chat(monkeypatch, capsys, f"/image {_png(tmp_path / 'a.png')}\nhi\n/exit\n")
+    assert rc == 0 and "error: model.gguf has no vision tower; pass --mmproj PATH" in err
+    assert fake.calls[0][1] == [{"role": "user", "content": "hi"}]
+
+
+def test_ctrl_c_during_an_image_encode_returns_to_the_prompt(tmp_path, capsys, fake, monkeypatch):
+    """SIGINT while the tower runs: engine.cancel(), chat raises Cancelled, the message and its image are
+    dropped, and the conversation goes on from where it was."""
+    red = _png(tmp_path / "red.png")
+
+    def interrupt(eng, image, layer):
+        if layer == 1 and len(eng.calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    fake.on_layer = interrupt
+    before = signal.getsignal(signal.SIGINT)
+    rc, out, err = _chat(monkeypatch, capsys, f"first\n/image {red}\nlook at this\nsecond\n/exit\n")
+    assert rc == 0 and signal.getsignal(signal.SIGINT) is before
+    assert "[cancelled: the message and its image were not sent]" in err
+    assert "reading image 1 of 1: layer 1 of 3" in err and "layer 2 of 3" not in err
+    assert [c[1] for c in fake.calls][2] == [{"role": "user", "content": "first"}, {"role": "assistant", "content": "ok!"},
+                                             {"role": "user", "content": "second"}]
+    assert out == "ok!\nok!\n"
+
+
+def test_ctrl_c_during_a_reply_stops_it_and_keeps_it(capsys, fake, monkeypatch):
+    fake.reply = "abcdefgh"
+    orig = fake.chat
+
+    async def chat(messages, **kwargs):
+        async for t in orig(messages, **kwargs):
+            if t.text == "c" and len(fake.calls) == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+            yield t
+
+    fake.chat = chat
+    rc, out, err = _chat(monkeypatch, capsys, "one\ntwo\n/exit\n")
+    assert rc == 0 and "[stopped]" in err
+    assert out.startswith("abc") and len(out.split("\n")[0]) < 8
+    assert fake.calls[1][1][1] == {"role": "assistant", "content": out.split("\n")[0]}
+
+
+# -- XDG_RUNTIME_DIR -----------------------------------------------------------------------------------------
+
+def test_runtime_dir_is_set_only_when_missing_or_invalid(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    mine = f"rullama-runtime-{os.getuid()}"
+    good = tmp_path / "run"
+    good.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(good))
+    assert _backend.ensure_runtime_dir() is None and os.environ["XDG_RUNTIME_DIR"] == str(good)
+    for bad in (None, "", "relative/dir", str(tmp_path / "absent"), str(TINY_TEXT)):
+        if bad is None:
+            monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+        else:
+            monkeypatch.setenv("XDG_RUNTIME_DIR", bad)
+        path = _backend.ensure_runtime_dir()
+        assert path == str(tmp_path / mine) == os.environ["XDG_RUNTIME_DIR"], bad
+        st = os.lstat(path)
+        assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.getuid()
+    os.chmod(tmp_path / mine, 0o755)  # opened up by someone: closed again
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    assert stat.S_IMODE(os.lstat(_backend.ensure_runtime_dir()).st_mode) == 0o700
+    # A symlink planted where our folder goes is not followed: a fresh private folder instead.
+    os.rmdir(tmp_path / mine)
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", tmp_path / mine)
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    path = _backend.ensure_runtime_dir()
+    assert path != str(tmp_path / mine) and Path(path).parent == tmp_path
+    assert stat.S_IMODE(os.lstat(path).st_mode) == 0o700
+
+
+def test_no_vulkan_noise_without_xdg_runtime_dir():
+    """A plain generate with XDG_RUNTIME_DIR unset writes nothing to stderr but our own stats line (the
+    Vulkan stack printed "error: XDG_RUNTIME_DIR is invalid or not set in the environment." twice)."""
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    r = subprocess.run([sys.executable, "-m", "rullama_py", "generate", str(TINY_TEXT), "-p", "hi", "-n", "2",
+                        "--temperature", "0"], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    require(None if "no WebGPU adapter" not in r.stderr else r.stderr.strip(), "the native generate test")
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and STATS_LINE.match(lines[0]), r.stderr
+    assert "XDG_RUNTIME_DIR" not in r.stderr and r.stdout
+
+
+# -- end to end on the tiny vision model ---------------------------------------------------------------------
+
+def test_generate_image_end_to_end_equals_the_engine(tmp_path):
+    """`rullama generate MODEL --image PHOTO` on the tiny vision model prints the engine's own greedy tokens
+    for the same one-turn conversation."""
+    require(None if TINY_VISION.exists() else f"{TINY_VISION} is not generated yet", "the vision CLI test")
+    from conftest import run
+    from rullama_py.engine import Engine
+    from rullama_py.sampling import SamplerParams
+
+    png = _png(tmp_path / "photo.png", 80, 56, (30, 140, 220))
+    prompt, n = "Describe this image.", 12
+
+    async def direct():
+        eng = await Engine.load(str(TINY_VISION), max_context=4096, params=SamplerParams(temperature=0.0))
+        eng.image_tokens = 70
+        messages = [{"role": "user", "content": [{"type": "image", "image": png.read_bytes()},
+                                                 {"type": "text", "text": prompt}]}]
+        return [t async for t in eng.chat(messages, max_tokens=n)]
+
+    want = run(direct())
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    r = subprocess.run([sys.executable, "-m", "rullama_py", "generate", str(TINY_VISION), "--image", str(png),
+                        "-p", prompt, "-n", str(n), "--temperature", "0", "--image-tokens", "70"],
+                       capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "".join(t.text for t in want)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert lines[0].startswith("reading image 1 of 1: layer 0 of ") and STATS_LINE.match(lines[-1])
+    assert all(line.startswith("reading image 1 of 1: layer ") for line in lines[:-1]), r.stderr
