@@ -26,7 +26,7 @@ from .chat import chat_template_for
 from .config import vision_config
 from .gguf_file import GGUFFile
 from .gpu import Device, Readback, Tensor, default_device
-from .models.gemma import ContextOverflowError, Gemma
+from .models.gemma import ContextOverflowError, Gemma, chunk_soft
 from .models.gemma_vision import Cancelled, GemmaVision, VisionLoadError
 from .sampling import Sampler, SamplerParams
 from .sources import Source
@@ -243,9 +243,7 @@ class Engine:
             run = m.prefill if len(ids) - done > 1 else m.decode
             chunk = ids[done: done + run.capacity]
             end = done + len(chunk)
-            rows = [(max(off, done) - done, t, max(off, done) - off, min(off + n, end) - max(off, done))
-                    for off, t, n in soft if off < end and off + n > done]
-            await m.write_inputs(run, chunk, pos, rows)
+            await m.write_inputs(run, chunk, pos, chunk_soft(soft, done, end))
             if end < len(ids):
                 m.write_step(pos, len(chunk))
                 self.device.submit(run.graph)

@@ -359,18 +359,32 @@ class Gemma:
             rows.append(row)
         return np.stack(rows).astype(np.float32, copy=False)
 
-    async def forward(self, ids, pos: int) -> np.ndarray:
+    async def forward(self, ids, pos: int, soft=()) -> np.ndarray:
         """Run `ids` at positions pos.. through the model (prefill chunks as needed) and return the last
-        token's logits. For tests and tools: generation uses Engine, which samples on the GPU instead."""
+        token's logits; `soft` as in chunk_soft. For tests and tools: generation uses Engine, which samples on
+        the GPU instead."""
         ids = list(ids)
-        while ids:
-            run = self.prefill if len(ids) > 1 else self.decode
-            chunk, ids = ids[: run.capacity], ids[run.capacity :]
-            await self.write_inputs(run, chunk, pos)
+        done = 0
+        while done < len(ids):
+            run = self.prefill if len(ids) - done > 1 else self.decode
+            chunk = ids[done: done + run.capacity]
+            await self.write_inputs(run, chunk, pos, chunk_soft(soft, done, done + len(chunk)))
             self.write_step(pos, len(chunk))
             self.device.submit(run.graph)
             pos += len(chunk)
+            done += len(chunk)
         return (await self.device.read(self.logits))[0]
+
+
+def chunk_soft(soft, start: int, end: int) -> list:
+    """The part of `soft` that falls in ids[start:end], as write_inputs rows. `soft` lists blocks of soft
+    tokens over a sequence of ids as (offset, tensor, n): ids[offset:offset + n] take rows 0..n-1 of tensor."""
+    rows = []
+    for off, t, n in soft:
+        lo, hi = max(off, start), min(off + n, end)
+        if lo < hi:
+            rows.append((lo - start, t, lo - off, hi - lo))
+    return rows
 
 
 class ContextOverflowError(ValueError):
