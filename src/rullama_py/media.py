@@ -171,7 +171,7 @@ def _open_rgb(data: bytes, name: str):
         except UnidentifiedImageError:
             raise _unsupported(name, data) from None
         except Exception:  # noqa: BLE001 - a header Pillow recognised but could not parse
-            raise MediaError(f"{name} is damaged: its header could not be read.") from None
+            raise MediaError(f"{name} is damaged or incomplete: it could not be decoded.") from None
         w, h = im.size
         if w < 1 or h < 1:
             raise MediaError(f"{name} has no pixels ({w} x {h}).")
@@ -184,7 +184,7 @@ def _open_rgb(data: bytes, name: str):
         except MemoryError:
             raise MediaError(f"{name} is too large to decode in the memory available.") from None
         except Exception:  # noqa: BLE001 - truncated data, bad compressed stream, broken chunk, ...
-            raise MediaError(f"{name} is damaged or incomplete: its pixel data could not be decoded.") from None
+            raise MediaError(f"{name} is damaged or incomplete: it could not be decoded.") from None
         try:
             im = ImageOps.exif_transpose(im)
         except Exception:  # noqa: BLE001 - a broken EXIF block: keep the image as stored
