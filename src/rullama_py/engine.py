@@ -126,20 +126,18 @@ async def open_model_file(model) -> GGUFFile:
 
 
 async def _vision_file(gf: GGUFFile, mmproj, text_d_model: int) -> GGUFFile | None:
-    """The file that holds the vision tower: the mmproj when one is given (checked against the text model's
-    width now, so a wrong pairing fails at load), else the model file itself when it carries `v.*` tensors."""
+    """The file that holds the vision tower: the mmproj when one is given, else the model file itself when it
+    carries `v.*` tensors. Checked now, from the header, so a wrong pairing or an unsupported tensor type
+    fails at load with a sentence rather than at the first image."""
     if mmproj is None:
-        return gf if vision_config(gf.metadata) is not None and "v.patch_embd.weight" in gf else None
-    mm = mmproj if isinstance(mmproj, GGUFFile) else await GGUFFile.open(mmproj)
-    name = mm.source.name
-    if vision_config(mm.metadata) is None or "v.patch_embd.weight" not in mm:
-        raise VisionLoadError(f"{name} is not a vision projector (it has no clip.vision keys or v.* tensors)")
-    if "mm.input_projection.weight" not in mm:
-        raise VisionLoadError(f"{name} lacks mm.input_projection.weight, the projection to the text model")
-    width = mm.info("mm.input_projection.weight").n_rows
-    if width != text_d_model:
-        raise VisionLoadError(f"{name} projects images to width {width}, but the text model is {text_d_model} "
-                              "wide: this mmproj belongs to another model")
+        if vision_config(gf.metadata) is None or "v.patch_embd.weight" not in gf:
+            return None
+        mm = gf
+    else:
+        mm = mmproj if isinstance(mmproj, GGUFFile) else await GGUFFile.open(mmproj)
+        if vision_config(mm.metadata) is None or "v.patch_embd.weight" not in mm:
+            raise VisionLoadError(f"{mm.source.name} is not a vision projector (no clip.vision keys or v.* tensors)")
+    GemmaVision.validate(mm, text_d_model)
     return mm
 
 

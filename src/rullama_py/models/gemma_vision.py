@@ -89,6 +89,15 @@ class TowerRun:
         return [self.step, self.patches, self.pos_x, self.pos_y, self.positions, self.grid, self.out, *self.bufs.values()]
 
 
+def tensor_names(c: VisionConfig) -> list[str]:
+    """Every tensor the tower needs (clamp scalars and std_bias/std_scale are optional)."""
+    names = ["v.patch_embd.weight", "v.position_embd.weight", "mm.input_projection.weight"]
+    for l in range(c.n_layers):
+        names += [f"v.blk.{l}.{s}.weight" for s in ("ln1", "attn_q_norm", "attn_k_norm", "attn_post_norm", "ln2",
+                                                    "ffn_post_norm", *LINEARS)]
+    return names
+
+
 def vision_config_from(gf: GGUFFile) -> VisionConfig | None:
     """The vision tower's configuration from a model file (`<arch>.vision.*`) or an mmproj (`clip.vision.*`)."""
     from ..config import vision_config
@@ -114,39 +123,37 @@ class GemmaVision:
     # -- loading -------------------------------------------------------------------------------------------
     @classmethod
     async def load(cls, gf: GGUFFile, device: Device, *, text_d_model: int, progress=None) -> "GemmaVision":
-        cfg = vision_config_from(gf)
-        if cfg is None:
-            raise VisionLoadError(f"{gf.source.name} has no vision tower")
-        t = cls(cfg, device, gf, text_d_model)
-        t._check()
+        t = cls(cls.validate(gf, text_d_model), device, gf, text_d_model)
         await t._upload(progress)
         return t
 
     def _names(self) -> list[str]:
-        names = ["v.patch_embd.weight", "v.position_embd.weight", "mm.input_projection.weight"]
-        for l in range(self.cfg.n_layers):
-            names += [f"v.blk.{l}.{s}.weight" for s in ("ln1", "attn_q_norm", "attn_k_norm", "attn_post_norm", "ln2",
-                                                        "ffn_post_norm", *LINEARS)]
-        return names
+        return tensor_names(self.cfg)
 
-    def _check(self) -> None:
-        gf, c = self.gguf, self.cfg
+    @staticmethod
+    def validate(gf: GGUFFile, text_d_model: int) -> VisionConfig:
+        """The tower's configuration, after checking (from the header alone, so at model load) that every
+        tensor is there, of a supported type and shape, and that the projection fits the text model."""
+        c = vision_config_from(gf)
         name = gf.source.name
-        missing = [n for n in self._names() if n not in gf]
+        if c is None:
+            raise VisionLoadError(f"{name} has no vision tower")
+        missing = [n for n in tensor_names(c) if n not in gf]
         if missing:
             raise VisionLoadError(f"{name}: the vision tower lacks tensors {', '.join(missing[:6])}"
                                   + (" ..." if len(missing) > 6 else ""))
-        if c.d_model % c.n_heads or (self.head_dim % 8) or (self.head_dim // 8) & (self.head_dim // 8 - 1):
+        hd = c.d_model // max(c.n_heads, 1)
+        if c.n_heads < 1 or c.d_model % c.n_heads or hd % 8 or (hd // 8) & (hd // 8 - 1):
             raise VisionLoadError(f"{name}: vision head size {c.d_model}/{c.n_heads} is not supported "
                                   "(8 times a power of two)")
         proj = gf.info("mm.input_projection.weight")
         if proj.shape[-1] != c.d_model:
             raise VisionLoadError(f"{name}: the vision projection takes {proj.shape[-1]} inputs but the tower is "
                                   f"{c.d_model} wide")
-        if proj.n_rows != self.text_d_model:
+        if proj.n_rows != text_d_model:
             raise VisionLoadError(f"{name}: the vision projector outputs width {proj.n_rows}, but the text model's "
-                                  f"width is {self.text_d_model}: this mmproj belongs to another model")
-        for n in self._names():
+                                  f"width is {text_d_model}: this mmproj belongs to another model")
+        for n in tensor_names(c):
             info = gf.info(n)
             if info.type_name not in QUANT_TYPES:
                 raise VisionLoadError(f"{name}: tensor {n} has type {info.type_name.upper()}, which rullama-py "
@@ -155,6 +162,7 @@ class GemmaVision:
         if patch.n_elements != c.d_model * 3 * c.patch_size ** 2:
             raise VisionLoadError(f"{name}: v.patch_embd.weight has shape {patch.shape}; expected "
                                   f"{c.d_model} x 3 x {c.patch_size} x {c.patch_size}")
+        return c
 
     async def _upload(self, progress) -> None:
         gf, dev, c = self.gguf, self.device, self.cfg
