@@ -159,7 +159,7 @@ class Engine:
         self._decode_cb = None  # the next decode step's command buffer, encoded ahead
         self._fingerprint = b""
         self.vision_file: GGUFFile | None = None  # the file holding the vision tower: the model's own or an mmproj
-        self.image_tokens = 280  # soft-token budget per image (media.SOFT_TOKEN_BUDGETS)
+        self._image_tokens = 280
         self.spans: list[MediaSpan] = []  # soft-token blocks among self.tokens
         self._vision: GemmaVision | None = None  # built on the first image, freed by release_towers()
         self._prepared: dict[str, media.PreparedImage] = {}  # recent images by key (history is re-sent each turn)
@@ -197,6 +197,16 @@ class Engine:
     @property
     def max_context(self) -> int:
         return self.model.max_context
+
+    @property
+    def image_tokens(self) -> int:
+        """Soft tokens per image at most (70, 140, 280, 560 or 1120): more read finer detail and cost more."""
+        return self._image_tokens
+
+    @image_tokens.setter
+    def image_tokens(self, n: int) -> None:
+        media._check_budget(n)
+        self._image_tokens = int(n)
 
     @property
     def has_vision(self) -> bool:
@@ -422,7 +432,9 @@ class Engine:
         key = f"{hashlib.sha256(data).hexdigest()[:32]}/{self.image_tokens}"
         prepared = self._prepared.pop(key, None)
         if prepared is None:
-            prepared = media.prepare_image(data, budget=self.image_tokens)
+            c = vision_config(self.vision_file.metadata)
+            prepared = media.prepare_image(data, budget=self.image_tokens, patch_size=c.patch_size,
+                                           pooling=c.projector_scale_factor)
         self._prepared[key] = prepared  # most recent last; a few kept for the history re-sent each turn
         while len(self._prepared) > 4:
             self._prepared.pop(next(iter(self._prepared)))
