@@ -24,6 +24,25 @@ def rope(x, pos0, *, base, n_rot=None, freq_factors=None, freq_scale=1.0):
     return out
 
 
+def rope_2d(x, positions, *, base):
+    """Axial 2-D rotary embedding of Gemma 4's vision tower (HF Gemma4VisionRotaryEmbedding with
+    apply_multidimensional_rope): x [T, H, D], positions [T, 2] = (px, py). The head splits into halves, the
+    first turned by px and the second by py, each a NeoX rotation of its own over pairs (i, i + D/4) with
+    theta_i = p * base^(-2i / (D/2)), i < D/4."""
+    x = np.asarray(x, np.float64)
+    d = x.shape[-1]
+    half, q = d // 2, d // 4
+    inv = base ** (-np.arange(q, dtype=np.float64) * 2.0 / half)
+    out = x.copy()
+    for axis in (0, 1):
+        theta = np.asarray(positions, np.float64)[:, axis, None] * inv[None, :]  # [T, q]
+        c, s = np.cos(theta)[:, None, :], np.sin(theta)[:, None, :]
+        a, b = x[..., axis * half : axis * half + q], x[..., axis * half + q : (axis + 1) * half]
+        out[..., axis * half : axis * half + q] = a * c - b * s
+        out[..., axis * half + q : (axis + 1) * half] = b * c + a * s
+    return out
+
+
 def attention(q, k, v, pos0, *, scale, window=0, causal=True):
     """softmax(scale * q k^T + mask) v. q [T, H, D] at positions pos0 + t; k, v [n_kv, KVH, D] at positions
     0..n_kv-1. GQA: head h uses kv head h // (H / KVH). Causal; window > 0: key j visible iff p - j < window.

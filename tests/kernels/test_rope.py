@@ -4,7 +4,14 @@ Tolerance: the kernel forms theta = pos * inv_freq in f32 (as llama.cpp and HF d
 relative error of a few f32 ulps: |d theta| <= pos * 2.4e-7 (4 ulps of 6e-8, inv_freq <= 1), plus the sin/cos
 error after range reduction (~1e-6 here; WGSL allows 2^-11 on [-pi, pi]). A rotated value moves by at most
 |x| * |d theta|, hence atol = max|x| * (pos_max * 2.4e-7 + 2e-6) * 2 (a factor 2 for the two terms of each
-output)."""
+output).
+
+ops.rope_2d (the vision tower's axial RoPE) against tests/reference_nn.rope_2d, which equals transformers'
+Gemma4VisionRotaryEmbedding + apply_multidimensional_rope to 2e-14 (checked once with float64 angles; the
+tests do not import torch). Its angles p * base^(-2i / (hd/2)) take exp2 for the frequency, which WGSL allows
+3 + 2|x| ulp for |x| <= log2(base) (~16 ulp at base 100), and two f32 products: a relative angle error of at
+most ~20 ulp = 1.2e-6, so |d theta| <= p_max * 1.2e-6 (inv_freq <= 1); then the same sin/cos bound as above:
+atol = 2 * max|x| * (p_max * 1.2e-6 + 2e-6 + 2^-11)."""
 
 import numpy as np
 import pytest
@@ -85,3 +92,48 @@ async def test_rope_large_position_matches_f64(device):
     await ops.rope(g, t, step_buffer(device, 100_000, 1), n_heads=1, head_dim=128, base=1e4)
     await device.run(g)
     np.testing.assert_allclose(await device.read(t), ref.rope(x, 100_000, base=1e4), rtol=0, atol=tol(x, 100_001))
+
+
+def tol_2d(x, p_max):
+    return 2 * float(np.abs(x).max()) * (p_max * 1.2e-6 + 2e-6 + 2.0**-11)
+
+
+async def check_rope_2d(device, x, positions, *, heads, hd, base, token_stride=None):
+    g = device.graph()
+    xt = device.upload(x)
+    await ops.rope_2d(g, xt, device.upload(positions.astype(np.uint32)), n_heads=heads, head_dim=hd, base=base,
+                      token_stride=token_stride)
+    assert len(g) == 1
+    await device.run(g)
+    got = await device.read(xt)
+    want = x.astype(np.float64).copy()
+    want[:, :heads] = ref.rope_2d(x[:, :heads], positions, base=base)
+    err = float(np.abs(got - want).max())
+    np.testing.assert_allclose(got, want, rtol=0, atol=tol_2d(x, positions.max()))
+    np.testing.assert_array_equal(got[:, heads:], x[:, heads:])  # heads past n_heads (token_stride) untouched
+    return err
+
+
+@pytest.mark.parametrize("n_tok,heads,hd,stride", [(7, 3, 8, None), (5, 2, 16, 5), (13, 12, 64, None)])
+async def test_rope_2d(device, n_tok, heads, hd, stride):
+    """Odd token and head counts, a small head (hd 8: two pairs per axis), the
+    q and k heads of fused [tokens, q | k | v] rows (stride 5 heads: v left as it is), the tower's 12 x 64."""
+    rng = np.random.default_rng(n_tok * hd)
+    x = (rng.standard_normal((n_tok, stride or heads, hd)) * 2).astype(np.float32)
+    pos = np.stack([rng.integers(0, 48, n_tok), rng.integers(0, 30, n_tok)], axis=-1)
+    await check_rope_2d(device, x, pos, heads=heads, hd=hd, base=100.0, token_stride=stride)
+
+
+async def test_rope_2d_fallback(device_fallback):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((6, 2, 64)).astype(np.float32)
+    pos = np.array([[0, 0], [1, 0], [0, 1], [5, 3], [47, 29], [2, 40]])
+    await check_rope_2d(device_fallback, x, pos, heads=2, hd=64, base=100.0)
+
+
+async def test_rope_2d_10080_patches(device):
+    """The largest image: 10080 patches in a 120 x 84 grid, row-major (patch t = py * 120 + px), 12 heads x 64."""
+    pw, ph = 120, 84
+    py, px = np.divmod(np.arange(pw * ph), pw)
+    x = np.random.default_rng(2).standard_normal((pw * ph, 12, 64)).astype(np.float32)
+    await check_rope_2d(device, x, np.stack([px, py], axis=-1), heads=12, hd=64, base=100.0)

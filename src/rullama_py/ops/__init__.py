@@ -4,7 +4,8 @@ never per token. Modules by family:
 
 - norm:      rms_norm
 - matmul:    matmul, embed (weights kept as raw GGUF bytes, dequantised in the kernels)
-- attention: rope, kv_store (kv_cache, kv_slots, kv_cache_bytes), attention
+- attention: rope, rope_2d (vision tower), kv_store (kv_cache, kv_slots, kv_cache_bytes), attention (causal
+             or bidirectional)
 - nn:        gelu_mul, add, scale_inplace, softcap
 - rows:      select_row
 - ple:       ple_gate (Gemma 4 per-layer embeddings)
@@ -12,7 +13,7 @@ never per token. Modules by family:
 
 from .norm import rms_norm  # noqa: F401
 from .matmul import embed, matmul  # noqa: F401
-from .attention import attention, kv_cache, kv_cache_bytes, kv_slots, kv_store, rope  # noqa: F401
+from .attention import attention, kv_cache, kv_cache_bytes, kv_slots, kv_store, rope, rope_2d  # noqa: F401
 from .nn import add, gelu_mul, scale_inplace, softcap  # noqa: F401
 from .rows import select_row  # noqa: F401
 from .ple import ple_gate  # noqa: F401

@@ -1,4 +1,5 @@
-"""Rotary embedding, KV cache and attention (shaders/rope.wgsl, kv_store.wgsl, attention.wgsl).
+"""Rotary embedding (1-D, and the vision tower's 2-D), KV cache and attention (shaders/rope.wgsl,
+kv_store.wgsl, attention.wgsl).
 
 Per-run values come from a `Step` uniform buffer (shaders/common.wgsl; these kernels read pos and n_tokens, the
 key count being pos + n_tokens) that the caller rewrites before each submit, so one recorded graph serves every decode step and every prefill chunk of up to
@@ -12,7 +13,7 @@ may use a ring of `kv_slots(ctx, window=, max_tokens=)` = window + max_tokens - 
 current run can see is pos + 0 - (window - 1) and the newest key written is pos + n_tokens - 1, so that many
 slots never overwrite a key still in use.
 
-Dispatches per call: rope 1, kv_store 1 (K and V), attention 1 (prefill), 2 (decode: key splits + combine) or
+Dispatches per call: rope 1, rope_2d 1, kv_store 1 (K and V), attention 1 (prefill), 2 (decode: key splits + combine) or
 3 (decode over a cache that can outgrow attention_plan's `short`: split kernels for short and long contexts,
 one of which returns at once).
 """
@@ -64,6 +65,26 @@ async def rope(g: Graph, x: Tensor, step: Tensor, *, n_heads: int, head_dim: int
         k = await g.device.kernel("rope", entry="main_ff", **consts)
         binds = [x, step, freq_factors]
     g.add(k, binds, _grid(max_t * (n_rot // 2), 64))
+
+
+async def rope_2d(g: Graph, x: Tensor, positions: Tensor, *, n_heads: int, head_dim: int, base: float,
+                  token_stride: int | None = None):
+    """Axial 2-D NeoX RoPE (Gemma 4's vision tower) in place on x f32 [n_tokens, n_heads, head_dim].
+
+    positions: u32 [n_tokens, 2], (px, py) per token, written by the host. With q = head_dim / 4 and
+    inv_i = base^(-2i / (head_dim / 2)), i < q: pair (i, i + q) turns by px * inv_i, and pair
+    (head_dim/2 + i, head_dim/2 + i + q) by py * inv_i (Gemma 4: base 100). Every token of x's capacity is
+    turned (no Step): rows past the image get whatever positions the host left there, harmlessly.
+    token_stride as in `rope`. One dispatch; a thread per (token, axis, pair) applies one cos/sin to every head."""
+    if head_dim % 4:
+        raise ValueError(f"head_dim {head_dim} must be a multiple of 4 (two axes of NeoX pairs)")
+    stride = (token_stride or n_heads) * head_dim
+    max_t = _tokens(x, stride, "rope_2d input")
+    if _count(positions) < 2 * max_t:
+        raise ValueError(f"positions of shape {positions.shape} hold fewer than {max_t} (px, py) pairs")
+    k = await g.device.kernel("rope", entry="axial", NH=n_heads, HD=head_dim, NROT=head_dim, TSTRIDE=stride,
+                              LOG2_BASE=math.log2(base), FREQ_SCALE=1.0, MAXT=max_t, WG=64)
+    g.add(k, [x, positions], _grid(max_t * (head_dim // 2), 64))
 
 
 # -- KV cache -----------------------------------------------------------------------------------------------
