@@ -1,5 +1,5 @@
 // Runs tests/pyodide_runner.py inside Pyodide 0.27.7 in Node, with WebGPU from npm `webgpu` (Dawn) over
-// Chromium's SwiftShader Vulkan ICD (the caller sets VK_ICD_FILENAMES). Installs numpy from the Pyodide
+// Chromium's SwiftShader Vulkan ICD (the caller sets VK_ICD_FILENAMES). Installs numpy and Pillow from the Pyodide
 // distribution and the wheels in web/dist/wheels with micropip (offline, deps=False), copies tests/ into
 // Pyodide's file system, runs the tests and prints one JSON line prefixed RESULTS: at the end.
 // Usage: node tests/pyodide_node.mjs [test-id ...]
@@ -17,7 +17,7 @@ const py = await loadPyodide({ indexURL: path.join(web, 'node_modules/pyodide') 
 // navigator.gpu only after loadPyodide: a `navigator` global without userAgent breaks Pyodide's start-up.
 Object.assign(globalThis, globals);
 Object.defineProperty(globalThis, 'navigator', { value: { gpu: create([]) }, configurable: true, writable: true });
-await py.loadPackage(['numpy', 'micropip'], { messageCallback: () => {} });
+await py.loadPackage(['numpy', 'pillow', 'micropip'], { messageCallback: () => {} });
 
 const wheelDir = path.join(web, 'dist/wheels');
 const wheels = fs.readdirSync(wheelDir).filter(f => f.endsWith('.whl'));
@@ -32,6 +32,10 @@ function copyTree(src, dst) {
   }
 }
 copyTree(path.join(root, 'tests'), '/home/pyodide/tests');
+// Of tests/fixtures (mostly models the Pyodide tests do not read), only the images of tests/test_media.py.
+const images = path.join(root, 'tests/fixtures/images');
+py.FS.mkdirTree('/home/pyodide/tests/fixtures/images');
+for (const f of fs.readdirSync(images)) py.FS.writeFile('/home/pyodide/tests/fixtures/images/' + f, fs.readFileSync(path.join(images, f)));
 py.globals.set('WHEELS', wheels.map(w => 'emfs:/wheels/' + w));
 py.globals.set('ONLY', process.argv.slice(2));
 

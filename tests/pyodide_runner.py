@@ -68,12 +68,16 @@ def _load(path: Path):
     return mod
 
 
+# Test modules outside tests/kernels whose pyodide-marked tests also run in Pyodide.
+MODULES = ("test_media.py",)
+
+
 def test_files(root: Path = HERE) -> list[Path]:
-    return sorted((root / "kernels").glob("test_*.py"))
+    return sorted((root / "kernels").glob("test_*.py")) + [root / m for m in MODULES]
 
 
 def collect(root: Path = HERE):
-    """[(test id, function, kwargs)] for every pyodide-marked test under root/kernels."""
+    """[(test id, function, kwargs)] for every pyodide-marked test under root/kernels and in MODULES."""
     out = []
     for path in test_files(root):
         mod = _load(path)

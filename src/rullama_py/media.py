@@ -9,8 +9,8 @@
    (`ImageOps.exif_transpose`, as transformers' `load_image` does).
 2. To RGB as transformers' `convert_to_rgb` does: an image with an alpha band or a `transparency` entry is
    composited onto opaque white (`Image.alpha_composite`), anything else goes through `convert("RGB")`.
-   One deliberate difference: 16-bit greyscale (Pillow mode I;16) keeps its high byte, as Pillow itself does
-   for 16-bit RGB; `convert("RGB")` would clip every value above 255 to white.
+   One deliberate difference: 16-bit greyscale (Pillow mode I;16, or I in older Pillow) keeps its high
+   byte, as Pillow itself does for 16-bit RGB; `convert("RGB")` would clip every value above 255 to white.
 3. Resize to `fit_to_budget(h, w)` with Pillow's bicubic filter on the uint8 RGB image (no reducing_gap),
    skipped when the size is already right; transformers' PIL backend does exactly this.
 4. Rescale to [0, 1] and, folded in here, the model's own `2 * (x - 0.5)`: patches hold `2 * v / 255 - 1`.
@@ -199,9 +199,10 @@ def _to_rgb(im):
     """transformers' convert_to_rgb: alpha (a band or a `transparency` entry) onto white, else convert("RGB")."""
     from PIL import Image
 
-    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N"):
-        # 16-bit grey: keep the high byte (Pillow's convert would clip everything above 255 to white).
-        a = np.asarray(im).astype(np.uint16)
+    if im.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
+        # 16-bit grey (I;16 in current Pillow, I in older ones such as Pyodide 0.27.7's 10.2): keep the high byte, as
+        # Pillow does for 16-bit RGB. convert("RGB") would clip everything above 255 to white.
+        a = np.clip(np.asarray(im).astype(np.int64), 0, 65535)
         im = Image.fromarray((a >> 8).astype(np.uint8))
     if "A" in im.getbands() or im.info.get("transparency") is not None:
         im = im.convert("RGBA")
