@@ -125,8 +125,11 @@ async def matmul(g: Graph, w: Tensor, x: Tensor, out: Tensor, *, n_tokens: int, 
         g.add(k, [buf, x, out], grid)
 
 
-async def embed(g: Graph, table: Tensor, ids: Tensor, out: Tensor, *, n_tokens: int, scale: float = 1.0) -> None:
-    """out[t, :] = scale * table[ids[t], :] for t < n_tokens (Gemma: scale = sqrt(d_model)).
+async def embed(g: Graph, table: Tensor, ids: Tensor, out: Tensor, *, n_tokens: int, scale: float = 1.0,
+                accumulate: bool = False) -> None:
+    """out[t, :] = scale * table[ids[t], :] for t < n_tokens (Gemma: scale = sqrt(d_model)); accumulate=True
+    adds instead: out[t, :] += scale * table[ids[t], :] (the vision tower's 2-D position table, F32 [2, P, d]
+    seen as (2P, d): one call with ids px, one with ids P + py).
 
     table: (vocab, cols), any of QUANT_TYPES, possibly split in parts; ids: u32 [n_tokens]; out: f32
     [n_tokens, cols]. Each part's dispatch writes the tokens whose id lies in its rows; an id outside the
@@ -140,5 +143,5 @@ async def embed(g: Graph, table: Tensor, ids: Tensor, out: Tensor, *, n_tokens: 
     grid = _grid(n_tokens)
     for buf, first, n in table.parts:
         k = await g.device.kernel("embed", libs=_libs(qt), ROWS=n, ROW0=first, COLS=cols, ROW_BYTES=rb,
-                                  N_TOK=n_tokens, WG=wg, GRID_X=grid[0], SCALE=float(scale))
+                                  N_TOK=n_tokens, WG=wg, GRID_X=grid[0], SCALE=float(scale), ACC=bool(accumulate))
         g.add(k, [buf, ids, out], grid)
