@@ -7,6 +7,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -88,7 +89,7 @@ def test_readme_first_command_serves_the_app_and_the_real_model():
         assert url and url.startswith("http://127.0.0.1:"), f"no URL printed (exit {proc.poll()})"
         c = Client(urllib.parse.urlsplit(url).port)
         status, h, body = c.get("/")
-        assert status == 200 and h["content-type"].startswith("text/html") and b'src="app.js"' in body
+        assert status == 200 and h["content-type"].startswith("text/html") and b'<script type="module" src="' in body
         assert h["cross-origin-opener-policy"] == "same-origin" and h["cross-origin-embedder-policy"] == "require-corp"
         status, h, body = c.get("/models/default.gguf", Range="bytes=0-3")
         assert (status, body) == (206, b"GGUF")
@@ -149,8 +150,12 @@ def test_nothing_outside_the_served_folders(served, path):
 
 
 def test_app_files_are_served(served):
+    """The page's own script and stylesheet (as index.html names them), and the worker."""
     _, c = served
-    for path, kind in (("/app.js", "javascript"), ("/worker.js", "javascript"), ("/style.css", "text/css")):
+    index = c.get("/")[2].decode()
+    script = re.search(r'<script type="module" src="([^"]+)"', index).group(1)
+    css = re.search(r'<link rel="stylesheet" href="([^"]+)"', index).group(1)
+    for path, kind in (("/" + script, "javascript"), ("/worker.js", "javascript"), ("/" + css, "text/css")):
         status, h, _ = c.get(path)
         assert status == 200 and kind in h["content-type"], (path, h["content-type"])
 
@@ -197,3 +202,90 @@ def test_errors_name_the_problem(tmp_path, capsys):
         server.make_server("127.0.0.1", 0, web_dir=tmp_path, build_wheels=False, log=lambda m: None)
     assert server.main(["--port", "0", "--model", str(tmp_path / "missing.gguf")]) == 1
     assert "missing.gguf: no such file" in capsys.readouterr().err
+
+
+MMPROJ = b"GGUF" + bytes(range(255, -1, -1)) * 20  # 5,124 bytes, unlike DATA
+
+
+@pytest.fixture()
+def served_mmproj(tmp_path):
+    """`rullama serve --model PATH --mmproj PATH`."""
+    _needs(ROOT / "web/node_modules/pyodide/pyodide.mjs", "web/node_modules (run tools/setup.sh)")
+    model, mmproj = tmp_path / "text.gguf", tmp_path / "mmproj-text-f16.gguf"
+    model.write_bytes(DATA)
+    mmproj.write_bytes(MMPROJ)
+    srv = server.make_server("127.0.0.1", 0, model_path=model, mmproj_path=mmproj, build_wheels=False,
+                             log=lambda m: None)
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    t.start()
+    yield srv, Client(srv.server_address[1])
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_mmproj_is_listed_with_its_model(served_mmproj):
+    """The default entry names its projector ("mmproj": a URL path relative to the page, and its size),
+    so the web app loads the pair."""
+    _, c = served_mmproj
+    status, _, body = c.get("/api/models")
+    (entry,) = json.loads(body)["models"]
+    assert status == 200 and entry["id"] == "default" and entry["url"] == "models/default.gguf"
+    assert entry["mmproj"] == "models/default.mmproj.gguf" and entry["mmproj_size"] == len(MMPROJ)
+    assert entry["available"] is True and entry["size"] == len(DATA)
+
+
+@pytest.mark.parametrize("rng, start, end", [
+    ("bytes=0-3", 0, 3), ("bytes=100-2147", 100, 2147), ("bytes=5000-", 5000, len(MMPROJ) - 1),
+    ("bytes=-24", len(MMPROJ) - 24, len(MMPROJ) - 1), ("bytes=5100-99999", 5100, len(MMPROJ) - 1),
+])
+def test_mmproj_ranges(served_mmproj, rng, start, end):
+    _, c = served_mmproj
+    status, h, body = c.get("/models/default.mmproj.gguf", Range=rng)
+    assert status == 206 and body == MMPROJ[start:end + 1]
+    assert h["content-range"] == f"bytes {start}-{end}/{len(MMPROJ)}" and h["accept-ranges"] == "bytes"
+    assert h["content-type"] == "application/octet-stream"
+    assert h["cross-origin-embedder-policy"] == "require-corp"
+
+
+def test_mmproj_whole_head_and_unsatisfiable(served_mmproj):
+    _, c = served_mmproj
+    status, h, body = c.get("/models/default.mmproj.gguf")
+    assert (status, body) == (200, MMPROJ)
+    status, h, body = c.get("/models/default.mmproj.gguf", "HEAD")
+    assert (status, body, h["content-length"]) == (200, b"", str(len(MMPROJ)))
+    status, h, _ = c.get("/models/default.mmproj.gguf", Range=f"bytes={len(MMPROJ)}-")
+    assert status == 416 and h["content-range"] == f"bytes */{len(MMPROJ)}"
+    assert c.get("/models/default.gguf", Range="bytes=4-7")[2] == DATA[4:8]  # the model is still the model
+
+
+@pytest.mark.parametrize("path", [
+    "/models/default.mmproj.gguf/", "/models/default.mmproj.gguf/../default.gguf", "/models/%2e%2e/pyproject.toml",
+    "/models/mmproj-text-f16.gguf", "/models/default.mmproj.gguf%00", "/models/../models/default.mmproj.gguf",
+    "/models/ollama/default.mmproj.gguf",
+])
+def test_mmproj_confinement(served_mmproj, path):
+    """Only the one projector file is served, by its one URL; never its folder or anything by its own name."""
+    _, c = served_mmproj
+    assert c.get(path)[0] == 404
+
+
+def test_without_mmproj_there_is_none(served):
+    _, c = served
+    status, _, body = c.get("/api/models")
+    default = {m["id"]: m for m in json.loads(body)["models"]}["default"]
+    assert "mmproj" not in default and "mmproj_size" not in default
+    assert c.get("/models/default.mmproj.gguf")[0] == 404
+
+
+def test_mmproj_errors(tmp_path, capsys):
+    model = tmp_path / "m.gguf"
+    model.write_bytes(DATA)
+    with pytest.raises(server.ServeError, match="--mmproj needs --model"):
+        server.make_server("127.0.0.1", 0, mmproj_path=model, build_wheels=False, log=lambda m: None)
+    with pytest.raises(server.ServeError, match="no such file"):
+        server.make_server("127.0.0.1", 0, model_path=model, mmproj_path=tmp_path / "nope.gguf", build_wheels=False,
+                           log=lambda m: None)
+    from rullama_py import cli
+
+    assert cli.main(["serve", "--port", "0", "--model", str(model), "--mmproj", str(tmp_path / "gone.gguf")]) == 1
+    assert capsys.readouterr().err == f"rullama serve: --mmproj {tmp_path / 'gone.gguf'}: no such file\n"

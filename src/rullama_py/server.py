@@ -1,10 +1,10 @@
 """`rullama serve`: the web app, its Python runtime and the models, from one local HTTP server.
 
-    rullama serve [--port 8800] [--model PATH] [--ollama [ROOT]]
+    rullama serve [--port 8800] [--model PATH [--mmproj PATH]] [--ollama [ROOT]]
     python -m rullama_py.server ...                 # the same without the CLI
 
     server.main(["--port", "0"])                     # what the CLI calls
-    server.serve("127.0.0.1", 8800, model_path=None, ollama_root=None)
+    server.serve("127.0.0.1", 8800, model_path=None, ollama_root=None, mmproj_path=None)
 
 What is served (all from 127.0.0.1 unless --host says otherwise):
 
@@ -13,8 +13,14 @@ What is served (all from 127.0.0.1 unless --host says otherwise):
     /wheels/...               web/dist/wheels: rullama_py, gguf and pyyaml wheels, installed by micropip
     /wheels/index.json        the names of the wheels the app installs (generated)
     /models/default.gguf      the model: --model PATH, else the embedded Gemma 3 270M from the setup cache
+    /models/default.mmproj.gguf   --mmproj PATH: a llama.cpp vision projector for --model (a text-only GGUF)
     /api/models               JSON list of the models above, with sizes (Ollama ones with --ollama)
     /models/ollama/<name>     an Ollama model's GGUF blob, by name (`gemma3:270m`, URL-encoded)
+
+/api/models is {"models": [entry, ...]}; an entry has id, name, url (relative to the page), size, source
+("default" or "ollama"), available, digest (Ollama), and with --mmproj the default entry also has
+"mmproj": "models/default.mmproj.gguf" and "mmproj_size": bytes: load the model with that projector.
+Ollama's Gemma 4 blobs carry their vision tower inside and have no "mmproj".
 
 Every file answers GET and HEAD with `Accept-Ranges: bytes`; a single `Range: bytes=a-b` (or `a-`, `-n`)
 gets 206 with Content-Range, an unsatisfiable one 416 with `Content-Range: bytes */size`. The app reads
@@ -57,6 +63,7 @@ from . import assets, ollama
 __all__ = ["serve", "main", "make_server", "AppServer", "ServeError", "DEFAULT_PORT", "web_root"]
 
 DEFAULT_PORT = 8800
+MMPROJ_URL = "models/default.mmproj.gguf"  # where --mmproj is served (relative to the page, as in /api/models)
 DEFAULT_HOST = "127.0.0.1"
 # The wheels the page installs with micropip (deps=False); web/dist/wheels also holds pytest & co for tests.
 RUNTIME_WHEELS = ("rullama_py", "gguf", "pyyaml")
@@ -183,11 +190,12 @@ class AppServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, address, *, web: Path, model: Path | None, ollama_root: Path | None, verbose: bool = False,
-                 rebuild: bool = False):
+                 rebuild: bool = False, mmproj: Path | None = None):
         self.web = Path(web)
         self.pyodide = self.web / "node_modules" / "pyodide"
         self.wheels = self.web / "dist" / "wheels"
         self.model = Path(model) if model is not None else None
+        self.mmproj = Path(mmproj) if mmproj is not None else None
         self.ollama_root = Path(ollama_root) if ollama_root is not None else None
         self.verbose = verbose
         self.rebuild = rebuild  # rebuild a stale project wheel when a page asks for the wheel list
@@ -209,8 +217,13 @@ class AppServer(ThreadingHTTPServer):
         out = []
         if self.model is not None:
             size = self.model.stat().st_size if self.model.is_file() else None
-            out.append({"id": "default", "name": self.model.name, "url": "models/default.gguf", "size": size,
-                        "source": "default", "available": size is not None})
+            entry = {"id": "default", "name": self.model.name, "url": "models/default.gguf", "size": size,
+                     "source": "default", "available": size is not None}
+            if self.mmproj is not None:
+                entry["mmproj"] = MMPROJ_URL
+                entry["mmproj_size"] = self.mmproj.stat().st_size if self.mmproj.is_file() else None
+                entry["available"] = size is not None and entry["mmproj_size"] is not None
+            out.append(entry)
         if self.ollama_root is not None:
             for m in ollama.list_models(self.ollama_root):
                 out.append({"id": "ollama:" + m.name, "name": m.name, "source": "ollama", "size": m.size,
@@ -231,6 +244,8 @@ class AppServer(ThreadingHTTPServer):
             return "json", {"wheels": runtime_wheels(self.wheels)}
         if path == "/models/default.gguf":
             return ("file", self.model) if self.model is not None else None
+        if path == "/" + MMPROJ_URL:
+            return ("file", self.mmproj) if self.mmproj is not None else None
         if path.startswith("/models/ollama/") and self.ollama_root is not None:
             name = urllib.parse.unquote(path[len("/models/ollama/"):])
             try:
@@ -290,10 +305,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._common_headers()
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
+        self._status(code, self.headers.get("Range"))  # logged before the client can have the response
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
-        self._status(code, self.headers.get("Range"))
 
     def do_HEAD(self):
         self.do_GET()
@@ -323,10 +338,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._common_headers()
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        self._status(200)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
-        self._status(200)
 
     def _send_file(self, path: Path) -> None:
         rng_header = self.headers.get("Range")
@@ -347,16 +362,16 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_response(304)
                 self._common_headers()
                 self.send_header("ETag", etag)
-                self.end_headers()
                 self._status(304)
+                self.end_headers()
                 return
             if rng == "unsatisfiable":
                 self.send_response(416)
                 self._common_headers()
                 self.send_header("Content-Range", f"bytes */{size}")
                 self.send_header("Content-Length", "0")
-                self.end_headers()
                 self._status(416, rng_header)
+                self.end_headers()
                 return
             if rng is None:
                 start, end, code = 0, size - 1, 200
@@ -372,8 +387,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Last-Modified", email.utils.formatdate(st.st_mtime, usegmt=True))
             if code == 206:
                 self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-            self.end_headers()
             self._status(code, rng_header)
+            self.end_headers()
             if self.command == "HEAD" or length == 0:
                 return
             f.seek(start)
@@ -390,13 +405,21 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def make_server(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, model_path=None, ollama_root=None, *,
-                web_dir=None, verbose: bool = False, build_wheels: bool = True, log=print) -> AppServer:
+                web_dir=None, verbose: bool = False, build_wheels: bool = True, log=print,
+                mmproj_path=None) -> AppServer:
     """A ready (not yet serving) AppServer; call `serve_forever()` on it, `shutdown()` to stop."""
     web = Path(web_dir).resolve() if web_dir is not None else web_root()
     if not (web / "index.html").is_file():
         raise ServeError(f"no web app in {web} (index.html missing): `rullama serve` runs from a source checkout")
     if not (web / "node_modules" / "pyodide" / "pyodide.mjs").is_file():
         raise ServeError(f"{web / 'node_modules' / 'pyodide'} is missing: run tools/setup.sh")
+    mmproj = None
+    if mmproj_path is not None:
+        if model_path is None:
+            raise ServeError("--mmproj needs --model: the projector is served with that model")
+        mmproj = Path(mmproj_path).expanduser().resolve()
+        if not mmproj.is_file():
+            raise ServeError(f"--mmproj {mmproj_path}: no such file")
     if build_wheels:
         ensure_wheels(web / "dist" / "wheels", log=log)
     if model_path is None:
@@ -413,15 +436,17 @@ def make_server(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, model_path=N
         root = Path(ollama_root).expanduser().resolve()
         if not (root / "manifests").is_dir():
             log(f"rullama serve: {root} has no manifests/ folder: no Ollama models to list")
-    return AppServer((host, port), web=web, model=model, ollama_root=root, verbose=verbose, rebuild=build_wheels)
+    return AppServer((host, port), web=web, model=model, ollama_root=root, verbose=verbose, rebuild=build_wheels,
+                     mmproj=mmproj)
 
 
 def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, model_path=None, ollama_root=None, *,
-          web_dir=None, verbose: bool = False) -> None:
+          web_dir=None, verbose: bool = False, mmproj_path=None) -> None:
     """Serve until interrupted (Ctrl-C). Prints the URL to open."""
-    srv = make_server(host, port, model_path, ollama_root, web_dir=web_dir, verbose=verbose)
+    srv = make_server(host, port, model_path, ollama_root, web_dir=web_dir, verbose=verbose, mmproj_path=mmproj_path)
     print(f"rullama serve: open {srv.url}", flush=True)
-    print(f"  model: {srv.model}" + (f"\n  Ollama store: {srv.ollama_root}" if srv.ollama_root else ""), flush=True)
+    print(f"  model: {srv.model}" + (f"\n  vision projector: {srv.mmproj}" if srv.mmproj else "")
+          + (f"\n  Ollama store: {srv.ollama_root}" if srv.ollama_root else ""), flush=True)
     try:
         srv.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
@@ -435,6 +460,8 @@ def main(argv=None) -> int:
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks a free one)")
     p.add_argument("--model", metavar="PATH", help="GGUF to serve as models/default.gguf (default: the embedded Gemma 3 270M)")
+    p.add_argument("--mmproj", metavar="PATH",
+                   help="a llama.cpp vision projector GGUF for --model, listed with it so the app loads both")
     p.add_argument("--ollama", nargs="?", const="", metavar="ROOT",
                    help="also serve the models of an Ollama store (default root: $OLLAMA_MODELS or ~/.ollama/models)")
     p.add_argument("--web", metavar="DIR", help="the web app folder (default: web/ of the source checkout)")
@@ -444,7 +471,8 @@ def main(argv=None) -> int:
     if args.ollama is not None:
         ollama_root = args.ollama or ollama.models_dir()
     try:
-        serve(args.host, args.port, args.model, ollama_root, web_dir=args.web, verbose=args.verbose)
+        serve(args.host, args.port, args.model, ollama_root, web_dir=args.web, verbose=args.verbose,
+              mmproj_path=args.mmproj)
     except (ServeError, OSError) as e:
         print(f"rullama serve: {e}", file=sys.stderr)
         return 1
