@@ -6,7 +6,8 @@ never per token. Modules by family:
 - matmul:    matmul, embed (weights kept as raw GGUF bytes, dequantised in the kernels)
 - attention: rope, rope_2d (vision tower), kv_store (kv_cache, kv_slots, kv_cache_bytes), attention (causal
              or bidirectional)
-- nn:        gelu_mul, add, scale_inplace, softcap
+- nn:        gelu_mul, add, scale_inplace, softcap, clamp and standardize (vision tower)
+- pool:      avg_pool_2d (vision tower)
 - rows:      select_row
 - ple:       ple_gate (Gemma 4 per-layer embeddings)
 """
@@ -14,6 +15,7 @@ never per token. Modules by family:
 from .norm import rms_norm  # noqa: F401
 from .matmul import embed, matmul  # noqa: F401
 from .attention import attention, kv_cache, kv_cache_bytes, kv_slots, kv_store, rope, rope_2d  # noqa: F401
-from .nn import add, gelu_mul, scale_inplace, softcap  # noqa: F401
+from .nn import add, clamp, gelu_mul, scale_inplace, softcap, standardize  # noqa: F401
+from .pool import avg_pool_2d  # noqa: F401
 from .rows import select_row  # noqa: F401
 from .ple import ple_gate  # noqa: F401

@@ -1,4 +1,5 @@
-"""Elementwise ops of the transformer block (shaders/gelu_mul.wgsl, add.wgsl, scale.wgsl, softcap.wgsl).
+"""Elementwise ops of the transformer block (shaders/gelu_mul.wgsl, add.wgsl, scale.wgsl, softcap.wgsl, and the
+vision tower's clamp.wgsl, standardize.wgsl).
 
 Each is one dispatch over every element of its (row-major f32) tensors; row counts come from the tensors'
 shapes, so a graph recorded for a prefill chunk processes all of its rows whatever step.n_tokens is (cheap
@@ -81,3 +82,36 @@ async def softcap(g: Graph, x: Tensor, *, cap: float, n: int | None = None):
     total = _total(x, n, "softcap input") if n else _count(x)
     k = await g.device.kernel("softcap", TOTAL=total, CAP=float(cap), WG=WG)
     g.add(k, [x], _grid(total, WG))
+
+
+async def clamp(g: Graph, x: Tensor, limits: Tensor, out: Tensor | None = None, *, pair: int = 0):
+    """out = min(max(x, limits[2 * pair]), limits[2 * pair + 1]) elementwise; in place when out is None.
+
+    limits: f32 [4] read on the GPU at run time, (in_min, in_max, out_min, out_max) of a clippable linear (the
+    Gemma 4 vision tower): pair 0 clamps its input, pair 1 its output, and one pipeline per shape serves every
+    layer. A limit of +-inf or NaN means no limit on that side (values pass unchanged); FLT_MAX has the same
+    effect on finite values."""
+    if pair not in (0, 1):
+        raise ValueError(f"pair {pair}: limits hold two (min, max) pairs")
+    if _count(limits) < 4:
+        raise ValueError(f"limits of shape {limits.shape} must hold 4 values")
+    total = _count(x)
+    if out is None or _same(out, x):
+        k = await g.device.kernel("clamp", entry="inplace", TOTAL=total, PAIR=pair, WG=WG)
+        g.add(k, [x, limits], _grid(total, WG))
+    else:
+        if _count(out) < total:
+            raise ValueError(f"clamp output of shape {out.shape} is smaller than its input {x.shape}")
+        k = await g.device.kernel("clamp", entry="main", TOTAL=total, PAIR=pair, WG=WG)
+        g.add(k, [x, limits, out], _grid(total, WG))
+
+
+async def standardize(g: Graph, x: Tensor, bias: Tensor, scale: Tensor, *, n: int):
+    """x[r, c] = (x[r, c] - bias[c]) * scale[c] in place over rows of n; bias, scale f32 [n] (the Gemma 4 vision
+    tower's v.std_bias and v.std_scale)."""
+    total = _total(x, n, "standardize input")
+    for t, what in ((bias, "bias"), (scale, "scale")):
+        if _count(t) < n:
+            raise ValueError(f"{what} of shape {t.shape} holds fewer than {n} values")
+    k = await g.device.kernel("standardize", N=n, TOTAL=total, WG=WG)
+    g.add(k, [x, bias, scale], _grid(total, WG))
