@@ -80,3 +80,26 @@ def gelu_mul(gate, up):
 
 def softcap(x, cap):
     return cap * np.tanh(np.asarray(x, np.float64) / cap)
+
+
+def clamp(x, lo, hi):
+    """torch.clamp(x, lo, hi) as transformers' Gemma4ClippableLinear applies it (+-inf: no limit)."""
+    return np.minimum(np.maximum(np.asarray(x, np.float64), lo), hi)
+
+
+def standardize(x, bias, scale):
+    """Gemma4VisionModel's (h - std_bias) * std_scale over the last axis."""
+    return (np.asarray(x, np.float64) - np.asarray(bias, np.float64)) * np.asarray(scale, np.float64)
+
+
+def avg_pool_by_positions(x, positions, k, length):
+    """transformers' Gemma4VisionPooler._avg_pool_by_positions for one image: x [N, d], positions [N, 2] =
+    (px, py) with -1 for padding (clamped to 0; a padding patch is zero, so it adds nothing). Patch (px, py)
+    goes to cell px // k + (max_x // k) * (py // k), max_x = max px + 1, with weight 1 / k^2; [length, d]."""
+    x = np.asarray(x, np.float64)
+    pos = np.maximum(np.asarray(positions), 0)
+    max_x = pos[:, 0].max() + 1
+    cell = pos[:, 0] // k + (max_x // k) * (pos[:, 1] // k)
+    weights = np.zeros((len(x), length))
+    weights[np.arange(len(x)), cell] = 1.0 / (k * k)
+    return weights.T @ x
