@@ -2,9 +2,13 @@
 // model cache (downloads in ranges, resumable). It runs in a worker so that Python, the GGUF parsing and the
 // GPU submissions never block the page.
 //
-// Protocol with app.js. Requests {id, op, ...} are answered by {reply: id, ok, value | error}; events are
-// {event: name, ...} (boot, progress, token, download). Model work (load, chat, save, restore, new-chat) runs
-// one request at a time, in order; `stop` and `pause-download` act at once, between tokens or chunks.
+// Protocol with the page (documented in js/worker-client.js). Requests {id, op, ...} are answered by
+// {reply: id, ok, value | error}; events are {event: name, ...} (boot, progress, token, media, download).
+// Model work (load, chat, save, restore, new-chat) runs one request at a time, in order; `stop` and
+// `pause-download` act at once: between tokens, between the vision tower's layers, or between chunks.
+//
+// A chat request's images arrive as transferred ArrayBuffers; they go to Python as one list of Uint8Arrays,
+// and each message's content as a list of parts naming them by index (see rullama_py.webapp.engine_messages).
 
 const base = new URL('./', self.location.href); // the app's root: everything is fetched relative to it
 let py = null;
@@ -12,6 +16,7 @@ let app = null; // the rullama_py.webapp.WebApp PyProxy
 let booting = null;
 let queue = Promise.resolve();
 let download = null; // {abort: AbortController, paused: bool} while a download runs
+let imageDecoder = null; // the promise of Pillow's loading, from the first image on
 
 const post = (msg, transfer = []) => self.postMessage(msg, transfer);
 const emit = (event, payload) => post({ event, ...payload });
@@ -71,6 +76,45 @@ async function pyCall(method, ...args) {
   return r;
 }
 
+// The image decoder (Pillow, from the served Pyodide distribution, like numpy): loaded when the first image
+// is attached or sent, so that loading a model does not wait for it.
+function loadImageDecoder() {
+  if (!imageDecoder) {
+    imageDecoder = (async () => {
+      await boot();
+      const failed = [];
+      try {
+        await py.loadPackage(['pillow'], { messageCallback: () => {}, errorCallback: m => failed.push(m) });
+      } catch (e) {
+        failed.push(String(e && e.message || e));
+      }
+      const ok = py.runPython("import importlib.util\nimportlib.util.find_spec('PIL') is not None");
+      if (!ok) {
+        throw new AppError('image-decoder', 'This app cannot read images: its image decoder (Pillow) is missing from the '
+          + "server's Python files. Run tools/setup.sh on the server, then reload the page.", failed.join('\n'));
+      }
+      return true;
+    })();
+    imageDecoder.catch(() => { imageDecoder = null; }); // a failed load may be retried
+  }
+  return imageDecoder;
+}
+
+// The chat request for Python: message contents as parts ({type: 'image', ref: k} names images[k]).
+function chatArgs(messages) {
+  const images = [];
+  const out = messages.map(m => {
+    if (!m.images || !m.images.length) return { role: m.role, content: m.content };
+    const parts = m.images.map(im => {
+      images.push(new Uint8Array(im.bytes));
+      return { type: 'image', ref: images.length - 1, name: im.name };
+    });
+    if (m.content) parts.push({ type: 'text', text: m.content });
+    return { role: m.role, content: parts };
+  });
+  return { json: JSON.stringify(out), images };
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // OPFS cache: models/<key>.gguf holds the bytes, models/<key>.json what is known about them:
 // {key, url, name, size, etag, done, complete}. `done` only moves forward after the bytes before it were
@@ -126,7 +170,7 @@ async function fetchRange(url, first, last, signal, etag) {
   return r;
 }
 
-async function downloadToCache({ url, name, chunk }) {
+async function downloadToCache({ url, name, chunk, role, mmproj_url: mmprojUrl }) {
   if (download) throw new AppError('busy', 'A download is already running.');
   const ctl = { abort: new AbortController(), paused: false };
   download = ctl;
@@ -145,6 +189,9 @@ async function downloadToCache({ url, name, chunk }) {
     if (!meta || meta.url !== url || meta.size !== size || (meta.etag || '') !== etag) {
       meta = { key, url, name: name || url.split('/').pop(), size, etag, done: 0, complete: false };
     }
+    if (role === 'mmproj') meta.role = 'mmproj';
+    // a model remembers its vision projector, so that the cache list loads them together
+    if (mmprojUrl) meta.mmproj = { key: await cacheKey(mmprojUrl), url: mmprojUrl, name: decodeURIComponent(mmprojUrl.split('/').pop()) };
     const est = await navigator.storage.estimate();
     const free = (est.quota || Infinity) - (est.usage || 0);
     if (size - meta.done > free) {
@@ -153,7 +200,10 @@ async function downloadToCache({ url, name, chunk }) {
     if (navigator.storage.persist) navigator.storage.persist().catch(() => {});
     const fh = await dir.getFileHandle(key + '.gguf', { create: true });
     handle = await fh.createSyncAccessHandle();
-    if (meta.complete && handle.getSize() === size) return { ...meta, resumedFrom: size };
+    if (meta.complete && handle.getSize() === size) {
+      await writeMeta(dir, meta);
+      return { ...meta, resumedFrom: size };
+    }
     let done = Math.min(meta.done, handle.getSize());
     handle.truncate(done); // bytes past `done` were written but not recorded: fetch them again
     meta.done = done;
@@ -163,7 +213,7 @@ async function downloadToCache({ url, name, chunk }) {
     const step = Math.max(4096, Number(chunk) || 8 << 20);
     const t0 = performance.now();
     let lastEvent = 0;
-    emit('download', { key, url, name: meta.name, done, size, resumedFrom, secondsLeft: null });
+    emit('download', { key, url, name: meta.name, role: meta.role, done, size, resumedFrom, secondsLeft: null });
     while (done < size) {
       if (ctl.paused) break;
       const last = Math.min(done + step, size) - 1;
@@ -179,7 +229,7 @@ async function downloadToCache({ url, name, chunk }) {
       if (now - lastEvent > 100 || done === size) {
         lastEvent = now;
         const rate = (done - resumedFrom) / ((now - t0) / 1000);
-        emit('download', { key, url, name: meta.name, done, size, resumedFrom, secondsLeft: rate > 0 ? (size - done) / rate : null });
+        emit('download', { key, url, name: meta.name, role: meta.role, done, size, resumedFrom, secondsLeft: rate > 0 ? (size - done) / rate : null });
       }
     }
     if (done === size) {
@@ -224,10 +274,19 @@ async function cacheDelete({ key }) {
 const ops = {
   boot: () => boot(),
   load: msg => exclusive(async () => {
-    const target = msg.kind === 'opfs' ? 'models/' + msg.key + '.gguf' : msg.kind === 'file' ? msg.file : msg.url;
-    return pyCall('load', msg.kind, target, JSON.stringify(msg.options || {}));
+    const target = s => (s.kind === 'opfs' ? 'models/' + s.key + '.gguf' : s.kind === 'file' ? s.file : s.url);
+    const mm = msg.mmproj;
+    return pyCall('load', msg.kind, target(msg), JSON.stringify(msg.options || {}), mm ? mm.kind : null, mm ? target(mm) : null);
   }),
-  chat: msg => exclusive(() => pyCall('chat', JSON.stringify(msg.messages), JSON.stringify(msg.request || {}))),
+  chat: msg => exclusive(async () => {
+    const { json, images } = chatArgs(msg.messages);
+    if (images.length) {
+      if (!imageDecoder) emit('media', { stage: 'decoder' });
+      await loadImageDecoder();
+    }
+    return pyCall('chat', json, JSON.stringify(msg.request || {}), images);
+  }),
+  'prepare-images': () => loadImageDecoder(),
   stop: async () => { if (app) app.stop(); return true; },
   'new-chat': () => exclusive(() => pyCall('new_chat')),
   stats: () => pyCall('stats'),

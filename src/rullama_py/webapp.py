@@ -2,40 +2,68 @@
 
     app = WebApp(emit)                       # emit(event: str, payload_json: str) posts to the page
     r = await app.load("url", "http://127.0.0.1:8800/models/default.gguf", '{"max_context": 2048}')
+    r = await app.load("url", model_url, options, "url", mmproj_url)   # a llama.cpp model + its vision projector
     r = await app.chat('[{"role": "user", "content": "Hi"}]', '{"temperature": 0, "max_tokens": 64}')
+    r = await app.chat('[{"role": "user", "content": [{"type": "image", "ref": 0}, {"type": "text", "text": "What is it?"}]}]',
+                       '{"max_tokens": 64, "image_tokens": 280}', [png_bytes])
     app.stop()                               # from the worker's message handler, while chat() is running
     blob = await app.save_state(); await app.restore_state(blob)
 
 Structured values cross the JS boundary as JSON strings: no proxies to free on either side, and the same
-calls work natively (tests/browser/test_webapp.py drives this class on wgpu-py). Every call returns
-`{"ok": true, ...}` or `{"ok": false, "error": {"kind", "message", "detail"}}` where `message` is a plain
-sentence for the page to show and `kind` one of: no-webgpu, device-limit, device-lost, not-found,
-unreachable, no-range, source, corrupt, unsupported, context, busy, no-model, snapshot, internal.
+calls work natively (tests/browser/test_webapp.py drives this class on wgpu-py). Image bytes are the one
+exception: they come as a list (a JS Array of Uint8Array in the browser, transferred to the worker without
+base64), and message parts name them by index (`engine_messages` turns them into the engine's parts). Every
+call returns `{"ok": true, ...}` or `{"ok": false, "error": {"kind", "message", "detail"}}` where `message`
+is a plain sentence for the page to show and `kind` one of: no-webgpu, device-limit, device-lost, not-found,
+unreachable, no-range, source, corrupt, unsupported, context, busy, no-model, snapshot, chat, gpu, internal;
+for images: image (the image itself: damaged, SVG, too large, ...), no-vision (the model has no vision
+tower), image-decoder (Pillow is missing), vision-load (the tower cannot be built), vision-limit (the tower
+does not fit the GPU); for the vision projector given at load: mmproj (with the sentence saying what).
 
 Streaming events (through `emit`): "progress" while loading (phase, bytes fetched, tensors uploaded, seconds
-left) and "token" per generated token (id, text, running counts). Stop is a flag checked between tokens:
-each token awaits the GPU, so the worker's event loop runs and delivers the page's stop message in time.
+left), "media" while a message's images go through the vision tower (stage "image": index and count of the
+images read in this turn, 1-based, layer done and layers) and "token" per generated token (id, text, running
+counts). Stop is a flag checked between tokens, and engine.cancel() for the tower, which stops between
+layers: each token and each layer awaits the GPU, so the worker's event loop runs and delivers the page's
+stop message in time.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 import time
 import traceback
 
+from . import engine as _engine
 from . import gpu
 from .config import ConfigError
 from .engine import ContextOverflowError, Engine, HostTimes, SnapshotError
-from .gguf_file import GGUFError
+from .gguf_file import GGUFError, GGUFFile
 from .models.gemma import ModelLoadError
 from .chat import ChatError
 from .sampling import SamplerParams
 from .sources import BlobSource, HTTPSource, LocalFile, OPFSSource, Source, SourceError
 
+try:
+    from .media import MediaError
+except ImportError:  # pragma: no cover - media.py ships with the vision engine
+    class MediaError(ValueError):
+        pass
+
+
+class _Never(Exception):
+    """Stands for an engine exception this build of the engine does not have."""
+
+
+Cancelled = getattr(_engine, "Cancelled", _Never)  # a running image encode was stopped (Engine.cancel())
+NoTowerError = getattr(_engine, "NoTowerError", _Never)  # an image for a model without a vision tower
+VisionLoadError = getattr(_engine, "VisionLoadError", _Never)  # the tower (or the mmproj) cannot be used
+
 IN_BROWSER = sys.platform == "emscripten"
 
-__all__ = ["WebApp", "describe_error", "CountingSource"]
+__all__ = ["WebApp", "describe_error", "engine_messages", "CountingSource", "MmprojError"]
 
 _PARAM_FIELDS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "repetition_last_n", "seed")
 _PROGRESS_EVERY = 0.1  # seconds between progress events (the 270M model has ~240 tensors)
@@ -61,12 +89,79 @@ class CountingSource(Source):
         await self.inner.close()
 
 
-def describe_error(e: BaseException) -> dict:
-    """A plain sentence for the page, a kind for the page's logic, and the technical detail."""
+class MmprojError(Exception):
+    """Something wrong with the vision projector (mmproj) given at load; `cause` says what."""
+
+    def __init__(self, cause: BaseException):
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _sentence(text: str) -> str:
+    """An engine's message as a sentence: capital first (unless it starts with a file name, which stays as it
+    is), full stop last ("image is damaged" -> "The image is damaged.")."""
+    text = " ".join(str(text).split())
+    if text.startswith("image "):
+        text = "The image " + text[len("image "):]
+    first = text.split(" ", 1)[0]
+    if text and text[0].islower() and "." not in first and "/" not in first:
+        text = text[0].upper() + text[1:]
+    if text and text[-1] not in ".!?":
+        text += "."
+    return text
+
+
+def _describe_mmproj(e: BaseException) -> tuple[str, str]:
+    """(kind, sentence) for a problem with the vision projector file."""
+    low = str(e).lower()
+    if isinstance(e, SourceError):
+        if "http 404" in low:
+            return "mmproj", "The vision projector (mmproj) was not found at that address (HTTP 404). Check its URL."
+        if "fetch failed" in low or "connection refused" in low or "timed out" in low:
+            return "mmproj", "The vision projector (mmproj) could not be reached at that address."
+        if "no such file" in low:
+            return "mmproj", "The vision projector (mmproj) file was not found."
+        return "mmproj", "The vision projector (mmproj) file could not be read."
+    if isinstance(e, GGUFError):
+        return "mmproj", "The vision projector (mmproj) file is damaged or is not a GGUF file."
+    if isinstance(e, VisionLoadError):
+        if "not a vision projector" in low:
+            return "mmproj", "That file is not a vision projector (mmproj): it holds no vision tower."
+        if "another model" in low or "wide" in low:
+            return "mmproj", "This vision projector (mmproj) belongs to another model: its output does not fit this model."
+        return "mmproj", "This vision projector (mmproj) cannot be used with this model."
+    if isinstance(e, gpu.DeviceLimitError):
+        return "mmproj", ("This device's GPU cannot hold the vision projector (mmproj) next to the model. Try a "
+                          "shorter context or a smaller model.")
+    if isinstance(e, TypeError) and "mmproj" in low:
+        return "mmproj", "This version of rullama cannot load a separate vision projector (mmproj)."
+    return "mmproj", "The vision projector (mmproj) cannot be used with this model."
+
+
+def describe_error(e: BaseException, during: str = "") -> dict:
+    """A plain sentence for the page, a kind for the page's logic, and the technical detail. `during` is
+    what was being done ("load", "chat"): the same GPU limit means the model at load, the vision tower in a
+    chat (the tower is built on the first image)."""
     detail = f"{type(e).__name__}: {e}"
     text = str(e)
     low = text.lower()
-    if isinstance(e, gpu.NoAdapterError):
+    if isinstance(e, MmprojError):
+        kind, msg = _describe_mmproj(e.cause)
+        detail = f"{type(e.cause).__name__}: {e.cause}"
+    elif isinstance(e, MediaError):
+        kind, msg = "image", _sentence(text) if text else "This image cannot be read."
+    elif isinstance(e, NoTowerError):
+        kind, msg = "no-vision", _sentence(text) if text else "This model has no vision tower, so it cannot read images."
+    elif isinstance(e, VisionLoadError):
+        kind, msg = "vision-load", ("This model's vision tower cannot be used (a tensor is missing or of a type "
+                                    "rullama does not read), so it cannot read images.")
+    elif isinstance(e, ImportError) and getattr(e, "name", "") in ("PIL", "PIL.Image"):
+        kind, msg = "image-decoder", ("This app cannot read images: its image decoder (Pillow) is not installed. "
+                                      "Run tools/setup.sh, then reload the page.")
+    elif isinstance(e, gpu.DeviceLimitError) and during == "chat":
+        kind, msg = "vision-limit", ("This device's GPU cannot hold the vision tower next to the model, so it cannot "
+                                     "read images. Try fewer image tokens, a shorter context or a smaller model.")
+    elif isinstance(e, gpu.NoAdapterError):
         kind, msg = "no-webgpu", ("This browser cannot run models: WebGPU is not available (no GPU adapter was "
                                   "found). Use a recent Chrome or Edge with WebGPU turned on.")
     elif isinstance(e, gpu.DeviceLimitError):
@@ -121,6 +216,58 @@ def _loads(s):
     return json.loads(s) if s else {}
 
 
+def _image_bytes(x) -> bytes:
+    """One image's bytes: a JS Uint8Array / ArrayBuffer (its JsProxy), or anything bytes-like."""
+    if hasattr(x, "to_bytes"):
+        return x.to_bytes()
+    if hasattr(x, "to_py"):
+        x = x.to_py()
+    return bytes(x)
+
+
+def engine_messages(messages: list, images=()) -> tuple[list, int]:
+    """The page's messages as the engine takes them, and how many image parts they hold.
+
+    A content is a str, or a list of parts {"type": "text", "text": str} and {"type": "image", "ref": k,
+    "name": str}, where `ref` indexes `images` (the bytes, sent beside the JSON). An image part becomes
+    {"type": "image", "image": bytes, "name": str}. A message whose parts are text only stays a list."""
+    data = [_image_bytes(x) for x in (images or ())]
+    out, n_images = [], 0
+    for m in messages:
+        if not isinstance(m, dict) or "role" not in m:
+            raise ValueError(f"a message must be an object with a role, not {m!r:.80}")
+        content = m.get("content", "")
+        if isinstance(content, list):
+            parts = []
+            for p in content:
+                kind = p.get("type") if isinstance(p, dict) else None
+                if kind == "text":
+                    parts.append({"type": "text", "text": str(p.get("text", ""))})
+                elif kind == "image":
+                    ref = p.get("ref")
+                    if not isinstance(ref, int) or isinstance(ref, bool) or not 0 <= ref < len(data):
+                        raise ValueError(f"image part refers to image {ref!r}; {len(data)} were sent")
+                    part = {"type": "image", "image": data[ref]}
+                    if p.get("name"):
+                        part["name"] = str(p["name"])
+                    parts.append(part)
+                    n_images += 1
+                else:
+                    raise ValueError(f"unknown message part {p!r:.80}")
+            content = parts
+        elif content is None:
+            content = ""
+        out.append({"role": str(m["role"]), "content": content})
+    return out, n_images
+
+
+def _accepts(fn, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _buffers_of(root) -> list:
     """The GPU buffers reachable from `root` through rullama_py objects, dicts, lists and tuples (weights,
     KV cache, activations, sampler state, staging buffers), without descending into the shared Device or
@@ -156,8 +303,10 @@ class WebApp:
         self.device: gpu.Device | None = None
         self.source: CountingSource | None = None
         self.model_name = ""
+        self.mmproj_name = ""
         self.busy = False
         self._stop = False
+        self._chatting = False
         self.last_stats: dict = {}
 
     def emit(self, event: str, payload: dict) -> None:
@@ -200,6 +349,12 @@ class WebApp:
         eng, self.engine = self.engine, None
         if eng is None:
             return
+        release = getattr(eng, "release_towers", None)
+        if release is not None:
+            try:
+                release()
+            except Exception:  # noqa: BLE001 - freeing is best effort (a lost device frees everything anyway)
+                pass
         for buf in _buffers_of(eng):
             try:
                 buf.destroy()
@@ -210,26 +365,43 @@ class WebApp:
         # them now so that the GPU memory they reference is freed before the next model uploads.
         dev._bind_groups.clear()
 
-    async def load(self, kind: str, target, options=None) -> str:
-        """Open the model, upload its weights (emitting "progress") and get ready to chat."""
+    async def load(self, kind: str, target, options=None, mmproj_kind=None, mmproj_target=None) -> str:
+        """Open the model, upload its weights (emitting "progress") and get ready to chat. `mmproj_kind` and
+        `mmproj_target` name a vision projector (a llama.cpp mmproj GGUF) the same way as the model."""
         if self.busy:
             return _fail("busy", "The model is busy: stop the reply first.")
         self.busy = True
         try:
-            return _json({"ok": True, **await self._load(str(kind), target, _loads(options))})
+            mm = (str(mmproj_kind), mmproj_target) if mmproj_kind and mmproj_target is not None else None
+            return _json({"ok": True, **await self._load(str(kind), target, _loads(options), mm)})
         except Exception as e:  # noqa: BLE001 - every failure becomes a sentence for the page
             self._release()
-            return _json({"ok": False, "error": describe_error(e), "trace": traceback.format_exc()[-3000:]})
+            return _json({"ok": False, "error": describe_error(e, "load"), "trace": traceback.format_exc()[-3000:]})
         finally:
             self.busy = False
 
-    async def _load(self, kind: str, target, opts: dict) -> dict:
+    async def _open_mmproj(self, kind: str, target) -> CountingSource:
+        """The vision projector's source, its header checked now: a damaged or missing file is reported as the
+        projector's (MmprojError), not as the model's."""
+        self.emit("progress", {"phase": "open", "text": "Opening the vision projector (mmproj)"})
+        if not _accepts(Engine.load, "mmproj"):
+            raise MmprojError(TypeError("this Engine.load() takes no mmproj"))
+        try:
+            msrc = CountingSource(await self._open_source(kind, target))
+            await GGUFFile.open(msrc)
+        except Exception as e:  # noqa: BLE001
+            raise MmprojError(e) from e
+        return msrc
+
+    async def _load(self, kind: str, target, opts: dict, mmproj=None) -> dict:
         self._release()
         t0 = time.perf_counter()
         self.emit("progress", {"phase": "open", "text": "Opening the model file"})
         inner = await self._open_source(kind, target)
         src = self.source = CountingSource(inner)
         self.model_name = opts.get("name") or inner.name
+        msrc = await self._open_mmproj(*mmproj) if mmproj is not None else None
+        self.mmproj_name = (opts.get("mmproj_name") or msrc.name) if msrc is not None else ""
         dev = await self._open_device(opts)
         state = {"tensors": 0, "last": 0.0, "t_up": None, "t_done": None}
 
@@ -252,15 +424,23 @@ class WebApp:
 
         self.emit("progress", {"phase": "header", "text": "Reading the model header"})
         params = SamplerParams(**self._params(opts.get("params") or {}))
-        eng = await Engine.load(src, max_context=int(opts.get("max_context", 2048)),
-                                prefill_chunk=int(opts.get("prefill_chunk", 64)), device=dev, params=params,
-                                progress=progress)
+        extra = {"mmproj": msrc} if msrc is not None else {}
+        try:
+            eng = await Engine.load(src, max_context=int(opts.get("max_context", 2048)),
+                                    prefill_chunk=int(opts.get("prefill_chunk", 64)), device=dev, params=params,
+                                    progress=progress, **extra)
+        except VisionLoadError as e:
+            if msrc is not None:
+                raise MmprojError(e) from e
+            raise
         self.engine = eng
         cfg = eng.config
         info = {
             "name": self.model_name,
             "size": src.size,
-            "fetched": src.fetched,
+            "fetched": src.fetched + (msrc.fetched if msrc is not None else 0),
+            "mmproj": self.mmproj_name or None,
+            "image_tokens": getattr(eng, "image_tokens", None),
             "reads": src.reads,
             "tensors": state["tensors"],
             "arch": getattr(cfg, "arch", ""),
@@ -296,26 +476,47 @@ class WebApp:
     def context_used(self) -> int:
         return len(self.engine.tokens) if self.engine is not None else 0
 
-    async def chat(self, messages, request=None) -> str:
-        """Stream the reply to `messages` (JSON list of {role, content}); `request` holds the sampling
-        settings and max_tokens. Returns the final stats; finish_reason "stopped" after stop()."""
+    async def chat(self, messages, request=None, images=None) -> str:
+        """Stream the reply to `messages` (JSON list of {role, content}, a content being a str or a list of
+        parts, see engine_messages); `images` holds the bytes the image parts refer to; `request` holds the
+        sampling settings, max_tokens and image_tokens. Returns the final stats; finish_reason "stopped" after
+        stop(), also when it came while the images were read (then no token was generated)."""
         if self.engine is None:
             return _fail("no-model", "Load a model first.")
         if self.busy:
             return _fail("busy", "The model is busy with another request.")
         self.busy = True
         self._stop = False
+        self._chatting = True
         eng = self.engine
+        media = {"read": 0, "t0": None, "t1": None}
         try:
-            msgs = _loads(messages)
+            msgs, n_images = engine_messages(_loads(messages), images)
             req = _loads(request)
+            if n_images and not eng.has_vision:
+                return _fail("no-vision", "This model has no vision tower, so it cannot read the images of this "
+                             "conversation. Load a model that reads images (or add its vision projector), or start "
+                             "a new chat.")
             eng.set_params(SamplerParams(**self._params(req)))
+            if req.get("image_tokens") and hasattr(eng, "image_tokens"):
+                eng.image_tokens = int(req["image_tokens"])
             eng.host_times = HostTimes()
+            eng.stats = type(eng.stats)()  # a reply stopped while its images are read has no prompt yet
             max_tokens = int(req.get("max_tokens", 512))
             n, text = 0, []
             t_first = None
             stopped = False
-            agen = eng.chat(msgs, max_tokens=max_tokens)
+
+            def on_media(ev: dict) -> None:
+                now = time.perf_counter()
+                media["t0"] = media["t0"] or now
+                media["t1"] = now
+                if ev.get("stage") == "image" and ev.get("layers") and ev.get("layer") == ev.get("layers"):
+                    media["read"] += 1
+                self.emit("media", {k: ev.get(k) for k in ("stage", "index", "count", "layer", "layers")})
+
+            extra = {"progress": on_media} if n_images and _accepts(eng.chat, "progress") else {}
+            agen = eng.chat(msgs, max_tokens=max_tokens, **extra)
             try:
                 async for tok in agen:
                     if tok.id >= 0:
@@ -330,16 +531,21 @@ class WebApp:
                     if self._stop:
                         stopped = True
                         break
+            except Cancelled:
+                stopped = True  # stop() came while the images were read: the context keeps what it had
             finally:
                 await agen.aclose()
             self.last_stats = self._stats(stopped)
+            if media["t0"] is not None:
+                self.last_stats.update(images_read=media["read"], image_seconds=media["t1"] - media["t0"])
             return _json({"ok": True, "text": "".join(text), **self.last_stats})
         except Exception as e:  # noqa: BLE001
-            return _json({"ok": False, "error": describe_error(e), "trace": traceback.format_exc()[-3000:],
+            return _json({"ok": False, "error": describe_error(e, "chat"), "trace": traceback.format_exc()[-3000:],
                           **self._stats(False)})
         finally:
             self.busy = False
             self._stop = False
+            self._chatting = False
 
     def _stats(self, stopped: bool) -> dict:
         eng = self.engine
@@ -348,12 +554,18 @@ class WebApp:
         st = eng.stats
         return {"prompt_tokens": st.prompt_tokens, "prompt_seconds": st.prompt_seconds, "prompt_tps": st.prompt_tps,
                 "generated_tokens": st.generated_tokens, "generate_seconds": st.generate_seconds,
-                "generate_tps": st.generate_tps, "finish_reason": "stopped" if stopped else st.finish_reason,
+                "generate_tps": st.generate_tps,
+                "finish_reason": "stopped" if stopped or st.finish_reason == "cancelled" else st.finish_reason,
                 "context": self.context_used(), "max_context": eng.max_context, "host": eng.host_times.per_step_ms()}
 
     def stop(self) -> None:
-        """Ask the running chat() to end after the current token."""
+        """Ask the running chat() to end: after the current token, or between the vision tower's layers while
+        the message's images are read (engine.cancel())."""
         self._stop = True
+        if self._chatting and self.engine is not None:
+            cancel = getattr(self.engine, "cancel", None)
+            if cancel is not None:
+                cancel()
 
     def new_chat(self) -> str:
         if self.busy:

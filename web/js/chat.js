@@ -1,0 +1,235 @@
+// The chat panel: the messages of the active conversation, sending, streaming the reply (and, before it,
+// the progress of reading the message's images), stop, regenerate, and the engine state kept per
+// conversation (a KV snapshot in IndexedDB after every reply).
+
+import { $, S, visible } from './state.js';
+import { clearError, notice, showError, updateButtons } from './ui.js';
+import { call, on } from './worker-client.js';
+import { samplingRequest } from './settings.js';
+import { loadSnapshot, newConversation, renderConversations, saveConversation, saveSnapshotRecord } from './conversations.js';
+import { restorePending, takePending, thumbStrip, withImageBytes } from './attachments.js';
+
+// Errors about a message's images (see rullama_py.webapp.describe_error): the message goes back into the
+// composer, text and images, so that the user can take the image out or send it to another model.
+const IMAGE_ERRORS = new Set(['image', 'no-vision', 'image-decoder', 'vision-load', 'vision-limit']);
+
+export function messageElement(m) {
+  const div = document.createElement('div');
+  div.className = 'msg ' + m.role;
+  const who = document.createElement('div');
+  who.className = 'who';
+  who.textContent = m.role === 'user' ? 'You' : 'Model';
+  div.append(who);
+  if (m.images && m.images.length) div.append(thumbStrip(m.images));
+  const body = document.createElement('div');
+  body.className = 'body';
+  body.textContent = visible(m.content);
+  div.append(body);
+  if (m.meta) {
+    const meta = document.createElement('div');
+    meta.className = 'meta';
+    meta.textContent = m.meta;
+    div.append(meta);
+  }
+  return div;
+}
+
+export function renderMessages() {
+  const box = $('messages');
+  box.textContent = '';
+  const c = S.active;
+  if (!c.messages.length) {
+    const p = document.createElement('p');
+    p.className = 'empty';
+    p.textContent = S.model ? 'Write a message to start.' : 'Load a model, then write a message.';
+    box.append(p);
+  }
+  for (const m of c.messages) box.append(messageElement(m));
+  box.scrollTop = box.scrollHeight;
+  updateButtons();
+}
+
+export function setActive(c) {
+  S.active = c;
+  localStorage.setItem('rullama.active', c.id);
+  $('system').value = c.system || '';
+  renderConversations();
+  renderMessages();
+  notice('');
+}
+
+export const startNewChat = () => setActive(newConversation());
+
+function metaLine(st) {
+  const why = { stop: 'finished', length: 'max tokens reached', context: 'context full', stopped: 'stopped' }[st.finish_reason] || st.finish_reason;
+  return `${st.generated_tokens} tokens · ${st.generate_tps.toFixed(1)} tokens/s · ${why}`;
+}
+
+function statusLine(st, restored) {
+  const parts = [
+    `${st.generate_tps.toFixed(1)} tokens/s`,
+    `prompt ${st.prompt_tokens} tokens` + (st.prompt_tps ? ` at ${st.prompt_tps.toFixed(1)} tokens/s` : ''),
+    `context ${st.context} / ${st.max_context}`,
+  ];
+  if (st.images_read) parts.push(`${st.images_read} image${st.images_read > 1 ? 's' : ''} read in ${st.image_seconds.toFixed(1)} s`);
+  // The CPU's share of a decode step (Python encoding and submitting the GPU work): the rest is GPU time.
+  if (st.host && st.host.steps) parts.push(`host ${st.host.host_ms.toFixed(2)} of ${st.host.wall_ms.toFixed(1)} ms per token`);
+  if (restored) parts.push(`resumed from the saved state (${restored} tokens not re-read)`);
+  return parts.join(' · ');
+}
+
+// What the reply bubble says while the message's images are read, before the first token.
+export function mediaText(e) {
+  if (e.stage === 'decoder') return 'Loading the image decoder…';
+  if (e.stage === 'tower') return 'Loading the vision tower…';
+  if (e.stage === 'image') return `Reading image ${e.index} of ${e.count}: layer ${e.layer} of ${e.layers}`;
+  return 'Reading the images…';
+}
+
+// Put the engine on conversation `c`: restore its snapshot when it was made by this very model, otherwise
+// start empty (the chat call then reads the whole conversation as its prompt, images included).
+async function ensureContext(c) {
+  if (S.engineConv === c.id) return 0;
+  S.engineConv = null;
+  const snap = await loadSnapshot(c.id);
+  if (snap && snap.identity === S.model.identity) {
+    try {
+      const r = await call('restore', { bytes: snap.bytes });
+      S.engineConv = c.id;
+      return r.context;
+    } catch (e) {
+      console.warn('snapshot not restored:', e.message);
+    }
+  }
+  await call('new-chat');
+  S.engineConv = c.id;
+  return 0;
+}
+
+async function reply() {
+  const c = S.active;
+  c.system = $('system').value;
+  const history = (c.system.trim() ? [{ role: 'system', content: c.system }] : []).concat(c.messages);
+  S.busy = S.generating = true;
+  updateButtons();
+  clearError();
+  const m = { role: 'assistant', content: '' };
+  const el = messageElement(m);
+  el.classList.add('streaming');
+  const activity = document.createElement('div');
+  activity.className = 'activity';
+  el.insertBefore(activity, el.querySelector('.body'));
+  const last = c.messages[c.messages.length - 1];
+  if (last && last.images && last.images.length) activity.textContent = 'Reading the images…';
+  activity.hidden = !activity.textContent;
+  const box = $('messages');
+  box.append(el);
+  box.scrollTop = box.scrollHeight;
+  const body = el.querySelector('.body');
+  const ids = [];
+  let restored = 0;
+  S.streaming = { n: 0 };
+  S.media = null;
+  on('media', e => {
+    S.media = e;
+    if (S.streaming && S.streaming.n) return;
+    activity.textContent = mediaText(e);
+    activity.hidden = false;
+  });
+  on('token', e => {
+    if (e.id >= 0) ids.push(e.id);
+    S.streaming.n = e.n;
+    activity.hidden = true;
+    m.content += e.text;
+    body.textContent = visible(m.content);
+    box.scrollTop = box.scrollHeight;
+    $('status').textContent = `generating · ${e.n} tokens · ${e.generate_tps.toFixed(1)} tokens/s · context ${e.context} / ${e.max_context}`;
+  });
+  try {
+    restored = await ensureContext(c);
+    const { messages, transfer } = await withImageBytes(history);
+    const st = await call('chat', { messages, request: samplingRequest() }, transfer);
+    el.classList.remove('streaming');
+    S.lastReply = { ids, text: st.text, stats: st, restored };
+    if (st.finish_reason === 'stopped' && !st.generated_tokens && !st.text) {
+      // Stopped while the images were read: no reply, the user's message (and its images) stays.
+      el.remove();
+      S.lastReply.cancelled = true;
+      $('status').textContent = 'Stopped before the reply began. Your message is kept: Regenerate reads it again.';
+      return;
+    }
+    m.content = st.text;
+    m.meta = metaLine(st);
+    el.replaceWith(messageElement(m));
+    c.messages.push(m);
+    $('status').textContent = statusLine(st, restored);
+    await saveConversation(c);
+    await saveSnapshot(c, st);
+  } catch (e) {
+    el.remove();
+    S.lastReply = { ids, text: m.content, error: e, restored };
+    if (IMAGE_ERRORS.has(e.kind)) {
+      // Nothing changed in the engine's context (images are read before it moves): keep engineConv.
+      if (last && last.role === 'user' && c.messages[c.messages.length - 1] === last) {
+        c.messages.pop();
+        backToComposer(last);
+        renderMessages();
+        await saveConversation(c);
+      }
+      S.lastReply.restoredToComposer = true;
+    } else {
+      S.engineConv = null; // unknown state: the next reply re-reads the conversation
+    }
+    showError(e);
+  } finally {
+    S.busy = S.generating = false;
+    S.streaming = null;
+    updateButtons();
+  }
+}
+
+// A message whose reply failed goes back to the composer: its text before anything typed since.
+function backToComposer(msg) {
+  const now = $('prompt').value;
+  $('prompt').value = msg.content + (now && msg.content ? '\n' : '') + (now || '');
+  if (msg.images) restorePending(msg.images);
+}
+
+async function saveSnapshot(c, st) {
+  try {
+    const snap = await call('save');
+    if (!snap) return;
+    await saveSnapshotRecord({ id: c.id, identity: snap.identity, bytes: snap.bytes, tokens: st.context, model: S.model.name, saved: Date.now() });
+    S.lastSnapshot = { id: c.id, bytes: snap.bytes.length, tokens: st.context };
+  } catch (e) {
+    console.warn('snapshot not saved:', e.message); // the conversation is saved; it will be re-read later
+  }
+}
+
+export async function send(ev) {
+  ev && ev.preventDefault();
+  const text = $('prompt').value;
+  if ((!text.trim() && !S.pending.length) || S.busy) return;
+  if (!S.model) return notice('Load a model first.');
+  const c = S.active;
+  const msg = { role: 'user', content: text };
+  if (S.pending.length) msg.images = takePending();
+  c.messages.push(msg);
+  if (c.title === 'New chat') c.title = text.trim().slice(0, 40) || msg.images[0].name;
+  $('prompt').value = '';
+  renderMessages();
+  await saveConversation(c);
+  await reply();
+}
+
+export async function regenerate() {
+  if (S.busy || !S.model) return;
+  const c = S.active;
+  while (c.messages.length && c.messages[c.messages.length - 1].role === 'assistant') c.messages.pop();
+  if (!c.messages.length) return;
+  renderMessages();
+  await saveConversation(c);
+  await reply();
+}
+
+export const stop = () => call('stop');

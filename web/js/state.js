@@ -1,0 +1,35 @@
+// What every module of the page shares: the element lookup, the query parameters, the app state and a few
+// formatting helpers. Nothing here touches the worker or the DOM beyond lookups.
+//
+// Query parameters (for testing and tuning): ?chunk=BYTES sets the OPFS download part size (default 8 MiB);
+// ?max_buffer=BYTES makes the app pretend the GPU allows no larger buffer (to see the device-limit message).
+
+export const $ = id => document.getElementById(id);
+export const query = new URLSearchParams(location.search);
+
+// Everything a test or a curious user may want to look at; nothing here is needed by the page itself.
+export const S = (window.rullamaApp = {
+  python: false,
+  model: null, // the load result: name, identity, max_context, has_vision, has_audio, mmproj, ...
+  busy: false, // loading or generating
+  generating: false,
+  convs: [],
+  active: null, // the conversation shown
+  engineConv: null, // the conversation whose context is in the engine right now
+  lastReply: null, // {ids, text, stats, restored, images}
+  lastLoad: null,
+  lastError: null,
+  lastNotice: '',
+  serverModels: [],
+  pending: [], // images attached in the composer, not sent yet: [{name, type, size, blob, width, height}]
+  media: null, // the last image-reading progress event of the running reply
+  events: 0,
+});
+
+export const mb = n => (n / 1e6).toFixed(1) + ' MB';
+export const kb = n => (n < 1e6 ? Math.max(1, Math.round(n / 1e3)) + ' KB' : mb(n));
+export const secs = s => (s == null || !isFinite(s) ? '' : s < 60 ? `about ${Math.ceil(s)} s left` : `about ${Math.ceil(s / 60)} min left`);
+
+// Control characters (a random test model emits byte tokens 0x00-0x1f) shown as their Unicode pictures
+// rather than as empty boxes; newlines and tabs stay.
+export const visible = t => t.replace(/[\x00-\x08\x0b-\x1f]/g, ch => String.fromCharCode(0x2400 + ch.charCodeAt(0)));
