@@ -317,9 +317,16 @@ def test_svg(svg):
     _refuse(svg, "logo.png", "svg")  # whatever the name says
 
 
+def test_svg_by_name_when_the_content_is_not_recognisable():
+    svg = b"<?xml version='1.0'?>\n<!-- " + b"x" * 2000 + b" -->\n<svg></svg>"  # <svg past the first KiB
+    _refuse(svg, "drawing.svg", "svg", "convert it to png")
+    _refuse(b"\x1f\x8b\x08\x00" + bytes(64), "drawing.svgz", "svg")
+
+
 def test_text_renamed_png():
     _refuse(b"Shopping list:\n- milk\n- eggs\n", "photo.png", "not an image", "text")
     _refuse("Grüße\r\n".encode() * 20, "photo.png", "text")
+    _refuse(b"x" * 1023 + "é".encode() * 10, "photo.png", "text")  # a character across the 1 KiB we look at
 
 
 def test_other_files():
@@ -353,6 +360,16 @@ def test_decompression_bomb_refused_from_header(make, w, h):
 def test_pixel_cap_allows_camera_photos():
     assert MAX_IMAGE_PIXELS >= 8192 * 6144  # a 50 MP camera
     assert MAX_IMAGE_PIXELS <= 200_000_000
+
+
+def test_corrupt_exif_is_ignored_quietly():
+    """A broken EXIF block (Pillow warns "Corrupt EXIF data") leaves the image as stored, with no warning."""
+    stored = np.random.default_rng(3).integers(0, 256, (8, 12, 3), dtype=np.uint8)
+    data = _encode(Image.fromarray(stored), "PNG", exif=b"Exif\x00\x00II*\x00\x08\x00\x00\x00\xff\xff" + b"\x12\x01" * 20)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        np.testing.assert_array_equal(decode_image(data), stored)
+    assert not caught, [str(w.message) for w in caught]
 
 
 def test_bytes_like_inputs():

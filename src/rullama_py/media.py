@@ -122,19 +122,21 @@ def _sniff(data: bytes) -> str | None:
         return "a ZIP archive"
     if head[:4] == b"RIFF" and head[8:12] != b"WEBP":
         return "a RIFF file (audio or video)"
-    try:
-        head.decode("utf-8")
-        looks_text = all(c >= 32 or c in (9, 10, 13) for c in head)
-    except UnicodeDecodeError:
-        looks_text = False
-    if looks_text:
-        return "text"
+    for cut in range(4):  # the first 1 KiB may end inside a multi-byte character
+        try:
+            head[: len(head) - cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        if all(c >= 32 or c in (9, 10, 12, 13) for c in head):
+            return "text"
+        break
     return None
 
 
 def _unsupported(name: str, data: bytes) -> MediaError:
     kind = _sniff(data)
-    if kind == "svg":
+    if kind == "svg" or (kind in ("text", "a compressed (gzip) file, perhaps an SVGZ image")
+                         and name.lower().endswith((".svg", ".svgz"))):
         return MediaError(f"{name} is an SVG image, and SVG is not supported: convert it to PNG and try again.")
     if kind == "text":
         return MediaError(f"{name} is not an image: it contains text. Use a {_SUPPORTED} image.")
@@ -161,7 +163,9 @@ def _open_rgb(data: bytes, name: str):
         raise MediaError(f"{name} is empty (0 bytes).")
     with warnings.catch_warnings():
         # Pillow warns above its own limit (89.5 MP) and raises above twice that; ours is the check that counts.
+        # Its other warnings (a corrupt EXIF block, say) are no business of the user's either.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
         if _sniff(data) == "svg":
             raise _unsupported(name, data)
         try:
