@@ -198,14 +198,15 @@ class FakeVocab:
         return self.tokens.index(piece)
 
 
-def fake_vocab(n_vocab: int) -> FakeVocab:
+def fake_vocab(n_vocab: int, specials: dict[int, str] | None = None) -> FakeVocab:
     """BPE vocabulary shaped like Gemma 4's: specials at their real ids, '\\n' at 107, SentencePiece-style '▁'
     pieces built by a chain of merges (so a BPE tokenizer can really produce the words in WORDS), byte-fallback
-    tokens, and for large vocabularies filler pieces '▁t<id>' up to n_vocab."""
+    tokens, and for large vocabularies filler pieces '▁t<id>' up to n_vocab. `specials` (default SPECIAL_TOKENS)
+    lets a small vocabulary hold tokens that really live past its end, e.g. the multimodal markers."""
     assert n_vocab >= 2 * FIRST_BYTE_ID, "the byte tokens need ids up to 511"
     tokens: list[str | None] = [None] * n_vocab
     types = [int(TokenType.NORMAL)] * n_vocab
-    for i, s in SPECIAL_TOKENS.items():
+    for i, s in (SPECIAL_TOKENS if specials is None else specials).items():
         if i < n_vocab:
             tokens[i] = s
             types[i] = int(TokenType.USER_DEFINED if s in VISIBLE_SPECIALS else TokenType.CONTROL)
@@ -464,13 +465,15 @@ def random_chunks(spec: TensorSpec, qtype: Q, dims: Gemma4Dims, rng: np.random.G
 
 
 def write_gguf_streaming(path: str, add_metadata: Callable[[GGUFWriter], None],
-                         tensors: list[tuple[str, tuple[int, ...], Q, Callable[[], Iterator[np.ndarray]]]]) -> int:
+                         tensors: list[tuple[str, tuple[int, ...], Q, Callable[[], Iterator[np.ndarray]]]],
+                         arch: str = ARCH) -> int:
     """Write a GGUF whose tensor data comes from generators, so no tensor has to fit in memory at once.
 
     GGUFWriter lays out the header, metadata and tensor infos (offsets are the padded sizes declared here); the
     data is then appended tensor by tensor with the same alignment padding GGUFWriter would use.
-    `tensors`: (name, ne, type, make_chunks). Returns the file size."""
-    w = GGUFWriter(path, ARCH)
+    `tensors`: (name, ne, type, make_chunks); `arch` is general.architecture ("clip" for an mmproj). Returns the
+    file size."""
+    w = GGUFWriter(path, arch)
     add_metadata(w)
     for name, ne, qtype, _ in tensors:
         # A non-uint8 dtype tells GGUFWriter that the shape is the logical (element) shape, not a byte shape.

@@ -421,7 +421,15 @@ def make(cfg: Tiny, out_dir: str) -> None:
           f"decode vs prefill {info['decode_vs_prefill_max_abs_diff']:.2e}")
 
 
+def hide_torchvision() -> None:
+    """Make transformers treat torchvision as absent. transformers imports torchvision whenever it is installed,
+    even for a text model, and a torchvision built for another torch fails inside that import ("operator
+    torchvision::nms does not exist"). Nothing here needs it: the image processor used is the PIL one."""
+    sys.modules.setdefault("torchvision", None)
+
+
 def main(argv: list[str] | None = None) -> None:
+    hide_torchvision()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("names", nargs="*", help=f"configs to build (default all): {', '.join(CONFIGS)}")
     ap.add_argument("--out", default=FIXTURES, help="output folder (default tests/fixtures)")
