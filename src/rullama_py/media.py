@@ -77,6 +77,8 @@ def fit_to_budget(height: int, width: int, *, budget: int = 280, patch_size: int
     that holds at most budget * pooling**2 patches. A side that would round to 0 (a very wide or tall image)
     becomes one pooling cell and the other side floor(long / short) cells, at most budget cells."""
     _check_budget(budget)
+    if patch_size < 1 or pooling < 1:
+        raise ValueError(f"patch_size and pooling must be positive, not {patch_size} and {pooling}")
     height, width = int(height), int(width)
     if height < 1 or width < 1:
         raise MediaError(f"An image of {width} x {height} pixels has no pixels to use.")
