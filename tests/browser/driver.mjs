@@ -118,6 +118,74 @@ async function snapshotSaved(page, tokens) {
   await until(page, n => window.rullamaApp.lastSnapshot && window.rullamaApp.lastSnapshot.tokens === n, tokens, 300000);
 }
 
+// -- images: drop, paste, pick ------------------------------------------------------------------------------
+
+// {name, mimeType, path | b64} -> what the page's File constructor takes
+const fileSpec = f => ({ name: f.name, mimeType: f.mimeType, b64: f.b64 || fs.readFileSync(f.path).toString('base64') });
+
+// A DataTransfer holding `files`, made in the page (drop and paste events carry one).
+const dataTransfer = (page, files) => page.evaluateHandle(fsIn => {
+  const dt = new DataTransfer();
+  for (const f of fsIn) dt.items.add(new File([Uint8Array.from(atob(f.b64), c => c.charCodeAt(0))], f.name, { type: f.mimeType }));
+  return dt;
+}, files.map(fileSpec));
+
+async function dropFiles(page, selector, files) {
+  const dt = await dataTransfer(page, files);
+  await page.dispatchEvent(selector, 'dragover', { dataTransfer: dt });
+  await page.dispatchEvent(selector, 'drop', { dataTransfer: dt });
+}
+
+async function pasteFiles(page, selector, files) {
+  const dt = await dataTransfer(page, files);
+  await page.evaluate(({ sel, dt }) => {
+    document.querySelector(sel).dispatchEvent(new ClipboardEvent('paste', { clipboardData: dt, bubbles: true, cancelable: true }));
+  }, { sel: selector, dt });
+}
+
+const pickFiles = (page, files) => page.setInputFiles('#attach-file', files.map(f => ({ name: f.name, mimeType: f.mimeType, buffer: Buffer.from(fileSpec(f).b64, 'base64') })));
+
+const composerThumbs = page => app(page, () => [...document.querySelectorAll('#attachments .thumb')].map(t => t.querySelector('figcaption').textContent));
+
+async function thumbsAre(page, n) {
+  await until(page, k => document.querySelectorAll('#attachments .thumb').length === k, n, 30000);
+  return composerThumbs(page);
+}
+
+// The messages shown, with their images (name, and whether the thumbnail decoded: naturalWidth > 0).
+const shownWithImages = page => app(page, async () => {
+  const out = [];
+  for (const d of document.querySelectorAll('#messages .msg')) {
+    const imgs = [...d.querySelectorAll('.thumbs img')];
+    await Promise.all(imgs.map(i => (i.complete ? null : new Promise(r => { i.onload = i.onerror = r; }))));
+    out.push({ role: d.classList.contains('user') ? 'user' : 'assistant', text: d.querySelector('.body').textContent,
+      images: imgs.map(i => ({ name: i.alt, width: i.naturalWidth })) });
+  }
+  return out;
+});
+
+// The active conversation as stored in IndexedDB (what a reload shows): roles, texts, image names and sizes.
+const storedConversation = page => app(page, () => new Promise((resolve, reject) => {
+  const r = indexedDB.open('rullama');
+  r.onsuccess = () => {
+    const q = r.result.transaction('conversations').objectStore('conversations').get(window.rullamaApp.active.id);
+    q.onsuccess = () => resolve(q.result.messages.map(m => ({ role: m.role, content: m.content,
+      images: (m.images || []).map(i => ({ name: i.name, size: i.blob.size, blob: i.blob instanceof Blob })) })));
+    q.onerror = () => reject(q.error);
+  };
+  r.onerror = () => reject(r.error);
+}));
+
+async function loadWithMmproj(page, modelUrl, mmprojUrl) {
+  await showLoader(page);
+  await page.click('[role=tab][data-tab=url]');
+  await page.fill('#model-url', modelUrl);
+  await page.fill('#mmproj-url', mmprojUrl);
+  await forgetError(page);
+  await page.click('#load');
+  return waitLoaded(page);
+}
+
 // ---------------------------------------------------------------------------------------------------------
 
 const scenarios = {
@@ -272,6 +340,155 @@ const scenarios = {
     await page.fill('#system', cfg.system_prompt);
     out.r_system = await chat(page, cfg.prompts[0], { temperature: 0, max_tokens: cfg.max_tokens });
     await shot(page, 'system-prompt');
+    await ctx.close();
+    return out;
+  },
+
+  // Images with a text-only model: refused in a sentence (drop, paste, pick) with the typed text kept; the
+  // composer's thumbnails (the page told the model reads images) are removable, go to Python with the message
+  // and come back to the composer with its text when Python says the model has no vision tower; the vision
+  // projector field and its errors.
+  async images_text() {
+    const { ctx, page } = await launch();
+    const out = {};
+    await open(page, cfg.url);
+    out.load = await loadFromServer(page, 'default');
+    const [png, jpg, tall] = cfg.images;
+    await page.fill('#prompt', cfg.prompt);
+    out.refused = {};
+    await dropFiles(page, '#prompt', [png]);
+    out.refused.drop = await page.textContent('#notice');
+    await pasteFiles(page, '#prompt', [jpg]);
+    out.refused.paste = await page.textContent('#notice');
+    await pickFiles(page, [tall]);
+    out.refused.pick = await page.textContent('#notice');
+    out.refused.prompt = await page.inputValue('#prompt');
+    out.refused.thumbs = await composerThumbs(page);
+    await shot(page, 'refused');
+
+    // As if the model read images: the page attaches them, and Python has the last word.
+    await app(page, () => { window.rullamaApp.model.has_vision = true; });
+    await dropFiles(page, '#prompt', [png]);
+    await thumbsAre(page, 1);
+    await pasteFiles(page, '#prompt', [jpg]);
+    await thumbsAre(page, 2);
+    await pickFiles(page, [tall]);
+    out.attached = await thumbsAre(page, 3);
+    await shot(page, 'three-attached');
+    await page.click(`#attachments .thumb:nth-child(2) .remove`);
+    out.after_remove = await thumbsAre(page, 2);
+    await shot(page, 'one-removed');
+    await page.click('#attachments .thumb:first-child img');
+    await until(page, () => document.getElementById('viewer').open && document.getElementById('viewer-img').naturalWidth > 0, null, 10000);
+    await shot(page, 'viewer');
+    await page.click('#viewer');
+    await setSampling(page, { temperature: 0, max_tokens: cfg.max_tokens });
+    await app(page, () => { window.rullamaApp.lastReply = null; });
+    await page.click('#send');
+    await until(page, () => window.rullamaApp.lastReply && !window.rullamaApp.busy);
+    out.sent = await app(page, () => {
+      const S = window.rullamaApp;
+      return { error: { kind: S.lastReply.error.kind, message: S.lastReply.error.message },
+        restoredToComposer: !!S.lastReply.restoredToComposer, shownError: document.getElementById('error-message').textContent };
+    });
+    out.sent.prompt = await page.inputValue('#prompt');
+    out.sent.thumbs = await composerThumbs(page);
+    out.sent.shown = await shownWithImages(page);
+    out.sent.stored = await storedConversation(page);
+    await shot(page, 'no-vision-error');
+
+    // The same text, without the images, is answered as usual.
+    await app(page, () => { for (const b of document.querySelectorAll('#attachments .remove')) b.click(); });
+    await thumbsAre(page, 0);
+    out.text_reply = await chat(page, cfg.prompt, { temperature: 0, max_tokens: cfg.max_tokens });
+    await shot(page, 'text-reply');
+
+    // The vision projector: missing, then a file that is not one.
+    out.mmproj = {};
+    for (const [name, url] of [['missing', 'models/missing.mmproj.gguf'], ['not_projector', 'models/default.gguf']]) {
+      await loadWithMmproj(page, 'models/default.gguf', url);
+      out.mmproj[name] = await shownError(page);
+      await shot(page, 'mmproj-' + name);
+    }
+    await ctx.close();
+    return out;
+  },
+
+  // Images with a vision model: a dropped PNG answered greedily (compared with native by the test), stop while
+  // the tower reads two images (pasted and picked), a damaged image and an SVG refused by Python with the text
+  // kept, then a reload: the thumbnails come back from IndexedDB and the next turn resumes from the snapshot.
+  async images_vision() {
+    const { ctx, page } = await launch();
+    const out = {};
+    await open(page, cfg.url);
+    if (cfg.mmproj_url) out.load = await loadWithMmproj(page, cfg.model_url, cfg.mmproj_url);
+    else out.load = await loadFromServer(page, 'default');
+    await shot(page, 'loaded');
+    const [png, jpg, tall] = cfg.images;
+    await page.selectOption('#image_tokens', String(cfg.image_tokens));
+    await dropFiles(page, '#prompt', [png]);
+    out.attached = await thumbsAre(page, 1);
+    await setSampling(page, { temperature: 0, max_tokens: cfg.max_tokens });
+    await page.fill('#prompt', cfg.prompts[0]);
+    await shot(page, 'png-dropped');
+    await app(page, () => { window.rullamaApp.lastReply = null; window.rullamaApp.media = null; });
+    await page.click('#send');
+    try {
+      await until(page, () => window.rullamaApp.media && window.rullamaApp.media.stage === 'image', null, 120000);
+      await shot(page, 'reading-image');
+    } catch { /* read before we looked */ }
+    out.r1 = await reply(page);
+    out.r1.media = await app(page, () => window.rullamaApp.media);
+    await snapshotSaved(page, out.r1.stats.context);
+    await shot(page, 'png-reply');
+
+    // Two images in one message (pasted, picked); stop as soon as the tower reports.
+    await pasteFiles(page, '#prompt', [jpg]);
+    await thumbsAre(page, 1);
+    await pickFiles(page, [tall]);
+    out.two = await thumbsAre(page, 2);
+    await page.fill('#prompt', cfg.prompts[1]);
+    await app(page, () => { window.rullamaApp.lastReply = null; window.rullamaApp.media = null; });
+    await page.click('#send');
+    await until(page, () => (window.rullamaApp.media && window.rullamaApp.media.stage === 'image') || window.rullamaApp.lastReply, null, 300000);
+    await shot(page, 'reading-two');
+    await page.click('#stop').catch(() => {});
+    out.r2 = await reply(page);
+    out.r2.cancelled = !!out.r2.cancelled;
+    out.after_stop = await shownWithImages(page);
+    out.after_stop_status = await page.textContent('#status');
+    await shot(page, 'stopped');
+
+    // Python refuses a damaged image and an SVG in a sentence; the text and the image go back to the composer.
+    out.bad = {};
+    for (const f of cfg.bad_images) {
+      await forgetError(page);
+      await pickFiles(page, [f]);
+      await thumbsAre(page, 1);
+      await page.fill('#prompt', cfg.prompts[2]);
+      await app(page, () => { window.rullamaApp.lastReply = null; });
+      await page.click('#send');
+      await until(page, () => window.rullamaApp.lastReply && !window.rullamaApp.busy);
+      const e = await shownError(page);
+      out.bad[f.name] = { ...e, prompt: await page.inputValue('#prompt'), thumbs: await composerThumbs(page),
+        shown: (await shownWithImages(page)).length };
+      await shot(page, 'refused-' + f.name.replace(/\W/g, '_'));
+      await app(page, () => { for (const b of document.querySelectorAll('#attachments .remove')) b.click(); });
+      await thumbsAre(page, 0);
+    }
+    out.stored_before_reload = await storedConversation(page);
+
+    await page.reload();
+    await until(page, () => window.rullamaApp && window.rullamaApp.started && window.rullamaApp.python);
+    out.shown_after_reload = await shownWithImages(page);
+    out.stored_after_reload = await storedConversation(page);
+    await shot(page, 'reloaded');
+    if (cfg.mmproj_url) out.load2 = await loadWithMmproj(page, cfg.model_url, cfg.mmproj_url);
+    else out.load2 = await loadFromServer(page, 'default');
+    await page.fill('#prompt', '');
+    out.r3 = await chat(page, cfg.prompts[2], { temperature: 0, max_tokens: cfg.max_tokens });
+    out.shown_final = await shownWithImages(page);
+    await shot(page, 'resumed');
     await ctx.close();
     return out;
   },

@@ -317,3 +317,149 @@ def test_real_gemma3_reproduces_the_native_greedy_tokens():
     [(want, _)] = native.conversation([([{"role": "user", "content": "Why is the sky blue?"}], REAL_TOKENS)])
     assert res["r"]["ids"] == want
     assert all(r[3] == 206 for r in reqs)
+
+
+# -- images ------------------------------------------------------------------------------------------------------
+
+IMAGES = ROOT / "tests" / "fixtures" / "images"
+VISION = ROOT / "tests" / "fixtures" / "gemma4_tiny_vision_f32.gguf"
+VISION_Q8 = ROOT / "tests" / "fixtures" / "gemma4_tiny_vision_q8_0.gguf"
+VISION_MMPROJ = ROOT / "tests" / "fixtures" / "gemma4_tiny_vision_q8_0.mmproj.gguf"
+IMAGE_TOKENS = 70
+PNG, JPG, TALL = (("alpha.png", "image/png"), ("landscape.jpg", "image/jpeg"), ("tall.jpg", "image/jpeg"))
+
+
+def _image_files(*specs):
+    return [{"name": n, "mimeType": t, "path": str(IMAGES / n)} for n, t in specs]
+
+
+def _needs_images():
+    if not (IMAGES / PNG[0]).exists():
+        pytest.skip("tests/fixtures/images is not here yet")
+
+
+@pytest.fixture(scope="module")
+def images_text(tiny_server):
+    _needs_images()
+    return drive("images_text", tiny_server.url, prompt=PROMPTS[0], images=_image_files(PNG, JPG, TALL))
+
+
+def test_images_are_refused_by_a_text_model_and_the_typed_text_stays(images_text):
+    r = images_text["refused"]
+    for how in ("drop", "paste", "pick"):  # the sentence the app always said, for each way in
+        assert "This model has no image input" in r[how], (how, r[how])
+    assert r["prompt"] == PROMPTS[0] and r["thumbs"] == []
+
+
+def test_composer_thumbnails_are_removable_and_come_back_when_python_refuses(images_text):
+    assert images_text["attached"] == [PNG[0], JPG[0], TALL[0]]  # dropped, pasted, picked
+    assert images_text["after_remove"] == [PNG[0], TALL[0]]
+    sent = images_text["sent"]
+    # The bytes went to Python, which said the model has no vision tower; nothing typed or attached is lost.
+    assert sent["error"]["kind"] == "no-vision" and "no vision tower" in sent["error"]["message"]
+    assert sent["shownError"] == sent["error"]["message"] and sent["restoredToComposer"]
+    assert sent["prompt"] == PROMPTS[0] and sent["thumbs"] == [PNG[0], TALL[0]]
+    assert sent["shown"] == [] and sent["stored"] == []  # the message is back in the composer, not in the chat
+
+
+def test_text_without_the_images_is_answered_as_before(images_text, native_tiny):
+    assert images_text["text_reply"]["ids"] == _native_first_reply(native_tiny)
+
+
+@pytest.mark.parametrize("case, words", [("missing", "(HTTP 404)"), ("not_projector", "not a vision projector")])
+def test_vision_projector_errors_are_sentences(images_text, case, words):
+    e = images_text["mmproj"][case]
+    assert e["kind"] == "mmproj" and words in e["message"] and "vision projector (mmproj)" in e["message"], e
+
+
+# -- images with the tiny vision model ----------------------------------------------------------------------------
+
+def _bad_images():
+    png = (IMAGES / PNG[0]).read_bytes()
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"><rect width="8" height="8"/></svg>'
+    return [{"name": "broken.png", "mimeType": "image/png", "b64": base64.b64encode(png[: len(png) // 3]).decode()},
+            {"name": "drawing.svg", "mimeType": "image/svg+xml", "b64": base64.b64encode(svg).decode()}]
+
+
+class NativeVision(Native):
+    def __init__(self, path: Path, mmproj: Path | None = None):
+        kw = {"mmproj": str(mmproj)} if mmproj else {}
+        self.engine = run(Engine.load(str(path), max_context=MAX_CONTEXT, prefill_chunk=PREFILL,
+                                      params=SamplerParams(temperature=0.0), **kw))
+        self.engine.image_tokens = IMAGE_TOKENS
+
+
+def _user(text, *images):
+    return {"role": "user", "content": [{"type": "image", "image": (IMAGES / n).read_bytes()} for n, _ in images]
+            + [{"type": "text", "text": text}]}
+
+
+@pytest.fixture(scope="module")
+def vision_run():
+    _needs_images()
+    if not VISION.exists():
+        pytest.skip(f"{VISION.name} is not generated yet (tools/make_tiny_gemma4_vision.py)")
+    s = Served(model_path=VISION)
+    try:
+        res = drive("images_vision", s.url, images=_image_files(PNG, JPG, TALL), bad_images=_bad_images(),
+                    image_tokens=IMAGE_TOKENS)
+    finally:
+        s.close()
+    return res
+
+
+@pytest.fixture(scope="module")
+def native_vision():
+    return NativeVision(VISION)
+
+
+def test_dropped_png_reply_equals_native_greedy(vision_run, native_vision):
+    load = vision_run["load"]
+    assert load["error"] is None and load["model"]["has_vision"] is True
+    assert load["model"]["identity"] == native_vision.engine.layout_hash().hex()
+    assert vision_run["attached"] == [PNG[0]]
+    [(want, st)] = native_vision.conversation([([_user(PROMPTS[0], PNG)], MAX_TOKENS)])
+    r1 = vision_run["r1"]
+    assert r1["ids"] == want and r1["stats"]["prompt_tokens"] == st.prompt_tokens > IMAGE_TOKENS
+    assert r1["stats"]["images_read"] == 1
+    m = r1["media"]  # the last progress event of the tower: image 1 of 1, every layer done
+    assert m["stage"] == "image" and m["index"] == m["count"] == 1 and m["layer"] == m["layers"] > 0
+
+
+def test_stop_while_the_tower_reads_keeps_the_message_and_its_images(vision_run):
+    assert vision_run["two"] == [JPG[0], TALL[0]]  # pasted, then picked: two images in one message
+    r2 = vision_run["r2"]
+    assert r2["cancelled"] and r2["stats"]["finish_reason"] == "stopped" and r2["stats"]["generated_tokens"] == 0
+    shown = vision_run["after_stop"]
+    assert [m["role"] for m in shown] == ["user", "assistant", "user"]
+    assert [(i["name"], i["width"] > 0) for i in shown[2]["images"]] == [(JPG[0], True), (TALL[0], True)]
+    assert shown[2]["text"] == PROMPTS[1] and "Stopped before the reply began" in vision_run["after_stop_status"]
+
+
+@pytest.mark.parametrize("name, words", [("broken.png", "damaged"), ("drawing.svg", "SVG")])
+def test_a_bad_image_is_a_sentence_and_the_typed_text_stays(vision_run, name, words):
+    e = vision_run["bad"][name]
+    assert e["kind"] == "image" and words in e["message"] and e["message"].endswith("."), e
+    assert e["prompt"] == PROMPTS[2] and e["thumbs"] == [name] and e["shown"] == 3
+
+
+def test_reload_shows_the_thumbnails_and_the_next_turn_resumes(vision_run, native_vision):
+    before = vision_run["stored_before_reload"]
+    assert vision_run["stored_after_reload"] == before
+    assert [[i["name"] for i in m["images"]] for m in before] == [[PNG[0]], [], [JPG[0], TALL[0]]]
+    assert all(i["blob"] for m in before for i in m["images"])  # kept as Blobs in IndexedDB
+    shown = vision_run["shown_after_reload"]
+    assert [[(i["name"], i["width"] > 0) for i in m["images"]] for m in shown] == \
+        [[(PNG[0], True)], [], [(JPG[0], True), (TALL[0], True)]]
+    r1, r3 = vision_run["r1"], vision_run["r3"]
+    # The snapshot after the first reply holds the PNG's soft tokens: only the stopped message's two images
+    # and the new text are read after the reload.
+    assert r3["restored"] == r1["stats"]["context"] and r3["stats"]["images_read"] == 2
+    msgs = [_user(PROMPTS[0], PNG)]
+    turns = [(list(msgs), MAX_TOKENS)]
+    msgs += [{"role": "assistant", "content": r1["text"]}, _user(PROMPTS[1], JPG, TALL),
+             {"role": "user", "content": PROMPTS[2]}]
+    turns.append((list(msgs), MAX_TOKENS))
+    ref = native_vision.conversation(turns)
+    assert r3["stats"]["prompt_tokens"] == ref[1][1].prompt_tokens and r3["ids"] == ref[1][0]
+    assert [m["role"] for m in vision_run["shown_final"]] == ["user", "assistant", "user", "user", "assistant"]
