@@ -405,7 +405,7 @@ class Engine:
             parts = []
             for p in content:
                 if isinstance(p, dict) and p.get("type") == "image":
-                    img = self._prepare_image(p.get("image", p.get("data")))
+                    img = self._prepare_image(p.get("image", p.get("data")), p.get("name") or "image")
                     images.append(img)
                     p = {"type": "image", "n_tokens": img.prepared.n_soft}
                 elif isinstance(p, dict) and p.get("type") == "audio":
@@ -414,7 +414,7 @@ class Engine:
             out.append(dict(m, content=parts))
         return out, images
 
-    def _prepare_image(self, data) -> _Image:
+    def _prepare_image(self, data, name: str = "image") -> _Image:
         if not self.has_vision:
             raise NoTowerError("This model has no vision tower, so it cannot read images. Use a Gemma 4 model "
                                "with vision (Ollama's gemma4 files carry it), or add its mmproj file.")
@@ -434,7 +434,7 @@ class Engine:
         if prepared is None:
             c = vision_config(self.vision_file.metadata)
             prepared = media.prepare_image(data, budget=self.image_tokens, patch_size=c.patch_size,
-                                           pooling=c.projector_scale_factor)
+                                           pooling=c.projector_scale_factor, name=name)
         self._prepared[key] = prepared  # most recent last; a few kept for the history re-sent each turn
         while len(self._prepared) > 4:
             self._prepared.pop(next(iter(self._prepared)))
