@@ -431,33 +431,58 @@ def test_no_vulkan_noise_without_xdg_runtime_dir():
     assert "XDG_RUNTIME_DIR" not in r.stderr and r.stdout
 
 
-# -- end to end on the tiny vision model ---------------------------------------------------------------------
+# -- end to end on the tiny vision models -------------------------------------------------------------------
 
-def test_generate_image_end_to_end_equals_the_engine(tmp_path):
-    """`rullama generate MODEL --image PHOTO` on the tiny vision model prints the engine's own greedy tokens
-    for the same one-turn conversation."""
-    require(None if TINY_VISION.exists() else f"{TINY_VISION} is not generated yet", "the vision CLI test")
+TINY_VISION_Q8 = FIXTURES / "gemma4_tiny_vision_q8_0.gguf"
+TINY_VISION_Q8_MMPROJ = FIXTURES / "gemma4_tiny_vision_q8_0.mmproj.gguf"
+
+
+@pytest.mark.parametrize("model, mmproj, temperature", [
+    (TINY_VISION, None, 0.0),                            # Ollama's layout: the tower inside the model file
+    (TINY_VISION_Q8, TINY_VISION_Q8_MMPROJ, 0.0),        # llama.cpp's pair: --mmproj
+    (TINY_VISION_Q8, TINY_VISION_Q8_MMPROJ, 1.0),        # sampled, same seed
+], ids=["f32-greedy", "q8_0-mmproj-greedy", "q8_0-mmproj-seeded"])
+def test_generate_image_end_to_end_equals_the_engine(tmp_path, capsys, model, mmproj, temperature):
+    """`rullama generate MODEL --image A --image B -p ...` prints what the engine itself makes of the same
+    one-turn conversation (images first), token for token; and the images matter (other images, other
+    tokens, on the model whose tiny tower moves its replies)."""
+    for f in (model, mmproj):
+        require(None if f is None or f.exists() else f"{f} is not generated yet", "the vision CLI tests")
     from conftest import run
     from rullama_py.engine import Engine
     from rullama_py.sampling import SamplerParams
 
-    png = _png(tmp_path / "photo.png", 80, 56, (30, 140, 220))
-    prompt, n = "Describe this image.", 12
+    a = _png(tmp_path / "photo.png", 90, 120, (30, 140, 220))
+    b = tmp_path / "noise.png"
+    import numpy as np
+    from PIL import Image
 
-    async def direct():
-        eng = await Engine.load(str(TINY_VISION), max_context=4096, params=SamplerParams(temperature=0.0))
+    Image.fromarray((np.random.default_rng(0).random((64, 100, 3)) * 255).astype(np.uint8)).save(b)
+    prompt, n = "Describe these images.", 8
+
+    async def direct(images):
+        eng = await Engine.load(str(model), mmproj=None if mmproj is None else str(mmproj), max_context=4096,
+                                params=SamplerParams(temperature=temperature, seed=7))
         eng.image_tokens = 70
-        messages = [{"role": "user", "content": [{"type": "image", "image": png.read_bytes()},
-                                                 {"type": "text", "text": prompt}]}]
-        return [t async for t in eng.chat(messages, max_tokens=n)]
+        content = [{"type": "image", "image": p.read_bytes()} for p in images] + [{"type": "text", "text": prompt}]
+        return "".join([t.text async for t in eng.chat([{"role": "user", "content": content}], max_tokens=n)])
 
-    want = run(direct())
-    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
-    r = subprocess.run([sys.executable, "-m", "rullama_py", "generate", str(TINY_VISION), "--image", str(png),
-                        "-p", prompt, "-n", str(n), "--temperature", "0", "--image-tokens", "70"],
-                       capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout == "".join(t.text for t in want)
-    lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert lines[0].startswith("reading image 1 of 1: layer 0 of ") and STATS_LINE.match(lines[-1])
-    assert all(line.startswith("reading image 1 of 1: layer ") for line in lines[:-1]), r.stderr
+    def cli_run(images):
+        args = ["generate", str(model), "-p", prompt, "-n", str(n), "--temperature", str(temperature), "--seed", "7",
+                "--image-tokens", "70"] + [x for p in images for x in ("--image", str(p))]
+        rc = cli.main(args + ([] if mmproj is None else ["--mmproj", str(mmproj)]))
+        out, err = capsys.readouterr()
+        assert rc == 0, err
+        return out, err
+
+    want = run(direct([a, b]))
+    out, err = cli_run([a, b])
+    assert out == want
+    lines = [line for line in err.splitlines() if line.strip()]
+    progress = [re.fullmatch(r"reading image (\d) of 2: layer (\d+) of (\d+)", line) for line in lines[:-1]]
+    assert all(progress), err
+    layers = int(progress[0].group(3))
+    assert [(int(m.group(1)), int(m.group(2))) for m in progress] == [(i, l) for i in (1, 2) for l in range(layers + 1)]
+    assert STATS_LINE.match(lines[-1]), err
+    if mmproj is not None and temperature == 0.0:  # the image reaches the model: another image, another reply
+        assert cli_run([a])[0] != cli_run([b])[0]
