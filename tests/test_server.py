@@ -231,6 +231,7 @@ def test_mmproj_is_listed_with_its_model(served_mmproj):
     (entry,) = json.loads(body)["models"]
     assert status == 200 and entry["id"] == "default" and entry["url"] == "models/default.gguf"
     assert entry["mmproj"] == "models/default.mmproj.gguf" and entry["mmproj_size"] == len(MMPROJ)
+    assert entry["mmproj_name"] == "mmproj-text-f16.gguf"
     assert entry["available"] is True and entry["size"] == len(DATA)
 
 
@@ -273,7 +274,7 @@ def test_without_mmproj_there_is_none(served):
     _, c = served
     status, _, body = c.get("/api/models")
     default = {m["id"]: m for m in json.loads(body)["models"]}["default"]
-    assert "mmproj" not in default and "mmproj_size" not in default
+    assert not any(k.startswith("mmproj") for k in default)
     assert c.get("/models/default.mmproj.gguf")[0] == 404
 
 

@@ -19,7 +19,8 @@ What is served (all from 127.0.0.1 unless --host says otherwise):
 
 /api/models is {"models": [entry, ...]}; an entry has id, name, url (relative to the page), size, source
 ("default" or "ollama"), available, digest (Ollama), and with --mmproj the default entry also has
-"mmproj": "models/default.mmproj.gguf" and "mmproj_size": bytes: load the model with that projector.
+"mmproj": "models/default.mmproj.gguf", "mmproj_size" (bytes) and "mmproj_name" (the file's own name): load
+the model with that projector.
 Ollama's Gemma 4 blobs carry their vision tower inside and have no "mmproj".
 
 Every file answers GET and HEAD with `Accept-Ranges: bytes`; a single `Range: bytes=a-b` (or `a-`, `-n`)
@@ -221,6 +222,7 @@ class AppServer(ThreadingHTTPServer):
                      "source": "default", "available": size is not None}
             if self.mmproj is not None:
                 entry["mmproj"] = MMPROJ_URL
+                entry["mmproj_name"] = self.mmproj.name
                 entry["mmproj_size"] = self.mmproj.stat().st_size if self.mmproj.is_file() else None
                 entry["available"] = size is not None and entry["mmproj_size"] is not None
             out.append(entry)
