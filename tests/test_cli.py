@@ -193,6 +193,10 @@ def test_image_errors_come_before_the_model_loads(tmp_path, capsys, no_engine):
         (empty, "error: empty.png is empty (0 bytes)."),
         (damaged, "error: damaged.png is damaged"),
     ]
+    big = tmp_path / "movie.mp4"
+    with open(big, "wb") as f:
+        f.truncate(cli.MAX_IMAGE_FILE_BYTES + 1)  # sparse: nothing is written
+    cases.append((big, f"error: {big} is too large to be an image (1.0 GiB)."))
     for path, sentence in cases:
         rc = cli.main(["generate", str(TINY_TEXT), "-p", "x", "--image", str(tmp_path / "ok.png"), "--image", str(path)])
         err = capsys.readouterr().err

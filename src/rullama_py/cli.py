@@ -67,6 +67,9 @@ class UserError(Exception):
     """A problem with what the user asked for; the message is a plain sentence, printed as `error: ...`."""
 
 
+MAX_IMAGE_FILE_BYTES = 1 << 30  # media's pixel limit (100 MP) stays far below this even as an uncompressed BMP
+
+
 @dataclass
 class Image:
     """An image file, read and checked (decoded once to learn its size) before it is sent."""
@@ -94,6 +97,8 @@ def read_image(path: str) -> Image:
         raise UserError(f"{path} does not exist.")
     if os.path.isdir(full):
         raise UserError(f"{path} is a folder, not an image.")
+    if os.path.getsize(full) > MAX_IMAGE_FILE_BYTES:  # a video or a disk image: not read into memory
+        raise UserError(f"{path} is too large to be an image ({os.path.getsize(full) / 2**30:.1f} GiB).")
     try:
         with open(full, "rb") as f:
             data = f.read()
