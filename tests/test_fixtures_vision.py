@@ -453,8 +453,8 @@ def test_reference_tower(m):
     trace = {}
     case = m.info["debug_case"]
     soft = m.tower.forward(pixel_values(case), INPUTS[f"{case}_positions"], trace)
-    for k in ("patch_embd", "inputs_embeds", "pooled"):
-        np.testing.assert_allclose(trace[k], m.gold[f"debug_{k}"], rtol=0, atol=REF_ATOL, err_msg=k)
+    for k in ("patch_embd", "inputs_embeds", "pooled"):  # pooled reaches 68 (x sqrt(d)): float32 rounding 4e-6
+        np.testing.assert_allclose(trace[k], m.gold[f"debug_{k}"], rtol=1e-6, atol=REF_ATOL, err_msg=k)
     for il, x in enumerate(trace["layer_out"]):
         np.testing.assert_allclose(x, m.gold["debug_layer_out"][il], rtol=0, atol=REF_ATOL, err_msg=f"layer {il}")
     np.testing.assert_allclose(soft, m.gold[f"{case}_soft_tokens"], rtol=0, atol=REF_ATOL)
