@@ -231,12 +231,17 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--text", help="an E2B-layout text GGUF, to also measure prefill of an image prompt")
     ap.add_argument("--out", help="write the JSON here too")
+    ap.add_argument("--layers", type=int, default=E2B_VISION["n_layers"], help="fewer layers: a quick dry run")
+    ap.add_argument("--budgets", default="280,1120", help="soft-token budgets to encode (of 280 and 1120)")
     args = ap.parse_args()
+    E2B_VISION["n_layers"] = args.layers
     from rullama_py import media
 
     images = {}
     for label, (wd, ht, budget) in {"280 tokens (640x480 photo)": (640, 480, 280),
                                     "1120 tokens (1600x1200 photo)": (1600, 1200, 1120)}.items():
+        if str(budget) not in args.budgets.split(","):
+            continue
         images[label] = (media.prepare_image(photo(wd, ht), budget=budget), budget)
     w = synthetic_weights(E2B_VISION)
     with tempfile.TemporaryDirectory() as tmp:
