@@ -70,7 +70,8 @@ class VisionTower:
       without a weight. 2D rope with base 100: the first half of each head rotates with x, the second with y,
       each NeoX-style (pairs i, i + head_dim/4).
     - Pooling averages 3 x 3 blocks of patches (soft token (x // 3) + (gw / 3) (y // 3)), then multiplies by
-      sqrt(d); the projector is RMSNorm without weight, then mm.input_projection."""
+      sqrt(d); if the file has v.std_bias / v.std_scale, then (pooled - std_bias) * std_scale. The projector is
+      RMSNorm without weight, then mm.input_projection."""
 
     def __init__(self, path: str):
         self.reader = GGUFReader(path)
@@ -151,7 +152,10 @@ class VisionTower:
         idx = positions[:, 0] // k + stride * (positions[:, 1] // k)
         pooled = np.zeros((gw * gh // k ** 2, d))
         np.add.at(pooled, idx, x / k ** 2)
-        pooled = pooled * np.sqrt(d)
+        if "pooling without sqrt(d)" not in self.mistakes:
+            pooled = pooled * np.sqrt(d)
+        if "v.std_bias" in self.tensors and "no standardize" not in self.mistakes:
+            pooled = (pooled - self.w("v.std_bias")) * self.w("v.std_scale")
         trace["pooled"] = pooled
         return rms_norm(pooled, None, self.eps) @ self.w("mm.input_projection.weight").T
 
@@ -331,13 +335,16 @@ def test_tensor_table(m):
         assert got == table
     mmproj_names = {TENSOR_NAMES[t] for t in MODEL_TENSORS[MODEL_ARCH.MMPROJ]}
     for s in vspecs:
-        base = s.name.rsplit(".", 1)[0]
+        base = s.name.rsplit(".", 1)[0] if s.kind == "clamp" else s.name.removesuffix(".weight")
         generic = base if s.layer < 0 else base.replace(f".{s.layer}.", ".{bid}.", 1)
         assert generic in mmproj_names, s.name
     assert vwant["v.patch_embd.weight"][1] == (Q.F16 if m.cfg.layout == "ollama" else Q.F32)
     if m.cfg.weights == "q8_0":
         assert {t for n, (_, t) in vwant.items() if n.endswith(("attn_q.weight", "ffn_down.weight"))} == {Q.Q8_0}
         assert vwant["mm.input_projection.weight"][1] == Q.Q8_0
+    assert ("v.std_bias" in vwant) == ("v.std_scale" in vwant) == m.cfg.vision.standardize
+    if m.cfg.vision.standardize:
+        assert vwant["v.std_bias"] == vwant["v.std_scale"] == ((m.cfg.vision.d,), Q.F32)
 
 
 def test_tensors_hold_the_goldens_values(m):
@@ -470,7 +477,8 @@ def test_reference_logits(m, case):
 
 
 TOWER_MISTAKES = ["no clamps", "patch_embd not permuted", "position tables swapped", "rope x/y swapped", "no v norm",
-                  "pooling stride from the height"]
+                  "pooling stride from the height", "no standardize", "pooling without sqrt(d)"]
+STANDARDIZE_ONLY = {"no standardize", "pooling without sqrt(d)"}  # without std_bias the RMSNorm cancels sqrt(d)
 TEXT_MISTAKES = ["soft tokens scaled by sqrt(d)", "PLE row of <|image|>"]
 
 
@@ -480,6 +488,8 @@ def test_fixtures_catch_mistakes(m, what):
     REF_ATOL (measured: see the README)."""
     case = "landscape_140"  # a grid that is not square and longer than the text's windows
     tokens = m.gold[f"{case}_tokens"]
+    if what in STANDARDIZE_ONLY and not m.cfg.vision.standardize:
+        pytest.skip("this model's tower does not standardize")
     if what in TOWER_MISTAKES:
         tower = VisionTower(m.vision_path)
         tower.cache = m.tower.cache  # the dequantised weights (mistakes never write to them)

@@ -1,6 +1,6 @@
 """Build the tiny Gemma 4 fixtures with a vision tower: tests/fixtures/gemma4_tiny_vision_*.
 
-Two small random Gemma 4 models, each a text decoder (as in tools/make_tiny_gemma4.py) plus a SigLIP-style
+Two small random Gemma 4 models, each a text decoder (as in tools/make_tiny_gemma4.py) plus a ViT
 vision tower and its projector, with float64 goldens from Hugging Face transformers' Gemma4ForConditionalGeneration
 run on exactly the values the GGUF files hold:
 
@@ -8,11 +8,13 @@ run on exactly the values the GGUF files hold:
   keys, the `v.*` / `mm.*` tensors, the per-linear clamp scalars and Ollama's packed `v.clamp_data`. F32, except
   `v.patch_embd.weight`, which is F16 as Ollama stores it.
 - `gemma4_tiny_vision_q8_0.gguf` + `gemma4_tiny_vision_q8_0.mmproj.gguf`: llama.cpp's pair, a text-only GGUF and an
-  mmproj (architecture "clip", projector "gemma4v") with the tower's matrices in Q8_0.
-- `gemma4_tiny_vision_<name>.npz`: for two images (one portrait, one landscape) at two token budgets (70 and 140),
-  the exact pixel_values / image_position_ids of HF's Gemma 4 image processor, the soft tokens after
-  `embed_vision`, a chat prompt with the image and HF's logits at every position; one prompt with two images; and
-  the tower's intermediates for one image. tests/fixtures/README.md documents every key.
+  mmproj (architecture "clip", projector "gemma4v") with the tower's matrices in Q8_0; this tower standardizes its
+  pooled features (v.std_bias, v.std_scale).
+- `gemma4_tiny_vision_inputs.npz` (shared): the exact pixel_values / image_position_ids of HF's Gemma 4 image
+  processor for a portrait and a landscape photo at token budgets 70 and 140, and a square one at 70.
+- `gemma4_tiny_vision_<name>.npz`: the soft tokens after `embed_vision` for each input, chat prompts with one
+  image (four cases) and with two (portrait + square) with HF's logits at every position, and the tower's
+  intermediates for one image. tests/fixtures/README.md documents every key.
 
 The weights are random but shaped so that every part matters (see make_tiny_gemma4.random_weights); the clamp
 scalars of the clippable linears are finite and calibrated so that several of them really clip activations.
@@ -21,10 +23,11 @@ engine, not the quantisation. The goldens are computed in float64 with HF's floa
 (make_tiny_gemma4.make_float64_exact plus the vision rope and the pooler, see make_vision_float64_exact) and
 stored as float32.
 
-Needs torch, transformers and Pillow (the project does not depend on them); run it from a scratch venv:
+Needs torch, transformers, gguf and Pillow (the project does not depend on torch, transformers or Pillow); run it
+with the python of a scratch venv outside the repo (torch 2.13.0, transformers 5.23.0, gguf 0.19.0, Pillow):
 
-    /work/scratch/hf-venv/bin/python tools/make_tiny_gemma4_vision.py          # both models into tests/fixtures/
-    /work/scratch/hf-venv/bin/python tools/make_tiny_gemma4_vision.py f32      # just one
+    python tools/make_tiny_gemma4_vision.py          # the shared inputs and both models into tests/fixtures/
+    python tools/make_tiny_gemma4_vision.py f32      # the inputs and just one model
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import json
 import math
 import os
 import sys
+import types
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -42,7 +46,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import make_synthetic_gguf as layout  # noqa: E402  (the shared Gemma 4 GGUF layout and fake tokenizer)
 import make_tiny_gemma4 as tiny  # noqa: E402  (text weights, quantisers, HF text config, float64 patches)
-from gguf import GGMLQuantizationType as Q, GGUFValueType, GGUFWriter, LlamaFileType  # noqa: E402
+from gguf import GGMLQuantizationType as Q, GGUFWriter  # noqa: E402
 
 FIXTURES = tiny.FIXTURES
 VOCAB = tiny.VOCAB
@@ -87,6 +91,7 @@ class VisionDims:
     pool: int = 3
     n_pos: int = 64  # position_embedding_size: the grids here are at most 42 patches on a side
     eps: float = 1e-6
+    standardize: bool = False  # (pooled - v.std_bias) * v.std_scale before the projector (E2B: no, per HF's default)
 
     def ollama_keys(self) -> dict:
         """The gemma4.vision.* keys of Ollama's monolithic blob (without the `gemma4.` prefix), in its order."""
@@ -115,10 +120,12 @@ CONFIGS = {c.name: c for c in [
                               sliding_window=8, tower_keys=VisionDims().ollama_keys()),
                VisionDims(), "f32", "ollama", seed=21),
     # The same pattern at d_model 96, GQA 2, FFN 192, PLE 16, window 12; Q8_0 everywhere a row has 32k entries.
+    # Its tower standardizes the pooled features (v.std_bias, v.std_scale), which also makes the pooler's sqrt(d)
+    # matter (without standardize the projector's weightless RMSNorm cancels it).
     TinyVision("q8_0", replace(TEXT, n_layer=6, d_model=96, n_head=4, n_kv_head=2, head_dim_swa=32, head_dim_full=64,
                                n_ff=192, double_wide_shared_ffn=False, swa_per_period=2, n_kv_shared=3, ple_dim=16,
                                sliding_window=12),
-               VisionDims(), "q8_0", "llamacpp", seed=22),
+               VisionDims(standardize=True), "q8_0", "llamacpp", seed=22),
 ]}
 
 
@@ -136,7 +143,7 @@ def fake_vocab() -> layout.FakeVocab:
 class VSpec:
     name: str  # GGUF name
     ne: tuple[int, ...]
-    kind: str  # "patch", "pos", "matrix", "norm", "qk_norm", "proj", "clamp"
+    kind: str  # "patch", "pos", "matrix", "norm", "qk_norm", "proj", "clamp", "std_bias", "std_scale"
     hf: str  # HF Gemma4ForConditionalGeneration state-dict key
     layer: int = -1
 
@@ -148,7 +155,8 @@ class VSpec:
 def vision_specs(v: VisionDims, d_model: int) -> list[VSpec]:
     """Every v.* / mm.* tensor (both layouts use the same names; v.clamp_data is written separately)."""
     tower = "model.vision_tower."
-    specs = [VSpec("v.patch_embd.weight", (v.patch, v.patch, 3, v.d), "patch", tower + "patch_embedder.input_proj.weight"),
+    specs = [VSpec("v.patch_embd.weight", (v.patch, v.patch, 3, v.d), "patch",
+                   tower + "patch_embedder.input_proj.weight"),
              VSpec("v.position_embd.weight", (v.d, v.n_pos, 2), "pos",
                    tower + "patch_embedder.position_embedding_table")]
     qkv = v.n_head * v.head_dim
@@ -171,7 +179,11 @@ def vision_specs(v: VisionDims, d_model: int) -> list[VSpec]:
                   matrix("attn_out"), norm("attn_post_norm"), norm("ln2"), matrix("ffn_gate"), matrix("ffn_up"),
                   matrix("ffn_down"), norm("ffn_post_norm")]
         specs += [VSpec(f"{b}{n}.{s}", (1,), "clamp", f"{h}{m}.{s}", il) for n, m in CLIPPED for s in CLAMP_SUFFIXES]
-    specs.append(VSpec("mm.input_projection.weight", (v.d, d_model), "proj", "model.embed_vision.embedding_projection.weight"))
+    if v.standardize:
+        specs += [VSpec("v.std_bias", (v.d,), "std_bias", tower + "std_bias"),
+                  VSpec("v.std_scale", (v.d,), "std_scale", tower + "std_scale")]
+    specs.append(VSpec("mm.input_projection.weight", (v.d, d_model), "proj",
+                       "model.embed_vision.embedding_projection.weight"))
     return specs
 
 
@@ -194,7 +206,7 @@ def vision_type(cfg: TinyVision, spec: VSpec) -> Q:
     """Ollama's monolithic blob: patch_embd F16 (its im2col wants F16), everything else here F32 (Ollama itself
     stores the matrices F16). llama.cpp's converter at --outtype q8_0: patch_embd F32 (tensor_force_quant: F16 only
     for an F16 file), position_embd F32, 1-D tensors F32, every other matrix Q8_0."""
-    if spec.kind in ("norm", "qk_norm", "clamp", "pos"):
+    if spec.kind in ("norm", "qk_norm", "clamp", "pos", "std_bias", "std_scale"):
         return Q.F32
     if cfg.weights == "f32":
         return Q.F16 if spec.kind == "patch" else Q.F32
@@ -219,6 +231,10 @@ def random_vision(spec: VSpec, v: VisionDims, rng: np.random.Generator) -> np.nd
         return rng.uniform(0.4, 0.9, spec.shape)
     if spec.kind == "norm":
         return rng.uniform(0.5, 1.5, spec.shape)
+    if spec.kind == "std_bias":
+        return rng.normal(0, 10.0, spec.shape)  # the pooled features (x sqrt(64)) have an rms of ~20
+    if spec.kind == "std_scale":
+        return rng.uniform(0.5, 2.0, spec.shape)
     raise ValueError(spec)
 
 
@@ -244,7 +260,7 @@ def hf_model(cfg: TinyVision):
     vision = Gemma4VisionConfig(
         hidden_size=v.d, intermediate_size=v.n_ff, num_hidden_layers=v.n_layer, num_attention_heads=v.n_head,
         num_key_value_heads=v.n_head, head_dim=v.head_dim, patch_size=v.patch, pooling_kernel_size=v.pool,
-        position_embedding_size=v.n_pos, use_clipped_linears=True, standardize=False, rms_norm_eps=v.eps,
+        position_embedding_size=v.n_pos, use_clipped_linears=True, standardize=v.standardize, rms_norm_eps=v.eps,
         hidden_activation="gelu_pytorch_tanh", rope_parameters={"rope_type": "axial", "rope_theta": 100.0})
     markers = {k: MARKERS[s] for k, s in HF_MARKER_KEYS.items()}
     config = Gemma4Config(text_config=tiny.hf_config(cfg.text), vision_config=vision, audio_config=None,
@@ -309,7 +325,10 @@ def build(cfg: TinyVision) -> Built:
         out.vision.append((spec, qtype, payload))
         out.hashes[spec.name] = sha(values)
         values = values.reshape(spec.shape)
-        load(spec.hf, patch_embd_to_hf(values, v) if spec.kind == "patch" else values)
+        if spec.kind == "patch":
+            values = patch_embd_to_hf(values, v)
+            assert np.array_equal(patch_embd_from_hf(values, v), payload.reshape(spec.shape).astype(np.float32))
+        load(spec.hf, values)
 
     # Every HF weight comes from the GGUF except the clamp buffers (next) and the tied LM head.
     clamp_keys = {s.hf for s in vision_specs(v, text_dims.d_model) if s.kind == "clamp"}
@@ -328,7 +347,7 @@ def clippable_linears(model) -> dict:
 def calibrate_clamps(built: Built, cfg: TinyVision, inputs: dict) -> None:
     """Give every clippable linear finite bounds: each of its 4 bounds is the extreme value seen on the test images
     (with the clamps off) times a factor drawn from U(0.5, 1.25). About half the bounds are therefore inside the
-    range and really clip the outermost activations (a few per mille); the rest are finite but idle. The stored
+    range and really clip the outermost activations (up to a few per cent); the rest are finite but idle. The stored
     values are float32."""
     import torch
 
@@ -379,8 +398,6 @@ def make_vision_float64_exact(model) -> None:
     - Gemma4VisionPooler: the averaging weights, the pooling matmul and the sqrt(d) scale run in float32.
 
     The pixel values are passed in as float64 (their float32 values, exactly), so 2 (x - 0.5) is exact too."""
-    import types
-
     import torch
     from transformers.models.gemma4.modeling_gemma4 import Gemma4VisionPooler, Gemma4VisionRotaryEmbedding
 
@@ -388,7 +405,8 @@ def make_vision_float64_exact(model) -> None:
         if isinstance(module, Gemma4VisionRotaryEmbedding):
             cfg = module.config
             spatial = cfg.head_dim // 2
-            inv = 1.0 / (cfg.rope_parameters["rope_theta"] ** (torch.arange(0, spatial, 2, dtype=torch.float64) / spatial))
+            exponent = torch.arange(0, spatial, 2, dtype=torch.float64) / spatial
+            inv = 1.0 / (cfg.rope_parameters["rope_theta"] ** exponent)
             assert torch.allclose(inv, module.inv_freq.to(torch.float64), rtol=1e-6, atol=0)
             assert module.attention_scaling == 1.0
             module.inv_freq64 = inv
@@ -415,7 +433,15 @@ def make_vision_float64_exact(model) -> None:
                     hidden_states = weights.transpose(1, 2) @ hidden_states
                 return hidden_states * self.root_hidden_size, padding_positions
 
+            # Same function as HF's: a 6 x 9 patch grid padded with 9 rows, pooled to 6 soft tokens.
+            gx, gy = torch.meshgrid(torch.arange(9), torch.arange(6), indexing="xy")
+            pos = torch.cat([torch.stack([gx, gy], -1).reshape(54, 2), torch.full((9, 2), -1)])[None]
+            pad = (pos == -1).all(-1)
+            h = torch.randn(1, 63, module.hidden_size, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+            want, want_mask = module.forward(h, pos, pad, output_length=7)
             module.forward = types.MethodType(pooler_forward, module)
+            got, got_mask = module.forward(h, pos, pad, output_length=7)
+            assert torch.equal(got_mask, want_mask) and torch.allclose(got, want.to(torch.float64), rtol=1e-6, atol=1e-6)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -706,9 +732,10 @@ def make(cfg: TinyVision, out_dir: str, images: dict) -> None:
     # HF's stock float32 run first, to measure how far a correct float32 implementation lands from the goldens.
     gold32 = run_all(torch.float32)
     model = model.to(torch.float64)
-    import types as _types
-    tiny.make_float64_exact(_types.SimpleNamespace(modules=model.modules, model=model.model.language_model,
-                                                   config=model.config.text_config), cfg.text)
+    # make_float64_exact wants a Gemma4ForCausalLM: .modules() (all of them: the tower's RMSNorms too), .model (the
+    # text model) and .config (the text config).
+    tiny.make_float64_exact(types.SimpleNamespace(modules=model.modules, model=model.model.language_model,
+                                                  config=model.config.text_config), cfg.text)
     make_vision_float64_exact(model)
     gold = run_all(torch.float64)
 
