@@ -5,7 +5,9 @@
 // The weight has N elements. Per-head norms (q/k norms) are the same op over [tokens * heads, head_dim].
 // ACCUMULATE: y += (the normalised row) instead of y = ..., fusing a post-norm with its residual add.
 // HAS_SCALE: the result is then multiplied by sc[0] (Gemma 4's layer_output_scale: y = (y + norm(x) * w) * s).
-// Constants: N, EPS, HAS_WEIGHT, ADD_ONE, ACCUMULATE, HAS_SCALE, WG (workgroup size, a power of two).
+// Constants: N, EPS, HAS_WEIGHT, ADD_ONE, ACCUMULATE, HAS_SCALE, WG (workgroup size, a power of two), GRID_X and
+// ROWS: more rows than a grid dimension holds (the vision tower's per-head norms: 10080 patches x 12 heads) wrap
+// into y, row = wid.y * GRID_X + wid.x, and the padding workgroups past ROWS return; GRID_X = 0: no wrap.
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> w: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
@@ -15,7 +17,11 @@ var<workgroup> partial: array<f32, WG>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let base = wid.x * N;
+  let row = wid.y * GRID_X + wid.x;
+  if (GRID_X > 0u && row >= ROWS) {
+    return;  // the whole workgroup: uniform control flow
+  }
+  let base = row * N;
   var s = 0.0;
   for (var i = lid; i < N; i += WG) {
     let v = x[base + i];

@@ -39,3 +39,20 @@ async def test_rms_norm_accumulate(device, weight, scale):
     await device.run(g)
     want = (h.astype(np.float64) + reference.rms_norm(x, w, 1e-6)) * (s[0] if scale else 1.0)
     np.testing.assert_allclose(await device.read(out), want, rtol=1e-5, atol=1e-5)
+
+
+async def test_rms_norm_rows_past_the_grid_limit(device):
+    """The vision tower's per-head norms: 10080 patches x 12 heads = 120960 rows of 64, more workgroups than one
+    grid dimension allows (65535): the grid wraps into y and the padding workgroups write nothing (the rows of
+    the buffer past the tensor keep their values)."""
+    rows, n = 120960, 64
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((rows, n)) * 2).astype(np.float32)
+    w = rng.standard_normal(n).astype(np.float32)
+    out = device.upload(np.full((rows + 70, n), 7.0, np.float32))
+    g = device.graph()
+    await ops.rms_norm(g, device.upload(x), device.upload(w), out.view((rows, n)), n=n, eps=1e-6)
+    await device.run(g)
+    got = await device.read(out)
+    np.testing.assert_allclose(got[:rows], reference.rms_norm(x, w, 1e-6), rtol=1e-5, atol=1e-5)
+    assert (got[rows:] == 7.0).all()
