@@ -3,21 +3,24 @@
 //
 // Classic shared-memory tiling: a workgroup of 16 x 16 lanes owns a TM x TN tile of (rows, tokens) and walks
 // the columns TK at a time. Each step dequantises a TM x TK tile of W once into workgroup memory and reuses
-// it for all TN tokens, so the dequantisation cost is divided by TN; each lane then accumulates a 4 x 4
-// block of outputs from vec4 reads of both tiles (16 FMAs per two workgroup loads). Tiles are stored k-major
-// so that those vec4 reads are 4 consecutive rows / tokens.
+// it for all TN tokens, so the dequantisation cost is divided by TN; each lane then accumulates a block of
+// RPT rows x TPT tokens (4 or 8 each) from vec4 reads of both tiles. Tiles are stored k-major so that those
+// vec4 reads are 4 consecutive rows / tokens. 4 x 4 blocks take 2 workgroup loads per 16 FMAs; 8 x 8 blocks 4
+// per 64, which is what a long matrix-matrix product (the vision tower's 2520 patches) is bound by, but their
+// 128 x 128 tiles leave small products with few workgroups (ops/matmul.py picks).
 //
 // The same kernel serves one token when a float weight's rows are not a multiple of 8 long (the matvec
 // kernel needs whole 8-element units); rows, tokens and columns that do not fill a tile are masked.
 // Constants: ROWS, ROW0, COLS, ROW_BYTES (see matvec.wgsl), N_TOK, OUT_STRIDE (rows of the whole weight:
-// the row length of Y), ACC, SCALE.
+// the row length of Y), ACC, SCALE, RPT and TPT (4 or 8), TK (a multiple of 4 dividing 8 * RPT: the
+// workgroup memory is (TM + TN) * TK * 4 bytes, 16 KiB for 8 x 8 blocks with TK 16).
 @group(0) @binding(0) var<storage, read> W: array<u32>;
 @group(0) @binding(1) var<storage, read> X: array<f32>;
 @group(0) @binding(2) var<storage, read_write> Y: array<f32>;
 
-const TM: u32 = 64u;
-const TN: u32 = 64u;
-const TK: u32 = 32u;  // a multiple of 4 (runs); runs never straddle a block since QK is a multiple of 4
+const TM: u32 = 16u * RPT;
+const TN: u32 = 16u * TPT;
+// TK: runs of 4 never straddle a block since QK is a multiple of 4
 
 var<workgroup> ws: array<vec4<f32>, TK * TM / 4u>;  // ws[k * TM/4 + r/4][r % 4] = W[r0 + r, k0 + k]
 var<workgroup> xs: array<vec4<f32>, TK * TN / 4u>;  // xs[k * TN/4 + t/4][t % 4] = X[t0 + t, k0 + k]
@@ -26,17 +29,18 @@ var<workgroup> xs: array<vec4<f32>, TK * TN / 4u>;  // xs[k * TN/4 + t/4][t % 4]
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let r0 = wid.x * TM;
   let t0 = wid.y * TN;
-  let tx = lid % 16u;  // this lane's tokens: 4 tx .. 4 tx + 3
-  let ty = lid / 16u;  // this lane's rows: 4 ty .. 4 ty + 3
-  // accI[j]: row 4 ty + I, token 4 tx + j. Four named vectors, not an array: a private array indexed in a
-  // loop is compiled to local memory, which made every multiply-add a memory round trip.
-  var acc0 = vec4<f32>(0.0);
-  var acc1 = vec4<f32>(0.0);
-  var acc2 = vec4<f32>(0.0);
-  var acc3 = vec4<f32>(0.0);
+  let tx = lid % 16u;  // this lane's tokens: 4 tx .. 4 tx + 3, and 64 + 4 tx .. when TPT == 8
+  let ty = lid / 16u;  // this lane's rows: 4 ty .. 4 ty + 3, and 64 + 4 ty .. when RPT == 8
+  // aI[j]: row 4 ty + I, token 4 tx + j; bI: row 64 + 4 ty + I; cI / dI: the same rows, token 64 + 4 tx + j.
+  // Named vectors, not an array: a private array indexed in a loop is compiled to local memory, which made
+  // every multiply-add a memory round trip. The unused ones (RPT or TPT 4) are dead code.
+  var a0 = vec4<f32>(0.0); var a1 = vec4<f32>(0.0); var a2 = vec4<f32>(0.0); var a3 = vec4<f32>(0.0);
+  var b0 = vec4<f32>(0.0); var b1 = vec4<f32>(0.0); var b2 = vec4<f32>(0.0); var b3 = vec4<f32>(0.0);
+  var c0 = vec4<f32>(0.0); var c1 = vec4<f32>(0.0); var c2 = vec4<f32>(0.0); var c3 = vec4<f32>(0.0);
+  var d0 = vec4<f32>(0.0); var d1 = vec4<f32>(0.0); var d2 = vec4<f32>(0.0); var d3 = vec4<f32>(0.0);
   for (var k0 = 0u; k0 < COLS; k0 += TK) {
-    // W tile: TM rows x TK/4 runs, two runs per lane. Consecutive lanes take consecutive rows so that the
-    // transposed stores hit distinct banks; the rows' bytes are reused from cache by the other run slots.
+    // W tile: TM rows x TK/4 runs. Consecutive lanes take consecutive rows so that the transposed stores hit
+    // distinct banks; the rows' bytes are reused from cache by the other run slots.
     for (var i = 0u; i < TM * TK / 4u / 256u; i++) {
       let idx = lid + 256u * i;
       let row = idx % TM;
@@ -68,21 +72,63 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     workgroupBarrier();
     for (var kk = 0u; kk < TK; kk++) {
-      let a = ws[kk * (TM / 4u) + ty];
-      let b = xs[kk * (TN / 4u) + tx];
-      acc0 += a.x * b;
-      acc1 += a.y * b;
-      acc2 += a.z * b;
-      acc3 += a.w * b;
+      let w = ws[kk * (TM / 4u) + ty];
+      let x = xs[kk * (TN / 4u) + tx];
+      a0 += w.x * x;
+      a1 += w.y * x;
+      a2 += w.z * x;
+      a3 += w.w * x;
+      if (RPT == 8u) {
+        let w2 = ws[kk * (TM / 4u) + 16u + ty];
+        b0 += w2.x * x;
+        b1 += w2.y * x;
+        b2 += w2.z * x;
+        b3 += w2.w * x;
+        if (TPT == 8u) {
+          let x2 = xs[kk * (TN / 4u) + 16u + tx];
+          c0 += w.x * x2;
+          c1 += w.y * x2;
+          c2 += w.z * x2;
+          c3 += w.w * x2;
+          d0 += w2.x * x2;
+          d1 += w2.y * x2;
+          d2 += w2.z * x2;
+          d3 += w2.w * x2;
+        }
+      } else if (TPT == 8u) {
+        let x2 = xs[kk * (TN / 4u) + 16u + tx];
+        c0 += w.x * x2;
+        c1 += w.y * x2;
+        c2 += w.z * x2;
+        c3 += w.w * x2;
+      }
     }
     workgroupBarrier();
   }
   let row = r0 + 4u * ty;
   let t = t0 + 4u * tx;
-  store_row(row, t, acc0);
-  store_row(row + 1u, t, acc1);
-  store_row(row + 2u, t, acc2);
-  store_row(row + 3u, t, acc3);
+  store_row(row, t, a0);
+  store_row(row + 1u, t, a1);
+  store_row(row + 2u, t, a2);
+  store_row(row + 3u, t, a3);
+  if (RPT == 8u) {
+    store_row(row + 64u, t, b0);
+    store_row(row + 65u, t, b1);
+    store_row(row + 66u, t, b2);
+    store_row(row + 67u, t, b3);
+  }
+  if (TPT == 8u) {
+    store_row(row, t + 64u, c0);
+    store_row(row + 1u, t + 64u, c1);
+    store_row(row + 2u, t + 64u, c2);
+    store_row(row + 3u, t + 64u, c3);
+    if (RPT == 8u) {
+      store_row(row + 64u, t + 64u, d0);
+      store_row(row + 65u, t + 64u, d1);
+      store_row(row + 66u, t + 64u, d2);
+      store_row(row + 67u, t + 64u, d3);
+    }
+  }
 }
 
 // Outputs of one row for 4 tokens from t (skipping rows and tokens past the end).

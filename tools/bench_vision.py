@@ -92,7 +92,7 @@ def photo(width: int, height: int) -> bytes:
     return buf.getvalue()
 
 
-async def bench_ours(mmproj: str, images: dict, repeats: int) -> dict:
+async def bench_ours(mmproj: str, images: dict, repeats: int, blocks=()) -> dict:
     from rullama_py.gguf_file import GGUFFile
     from rullama_py.gpu import default_device
     from rullama_py.models.gemma_vision import GemmaVision
@@ -126,6 +126,23 @@ async def bench_ours(mmproj: str, images: dict, repeats: int) -> dict:
             "encode_ms_per_layer_sync_median": 1e3 * float(np.median(runs[1])),
             "dispatches": sum(len(g) for g in graphs),
         }
+    if blocks:  # the tiled matmul's register blocks, each forced in turn (the graphs are recorded again)
+        mm = sys.modules["rullama_py.ops.matmul"]
+        out["matmul_blocks_ms"] = {}
+        for block in blocks:
+            mm.MATMUL_BLOCK_OVERRIDE = block
+            tower._runs.clear()
+            for label, (img, budget) in images.items():
+                times = []
+                for i in range(repeats + 2):
+                    await dev.sync()
+                    t0 = time.perf_counter()
+                    await tower.encode(img, budget=budget)
+                    await dev.sync()
+                    if i >= 2:
+                        times.append(time.perf_counter() - t0)
+                out["matmul_blocks_ms"].setdefault(f"{block[0]}x{block[1]}", {})[label] = 1e3 * float(np.median(times))
+        mm.MATMUL_BLOCK_OVERRIDE = None
     return out
 
 
@@ -235,6 +252,7 @@ def main() -> None:
     ap.add_argument("--out", help="write the JSON here too")
     ap.add_argument("--layers", type=int, default=E2B_VISION["n_layers"], help="fewer layers: a quick dry run")
     ap.add_argument("--budgets", default="280,1120", help="soft-token budgets to encode (of 280 and 1120)")
+    ap.add_argument("--matmul-blocks", default="", help="also time these tiled-matmul register blocks, e.g. 4x4,8x8")
     args = ap.parse_args()
     E2B_VISION["n_layers"] = args.layers
     from rullama_py import media
@@ -245,6 +263,7 @@ def main() -> None:
         if str(budget) not in args.budgets.split(","):
             continue
         images[label] = (media.prepare_image(photo(wd, ht), budget=budget), budget)
+    blocks = [tuple(int(v) for v in b.split("x")) for b in args.matmul_blocks.split(",") if b]
     w = synthetic_weights(E2B_VISION)
     with tempfile.TemporaryDirectory() as tmp:
         mm = os.path.join(tmp, "e2b-vision-synthetic.mmproj.gguf")
@@ -252,7 +271,7 @@ def main() -> None:
         result = {"command": " ".join(sys.argv), "dims": E2B_VISION,
                   "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                            text=True).stdout.strip(),
-                  "rullama": asyncio.run(bench_ours(mm, images, args.repeats)),
+                  "rullama": asyncio.run(bench_ours(mm, images, args.repeats, blocks)),
                   "pytorch": bench_torch(w, E2B_VISION, images, args.repeats)}
         if args.text:
             result["prefill"] = asyncio.run(bench_prefill(args.text, mm, photo(640, 480), 3))

@@ -124,3 +124,20 @@ async def test_matvec_head_shape(device):
     """The heuristic's choice for very tall weights (4 rows per group of 32 lanes), on a split weight."""
     await _check(device, "q6_k", rows=32771, cols=256, n_tokens=1, seed=10,
                  max_binding=ref.row_bytes("q6_k", 256) * 12000)
+
+
+@pytest.mark.parametrize("block", [(8, 8), (8, 4), (4, 8)])
+@pytest.mark.parametrize("qt", ["f16", "q8_0", "q4_k", "f32"])
+async def test_matmul_register_blocks(device, device_fallback, qt, block):
+    """The wider register blocks (8 rows and/or 8 tokens per lane, 128-wide tiles) that long products use: 150
+    tokens x 139 rows, neither a whole number of tiles, on both kernel sets; and the plan picks 8 x 8 for the
+    vision tower's shapes and 4 x 4 for prefill chunks."""
+    mm = sys.modules["rullama_py.ops.matmul"]  # the module (`ops.matmul` is the function)
+    mm.MATMUL_BLOCK_OVERRIDE = block
+    try:
+        for dev in (device, device_fallback):
+            await _check(dev, qt, rows=139, cols=COLS[qt], n_tokens=150, seed=7, accumulate=qt == "q8_0")
+    finally:
+        mm.MATMUL_BLOCK_OVERRIDE = None
+    assert mm._matmul_block(device, 3072, 2520)[:2] == (8, 8)
+    assert mm._matmul_block(device, 1536, 64)[:2] == (4, 4)

@@ -93,6 +93,28 @@ def _matvec_shape(cols: int, rows: int, qt: str) -> tuple[int, int, int]:
     return wg, 4, min(wg, 32)
 
 
+# (RPT, TPT) forced for every tiled matmul, or None: for tools/bench_vision.py and the tests only.
+MATMUL_BLOCK_OVERRIDE: tuple | None = None
+
+
+def _matmul_block(device, rows: int, n_tokens: int) -> tuple[int, int, int]:
+    """(RPT, TPT, TK): rows and tokens per lane and the k-step of the tiled matmul (shaders/matmul.wgsl).
+    8 x 8 blocks (128 x 128 tiles, TK 16: 16 KiB of workgroup memory, WebGPU's guaranteed minimum) do a
+    quarter of the workgroup loads per multiply-add of 4 x 4 blocks; they pay off when the product is large
+    enough to give every multiprocessor several tiles (the vision tower's 2520+ patches), while prefill chunks
+    of 64 tokens keep 4 x 4 blocks (64 x 64 tiles, TK 32)."""
+    if MATMUL_BLOCK_OVERRIDE is not None:
+        rpt, tpt = MATMUL_BLOCK_OVERRIDE
+    elif n_tokens >= 512 and rows >= 128:
+        rpt, tpt = 8, 8
+    else:
+        rpt, tpt = 4, 4
+    tk = 32 if rpt * tpt == 16 else 16
+    if (16 * (rpt + tpt)) * tk * 4 > device.limits.get("max-compute-workgroup-storage-size", 16384):
+        tk = 16 if tk == 32 else 8
+    return rpt, tpt, tk
+
+
 async def matmul(g: Graph, w: Tensor, x: Tensor, out: Tensor, *, n_tokens: int, accumulate: bool = False,
                  scale: float = 1.0) -> None:
     """out[t, r] (+)= scale * sum_c W[r, c] * x[t, c] for t < n_tokens.
@@ -119,9 +141,10 @@ async def matmul(g: Graph, w: Tensor, x: Tensor, out: Tensor, *, n_tokens: int, 
             g.add(k, [buf, x, out], grid)
         return
     for buf, first, n in w.parts:
-        grid = (-(-n // 64), -(-n_tokens // 64))
+        rpt, tpt, tk = _matmul_block(dev, n, n_tokens)
+        grid = (-(-n // (16 * rpt)), -(-n_tokens // (16 * tpt)))
         k = await dev.kernel("matmul", libs=libs, ROWS=n, ROW0=first, COLS=cols, ROW_BYTES=rb, N_TOK=n_tokens,
-                             OUT_STRIDE=rows, ACC=accumulate, SCALE=float(scale))
+                             OUT_STRIDE=rows, ACC=accumulate, SCALE=float(scale), RPT=rpt, TPT=tpt, TK=tk)
         g.add(k, [buf, x, out], grid)
 
 
