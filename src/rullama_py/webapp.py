@@ -152,6 +152,10 @@ def describe_error(e: BaseException, during: str = "") -> dict:
         kind, msg = "image", _sentence(text) if text else "This image cannot be read."
     elif isinstance(e, NoTowerError):
         kind, msg = "no-vision", _sentence(text) if text else "This model has no vision tower, so it cannot read images."
+    elif during == "chat" and isinstance(e, ValueError) and "positions per side" in low:
+        # the tower's position table is shorter than the image's patch grid (a very long, thin image)
+        kind, msg = "image", ("This image is too long and thin for this model's vision tower. Crop it, or use "
+                              "another image.")
     elif isinstance(e, VisionLoadError):
         kind, msg = "vision-load", ("This model's vision tower cannot be used (a tensor is missing or of a type "
                                     "rullama does not read), so it cannot read images.")

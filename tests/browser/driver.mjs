@@ -114,6 +114,11 @@ async function shownError(page) {
   return app(page, () => ({ kind: document.getElementById('error').dataset.kind, message: document.getElementById('error-message').textContent }));
 }
 
+async function shownChatError(page) {
+  await until(page, () => window.rullamaApp.lastError && !window.rullamaApp.busy && !document.getElementById('chat-error').hidden, null, LONG);
+  return app(page, () => ({ kind: document.getElementById('chat-error').dataset.kind, message: document.getElementById('chat-error-message').textContent }));
+}
+
 async function snapshotSaved(page, tokens) {
   await until(page, n => window.rullamaApp.lastSnapshot && window.rullamaApp.lastSnapshot.tokens === n, tokens, 300000);
 }
@@ -389,7 +394,8 @@ const scenarios = {
     out.sent = await app(page, () => {
       const S = window.rullamaApp;
       return { error: { kind: S.lastReply.error.kind, message: S.lastReply.error.message },
-        restoredToComposer: !!S.lastReply.restoredToComposer, shownError: document.getElementById('error-message').textContent };
+        restoredToComposer: !!S.lastReply.restoredToComposer, shownError: document.getElementById('chat-error-message').textContent,
+        loaderOpened: !document.getElementById('loader').hidden };
     });
     out.sent.prompt = await page.inputValue('#prompt');
     out.sent.thumbs = await composerThumbs(page);
@@ -469,7 +475,7 @@ const scenarios = {
       await app(page, () => { window.rullamaApp.lastReply = null; });
       await page.click('#send');
       await until(page, () => window.rullamaApp.lastReply && !window.rullamaApp.busy);
-      const e = await shownError(page);
+      const e = await shownChatError(page);
       out.bad[f.name] = { ...e, prompt: await page.inputValue('#prompt'), thumbs: await composerThumbs(page),
         shown: (await shownWithImages(page)).length };
       await shot(page, 'refused-' + f.name.replace(/\W/g, '_'));
@@ -489,6 +495,39 @@ const scenarios = {
     out.r3 = await chat(page, cfg.prompts[2], { temperature: 0, max_tokens: cfg.max_tokens });
     out.shown_final = await shownWithImages(page);
     await shot(page, 'resumed');
+    await ctx.close();
+    return out;
+  },
+
+  // A llama.cpp model + vision projector pair listed by the server (`rullama serve --model M --mmproj P`): loaded
+  // together from the server's list, a dropped PNG answered; then both kept in the browser (OPFS) and loaded
+  // from there, with the same reply.
+  async mmproj_pair() {
+    const { ctx, page } = await launch();
+    const out = {};
+    await open(page, cfg.url);
+    out.option = await page.textContent('#server-models');
+    out.load = await loadFromServer(page, 'default');
+    await shot(page, 'pair-loaded');
+    await page.selectOption('#image_tokens', String(cfg.image_tokens));
+    const ask = async () => {
+      await dropFiles(page, '#prompt', [cfg.images[0]]);
+      await thumbsAre(page, 1);
+      return chat(page, cfg.prompts[0], { temperature: 0, max_tokens: cfg.max_tokens });
+    };
+    out.r = await ask();
+    await shot(page, 'pair-reply');
+
+    await showLoader(page);
+    await page.check('#keep-copy');
+    out.load_opfs = await loadFromServer(page, 'default');
+    await page.click('[role=tab][data-tab=cache]');
+    await until(page, () => document.querySelectorAll('#cache-list li button').length >= 4);
+    out.cache_list = await app(page, () => [...document.querySelectorAll('#cache-list li')].map(li => li.textContent));
+    await shot(page, 'pair-cached');
+    await page.click('#new-chat');
+    out.r_opfs = await ask();
+    await shot(page, 'pair-opfs-reply');
     await ctx.close();
     return out;
   },

@@ -327,6 +327,7 @@ VISION_Q8 = ROOT / "tests" / "fixtures" / "gemma4_tiny_vision_q8_0.gguf"
 VISION_MMPROJ = ROOT / "tests" / "fixtures" / "gemma4_tiny_vision_q8_0.mmproj.gguf"
 IMAGE_TOKENS = 70
 PNG, JPG, TALL = (("alpha.png", "image/png"), ("landscape.jpg", "image/jpeg"), ("tall.jpg", "image/jpeg"))
+WEBP = ("photo.webp", "image/webp")  # the tiny tower has 64 positions per side: tall.jpg's 210 rows do not fit
 
 
 def _image_files(*specs):
@@ -358,6 +359,7 @@ def test_composer_thumbnails_are_removable_and_come_back_when_python_refuses(ima
     # The bytes went to Python, which said the model has no vision tower; nothing typed or attached is lost.
     assert sent["error"]["kind"] == "no-vision" and "no vision tower" in sent["error"]["message"]
     assert sent["shownError"] == sent["error"]["message"] and sent["restoredToComposer"]
+    assert not sent["loaderOpened"]  # a reply's error is shown by the composer; the models panel stays closed
     assert sent["prompt"] == PROMPTS[0] and sent["thumbs"] == [PNG[0], TALL[0]]
     assert sent["shown"] == [] and sent["stored"] == []  # the message is back in the composer, not in the chat
 
@@ -401,7 +403,7 @@ def vision_run():
         pytest.skip(f"{VISION.name} is not generated yet (tools/make_tiny_gemma4_vision.py)")
     s = Served(model_path=VISION)
     try:
-        res = drive("images_vision", s.url, images=_image_files(PNG, JPG, TALL), bad_images=_bad_images(),
+        res = drive("images_vision", s.url, images=_image_files(PNG, JPG, WEBP), bad_images=_bad_images(),
                     image_tokens=IMAGE_TOKENS)
     finally:
         s.close()
@@ -427,12 +429,12 @@ def test_dropped_png_reply_equals_native_greedy(vision_run, native_vision):
 
 
 def test_stop_while_the_tower_reads_keeps_the_message_and_its_images(vision_run):
-    assert vision_run["two"] == [JPG[0], TALL[0]]  # pasted, then picked: two images in one message
+    assert vision_run["two"] == [JPG[0], WEBP[0]]  # pasted, then picked: two images in one message
     r2 = vision_run["r2"]
     assert r2["cancelled"] and r2["stats"]["finish_reason"] == "stopped" and r2["stats"]["generated_tokens"] == 0
     shown = vision_run["after_stop"]
     assert [m["role"] for m in shown] == ["user", "assistant", "user"]
-    assert [(i["name"], i["width"] > 0) for i in shown[2]["images"]] == [(JPG[0], True), (TALL[0], True)]
+    assert [(i["name"], i["width"] > 0) for i in shown[2]["images"]] == [(JPG[0], True), (WEBP[0], True)]
     assert shown[2]["text"] == PROMPTS[1] and "Stopped before the reply began" in vision_run["after_stop_status"]
 
 
@@ -446,20 +448,54 @@ def test_a_bad_image_is_a_sentence_and_the_typed_text_stays(vision_run, name, wo
 def test_reload_shows_the_thumbnails_and_the_next_turn_resumes(vision_run, native_vision):
     before = vision_run["stored_before_reload"]
     assert vision_run["stored_after_reload"] == before
-    assert [[i["name"] for i in m["images"]] for m in before] == [[PNG[0]], [], [JPG[0], TALL[0]]]
+    assert [[i["name"] for i in m["images"]] for m in before] == [[PNG[0]], [], [JPG[0], WEBP[0]]]
     assert all(i["blob"] for m in before for i in m["images"])  # kept as Blobs in IndexedDB
     shown = vision_run["shown_after_reload"]
     assert [[(i["name"], i["width"] > 0) for i in m["images"]] for m in shown] == \
-        [[(PNG[0], True)], [], [(JPG[0], True), (TALL[0], True)]]
+        [[(PNG[0], True)], [], [(JPG[0], True), (WEBP[0], True)]]
     r1, r3 = vision_run["r1"], vision_run["r3"]
     # The snapshot after the first reply holds the PNG's soft tokens: only the stopped message's two images
     # and the new text are read after the reload.
     assert r3["restored"] == r1["stats"]["context"] and r3["stats"]["images_read"] == 2
     msgs = [_user(PROMPTS[0], PNG)]
     turns = [(list(msgs), MAX_TOKENS)]
-    msgs += [{"role": "assistant", "content": r1["text"]}, _user(PROMPTS[1], JPG, TALL),
+    msgs += [{"role": "assistant", "content": r1["text"]}, _user(PROMPTS[1], JPG, WEBP),
              {"role": "user", "content": PROMPTS[2]}]
     turns.append((list(msgs), MAX_TOKENS))
     ref = native_vision.conversation(turns)
     assert r3["stats"]["prompt_tokens"] == ref[1][1].prompt_tokens and r3["ids"] == ref[1][0]
     assert [m["role"] for m in vision_run["shown_final"]] == ["user", "assistant", "user", "user", "assistant"]
+
+
+@pytest.fixture(scope="module")
+def pair_run():
+    import inspect
+
+    _needs_images()
+    if not (VISION_Q8.exists() and VISION_MMPROJ.exists()):
+        pytest.skip("the tiny llama.cpp model + mmproj pair is not generated yet")
+    if "mmproj_path" not in inspect.signature(server.make_server).parameters:
+        pytest.skip("rullama serve has no --mmproj yet")
+    s = Served(model_path=VISION_Q8, mmproj_path=VISION_MMPROJ)
+    try:
+        res = drive("mmproj_pair", s.url, images=_image_files(PNG), image_tokens=IMAGE_TOKENS)
+        res["mmproj_requests"] = s.model_requests("/models/default.mmproj.gguf")
+    finally:
+        s.close()
+    return res
+
+
+def test_model_and_mmproj_pair_from_the_server_list_reads_images(pair_run):
+    assert "with vision projector" in pair_run["option"]
+    model = pair_run["load"]["model"]
+    assert pair_run["load"]["error"] is None and model["has_vision"] is True and model["mmproj"]
+    assert pair_run["mmproj_requests"] and all(r[3] == 206 for r in pair_run["mmproj_requests"])  # read by ranges
+    native = NativeVision(VISION_Q8, VISION_MMPROJ)
+    [(want, _)] = native.conversation([([_user(PROMPTS[0], PNG)], MAX_TOKENS)])
+    assert pair_run["r"]["ids"] == want and pair_run["r"]["stats"]["images_read"] == 1
+    # Both files kept in the browser, listed together, loaded from there: the same reply.
+    assert pair_run["load_opfs"]["error"] is None and pair_run["load_opfs"]["model"]["source"] == "opfs"
+    assert pair_run["load_opfs"]["model"]["has_vision"] is True
+    listed = pair_run["cache_list"]
+    assert any("vision projector" in li for li in listed) and any("with default.mmproj.gguf" in li for li in listed)
+    assert pair_run["r_opfs"]["ids"] == want

@@ -166,6 +166,7 @@ def test_engine_messages_turn_image_refs_into_parts():
     (MediaError("cat.svg is an SVG image, and SVG is not supported: convert it to PNG and try again."), "chat",
      "image", "cat.svg is an SVG image"),
     (ImportError("No module named 'PIL'", name="PIL"), "chat", "image-decoder", "image decoder (Pillow)"),
+    (ValueError("image grid 3 x 210 exceeds the tower's 64 positions per side"), "chat", "image", "too long and thin"),
     (gpu.DeviceLimitError("buffer 'v.blk.0' needs 9 bytes"), "chat", "vision-limit", "cannot hold the vision tower"),
     (gpu.DeviceLimitError("buffer 'token_embd' needs 9 bytes"), "load", "device-limit", "cannot hold this model"),
     (webapp.MmprojError(SourceError("x.mmproj.gguf: HTTP 404")), "load", "mmproj", "(HTTP 404)"),

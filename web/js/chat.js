@@ -3,7 +3,7 @@
 // conversation (a KV snapshot in IndexedDB after every reply).
 
 import { $, S, visible } from './state.js';
-import { clearError, notice, showError, updateButtons } from './ui.js';
+import { clearError, notice, showChatError, updateButtons } from './ui.js';
 import { call, on } from './worker-client.js';
 import { samplingRequest } from './settings.js';
 import { loadSnapshot, newConversation, renderConversations, saveConversation, saveSnapshotRecord } from './conversations.js';
@@ -79,10 +79,14 @@ function statusLine(st, restored) {
 }
 
 // What the reply bubble says while the message's images are read, before the first token.
+// Python reports the layers done (0 to layers) of image `index` of `count` (1-based); the bubble says which
+// layer is running, then that the text is read once the last image is done.
 export function mediaText(e) {
   if (e.stage === 'decoder') return 'Loading the image decoder…';
-  if (e.stage === 'tower') return 'Loading the vision tower…';
-  if (e.stage === 'image') return `Reading image ${e.index} of ${e.count}: layer ${e.layer} of ${e.layers}`;
+  if (e.stage === 'image') {
+    if (e.layer >= e.layers && e.index >= e.count) return `Read ${e.count === 1 ? 'the image' : `${e.count} images`}; reading the message…`;
+    return `Reading image ${e.index} of ${e.count}: layer ${Math.min(e.layer + 1, e.layers)} of ${e.layers}`;
+  }
   return 'Reading the images…';
 }
 
@@ -113,6 +117,8 @@ async function reply() {
   S.busy = S.generating = true;
   updateButtons();
   clearError();
+  notice('');
+  $('status').textContent = '';
   const m = { role: 'assistant', content: '' };
   const el = messageElement(m);
   el.classList.add('streaming');
@@ -180,7 +186,7 @@ async function reply() {
     } else {
       S.engineConv = null; // unknown state: the next reply re-reads the conversation
     }
-    showError(e);
+    showChatError(e);
   } finally {
     S.busy = S.generating = false;
     S.streaming = null;

@@ -12,9 +12,20 @@ export function showError(err) {
   $('loader').hidden = false;
 }
 
+// An error of a reply (the chat's own box, by the composer: the models panel stays as it is).
+export function showChatError(err) {
+  S.lastError = err;
+  $('chat-error').hidden = false;
+  $('chat-error').dataset.kind = err.kind || 'internal';
+  $('chat-error-message').textContent = err.message || String(err);
+  $('chat-error-detail').textContent = err.detail || '';
+}
+
 export function clearError() {
-  $('error').hidden = true;
-  $('error').dataset.kind = '';
+  for (const id of ['error', 'chat-error']) {
+    $(id).hidden = true;
+    $(id).dataset.kind = '';
+  }
 }
 
 export function notice(text) {

@@ -21,8 +21,9 @@
 //   boot {text, ready}                    Python start-up steps
 //   progress {phase, ...}                 model load: opening, weights (bytes, tensors, seconds left), ready
 //   download {done, size, resumedFrom, secondsLeft}
-//   media {stage: 'decoder' | 'tower' | 'image', index, count, layer, layers}
-//                                         while a reply's images are read (before its first token)
+//   media {stage: 'decoder' | 'image', index, count, layer, layers}
+//                                         while a reply's images are read (before its first token): the image
+//                                         decoder loading, then image index of count (1-based), layers done
 //   token {id, text, n, context, max_context, ...}
 
 import { S } from './state.js';
