@@ -29,7 +29,6 @@ per layer so that encode() can report progress and stop between layers.
 from __future__ import annotations
 
 import math
-import struct
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,37 +36,12 @@ import numpy as np
 from .. import ops
 from ..config import VisionConfig
 from ..gguf_file import GGUFFile
-from ..gpu import UNIFORM, Device, Graph, Tensor
-from ..ops.matmul import QUANT_TYPES
+from ..gpu import UNIFORM, Device, Tensor
+from .tower import Cancelled, Tower, TowerLoadError, check_tensors, step_bytes  # noqa: F401 (re-exported)
 
 LINEARS = ("attn_q", "attn_k", "attn_v", "attn_out", "ffn_gate", "ffn_up", "ffn_down")  # v.clamp_data order
 ROPE_THETA = 100.0
-
-
-class VisionLoadError(RuntimeError):
-    """The vision tower's tensors are missing, of an unsupported type, or do not fit the text model."""
-
-
-class Cancelled(Exception):
-    """An image encode was stopped between layers (Engine.cancel())."""
-
-
-@dataclass
-class VisionLayer:
-    ln1: Tensor
-    wq: Tensor
-    wk: Tensor
-    wv: Tensor
-    q_norm: Tensor
-    k_norm: Tensor
-    wo: Tensor
-    attn_post_norm: Tensor
-    ln2: Tensor
-    w_gate: Tensor
-    w_up: Tensor
-    w_down: Tensor
-    ffn_post_norm: Tensor
-    clamps: dict = field(default_factory=dict)  # linear name -> f32 [4] (in_min, in_max, out_min, out_max)
+VisionLoadError = TowerLoadError
 
 
 @dataclass
@@ -86,7 +60,8 @@ class TowerRun:
     bufs: dict = field(default_factory=dict)
 
     def tensors(self) -> list:
-        return [self.step, self.patches, self.pos_x, self.pos_y, self.positions, self.grid, self.out, *self.bufs.values()]
+        return [self.step, self.patches, self.pos_x, self.pos_y, self.positions, self.grid, self.out,
+                *self.bufs.values()]
 
 
 def tensor_names(c: VisionConfig) -> list[str]:
@@ -105,30 +80,41 @@ def vision_config_from(gf: GGUFFile) -> VisionConfig | None:
     return vision_config(gf.metadata)
 
 
-class GemmaVision:
+class GemmaVision(Tower):
     """A loaded vision tower. Create with `await GemmaVision.load(gguf_file, device, text_d_model=...)`."""
 
+    what = "image"
+
     def __init__(self, cfg: VisionConfig, device: Device, gf: GGUFFile, text_d_model: int):
+        super().__init__(device, gf, text_d_model)
         self.cfg = cfg
-        self.device = device
-        self.gguf = gf
-        self.text_d_model = text_d_model
         self.head_dim = cfg.d_model // cfg.n_heads
-        self.layers: list[VisionLayer] = []
-        self.w: dict[str, Tensor] = {}
-        self.proj_clamp: Tensor | None = None
         self.std: tuple | None = None
-        self._runs: dict[int, TowerRun] = {}
 
     # -- loading -------------------------------------------------------------------------------------------
     @classmethod
     async def load(cls, gf: GGUFFile, device: Device, *, text_d_model: int, progress=None) -> "GemmaVision":
         t = cls(cls.validate(gf, text_d_model), device, gf, text_d_model)
-        await t._upload(progress)
-        return t
+        c = t.cfg
 
-    def _names(self) -> list[str]:
-        return tensor_names(self.cfg)
+        def matrix_shape(name, info):  # (d, 3, p, p) as a d x 3p^2 matrix: (channel, row, col) columns
+            return (c.d_model, info.n_elements // c.d_model) if name == "v.patch_embd.weight" else None
+
+        await t.upload(tensor_names(c), progress, matrix_shape)
+        t.n_positions = gf.info("v.position_embd.weight").n_rows // 2
+        packed = {}
+        if "v.clamp_data" in gf:
+            data = await gf.tensor("v.clamp_data")
+            packed = {f"v.blk.{l}.{lin}.weight": data[4 * (7 * l + i):][:4]
+                      for l in range(c.n_layers) for i, lin in enumerate(LINEARS)}
+        weights = [f"v.blk.{l}.{lin}.weight" for l in range(c.n_layers) for lin in LINEARS]
+        # The projector is a plain linear in transformers; llama.cpp clamps it only when its scalars exist.
+        await t.load_clamps(weights + ["mm.input_projection.weight"], packed)
+        if "v.std_bias" in gf and "v.std_scale" in gf:
+            t.std = (device.upload((await gf.tensor("v.std_bias")).astype(np.float32), label="v.std_bias"),
+                     device.upload((await gf.tensor("v.std_scale")).astype(np.float32), label="v.std_scale"))
+            t._extra += list(t.std)
+        return t
 
     @staticmethod
     def validate(gf: GGUFFile, text_d_model: int) -> VisionConfig:
@@ -138,10 +124,7 @@ class GemmaVision:
         name = gf.source.name
         if c is None:
             raise VisionLoadError(f"{name} has no vision tower")
-        missing = [n for n in tensor_names(c) if n not in gf]
-        if missing:
-            raise VisionLoadError(f"{name}: the vision tower lacks tensors {', '.join(missing[:6])}"
-                                  + (" ..." if len(missing) > 6 else ""))
+        check_tensors(gf, tensor_names(c), "vision tower")
         hd = c.d_model // max(c.n_heads, 1)
         if c.n_heads < 1 or c.d_model % c.n_heads or hd % 8 or (hd // 8) & (hd // 8 - 1):
             raise VisionLoadError(f"{name}: vision head size {c.d_model}/{c.n_heads} is not supported "
@@ -153,91 +136,13 @@ class GemmaVision:
         if proj.n_rows != text_d_model:
             raise VisionLoadError(f"{name}: the vision projector outputs width {proj.n_rows}, but the text model's "
                                   f"width is {text_d_model}: this mmproj belongs to another model")
-        for n in tensor_names(c):
-            info = gf.info(n)
-            if info.type_name not in QUANT_TYPES:
-                raise VisionLoadError(f"{name}: tensor {n} has type {info.type_name.upper()}, which rullama-py "
-                                      f"does not support (supported: {', '.join(t.upper() for t in QUANT_TYPES)})")
         patch = gf.info("v.patch_embd.weight")
         if patch.n_elements != c.d_model * 3 * c.patch_size ** 2:
             raise VisionLoadError(f"{name}: v.patch_embd.weight has shape {patch.shape}; expected "
                                   f"{c.d_model} x 3 x {c.patch_size} x {c.patch_size}")
         return c
 
-    async def _upload(self, progress) -> None:
-        gf, dev, c = self.gguf, self.device, self.cfg
-        names = self._names()
-        total = sum(gf.info(n).nbytes for n in names)
-        done = 0
-        for name in names:
-            info = gf.info(name)
-            raw = await gf.tensor_bytes(name)
-            if info.type_name == "f32" and len(info.shape) == 1:
-                self.w[name] = dev.upload(np.frombuffer(raw, np.float32), label=name)
-            elif name == "v.patch_embd.weight":
-                # (d, 3, p, p) as a d x 3p^2 matrix: columns in (channel, row, col) order, as media.py packs patches
-                cols = info.n_elements // c.d_model
-                self.w[name] = dev.upload_rows(raw, c.d_model, info.nbytes // c.d_model, (c.d_model, cols),
-                                               info.type_name, name)
-            else:  # the position table (2, P, d) becomes a (2P, d) table; matrices are (out, in)
-                self.w[name] = dev.upload_rows(raw, info.n_rows, info.row_bytes, (info.n_rows, info.shape[-1]),
-                                               info.type_name, name)
-            del raw
-            done += info.nbytes
-            if progress is not None:
-                progress(done, total, name)
-        self.n_positions = gf.info("v.position_embd.weight").n_rows // 2
-        packed = await gf.tensor("v.clamp_data") if "v.clamp_data" in gf else None
-        w = self.w
-        for l in range(c.n_layers):
-            p = f"v.blk.{l}."
-            clamps = {}
-            for i, lin in enumerate(LINEARS):
-                bounds = await self._clamp_bounds(p + lin, None if packed is None else packed[4 * (7 * l + i):][:4])
-                if bounds is not None:
-                    clamps[lin] = dev.upload(bounds, label=p + lin + ".clamp")
-            self.layers.append(VisionLayer(
-                ln1=w[p + "ln1.weight"], wq=w[p + "attn_q.weight"], wk=w[p + "attn_k.weight"], wv=w[p + "attn_v.weight"],
-                q_norm=w[p + "attn_q_norm.weight"], k_norm=w[p + "attn_k_norm.weight"], wo=w[p + "attn_out.weight"],
-                attn_post_norm=w[p + "attn_post_norm.weight"], ln2=w[p + "ln2.weight"], w_gate=w[p + "ffn_gate.weight"],
-                w_up=w[p + "ffn_up.weight"], w_down=w[p + "ffn_down.weight"], ffn_post_norm=w[p + "ffn_post_norm.weight"],
-                clamps=clamps))
-        # The projector is a plain linear in transformers; llama.cpp clamps it only when its scalars exist.
-        bounds = await self._clamp_bounds("mm.input_projection", None)
-        self.proj_clamp = None if bounds is None else dev.upload(bounds, label="mm.input_projection.clamp")
-        if "v.std_bias" in gf and "v.std_scale" in gf:
-            self.std = (dev.upload((await gf.tensor("v.std_bias")).astype(np.float32), label="v.std_bias"),
-                        dev.upload((await gf.tensor("v.std_scale")).astype(np.float32), label="v.std_scale"))
-
-    async def _clamp_bounds(self, prefix: str, packed) -> np.ndarray | None:
-        """(in_min, in_max, out_min, out_max) of a clippable linear, or None when it is not clipped: the
-        per-linear scalars (llama.cpp mmproj, and Ollama blobs too), else Ollama's packed v.clamp_data."""
-        gf = self.gguf
-        keys = [f"{prefix}.{s}" for s in ("input_min", "input_max", "output_min", "output_max")]
-        if all(k in gf for k in keys):
-            vals = [float((await gf.tensor(k)).reshape(-1)[0]) for k in keys]
-        elif packed is not None and len(packed) == 4:
-            vals = [float(v) for v in packed]
-        else:
-            return None
-        lo = -3.0e38  # FLT_MAX and infinity both mean "no clamp"
-        if vals[0] <= lo and vals[1] >= -lo and vals[2] <= lo and vals[3] >= -lo:
-            return None
-        if vals[0] > vals[1] or vals[2] > vals[3]:
-            raise VisionLoadError(f"{gf.source.name}: {prefix} has clamp bounds {vals} with min above max")
-        return np.array(vals, np.float32)
-
     # -- the forward pass ----------------------------------------------------------------------------------
-    async def _linear(self, g: Graph, w: Tensor, x: Tensor, out: Tensor, bounds: Tensor | None, scratch: Tensor,
-                      n_tokens: int) -> None:
-        """out = clip(W x): clamp the input (into `scratch`), multiply, clamp the output in place."""
-        if bounds is not None:
-            await ops.clamp(g, x, bounds, scratch.view(x.shape), pair=0)
-            x = scratch.view(x.shape)
-        await ops.matmul(g, w, x, out, n_tokens=n_tokens)
-        if bounds is not None:
-            await ops.clamp(g, out, bounds, pair=1)
-
     async def _record(self, cap: int) -> TowerRun:
         c, dev = self.cfg, self.device
         d, hd, nh, k = c.d_model, self.head_dim, c.n_heads, c.projector_scale_factor
@@ -262,38 +167,39 @@ class GemmaVision:
         b["pooled"], b["pooled_n"] = T(n_soft, d, name="pooled"), T(n_soft, d, name="pooled_n")
         h, x, xc, o = b["h"], b["x"], b["xc"], b["o"]
         eps = c.norm_eps
+        lin = self.linear
 
         # prologue: patch embedding and the learned 2-D position table
         g = dev.graph()
         await ops.matmul(g, self.w["v.patch_embd.weight"], run.patches, h, n_tokens=cap)
-        table = self.w["v.position_embd.weight"]
         for ids in (run.pos_x, run.pos_y):
-            await ops.embed(g, table, ids, h, n_tokens=cap, accumulate=True)
+            await ops.embed(g, self.w["v.position_embd.weight"], ids, h, n_tokens=cap, accumulate=True)
         run.graphs.append(g)
 
-        for L in self.layers:
+        for l in range(c.n_layers):
+            p = f"v.blk.{l}."
+            w = lambda name: self.w[p + name + ".weight"]  # noqa: E731
             g = dev.graph()
-            cl = L.clamps.get
-            await ops.rms_norm(g, h, L.ln1, x, n=d, eps=eps)
-            await self._linear(g, L.wq, x, b["q_lin"], cl("attn_q"), xc, cap)
-            await self._linear(g, L.wk, x, b["k_lin"], cl("attn_k"), xc, cap)
-            await self._linear(g, L.wv, x, b["v_lin"], cl("attn_v"), xc, cap)
-            await ops.rms_norm(g, b["q_lin"], L.q_norm, b["q"], n=hd, eps=eps)
-            await ops.rms_norm(g, b["k_lin"], L.k_norm, b["k"], n=hd, eps=eps)
+            await ops.rms_norm(g, h, w("ln1"), x, n=d, eps=eps)
+            await lin(g, p + "attn_q.weight", x, b["q_lin"], xc, cap)
+            await lin(g, p + "attn_k.weight", x, b["k_lin"], xc, cap)
+            await lin(g, p + "attn_v.weight", x, b["v_lin"], xc, cap)
+            await ops.rms_norm(g, b["q_lin"], w("attn_q_norm"), b["q"], n=hd, eps=eps)
+            await ops.rms_norm(g, b["k_lin"], w("attn_k_norm"), b["k"], n=hd, eps=eps)
             await ops.rms_norm(g, b["v_lin"], None, b["v"], n=hd, eps=eps)
             await ops.rope_2d(g, b["q"], run.positions, n_heads=nh, head_dim=hd, base=ROPE_THETA)
             await ops.rope_2d(g, b["k"], run.positions, n_heads=nh, head_dim=hd, base=ROPE_THETA)
             await ops.kv_store(g, b["k"], b["v"], b["kc"], b["vc"], run.step, n_kv_heads=nh, head_dim=hd, max_ctx=cap)
             await ops.attention(g, b["q"], b["kc"], b["vc"], b["attn"], run.step, n_heads=nh, n_kv_heads=nh,
                                 head_dim=hd, scale=1.0, window=0, max_ctx=cap, causal=False)
-            await self._linear(g, L.wo, b["attn"], o, cl("attn_out"), xc, cap)
-            await ops.rms_norm(g, o, L.attn_post_norm, h, n=d, eps=eps, accumulate=True)
-            await ops.rms_norm(g, h, L.ln2, x, n=d, eps=eps)
-            await self._linear(g, L.w_gate, x, b["gate"], cl("ffn_gate"), xc, cap)
-            await self._linear(g, L.w_up, x, b["up"], cl("ffn_up"), xc, cap)
+            await lin(g, p + "attn_out.weight", b["attn"], o, xc, cap)
+            await ops.rms_norm(g, o, w("attn_post_norm"), h, n=d, eps=eps, accumulate=True)
+            await ops.rms_norm(g, h, w("ln2"), x, n=d, eps=eps)
+            await lin(g, p + "ffn_gate.weight", x, b["gate"], xc, cap)
+            await lin(g, p + "ffn_up.weight", x, b["up"], xc, cap)
             await ops.gelu_mul(g, b["gate"], b["up"], b["act"], n=c.ffn_dim)
-            await self._linear(g, L.w_down, b["act"], o, cl("ffn_down"), b["gate"], cap)
-            await ops.rms_norm(g, o, L.ffn_post_norm, h, n=d, eps=eps, accumulate=True)
+            await lin(g, p + "ffn_down.weight", b["act"], o, b["gate"], cap)
+            await ops.rms_norm(g, o, w("ffn_post_norm"), h, n=d, eps=eps, accumulate=True)
             run.graphs.append(g)
 
         # epilogue: 3x3 average pooling, sqrt(d) scale, optional standardisation, weightless norm, projection
@@ -302,10 +208,12 @@ class GemmaVision:
         if self.std is not None:
             await ops.standardize(g, b["pooled"], self.std[0], self.std[1], n=d)
         await ops.rms_norm(g, b["pooled"], None, b["pooled_n"], n=d, eps=eps)
-        await self._linear(g, self.w["mm.input_projection.weight"], b["pooled_n"], run.out, self.proj_clamp,
-                           b["pooled"], n_soft)
+        await lin(g, "mm.input_projection.weight", b["pooled_n"], run.out, b["pooled"], n_soft)
         run.graphs.append(g)
         return run
+
+    def run_tensors(self, run) -> list:
+        return run.tensors()
 
     async def run_for(self, n_patches: int, budget: int | None = None) -> TowerRun:
         """The recorded run for images of `budget` soft tokens (default: the smallest standard budget that
@@ -323,10 +231,6 @@ class GemmaVision:
             run = self._runs[cap] = await self._record(cap)
         return run
 
-    @property
-    def n_graph_layers(self) -> int:
-        return self.cfg.n_layers
-
     async def encode(self, image, *, budget: int | None = None, on_layer=None, cancelled=None) -> Tensor:
         """Soft tokens of a media.PreparedImage: a view [n_soft, text_d_model] of the run's output buffer (valid
         until the next encode with the same budget: copy it to keep it). `on_layer(done, total)` is called
@@ -343,43 +247,12 @@ class GemmaVision:
         if image.patches.shape[1] != 3 * c.patch_size ** 2:
             raise ValueError(f"patches of {image.patches.shape[1]} values; this tower takes {3 * c.patch_size ** 2}")
         run = await self.run_for(n, budget)
-        cap = run.capacity
         pos = np.asarray(image.positions, np.uint32)
         dev.write(run.patches.buffer, np.ascontiguousarray(image.patches, np.float32))
         dev.write(run.pos_x.buffer, pos[:, 0].copy())
         dev.write(run.pos_y.buffer, pos[:, 1] + np.uint32(self.n_positions))
         dev.write(run.positions.buffer, pos)
         dev.write(run.grid.buffer, np.array([pw, ph], np.uint32))
-        dev.write(run.step.buffer, struct.pack("<8I", 0, n, n, 0, 0, 0, 0, 0))
-        stepwise = on_layer is not None or cancelled is not None
-        if not stepwise:
-            dev.submit(run.graphs)
-        else:
-            dev.submit(run.graphs[0])
-            for i, g in enumerate(run.graphs[1:-1]):
-                if cancelled is not None and cancelled():
-                    raise Cancelled("image encoding was cancelled")
-                dev.submit(g)
-                await dev.sync()
-                if on_layer is not None:
-                    on_layer(i + 1, c.n_layers)
-            if cancelled is not None and cancelled():
-                raise Cancelled("image encoding was cancelled")
-            dev.submit(run.graphs[-1])
+        dev.write(run.step.buffer, step_bytes(n))
+        await self.run_graphs(run.graphs, n_layers=c.n_layers, on_layer=on_layer, cancelled=cancelled)
         return run.out.view((image.n_soft, self.text_d_model))
-
-    def release(self) -> None:
-        """Free the tower's GPU memory (weights and recorded runs). The object is unusable afterwards."""
-        seen = set()
-        tensors = list(self.w.values()) + [t for L in self.layers for t in L.clamps.values()]
-        tensors += [t for t in (self.proj_clamp, *(self.std or ())) if t is not None]
-        for run in self._runs.values():
-            tensors += run.tensors()
-        for t in tensors:
-            for buf, _, _ in t.parts:
-                if id(buf) not in seen:
-                    seen.add(id(buf))
-                    buf.destroy()
-        self.w.clear()
-        self.layers.clear()
-        self._runs.clear()
