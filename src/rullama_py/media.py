@@ -20,14 +20,45 @@
 
 Every failure is a `MediaError` whose message is one plain sentence for the user; no Pillow exception or
 warning escapes. The pixel count is checked from the header before any pixel is decoded.
+
+Audio (numpy; scipy only to resample, imported on first use):
+
+    wav, rate = decode_wav(data, name="talk.wav")     # float32 [n] mono, the file's own rate
+    x = resample(wav, rate)                           # float32 [m] at 16 kHz (scipy.signal.resample_poly)
+    feats = log_mel(x)                                # float32 [frames, 128]
+    pieces = prepare_audio(data)                      # [PreparedAudio], one per 30 s piece
+
+`log_mel` is transformers' `Gemma4AudioFeatureExtractor` step by step: 160 zeros in front (semicausal
+padding), frames of 320 samples every 160, the float32 waveform times the float32 periodic Hann window
+(rounded to float32, as transformers' float32 product is), a float64 FFT of 512, magnitude, 128 HTK mel
+filters over 0-8000 Hz (no normalisation), log(mel + 0.001). transformers pads the waveform to a multiple of
+128 samples and zeroes the frames that reach into that padding (`input_features_mask` False); those frames
+are left out here, so `log_mel` returns exactly its unmasked frames, (n - 161) // 160 + 1 of them for n
+samples. The tower masks the padded frames before each convolution, so leaving them out changes nothing.
+transformers cuts audio at 30 s; `prepare_audio` instead splits it into 30 s pieces, each one its own audio
+block for the tower (its own padding at the start), and drops a last piece too short to make one frame (at
+most 10 ms).
+
+WAV files are parsed here (the stdlib `wave` module rejects float and extensible files): PCM 8 (unsigned),
+16, 24 and 32 bits, IEEE float 32 and 64, G.711 mu-law and A-law, WAVE_FORMAT_EXTENSIBLE with any of these
+as its sub-format, any channel count (averaged to mono), any rate from 1 kHz to 768 kHz; chunks other than
+`fmt ` and `data` are skipped, odd-sized chunks have their pad byte. Integer samples are scaled by the full
+scale of their container (int16 / 32768, ...), so they lie in [-1, 1); float samples are kept as they are
+(a float file may go past 1) but must be finite. A `data` chunk that claims more bytes than the file holds
+(an interrupted recording, a stream written without a final size) is read as far as the file goes, in whole
+frames, without a word, as libsndfile and transformers-style loaders do. Compressed codecs inside a WAV
+(ADPCM, MP3 in WAV, GSM, ...) are refused by name. The length is checked from the header against
+`MAX_AUDIO_SECONDS` before any sample is converted.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import struct
 import warnings
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -42,7 +73,8 @@ _SUPPORTED = "PNG, JPEG, WebP, BMP or GIF"
 
 
 class MediaError(ValueError):
-    """An image could not be used; the message is a plain sentence naming the problem, fit to show a user."""
+    """An image or an audio clip could not be used; the message is a plain sentence naming the problem, fit to
+    show a user."""
 
 
 @dataclass(frozen=True)
@@ -262,3 +294,362 @@ def prepare_image(data: bytes, *, budget: int = 280, patch_size: int = 16, pooli
         size=(th, tw),
         original_size=(h0, w0),
     )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Audio
+
+SAMPLE_RATE = 16000
+MAX_AUDIO_SECONDS = 600.0  # ten minutes: 20 pieces of 30 s, 15000 soft tokens
+CHUNK_SECONDS = 30  # the model takes at most 30 s (750 soft tokens) per audio block
+MIN_SOURCE_RATE, MAX_SOURCE_RATE = 1000, 768_000
+
+N_MELS = 128
+_FRAME, _HOP, _FFT = 320, 160, 512  # 20 ms, 10 ms, at 16 kHz
+_MEL_FLOOR = 1e-3
+
+_WAVE_PCM, _WAVE_FLOAT, _WAVE_ALAW, _WAVE_MULAW, _WAVE_EXTENSIBLE = 0x0001, 0x0003, 0x0006, 0x0007, 0xFFFE
+# KSDATAFORMAT_SUBTYPE_*: the format code in the first two bytes, then this fixed tail.
+_GUID_TAIL = b"\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"
+_CODECS = {  # compressed formats found inside WAV files, named for the error sentence
+    0x0002: "Microsoft ADPCM", 0x0011: "IMA ADPCM", 0x0010: "OKI ADPCM", 0x0014: "G.723 ADPCM",
+    0x0040: "G.721 ADPCM", 0x0064: "G.726 ADPCM", 0x0045: "G.726 ADPCM", 0x0031: "GSM 6.10",
+    0x0022: "TrueSpeech", 0x0050: "MPEG audio (MP2 in WAV)", 0x0055: "MP3 (MP3 in WAV)",
+    0x0161: "Windows Media Audio", 0x0162: "Windows Media Audio", 0x0163: "Windows Media Audio",
+    0x00FF: "AAC", 0x1610: "AAC", 0xA106: "AAC", 0x2000: "AC-3", 0x0092: "AC-3", 0x2001: "DTS",
+    0xF1AC: "FLAC", 0x674F: "Vorbis", 0x6750: "Vorbis", 0x6751: "Vorbis", 0x676F: "Vorbis", 0x6770: "Vorbis",
+    0x6771: "Vorbis", 0x704F: "Opus",
+}
+_BROWSER_FORMATS = "MP3, OGG, M4A and other compressed audio"
+
+
+@dataclass(frozen=True)
+class PreparedAudio:
+    """One piece of audio (at most CHUNK_SECONDS) ready for the audio tower.
+
+    features: float32 [frames, 128] log-mel features, transformers' unmasked frames.
+    n_soft: soft tokens the tower makes of it, audio_soft_tokens(frames).
+    seconds: the piece's length in seconds (samples / 16000).
+    """
+
+    features: np.ndarray
+    n_soft: int
+    seconds: float
+
+
+def audio_frames(n_samples: int) -> int:
+    """Feature frames of n 16 kHz samples: (n + 160 - 321) // 160 + 1 (transformers' unfold), 0 below 161."""
+    return max(0, (int(n_samples) + _FRAME // 2 - (_FRAME + 1)) // _HOP + 1)
+
+
+def audio_soft_tokens(frames: int) -> int:
+    """Soft tokens the audio tower makes of `frames` feature frames: two convolutions of kernel 3, stride 2,
+    padding 1, each (t + 2 - 3) // 2 + 1. 1 s (99 frames) gives 25, 30 s (2999 frames) 750."""
+    t = max(0, int(frames))
+    for _ in range(2):
+        t = (t + 2 - 3) // 2 + 1 if t > 0 else 0
+    return t
+
+
+def _duration(seconds: float) -> str:
+    """'2 min 5 s', '45.2 s', '1 h 2 min'."""
+    if seconds < 60:
+        return f"{seconds:.3g} s" if seconds < 10 else f"{seconds:.0f} s"
+    total = int(round(seconds))
+    h, rem = divmod(total, 3600)
+    m, s = divmod(rem, 60)
+    if h:
+        return f"{h} h {m} min"
+    return f"{m} min {s} s" if s else f"{m} min"
+
+
+def _too_long(name: str, seconds: float) -> MediaError:
+    return MediaError(f"{name} is too long: it holds {_duration(seconds)} of audio, and at most "
+                      f"{_duration(MAX_AUDIO_SECONDS)} is accepted. Use a shorter clip.")
+
+
+def _sniff_audio(head: bytes) -> tuple[str, bool] | None:
+    """(what the file is, whether the web app's browser decodes it) for files that are not WAV, or None."""
+    if head[:3] == b"ID3" or (len(head) > 1 and head[0] == 0xFF and (head[1] & 0xE0) == 0xE0):
+        if len(head) > 1 and (head[1] & 0xF6) == 0xF0:
+            return "an AAC (ADTS) file", True
+        return "an MP3 file", True
+    if head[:4] == b"OggS":
+        return "an OGG file", True
+    if head[4:8] == b"ftyp":
+        return "an M4A or MP4 file", True
+    if head[:4] == b"fLaC":
+        return "a FLAC file", True
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "a WebM or Matroska file", True
+    if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        return "an AIFF file", False
+    if head[:5] == b"#!AMR":
+        return "an AMR file", False
+    return None
+
+
+def _not_wav(name: str, data: bytes) -> MediaError:
+    head = bytes(data[:1024])
+    known = _sniff_audio(head)
+    if known is not None:
+        what, browser = known
+        if browser:
+            return MediaError(f"{name} is {what}: the web app decodes {_BROWSER_FORMATS} in the browser, and the "
+                              f"command line takes WAV files. Convert it to WAV to use it here.")
+        return MediaError(f"{name} is {what}, which is not read here: convert it to WAV.")
+    if head[:4] == b"RIFF" and head[8:12] != b"WAVE":
+        return MediaError(f"{name} is a RIFF file but not WAV audio (it holds {head[8:12].decode('latin-1')!r} data).")
+    kind = _sniff(head)
+    if kind == "text":
+        return MediaError(f"{name} is not audio: it contains text. Use a WAV file.")
+    if kind is not None and kind != "svg":
+        return MediaError(f"{name} is {kind}, not audio. Use a WAV file.")
+    if kind == "svg" or head[:8] == b"\x89PNG\r\n\x1a\n" or head[:3] == b"\xff\xd8\xff":
+        return MediaError(f"{name} is an image, not audio. Use a WAV file.")
+    return MediaError(f"{name} is not a WAV file, or it is damaged.")
+
+
+@dataclass(frozen=True)
+class _WavInfo:
+    fmt: int  # _WAVE_PCM, _WAVE_FLOAT, _WAVE_ALAW or _WAVE_MULAW (the sub-format for an extensible file)
+    channels: int
+    rate: int
+    width: int  # bytes per sample of one channel (the container size)
+    offset: int  # where the samples start
+    frames: int  # whole frames present (the data chunk's size, cut to what the file holds)
+
+
+def _parse_wav(data: bytes, name: str) -> _WavInfo:
+    """The header of a RIFF/WAVE file, checked; no sample is read. Raises MediaError."""
+    n = len(data)
+    if n == 0:
+        raise MediaError(f"{name} is empty (0 bytes).")
+    if data[:4] == b"RIFX":
+        raise MediaError(f"{name} is a big-endian (RIFX) WAV file, which is not supported: convert it to a usual WAV file.")
+    if data[:4] == b"RF64":
+        raise MediaError(f"{name} is an RF64 WAV file (for recordings over 4 GB), which is not supported.")
+    if data[:4] != b"RIFF" or (n >= 12 and data[8:12] != b"WAVE"):
+        raise _not_wav(name, data)
+    if n < 12:
+        raise MediaError(f"{name} is damaged or incomplete: its WAV header is cut short.")
+    pos, fmt_chunk, data_at, data_size = 12, None, None, 0
+    while pos + 8 <= n:
+        cid, size = data[pos:pos + 4], struct.unpack_from("<I", data, pos + 4)[0]
+        body = pos + 8
+        if cid == b"fmt ":
+            if size < 16 or body + 16 > n:
+                raise MediaError(f"{name} is damaged or incomplete: its WAV format chunk is cut short.")
+            fmt_chunk = bytes(data[body:body + min(size, n - body)])
+        elif cid == b"data":
+            data_at, data_size = body, size
+            if fmt_chunk is not None or body + size > n:
+                break  # the samples; a data chunk that runs past the end is the last thing in the file
+        pos = body + size + (size & 1)
+    cut = pos != n or n < 8 + struct.unpack_from("<I", data, 4)[0]  # the walk or the RIFF size runs past the end
+    if fmt_chunk is None:
+        if cut:
+            raise MediaError(f"{name} is damaged or incomplete: its WAV header is cut short.")
+        raise MediaError(f"{name} is damaged: it has no WAV format chunk.")
+    if data_at is None:
+        if cut:
+            raise MediaError(f"{name} is damaged or incomplete: it is cut short before its audio data.")
+        raise MediaError(f"{name} is damaged: it has no audio data (no WAV data chunk).")
+
+    tag, channels, rate, _byte_rate, align, bits = struct.unpack_from("<HHIIHH", fmt_chunk, 0)
+    fmt = tag
+    if tag == _WAVE_EXTENSIBLE:
+        if len(fmt_chunk) < 40:
+            raise MediaError(f"{name} is damaged or incomplete: its extensible WAV format chunk is cut short.")
+        guid = fmt_chunk[24:40]
+        if guid[2:] != _GUID_TAIL:
+            raise MediaError(f"{name} uses a WAVE_FORMAT_EXTENSIBLE sub-format that is not supported "
+                             f"(GUID {guid.hex()}): use an uncompressed (PCM) WAV file.")
+        fmt = struct.unpack_from("<H", guid, 0)[0]
+    if fmt not in (_WAVE_PCM, _WAVE_FLOAT, _WAVE_ALAW, _WAVE_MULAW):
+        codec = _CODECS.get(fmt, f"the codec with format code 0x{fmt:04X}")
+        raise MediaError(f"{name} is a WAV file compressed with {codec}, which is not supported: "
+                         f"use an uncompressed (PCM) WAV file.")
+    if channels == 0:
+        raise MediaError(f"{name} is damaged: its WAV header says it has 0 channels.")
+    if rate == 0:
+        raise MediaError(f"{name} is damaged: its WAV header gives a sample rate of 0 Hz.")
+    if not MIN_SOURCE_RATE <= rate <= MAX_SOURCE_RATE:
+        raise MediaError(f"{name} has a sample rate of {rate} Hz; rates from {MIN_SOURCE_RATE} Hz to "
+                         f"{MAX_SOURCE_RATE} Hz are supported.")
+    if align == 0 or align % channels:
+        raise MediaError(f"{name} is damaged: its WAV header gives a block size of {align} bytes for "
+                         f"{channels} channels.")
+    width = align // channels
+    ok = {_WAVE_PCM: (1, 2, 3, 4), _WAVE_FLOAT: (4, 8), _WAVE_ALAW: (1,), _WAVE_MULAW: (1,)}[fmt]
+    kind = {_WAVE_PCM: "integer PCM", _WAVE_FLOAT: "floating-point", _WAVE_ALAW: "A-law", _WAVE_MULAW: "mu-law"}[fmt]
+    if width not in ok or not 0 < bits <= 8 * width:
+        raise MediaError(f"{name} holds {bits}-bit {kind} samples in {8 * width}-bit slots, which is not supported: "
+                         f"use 8, 16, 24 or 32-bit PCM or 32 or 64-bit float.")
+    if fmt == _WAVE_FLOAT and bits != 8 * width:
+        raise MediaError(f"{name} is damaged: its WAV header gives {bits}-bit floats in {8 * width}-bit slots.")
+    frames = min(data_size, n - data_at) // align
+    seconds = frames / rate
+    if seconds > MAX_AUDIO_SECONDS:
+        raise _too_long(name, seconds)
+    if frames == 0:
+        if data_size == 0:
+            raise MediaError(f"{name} has no audio: its data chunk is empty.")
+        raise MediaError(f"{name} is damaged or incomplete: its audio data is cut short before the first sample.")
+    return _WavInfo(fmt, channels, rate, width, data_at, frames)
+
+
+@lru_cache(maxsize=2)
+def _g711_table(mu: bool) -> np.ndarray:
+    """float32 [256]: G.711 mu-law or A-law byte -> linear sample / 32768 (ITU-T G.711 decoding)."""
+    b = np.arange(256)
+    if mu:
+        u = ~b & 0xFF
+        t = (((u & 0x0F) << 3) + 0x84) << ((u & 0x70) >> 4)
+        v = np.where(u & 0x80, 0x84 - t, t - 0x84)
+    else:
+        a = b ^ 0x55
+        seg = (a & 0x70) >> 4
+        t = (a & 0x0F) << 4
+        t = np.where(seg == 0, t + 8, np.where(seg == 1, t + 0x108, (t + 0x108) << np.maximum(seg - 1, 0)))
+        v = np.where(a & 0x80, t, -t)
+    return (v.astype(np.float64) / 32768.0).astype(np.float32)
+
+
+def _samples(raw: np.ndarray, info: _WavInfo) -> np.ndarray:
+    """uint8 [frames * align] -> float64 [frames, channels]."""
+    w, c = info.width, info.channels
+    if info.fmt == _WAVE_FLOAT:
+        x = raw.view("<f4" if w == 4 else "<f8").astype(np.float64)
+    elif info.fmt in (_WAVE_ALAW, _WAVE_MULAW):
+        x = _g711_table(info.fmt == _WAVE_MULAW)[raw].astype(np.float64)
+    elif w == 1:
+        x = (raw.astype(np.float64) - 128.0) / 128.0
+    elif w == 2:
+        x = raw.view("<i2") / 32768.0
+    elif w == 3:
+        b = raw.reshape(-1, 3).astype(np.int32)
+        v = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
+        x = ((v << 8) >> 8) / 8388608.0  # sign-extend the 24-bit value
+    else:
+        x = raw.view("<i4") / 2147483648.0
+    return x.reshape(-1, c)
+
+
+def decode_wav(data: bytes, name: str = "audio") -> tuple[np.ndarray, int]:
+    """Decode a WAV file (see the module docstring for what is read) to (float32 [n] mono, sample rate).
+    Channels are averaged. `name` is used in error sentences. Raises MediaError."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"audio data must be bytes, not {type(data).__name__}")
+    data = memoryview(data).cast("B")
+    info = _parse_wav(data, name)
+    out = np.empty(info.frames, np.float32)
+    align = info.width * info.channels
+    step = max(1, (1 << 22) // align)  # frames per block: about 4 MiB of file at a time
+    buf = np.frombuffer(data, np.uint8, count=info.frames * align, offset=info.offset)
+    for f0 in range(0, info.frames, step):
+        f1 = min(info.frames, f0 + step)
+        x = _samples(buf[f0 * align:f1 * align], info)
+        out[f0:f1] = x.mean(axis=1) if info.channels > 1 else x[:, 0]
+    if info.fmt == _WAVE_FLOAT and not np.isfinite(out).all():
+        raise MediaError(f"{name} is damaged: some of its samples are not numbers (NaN or infinity).")
+    return out, info.rate
+
+
+def resample(x: np.ndarray, rate: int, to: int = SAMPLE_RATE) -> np.ndarray:
+    """float32 `x` at `rate` Hz resampled to `to` Hz with scipy.signal.resample_poly (a polyphase FIR filter,
+    Kaiser window with beta 5, up/down = to/rate in lowest terms); ceil(n * to / rate) samples. The same rate
+    returns a float32 copy without importing scipy."""
+    rate, to = int(rate), int(to)
+    if rate < 1 or to < 1:
+        raise ValueError(f"sample rates must be positive, not {rate} and {to}")
+    x = np.asarray(x)
+    if x.ndim != 1:
+        raise ValueError(f"resample takes mono audio, a 1-D array, not shape {x.shape}")
+    if rate == to or x.size == 0:
+        return np.array(x, dtype=np.float32)
+    from scipy.signal import resample_poly  # scipy is large: loaded the first time audio needs resampling
+
+    g = math.gcd(rate, to)
+    y = resample_poly(x.astype(np.float64), to // g, rate // g)
+    return y.astype(np.float32)
+
+
+@lru_cache(maxsize=1)
+def _mel_filters() -> np.ndarray:
+    """float64 [257, 128]: transformers' mel_filter_bank(257, 128, 0, 8000, 16000, norm=None, mel_scale="htk"),
+    triangles in Hz between HTK-mel-spaced edges over FFT bins at linspace(0, 8000, 257)."""
+    mel_max = 2595.0 * np.log10(1.0 + 8000.0 / 700.0)
+    edges = 700.0 * (np.power(10.0, np.linspace(0.0, mel_max, N_MELS + 2) / 2595.0) - 1.0)
+    bins = np.linspace(0, SAMPLE_RATE // 2, _FFT // 2 + 1)
+    width = np.diff(edges)
+    slopes = edges[None, :] - bins[:, None]
+    down = -slopes[:, :-2] / width[:-1]
+    up = slopes[:, 2:] / width[1:]
+    return np.maximum(0.0, np.minimum(down, up))
+
+
+@lru_cache(maxsize=1)
+def _window() -> np.ndarray:
+    """float32 [320]: the periodic Hann window, 0.5 - 0.5 cos(2 pi n / 320), as transformers rounds it."""
+    return np.hanning(_FRAME + 1)[:-1].astype(np.float32)
+
+
+def log_mel(wav: np.ndarray) -> np.ndarray:
+    """float32 [frames, 128] log-mel features of 16 kHz mono `wav`, transformers' Gemma4AudioFeatureExtractor
+    (see the module docstring); frames = audio_frames(len(wav)), 0 rows for fewer than 161 samples."""
+    x = np.asarray(wav)
+    if x.ndim != 1:
+        raise ValueError(f"log_mel takes mono audio, a 1-D array, not shape {x.shape}")
+    n_frames = audio_frames(x.size)
+    out = np.empty((n_frames, N_MELS), np.float32)
+    if n_frames == 0:
+        return out
+    padded = np.concatenate([np.zeros(_FRAME // 2, np.float32), x.astype(np.float32, copy=False)])
+    frames = np.lib.stride_tricks.as_strided(padded, shape=(n_frames, _FRAME),
+                                             strides=(padded.strides[0] * _HOP, padded.strides[0]), writeable=False)
+    win, mel = _window(), _mel_filters()
+    block = 2048  # frames at a time: about 20 MB of intermediates
+    for f0 in range(0, n_frames, block):
+        f = frames[f0:f0 + block] * win  # float32 products, as transformers computes them
+        spec = np.abs(np.fft.rfft(f.astype(np.float64), n=_FFT, axis=-1))
+        out[f0:f0 + block] = np.log(spec @ mel + _MEL_FLOOR)
+    return out
+
+
+def _as_16k(data, name: str) -> np.ndarray:
+    if isinstance(data, np.ndarray):
+        if data.ndim != 1 or data.dtype.kind != "f":
+            raise TypeError(f"audio samples must be a 1-D float array (mono, 16 kHz), not {data.dtype} {data.shape}")
+        if data.size == 0:
+            raise MediaError(f"{name} has no audio: it holds no samples.")
+        if data.size / SAMPLE_RATE > MAX_AUDIO_SECONDS:
+            raise _too_long(name, data.size / SAMPLE_RATE)
+        x = data.astype(np.float32)
+        if not np.isfinite(x).all():
+            raise MediaError(f"{name} is damaged: some of its samples are not numbers (NaN or infinity).")
+        return x
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"audio data must be WAV bytes or a float32 array, not {type(data).__name__}")
+    wav, rate = decode_wav(data, name)
+    return resample(wav, rate)
+
+
+def prepare_audio(data, name: str = "audio") -> list[PreparedAudio]:
+    """WAV bytes, or a float mono 16 kHz array (what the browser decodes MP3, OGG and M4A to), as log-mel
+    features for the audio tower: one PreparedAudio per CHUNK_SECONDS piece, in order. A last piece too
+    short for one feature frame (160 samples or fewer, 10 ms) is dropped. Raises MediaError."""
+    x = _as_16k(data, name)
+    step = CHUNK_SECONDS * SAMPLE_RATE
+    pieces = []
+    for s0 in range(0, x.size, step):
+        piece = x[s0:s0 + step]
+        frames = audio_frames(piece.size)
+        if frames == 0:
+            continue
+        pieces.append(PreparedAudio(features=log_mel(piece), n_soft=audio_soft_tokens(frames),
+                                    seconds=piece.size / SAMPLE_RATE))
+    if not pieces:
+        raise MediaError(f"{name} is too short: {_duration(x.size / SAMPLE_RATE)} of audio is less than one "
+                         f"10 ms frame.")
+    return pieces
