@@ -105,3 +105,69 @@ def avg_pool_by_positions(x, positions, k, length):
     out = np.zeros((length, x.shape[1]))
     np.add.at(out, cell, x)
     return out / (k * k)
+
+
+def conv2d_3x3_s2(x, w, t_in=None):
+    """torch's Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False) in channels-last layout: x [T, F, c_in],
+    w [c_out, c_in, 3 (time), 3 (frequency)] -> [(T - 1) // 2 + 1, (F - 1) // 2 + 1, c_out]. Rows of x at or
+    past t_in are zero (transformers' mask; the output keeps the length of all of x's rows)."""
+    x = np.array(x, np.float64)
+    w = np.asarray(w, np.float64)
+    if t_in is not None:
+        x[t_in:] = 0.0
+    t, f, _ = x.shape
+    to, fo = (t - 1) // 2 + 1, (f - 1) // 2 + 1
+    xp = np.zeros((2 * to + 1, 2 * fo + 1, x.shape[2]))  # padding 1 before, and after as far as a window reaches
+    xp[1 : t + 1, 1 : f + 1] = x
+    out = np.zeros((to, fo, w.shape[0]))
+    for kt in range(3):
+        for kf in range(3):
+            out += xp[kt : kt + 2 * to : 2, kf : kf + 2 * fo : 2] @ w[:, :, kt, kf].T
+    return out
+
+
+def layer_norm(x, w, eps):
+    """torch.nn.LayerNorm(n, eps, bias=False) over the last axis: (x - mean) / sqrt(biased var + eps) * w."""
+    x = np.asarray(x, np.float64)
+    mu = x.mean(axis=-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * np.asarray(w, np.float64)
+
+
+def conv2d_ln_relu(x, w, ln_w, eps, t_in=None):
+    """transformers' Gemma4AudioSubSampleConvProjectionLayer, channels-last: relu(LayerNorm(conv(mask * x)))."""
+    return np.maximum(layer_norm(conv2d_3x3_s2(x, w, t_in), ln_w, eps), 0.0)
+
+
+def depthwise_conv1d(x, w):
+    """transformers' Gemma4AudioCausalConv1d (groups = channels, no bias) on x [T, C], w [C, K]: left-pad K - 1
+    zero rows, then out[t, c] = sum_j w[c, j] * x_padded[t + j, c]."""
+    x = np.asarray(x, np.float64)
+    w = np.asarray(w, np.float64)
+    k = w.shape[1]
+    xp = np.concatenate([np.zeros((k - 1, x.shape[1])), x])
+    return sum(xp[j : j + x.shape[0]] * w[:, j] for j in range(k))
+
+
+def sigmoid(z):
+    """1 / (1 + exp(-z)), evaluated without overflow (exp of -|z| only)."""
+    z = np.asarray(z, np.float64)
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def silu(x):
+    """torch.nn.functional.silu: x * sigmoid(x)."""
+    x = np.asarray(x, np.float64)
+    return x * sigmoid(x)
+
+
+def glu(x):
+    """torch.nn.functional.glu(x, dim=-1): the first half of the last axis times the sigmoid of the second."""
+    x = np.asarray(x, np.float64)
+    n = x.shape[-1] // 2
+    return x[..., :n] * sigmoid(x[..., n:])
+
+
+def bias_add(x, b):
+    return np.asarray(x, np.float64) + np.asarray(b, np.float64)

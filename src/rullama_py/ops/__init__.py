@@ -6,10 +6,14 @@ never per token. Modules by family:
 - matmul:    matmul, embed (weights kept as raw GGUF bytes, dequantised in the kernels)
 - attention: rope, rope_2d (vision tower), kv_store (kv_cache, kv_slots, kv_cache_bytes), attention (causal
              or bidirectional)
-- nn:        gelu_mul, add, scale_inplace, softcap, clamp and standardize (vision tower)
+- nn:        gelu_mul, add, scale_inplace, softcap, clamp and standardize (vision tower), glu, silu and
+             bias_add (audio tower)
 - pool:      avg_pool_2d (vision tower)
+- conv:      conv2d_ln_relu (a subsampler stage: Conv2d 3x3 stride 2 + LayerNorm + ReLU, time length read from
+             the Step uniform) and depthwise_conv1d (causal), the audio tower's convolutions
 - rows:      select_row
 - ple:       ple_gate (Gemma 4 per-layer embeddings)
+- local_attention: local_attention (Gemma 4 audio tower: chunked local attention, relative positions, soft cap)
 """
 
 from .norm import rms_norm  # noqa: F401
@@ -17,5 +21,8 @@ from .matmul import embed, matmul  # noqa: F401
 from .attention import attention, kv_cache, kv_cache_bytes, kv_slots, kv_store, rope, rope_2d  # noqa: F401
 from .nn import add, clamp, gelu_mul, scale_inplace, softcap, standardize  # noqa: F401
 from .pool import avg_pool_2d  # noqa: F401
+from .nn import bias_add, glu, silu  # noqa: F401
+from .conv import conv2d_ln_relu, conv2d_out_len, depthwise_conv1d  # noqa: F401
 from .rows import select_row  # noqa: F401
 from .ple import ple_gate  # noqa: F401
+from .local_attention import local_attention  # noqa: F401

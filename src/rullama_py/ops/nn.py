@@ -1,5 +1,6 @@
-"""Elementwise ops of the transformer block (shaders/gelu_mul.wgsl, add.wgsl, scale.wgsl, softcap.wgsl, and the
-vision tower's clamp.wgsl, standardize.wgsl).
+"""Elementwise ops of the transformer block (shaders/gelu_mul.wgsl, add.wgsl, scale.wgsl, softcap.wgsl), the
+vision tower's clamp.wgsl, standardize.wgsl, and the audio tower's glu.wgsl, silu.wgsl (both with
+sigmoid_lib.wgsl) and bias_add.wgsl.
 
 Each is one dispatch over every element of its (row-major f32) tensors; row counts come from the tensors'
 shapes, so a graph recorded for a prefill chunk processes all of its rows whatever step.n_tokens is (cheap
@@ -115,3 +116,36 @@ async def standardize(g: Graph, x: Tensor, bias: Tensor, scale: Tensor, *, n: in
             raise ValueError(f"{what} of shape {t.shape} holds fewer than {n} values")
     k = await g.device.kernel("standardize", N=n, TOTAL=total, WG=WG)
     g.add(k, [x, bias, scale], _grid(total, WG))
+
+
+async def glu(g: Graph, x: Tensor, out: Tensor, *, n: int):
+    """out[r, i] = x[r, i] * sigmoid(x[r, n + i]) for x [rows, 2n], out [rows, n] (torch's glu(dim=-1): the first
+    half times the sigmoid of the second; the audio tower's light conv). Finite for every finite input."""
+    total = _total(out, n, "glu output")
+    if _count(x) < 2 * total:
+        raise ValueError(f"glu input {x.shape} must hold [rows, 2 * {n}] for an output of {out.shape}")
+    k = await g.device.kernel("glu", libs=("sigmoid_lib",), N=n, TOTAL=total, WG=WG)
+    g.add(k, [x, out], _grid(total, WG))
+
+
+async def silu(g: Graph, x: Tensor, out: Tensor | None = None):
+    """out = x * sigmoid(x) elementwise (the audio tower's activation); in place when out is None. Finite for
+    every finite x, however large (silu(x) = x for large x, -0 or a tiny negative for very negative x)."""
+    total = _count(x)
+    if out is None or _same(out, x):
+        k = await g.device.kernel("silu", libs=("sigmoid_lib",), entry="inplace", TOTAL=total, WG=WG)
+        g.add(k, [x], _grid(total, WG))
+    else:
+        if _count(out) < total:
+            raise ValueError(f"silu output of shape {out.shape} is smaller than its input {x.shape}")
+        k = await g.device.kernel("silu", libs=("sigmoid_lib",), entry="main", TOTAL=total, WG=WG)
+        g.add(k, [x, out], _grid(total, WG))
+
+
+async def bias_add(g: Graph, x: Tensor, b: Tensor, *, n: int):
+    """x[r, c] += b[c] in place over rows of n; b f32 [n] (the bias of a linear: the audio output projection)."""
+    total = _total(x, n, "bias_add input")
+    if _count(b) < n:
+        raise ValueError(f"bias of shape {b.shape} holds fewer than {n} values")
+    k = await g.device.kernel("bias_add", N=n, TOTAL=total, WG=WG)
+    g.add(k, [x, b], _grid(total, WG))

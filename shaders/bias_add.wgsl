@@ -1,0 +1,13 @@
+// x[r, c] += b[c] in place over rows of N (TOTAL values): the bias of a linear (the Gemma 4 audio tower's
+// output projection). Constants: N, TOTAL, WG.
+@group(0) @binding(0) var<storage, read_write> x: array<f32>;
+@group(0) @binding(1) var<storage, read> b: array<f32>;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let i = (wid.y * nwg.x + wid.x) * WG + lid;
+  if (i < TOTAL) {
+    x[i] += b[i % N];
+  }
+}
