@@ -521,6 +521,7 @@ const scenarios = {
     await showLoader(page);
     await page.check('#keep-copy');
     out.load_opfs = await loadFromServer(page, 'default');
+    await showLoader(page);
     await page.click('[role=tab][data-tab=cache]');
     await until(page, () => document.querySelectorAll('#cache-list li button').length >= 4);
     out.cache_list = await app(page, () => [...document.querySelectorAll('#cache-list li')].map(li => li.textContent));

@@ -376,11 +376,23 @@ def test_vision_projector_errors_are_sentences(images_text, case, words):
 
 # -- images with the tiny vision model ----------------------------------------------------------------------------
 
+def _huge_png(w: int = 12000, h: int = 12000) -> bytes:
+    """A PNG whose header says 144 megapixels (no pixel data: Python refuses it from the header)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+
+
 def _bad_images():
     png = (IMAGES / PNG[0]).read_bytes()
     svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"><rect width="8" height="8"/></svg>'
     return [{"name": "broken.png", "mimeType": "image/png", "b64": base64.b64encode(png[: len(png) // 3]).decode()},
-            {"name": "drawing.svg", "mimeType": "image/svg+xml", "b64": base64.b64encode(svg).decode()}]
+            {"name": "drawing.svg", "mimeType": "image/svg+xml", "b64": base64.b64encode(svg).decode()},
+            {"name": "huge.png", "mimeType": "image/png", "b64": base64.b64encode(_huge_png()).decode()}]
 
 
 class NativeVision(Native):
@@ -438,7 +450,7 @@ def test_stop_while_the_tower_reads_keeps_the_message_and_its_images(vision_run)
     assert shown[2]["text"] == PROMPTS[1] and "Stopped before the reply began" in vision_run["after_stop_status"]
 
 
-@pytest.mark.parametrize("name, words", [("broken.png", "damaged"), ("drawing.svg", "SVG")])
+@pytest.mark.parametrize("name, words", [("broken.png", "damaged"), ("drawing.svg", "SVG"), ("huge.png", "too large")])
 def test_a_bad_image_is_a_sentence_and_the_typed_text_stays(vision_run, name, words):
     e = vision_run["bad"][name]
     assert e["kind"] == "image" and words in e["message"] and e["message"].endswith("."), e
