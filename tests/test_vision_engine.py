@@ -74,9 +74,9 @@ async def test_history_regenerate_and_snapshots_reuse_the_encoded_image():
     eng = await _engine()
     msgs = [_turn(PHOTO, "the cat sat on the mat")]
     first, ev = await _reply(eng, msgs)
-    layers = eng._vision.cfg.n_layers
+    layers = eng._towers["image"].cfg.n_layers
     assert [e["layer"] for e in ev] == list(range(layers + 1)) and ev[-1]["count"] == 1
-    assert len(eng.spans) == 1 and eng.spans[0].n == eng._prepared[eng.spans[0].key].n_soft
+    assert len(eng.spans) == 1 and eng.spans[0].n == 60 and eng.spans[0].key.startswith("image:")
     # regenerate: the same prompt again reuses the whole prefix; no tower run, the same greedy reply
     again, ev = await _reply(eng, msgs)
     assert again == first and ev == [] and eng.stats.prompt_tokens == 1
@@ -93,7 +93,7 @@ async def test_history_regenerate_and_snapshots_reuse_the_encoded_image():
     fresh = await _engine()
     await fresh.restore_state(blob)
     restored, ev = await _reply(fresh, msgs3)
-    assert ev == [] and fresh._vision is None
+    assert ev == [] and "image" not in fresh._towers
     assert restored == (await _reply(eng, msgs3))[0]
     assert fresh.stats.prompt_tokens == eng.stats.prompt_tokens
     # without a snapshot the stored image is encoded again and the reply is the same
@@ -118,7 +118,7 @@ async def test_two_images_in_one_turn_and_release_towers():
     first, ev = await _reply(eng, msgs)
     assert len(eng.spans) == 2 and {e["index"] for e in ev} == {1, 2} and ev[0]["count"] == 2
     eng.release_towers()
-    assert eng._vision is None
+    assert not eng._towers
     eng.reset()
     second, ev = await _reply(eng, msgs)  # built again on the next image
     assert second == first and ev
@@ -169,7 +169,7 @@ async def test_models_without_a_tower_say_so():
 async def test_an_mmproj_of_another_width_is_refused_naming_both_widths():
     with pytest.raises(VisionLoadError, match=r"outputs width 48, but the text model.s width is 96"):
         await Engine.load(FIXTURES / "gemma4_tiny_e4b_q8_0.gguf", mmproj=MONO, max_context=64)
-    with pytest.raises(VisionLoadError, match="not a vision projector"):
+    with pytest.raises(VisionLoadError, match="not a vision or audio projector"):
         await Engine.load(MONO, mmproj=FIXTURES / "gemma4_tiny_e2b_f32.gguf", max_context=64)
 
 

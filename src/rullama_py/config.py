@@ -239,6 +239,12 @@ def _audio(m: _Meta) -> AudioConfig | None:
     )
 
 
+def audio_config(meta: dict) -> AudioConfig | None:
+    """The audio tower of a model file (`<arch>.audio.*`) or of a llama.cpp mmproj (`clip.audio.*`); None when
+    the file has none."""
+    return _audio(_Meta(meta, str(meta.get(Keys.General.ARCHITECTURE, ""))))
+
+
 def _build(m: _Meta) -> ModelConfig:
     arch = m.arch
     gemma4 = arch == "gemma4"

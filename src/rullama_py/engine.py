@@ -23,17 +23,21 @@ import numpy as np
 
 from . import assets, media, ollama
 from .chat import chat_template_for
-from .config import vision_config
+from .config import audio_config, vision_config
 from .gguf_file import GGUFFile
 from .gpu import Device, Readback, Tensor, default_device
 from .models.gemma import ContextOverflowError, Gemma, chunk_soft
-from .models.gemma_vision import Cancelled, GemmaVision, VisionLoadError
+from .models.gemma_audio import GemmaAudio
+from .models.gemma_vision import GemmaVision
+from .models.tower import Cancelled, TowerLoadError
+
+VisionLoadError = TowerLoadError  # the name callers used before the audio tower
 from .sampling import Sampler, SamplerParams
 from .sources import Source
 from .tokenizer import Tokenizer
 
 __all__ = ["Engine", "Token", "HostTimes", "SnapshotError", "ContextOverflowError", "open_model_file", "Cancelled",
-           "NoTowerError", "VisionLoadError", "MediaSpan"]
+           "NoTowerError", "TowerLoadError", "VisionLoadError", "MediaSpan"]
 
 SNAPSHOT_MAGIC = b"RLMSNAP\x00"
 SNAPSHOT_VERSION = 2  # 2: the media spans of the context; version 1 blobs (text only) are still read
@@ -44,7 +48,7 @@ class SnapshotError(ValueError):
 
 
 class NoTowerError(ValueError):
-    """An image (or audio clip) was given to a model without the tower that reads it."""
+    """An image or audio clip was given to a model without the tower that reads it."""
 
 
 @dataclass(frozen=True)
@@ -59,9 +63,21 @@ class MediaSpan:
 
 
 @dataclass
-class _Image:
+class _Media:
+    kind: str  # "image" or "audio"
     key: str
-    prepared: "media.PreparedImage"
+    prepared: object  # media.PreparedImage or media.PreparedAudio
+
+    @property
+    def n_soft(self) -> int:
+        return self.prepared.n_soft
+
+
+# kind -> (the tower's class, the soft-token placeholder, the config reader, what the user is told)
+TOWERS = {
+    "image": (GemmaVision, "<|image|>", vision_config, "vision tower, so it cannot read images"),
+    "audio": (GemmaAudio, "<|audio|>", audio_config, "audio tower, so it cannot listen to audio"),
+}
 
 
 @dataclass
@@ -125,20 +141,26 @@ async def open_model_file(model) -> GGUFFile:
     return await GGUFFile.open(model)
 
 
-async def _vision_file(gf: GGUFFile, mmproj, text_d_model: int) -> GGUFFile | None:
-    """The file that holds the vision tower: the mmproj when one is given, else the model file itself when it
-    carries `v.*` tensors. Checked now, from the header, so a wrong pairing or an unsupported tensor type
-    fails at load with a sentence rather than at the first image."""
-    if mmproj is None:
-        if vision_config(gf.metadata) is None or "v.patch_embd.weight" not in gf:
-            return None
-        mm = gf
-    else:
+async def _tower_files(gf: GGUFFile, mmproj, text_d_model: int) -> dict:
+    """kind -> the file that holds that tower: the mmproj when one is given (llama.cpp writes Gemma 4's vision
+    and audio towers into one), else the model file itself (Ollama's blobs carry both). Checked now, from the
+    header, so a wrong pairing or an unsupported tensor type fails at load with a sentence rather than at the
+    first image or clip."""
+    if mmproj is not None:
         mm = mmproj if isinstance(mmproj, GGUFFile) else await GGUFFile.open(mmproj)
-        if vision_config(mm.metadata) is None or "v.patch_embd.weight" not in mm:
-            raise VisionLoadError(f"{mm.source.name} is not a vision projector (no clip.vision keys or v.* tensors)")
-    GemmaVision.validate(mm, text_d_model)
-    return mm
+    else:
+        mm = gf
+    files = {}
+    if vision_config(mm.metadata) is not None and "v.patch_embd.weight" in mm:
+        GemmaVision.validate(mm, text_d_model)
+        files["image"] = mm
+    if audio_config(mm.metadata) is not None and "a.conv1d.0.weight" in mm:
+        GemmaAudio.validate(mm, text_d_model)
+        files["audio"] = mm
+    if mmproj is not None and not files:
+        raise TowerLoadError(f"{mm.source.name} is not a vision or audio projector (no clip.vision or clip.audio "
+                             "keys with their v.* or a.* tensors)")
+    return files
 
 
 class Engine:
@@ -158,11 +180,11 @@ class Engine:
         self._readback = Readback(self.device, 4, "token")
         self._decode_cb = None  # the next decode step's command buffer, encoded ahead
         self._fingerprint = b""
-        self.vision_file: GGUFFile | None = None  # the file holding the vision tower: the model's own or an mmproj
+        self.tower_files: dict[str, GGUFFile] = {}  # "image"/"audio" -> the file holding that tower
         self._image_tokens = 280
         self.spans: list[MediaSpan] = []  # soft-token blocks among self.tokens
-        self._vision: GemmaVision | None = None  # built on the first image, freed by release_towers()
-        self._prepared: dict[str, media.PreparedImage] = {}  # recent images by key (history is re-sent each turn)
+        self._towers: dict = {}  # "image"/"audio" -> the tower, built on first use, freed by release_towers()
+        self._prepared: dict[str, list] = {}  # recent prepared media by key (the history is re-sent each turn)
         self._cancel = False
         self.stop_ids = frozenset(self.chat_template.stop_ids) | (
             {tokenizer.eos_id} if tokenizer.eos_id is not None else set()
@@ -188,7 +210,7 @@ class Engine:
         await sampler.record(eng.sample_graph, m.logits, m.step, m.decode.ids)
         eng._fingerprint = await eng._weights_fingerprint()
         if not text_only:
-            eng.vision_file = await _vision_file(gf, mmproj, m.cfg.d_model)
+            eng.tower_files = await _tower_files(gf, mmproj, m.cfg.d_model)
         return eng
     @property
     def config(self):
@@ -210,11 +232,15 @@ class Engine:
 
     @property
     def has_vision(self) -> bool:
-        return self.vision_file is not None
+        return "image" in self.tower_files
 
     @property
     def has_audio(self) -> bool:
-        return self.model.cfg.audio is not None and any(n.startswith("a.") for n in self.model.gguf.tensors)
+        return "audio" in self.tower_files
+
+    @property
+    def vision_file(self) -> GGUFFile | None:
+        return self.tower_files.get("image")
 
     def set_params(self, params: SamplerParams) -> None:
         self.params = params
@@ -343,20 +369,21 @@ class Engine:
         longest prefix the new prompt shares with what is already in it, so a follow-up turn only prefills
         the new messages.
 
-        A content may be a list of parts: {"type": "text", "text": ...} and {"type": "image", "image": bytes,
-        a file path or a media.PreparedImage}. Each image becomes `<|image>` + soft tokens + `<image|>`
-        (self.image_tokens per image at most); only images outside the reused prefix go through the tower.
-        `progress(event)` is called while the tower runs: {"stage": "image", "index": i, "count": n,
-        "layer": l, "layers": L}. cancel() stops the tower between layers (Cancelled is raised; the context
+        A content may be a list of parts: {"type": "text", "text": ...}, {"type": "image", "image": bytes, a
+        file path or a media.PreparedImage} and {"type": "audio", "audio": WAV bytes, a path, 16 kHz mono
+        float32 samples or a media.PreparedAudio}. Each image becomes `<|image>` + soft tokens + `<image|>`
+        (self.image_tokens per image at most), each 30 s of audio `<|audio>` + soft tokens (one per 40 ms) +
+        `<audio|>`; only media outside the reused prefix go through a tower. `progress(event)` is called while
+        a tower runs: {"stage": "image" or "audio", "index": i, "count": n, "layer": l, "layers": L}. cancel() stops the tower between layers (Cancelled is raised; the context
         keeps what it had) and a reply at its next token (finish_reason "cancelled")."""
         self._cancel = False
-        messages, images = self._with_media(messages)
+        messages, items = self._with_media(messages)
         ids = self.chat_template.render(messages, add_generation_prompt=True)
-        spans = self._find_spans(ids, images)
+        spans = self._find_spans(ids, items)
         self._rewind_to_common_prefix(ids, spans)
         kept = len(self.tokens)
-        todo = [(sp, img) for sp, img in zip(spans, images) if sp.start + sp.n > kept]
-        soft = await self._encode_images(todo, progress) if todo else []
+        todo = [(sp, item) for sp, item in zip(spans, items) if sp.start + sp.n > kept]
+        soft = await self._encode_media(todo, progress) if todo else []
         try:
             async for t in self._stream(ids[kept:], max_tokens, None,
                                         soft=[(sp.start - kept, t, sp.n) for (sp, _), t in zip(todo, soft)],
@@ -392,11 +419,12 @@ class Engine:
         self.spans = [sp for sp in self.spans if sp.start + sp.n <= n]
         self.next_token = None
 
-    # -- images ------------------------------------------------------------------------------------------------
+    # -- images and audio --------------------------------------------------------------------------------------
     def _with_media(self, messages):
-        """Messages with every image part prepared (decoded and resized) and its soft-token count filled in,
-        and the images in prompt order."""
-        out, images = [], []
+        """Messages with every image and audio part prepared (decoded, resized or resampled) and its soft-token
+        count filled in, and the media in prompt order. Audio longer than one block (30 s) becomes several
+        consecutive audio parts, one block each, as the model takes it."""
+        out, items = [], []
         for m in messages:
             content = m.get("content") if isinstance(m, dict) else None
             if not isinstance(content, (list, tuple)):
@@ -404,78 +432,92 @@ class Engine:
                 continue
             parts = []
             for p in content:
-                if isinstance(p, dict) and p.get("type") == "image":
-                    img = self._prepare_image(p.get("image", p.get("data")), p.get("name") or "image")
-                    images.append(img)
-                    p = {"type": "image", "n_tokens": img.prepared.n_soft}
-                elif isinstance(p, dict) and p.get("type") == "audio":
-                    raise NoTowerError("Audio input is not supported yet: this build reads text and images.")
-                parts.append(p)
+                kind = p.get("type") if isinstance(p, dict) else None
+                if kind in TOWERS:
+                    for item in self._prepare(kind, p.get(kind, p.get("data")), p.get("name") or kind):
+                        items.append(item)
+                        parts.append({"type": kind, "n_tokens": item.n_soft})
+                else:
+                    parts.append(p)
             out.append(dict(m, content=parts))
-        return out, images
+        return out, items
 
-    def _prepare_image(self, data, name: str = "image") -> _Image:
-        if not self.has_vision:
-            raise NoTowerError("This model has no vision tower, so it cannot read images. Use a Gemma 4 model "
-                               "with vision (Ollama's gemma4 files carry it), or add its mmproj file.")
-        if isinstance(data, media.PreparedImage):
-            key = hashlib.sha256(data.patches.tobytes()).hexdigest()[:32] + f"/{data.n_soft}"
-            return _Image(key, data)
+    def _prepare(self, kind: str, data, name: str) -> list[_Media]:
+        if kind not in self.tower_files:
+            raise NoTowerError(f"This model has no {TOWERS[kind][3]}. Use a Gemma 4 model with it (Ollama's gemma4 "
+                               "files carry both towers), or add its mmproj file.")
+        if isinstance(data, (media.PreparedImage, media.PreparedAudio)):
+            arr = data.patches if kind == "image" else data.features
+            return [_Media(kind, f"{kind}:{hashlib.sha256(arr.tobytes()).hexdigest()[:32]}", data)]
         if isinstance(data, (str, Path)):
             try:
                 data = Path(data).read_bytes()
             except OSError as e:
-                raise media.MediaError(f"cannot read the image {data}: {e.strerror or e}") from None
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise media.MediaError(f"an image part holds {type(data).__name__}; expected the file's bytes")
-        data = bytes(data)
-        key = f"{hashlib.sha256(data).hexdigest()[:32]}/{self.image_tokens}"
+                raise media.MediaError(f"cannot read the {kind} file {data}: {e.strerror or e}") from None
+        if isinstance(data, np.ndarray) and kind == "audio":
+            raw = np.ascontiguousarray(data, np.float32)
+            digest = hashlib.sha256(raw.tobytes()).hexdigest()[:32]
+        elif isinstance(data, (bytes, bytearray, memoryview)):
+            raw = bytes(data)
+            digest = hashlib.sha256(raw).hexdigest()[:32]
+        else:
+            raise media.MediaError(f"an {kind} part holds {type(data).__name__}; expected the file's bytes")
+        key = f"{kind}:{digest}/{self.image_tokens if kind == 'image' else 'x'}"
         prepared = self._prepared.pop(key, None)
         if prepared is None:
-            c = vision_config(self.vision_file.metadata)
-            prepared = media.prepare_image(data, budget=self.image_tokens, patch_size=c.patch_size,
-                                           pooling=c.projector_scale_factor, name=name)
+            if kind == "image":
+                c = vision_config(self.tower_files["image"].metadata)
+                prepared = [media.prepare_image(raw, budget=self.image_tokens, patch_size=c.patch_size,
+                                                pooling=c.projector_scale_factor, name=name)]
+            else:
+                prepared = media.prepare_audio(raw, name=name)
         self._prepared[key] = prepared  # most recent last; a few kept for the history re-sent each turn
         while len(self._prepared) > 4:
             self._prepared.pop(next(iter(self._prepared)))
-        return _Image(key, prepared)
+        return [_Media(kind, f"{key}#{i}", p) for i, p in enumerate(prepared)]
 
-    def _find_spans(self, ids, images) -> list[MediaSpan]:
-        """The soft-token block of each image in `ids`, in order."""
-        if not images:
-            return []
-        soft_id = self.tokenizer.token_to_id("<|image|>")
+    def _find_spans(self, ids, items) -> list[MediaSpan]:
+        """The soft-token block of each image or audio block in `ids`, in order."""
         spans, i = [], 0
-        for img in images:
-            n = img.prepared.n_soft
+        for item in items:
+            soft_id = self.tokenizer.token_to_id(TOWERS[item.kind][1])
+            n = item.n_soft
             while i < len(ids) and not (ids[i] == soft_id and ids[i: i + n] == [soft_id] * n):
                 i += 1
             if i >= len(ids):
-                raise RuntimeError("the rendered prompt lost an image's soft-token block")
-            spans.append(MediaSpan(i, n, img.key))
+                raise RuntimeError(f"the rendered prompt lost an {item.kind}'s soft-token block")
+            spans.append(MediaSpan(i, n, item.key))
             i += n
         return spans
 
-    async def _tower(self) -> GemmaVision:
-        if self._vision is None:
-            self._vision = await GemmaVision.load(self.vision_file, self.device, text_d_model=self.config.d_model)
-        return self._vision
+    async def _tower(self, kind: str):
+        tower = self._towers.get(kind)
+        if tower is None:
+            cls = TOWERS[kind][0]
+            tower = self._towers[kind] = await cls.load(self.tower_files[kind], self.device,
+                                                        text_d_model=self.config.d_model)
+        return tower
 
-    async def _encode_images(self, todo, progress) -> list[Tensor]:
-        """Soft tokens of each (span, image), each in its own GPU buffer (the tower's output is reused)."""
-        tower = await self._tower()
+    async def _encode_media(self, todo, progress) -> list[Tensor]:
+        """Soft tokens of each (span, media), each in its own GPU buffer (a tower's output buffer is reused)."""
         d = self.config.d_model
         out: list[Tensor] = []
         try:
-            for i, (_, img) in enumerate(todo):
-                def on_layer(done, total, i=i):
+            for i, (_, item) in enumerate(todo):
+                tower = await self._tower(item.kind)
+                count = sum(1 for _, it in todo if it.kind == item.kind)
+                index = sum(1 for _, it in todo[:i] if it.kind == item.kind) + 1
+
+                def on_layer(done, total, kind=item.kind, index=index, count=count):
                     if progress is not None:
-                        progress({"stage": "image", "index": i + 1, "count": len(todo), "layer": done,
-                                  "layers": total})
+                        progress({"stage": kind, "index": index, "count": count, "layer": done, "layers": total})
                 on_layer(0, tower.cfg.n_layers)
-                rows = await tower.encode(img.prepared, budget=self.image_tokens, on_layer=on_layer,
-                                          cancelled=lambda: self._cancel)
-                t = self.device.tensor((img.prepared.n_soft, d), "float32", f"soft[{i}]")
+                if item.kind == "image":
+                    rows = await tower.encode(item.prepared, budget=self.image_tokens, on_layer=on_layer,
+                                              cancelled=lambda: self._cancel)
+                else:
+                    rows = await tower.encode(item.prepared, on_layer=on_layer, cancelled=lambda: self._cancel)
+                t = self.device.tensor((item.n_soft, d), "float32", f"soft[{i}]")
                 self.device.copy([(rows.buffer, 0, t.buffer, 0, t.nbytes)])
                 out.append(t)
         except BaseException:
@@ -485,10 +527,10 @@ class Engine:
         return out
 
     def release_towers(self) -> None:
-        """Free the towers' GPU memory; the next image builds the vision tower again."""
-        if self._vision is not None:
-            self._vision.release()
-            self._vision = None
+        """Free the towers' GPU memory; the next image or clip builds its tower again."""
+        for tower in self._towers.values():
+            tower.release()
+        self._towers.clear()
 
     async def _stream(self, ids, max_tokens: int, stop_ids, soft=(), spans=()):
         stop = self.stop_ids if stop_ids is None else frozenset(stop_ids)
