@@ -1,7 +1,7 @@
 // Runs tests/pyodide_runner.py inside Pyodide 0.27.7 in Node, with WebGPU from npm `webgpu` (Dawn) over
 // Chromium's SwiftShader Vulkan ICD (the caller sets VK_ICD_FILENAMES). Installs numpy and Pillow from the Pyodide
-// distribution and the wheels in web/dist/wheels with micropip (offline, deps=False), copies tests/ into
-// Pyodide's file system, runs the tests and prints one JSON line prefixed RESULTS: at the end.
+// distribution (the audio tests load scipy themselves, through rullama_py.media.load_resampler) and the wheels
+// in web/dist/wheels with micropip (offline, deps=False), copies tests/ into Pyodide's file system, runs the tests and prints one JSON line prefixed RESULTS: at the end.
 // Usage: node tests/pyodide_node.mjs [test-id ...]
 import fs from 'node:fs';
 import path from 'node:path';
@@ -32,10 +32,17 @@ function copyTree(src, dst) {
   }
 }
 copyTree(path.join(root, 'tests'), '/home/pyodide/tests');
-// Of tests/fixtures (mostly models the Pyodide tests do not read), only the images of tests/test_media.py.
-const images = path.join(root, 'tests/fixtures/images');
-py.FS.mkdirTree('/home/pyodide/tests/fixtures/images');
-for (const f of fs.readdirSync(images)) py.FS.writeFile('/home/pyodide/tests/fixtures/images/' + f, fs.readFileSync(path.join(images, f)));
+// Of tests/fixtures (mostly models the Pyodide tests do not read), only the images of tests/test_media.py and
+// the WAV files of tests/test_audio_media.py.
+function copyFiles(src, dst) {
+  py.FS.mkdirTree(dst);
+  for (const e of fs.readdirSync(src, { withFileTypes: true })) {
+    if (e.isDirectory()) copyFiles(path.join(src, e.name), dst + '/' + e.name);
+    else py.FS.writeFile(dst + '/' + e.name, fs.readFileSync(path.join(src, e.name)));
+  }
+}
+copyFiles(path.join(root, 'tests/fixtures/images'), '/home/pyodide/tests/fixtures/images');
+copyFiles(path.join(root, 'tests/fixtures/audio'), '/home/pyodide/tests/fixtures/audio');
 py.globals.set('WHEELS', wheels.map(w => 'emfs:/wheels/' + w));
 py.globals.set('ONLY', process.argv.slice(2));
 

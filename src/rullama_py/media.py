@@ -352,7 +352,9 @@ def audio_soft_tokens(frames: int) -> int:
 
 
 def _duration(seconds: float) -> str:
-    """'2 min 5 s', '45.2 s', '1 h 2 min'."""
+    """'6 ms', '2.5 s', '45 s', '2 min 5 s', '1 h 2 min'."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
     if seconds < 60:
         return f"{seconds:.3g} s" if seconds < 10 else f"{seconds:.0f} s"
     total = int(round(seconds))
@@ -556,10 +558,24 @@ def decode_wav(data: bytes, name: str = "audio") -> tuple[np.ndarray, int]:
     return out, info.rate
 
 
+async def load_resampler() -> None:
+    """Make scipy importable for `resample`. In Pyodide, scipy is a package of the distribution (13.5 MB, with
+    openblas 6.1 MB) that must be loaded before Python can import it: this awaits `pyodide.loadPackage("scipy")`
+    (a no-op once loaded; seconds the first time). Natively scipy is a dependency, and this does nothing.
+    Only audio that is not already at 16 kHz needs it."""
+    import importlib.util
+    import sys
+
+    if sys.platform == "emscripten" and importlib.util.find_spec("scipy") is None:
+        import pyodide_js  # noqa: PLC0415 - exists only inside Pyodide
+
+        await pyodide_js.loadPackage("scipy")
+
+
 def resample(x: np.ndarray, rate: int, to: int = SAMPLE_RATE) -> np.ndarray:
     """float32 `x` at `rate` Hz resampled to `to` Hz with scipy.signal.resample_poly (a polyphase FIR filter,
     Kaiser window with beta 5, up/down = to/rate in lowest terms); ceil(n * to / rate) samples. The same rate
-    returns a float32 copy without importing scipy."""
+    returns a float32 copy without importing scipy. In Pyodide, `await load_resampler()` first."""
     rate, to = int(rate), int(to)
     if rate < 1 or to < 1:
         raise ValueError(f"sample rates must be positive, not {rate} and {to}")
@@ -568,7 +584,10 @@ def resample(x: np.ndarray, rate: int, to: int = SAMPLE_RATE) -> np.ndarray:
         raise ValueError(f"resample takes mono audio, a 1-D array, not shape {x.shape}")
     if rate == to or x.size == 0:
         return np.array(x, dtype=np.float32)
-    from scipy.signal import resample_poly  # scipy is large: loaded the first time audio needs resampling
+    try:
+        from scipy.signal import resample_poly  # scipy is large: imported the first time audio needs resampling
+    except ImportError:  # in Pyodide: the app did not await load_resampler()
+        raise RuntimeError("scipy is not loaded: await rullama_py.media.load_resampler() before resampling audio") from None
 
     g = math.gcd(rate, to)
     y = resample_poly(x.astype(np.float64), to // g, rate // g)
