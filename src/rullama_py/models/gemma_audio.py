@@ -134,6 +134,7 @@ class GemmaAudio(Tower):
         c1 = gf.info(file_name(gf, "a.conv1d.1.weight"))
         self.channels = (c0.shape[0], c1.shape[0])
         self.out_dim = gf.info(file_name(gf, "mm.a.fc.weight")).n_rows
+        self.conv_kernel = gf.info(file_name(gf, "a.blk.0.conv_dw.weight")).shape[-1]  # (channels, kernel)
 
     def n(self, name: str) -> str:
         return file_name(self.gguf, name)
@@ -239,7 +240,7 @@ class GemmaAudio(Tower):
             await ops.rms_norm(g, h, w("conv_norm"), x, n=d, eps=eps)
             await lin(g, W("conv_pw1"), x, wide, xc, t2)
             await ops.glu(g, wide, b["glu"], n=d)
-            await ops.depthwise_conv1d(g, b["glu"], w("conv_dw"), b["conv"], channels=d, kernel=c.conv_kernel_size)
+            await ops.depthwise_conv1d(g, b["glu"], w("conv_dw"), b["conv"], channels=d, kernel=self.conv_kernel)
             await ops.rms_norm(g, b["conv"], w("norm_conv"), x, n=d, eps=eps)
             await ops.silu(g, x)
             await lin(g, W("conv_pw2"), x, o, wide_c, t2)
