@@ -432,6 +432,7 @@ def test_too_long_is_refused_from_the_header(monkeypatch):
     msg = _refuse(data, "lecture.wav", "too long", "10 min 1 s", "10 min")
     assert "at most 10 min" in msg
     _refuse(np.zeros(int(seconds * SAMPLE_RATE), np.float32), "mic", "too long", "10 min 1 s")
+    _refuse(np.zeros(int((MAX_AUDIO_SECONDS + 0.3) * SAMPLE_RATE), np.float32), "mic", "600.3 s", "at most 10 min")
 
 
 @pyodide

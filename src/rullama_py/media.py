@@ -366,8 +366,11 @@ def _duration(seconds: float) -> str:
 
 
 def _too_long(name: str, seconds: float) -> MediaError:
-    return MediaError(f"{name} is too long: it holds {_duration(seconds)} of audio, and at most "
-                      f"{_duration(MAX_AUDIO_SECONDS)} is accepted. Use a shorter clip.")
+    clip, limit = _duration(seconds), _duration(MAX_AUDIO_SECONDS)
+    if clip == limit:  # just over the limit, rounded to it
+        clip = f"{seconds:.1f} s"
+    return MediaError(f"{name} is too long: it holds {clip} of audio, and at most {limit} is accepted. "
+                      f"Use a shorter clip.")
 
 
 def _sniff_audio(head: bytes) -> tuple[str, bool] | None:
