@@ -1,7 +1,7 @@
 """The `rullama` command (src/rullama_py/cli.py) and `python -m rullama_py`: argument parsing and the error
-sentences, images in generate and chat (against a stub engine, and end to end on the tiny vision model), the
-vision tower's progress line, Ctrl-C during an image encode, and the XDG_RUNTIME_DIR fix for the Vulkan
-stack's noise."""
+sentences, images and audio clips in generate and chat (against a stub engine, and end to end on the tiny
+vision and audio models), the towers' progress line, Ctrl-C during an image or audio encode, and the
+XDG_RUNTIME_DIR fix for the Vulkan stack's noise."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,11 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 TINY_TEXT = FIXTURES / "gemma4_tiny_e2b_f32.gguf"
 TINY_VISION = FIXTURES / "gemma4_tiny_vision_f32.gguf"
+TINY_VISION_MMPROJ = FIXTURES / "gemma4_tiny_vision_q8_0.mmproj.gguf"
+TINY_AUDIO = FIXTURES / "gemma4_tiny_audio_f32.gguf"
+TINY_AUDIO_Q8 = FIXTURES / "gemma4_tiny_audio_q8_0.gguf"
+TINY_AUDIO_Q8_MMPROJ = FIXTURES / "gemma4_tiny_audio_q8_0.mmproj.gguf"
+CLIPS = FIXTURES / "audio"
 STATS_LINE = re.compile(r"^\[\d+ prompt tokens [\d.]+ tok/s, \d+ generated [\d.]+ tok/s, stop: \w+\]$")
 
 
@@ -35,12 +41,31 @@ def _png(path: Path, w: int = 64, h: int = 48, color=(200, 10, 10)) -> Path:
     return path
 
 
-def _gguf(path: Path, tensors: dict[str, tuple], arch: str = "clip") -> Path:
-    """A minimal GGUF with the named F32 tensors (zeros of the given shapes)."""
+def _wav_header(nbytes: int, rate: int = 16000, channels: int = 1, bits: int = 16, tag: int = 1) -> bytes:
+    """A RIFF/WAVE header (format `tag`: 1 PCM, 2 Microsoft ADPCM, ...) for `nbytes` of samples."""
+    align = channels * bits // 8
+    return (b"RIFF" + struct.pack("<I", 36 + nbytes) + b"WAVE" + b"fmt "
+            + struct.pack("<IHHIIHH", 16, tag, channels, rate, rate * align, align, bits) + b"data" + struct.pack("<I", nbytes))
+
+
+def _wav(path: Path, seconds: float = 0.5, rate: int = 16000, freq: float = 440.0) -> Path:
+    """A 16-bit mono PCM WAV of a sine tone."""
+    import numpy as np
+
+    t = np.arange(int(round(seconds * rate))) / rate
+    pcm = (np.sin(2 * np.pi * freq * t) * 12000).astype("<i2").tobytes()
+    path.write_bytes(_wav_header(len(pcm), rate) + pcm)
+    return path
+
+
+def _gguf(path: Path, tensors: dict[str, tuple], arch: str = "clip", kv: dict | None = None) -> Path:
+    """A minimal GGUF with the named F32 tensors (zeros of the given shapes) and uint32 metadata `kv`."""
     import gguf
     import numpy as np
 
     w = gguf.GGUFWriter(str(path), arch)
+    for key, value in (kv or {}).items():
+        w.add_uint32(key, value)
     for name, shape in tensors.items():
         w.add_tensor(name, np.zeros(shape, np.float32))
     w.write_header_to_file()
@@ -55,11 +80,15 @@ class Cancelled(Exception):
 
 
 class FakeEngine:
-    """What the CLI programs against (engine.Engine's API), recording what it is given. Its tower has
-    `layers` layers; `on_layer(engine, image_index, layer)` is a hook called between them."""
+    """What the CLI programs against (engine.Engine's API), recording what it is given. Its towers have
+    `layers` layers; `on_layer(engine, index, layer)` is a hook called between them (index counts the media
+    blocks of the message from 0). Each audio clip is `audio_blocks` blocks (a long clip is several 30 s
+    blocks, each through the tower on its own), reported per kind as the engine does."""
 
-    def __init__(self, has_vision=True, layers=3, reply="ok!"):
+    def __init__(self, has_vision=True, has_audio=True, layers=3, reply="ok!"):
         self.has_vision = has_vision
+        self.has_audio = has_audio
+        self.audio_blocks = 1
         self.layers = layers
         self.reply = reply
         self.image_tokens = 280
@@ -68,7 +97,7 @@ class FakeEngine:
         self.resets = 0
         self.on_layer = None
         self.stats = Stats()
-        self.seen_images = 0  # images already "in the cache": only new ones go through the tower
+        self.seen_images = 0  # media blocks already "in the cache": only new ones go through a tower
 
     def cancel(self):
         self.cancelled = True
@@ -87,18 +116,20 @@ class FakeEngine:
     async def chat(self, messages, *, max_tokens=512, **kwargs):
         self.cancelled = False
         self.calls.append(("chat", [dict(m) for m in messages], dict(kwargs, max_tokens=max_tokens)))
-        images = [p for m in messages if isinstance(m["content"], list) for p in m["content"] if p["type"] == "image"]
-        new = images[self.seen_images:]
+        blocks = [p["type"] for m in messages if isinstance(m["content"], list) for p in m["content"]
+                  for _ in range(self.audio_blocks if p["type"] == "audio" else 1) if p["type"] in ("image", "audio")]
+        new = blocks[self.seen_images:]
         progress = kwargs.get("progress")
-        for i, _ in enumerate(new):
+        for i, kind in enumerate(new):
+            index, count = new[:i].count(kind) + 1, new.count(kind)
             for layer in range(self.layers + 1):
                 if self.cancelled:
-                    raise engine_mod.Cancelled("image encoding was cancelled")
+                    raise engine_mod.Cancelled(f"{kind} encoding was cancelled")
                 if progress is not None:
-                    progress({"stage": "image", "index": i + 1, "count": len(new), "layer": layer, "layers": self.layers})
+                    progress({"stage": kind, "index": index, "count": count, "layer": layer, "layers": self.layers})
                 if self.on_layer is not None:
                     self.on_layer(self, i, layer)
-        self.seen_images = len(images)
+        self.seen_images = len(blocks)
         for ch in self.reply:
             yield Token(1, ch)
             if self.cancelled:
@@ -152,6 +183,7 @@ def test_python_m_is_the_rullama_command():
         assert subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60).stdout == r.stdout
     r = run("generate", "--help")
     assert r.returncode == 0 and "--image PATH" in r.stdout and "--image-tokens N" in r.stdout and "--mmproj" in r.stdout
+    assert "--audio PATH" in r.stdout
     r = run("serve", "--help")
     assert r.returncode == 0 and r.stdout.startswith("usage: rullama serve") and "--mmproj PATH" in r.stdout
     r = run("generate", "model.gguf", "-p", "x", "--image-tokens", "12")
@@ -220,7 +252,8 @@ def test_mmproj_errors(tmp_path, capsys, no_engine):
     assert cli.main([*base, "--mmproj", str(TINY_TEXT)]) == 1  # a GGUF, but no vision tower in it
     assert capsys.readouterr().err == f"error: --mmproj {TINY_TEXT} is not a vision projector (it has no vision tower).\n"
     assert cli.main(["chat", str(TINY_TEXT), "--mmproj", str(TINY_TEXT)]) == 1
-    assert "is not a vision projector" in capsys.readouterr().err
+    assert capsys.readouterr().err == (f"error: --mmproj {TINY_TEXT} is not a vision or audio projector (it has "
+                                       "neither tower).\n")
 
 
 async def test_check_vision_reads_only_headers(tmp_path):
@@ -236,7 +269,7 @@ async def test_check_vision_reads_only_headers(tmp_path):
 
 def test_generate_images_make_one_user_turn(tmp_path, capsys, fake, monkeypatch):
     a, b = _png(tmp_path / "a.png"), _png(tmp_path / "b.png", 30, 90, (0, 0, 255))
-    monkeypatch.setattr(cli, "check_vision", _async_none)
+    monkeypatch.setattr(cli, "check_towers", _async_none)
     rc = cli.main(["generate", "model.gguf", "--image", str(a), "--image", str(b), "-p", "Describe these.",
                    "--image-tokens", "560", "--mmproj", "proj.gguf", "-n", "9"])
     out, err = capsys.readouterr()
@@ -265,7 +298,7 @@ def test_generate_without_images_is_unchanged(capsys, fake):
 def test_generate_image_on_a_model_without_vision(tmp_path, capsys, fake, monkeypatch):
     """When the headers did not tell (the check passed), has_vision after loading does."""
     fake.has_vision = False
-    monkeypatch.setattr(cli, "check_vision", _async_none)
+    monkeypatch.setattr(cli, "check_towers", _async_none)
     assert cli.main(["generate", "gemma3:270m", "-p", "x", "--image", str(_png(tmp_path / "a.png"))]) == 1
     assert capsys.readouterr().err.endswith("error: gemma3:270m has no vision tower; pass --mmproj PATH with a "
                                             "llama.cpp vision projector.\n")
@@ -278,7 +311,7 @@ def test_engine_sentences_are_printed_as_errors(tmp_path, capsys, fake, monkeypa
         yield
 
     fake.chat = chat
-    monkeypatch.setattr(cli, "check_vision", _async_none)
+    monkeypatch.setattr(cli, "check_towers", _async_none)
     assert cli.main(["generate", "m.gguf", "-p", "x", "--image", str(_png(tmp_path / "a.png"))]) == 1
     assert capsys.readouterr().err == "error: a.png is too large: 20000 x 20000 pixels is more than 100 megapixels. Use a smaller image.\n"
 
@@ -299,16 +332,18 @@ def test_tower_progress_rewrites_one_line_on_a_terminal():
     p = cli.TowerProgress(term)
     p({"stage": "image", "index": 1, "count": 2, "layer": 5, "layers": 16})
     p({"stage": "image", "index": 2, "count": 2, "layer": 16, "layers": 16})
-    p({"stage": "audio", "index": 1, "count": 1, "layer": 1, "layers": 2})  # not ours to show
+    p({"stage": "audio", "index": 1, "count": 3, "layer": 5, "layers": 12})  # a clip of three 30 s blocks
+    p({"stage": "prefill", "index": 1, "count": 1, "layer": 1, "layers": 2})  # not ours to show
     p.done()
     p.done()  # twice: nothing more
     assert term.getvalue() == ("\rreading image 1 of 2: layer 5 of 16\x1b[K\rreading image 2 of 2: layer 16 of 16\x1b[K"
-                               "\r\x1b[K")
+                               "\rreading audio 1 of 3: layer 5 of 12\x1b[K\r\x1b[K")
     plain = io.StringIO()
     p = cli.TowerProgress(plain)
     p({"stage": "image", "index": 1, "count": 2, "layer": 5, "layers": 16})
+    p({"stage": "audio", "index": 3, "count": 3, "layer": 12, "layers": 12})
     p.done()
-    assert plain.getvalue() == "reading image 1 of 2: layer 5 of 16\n"
+    assert plain.getvalue() == "reading image 1 of 2: layer 5 of 16\nreading audio 3 of 3: layer 12 of 12\n"
 
 
 # -- chat: /image, the queue, Ctrl-C ----------------------------------------------------------------------------

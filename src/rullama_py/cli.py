@@ -3,11 +3,12 @@
 MODEL is a GGUF path, an Ollama model name (gemma3:270m, gemma4:e2b), an http(s) URL (read with Range
 requests), or "default" for the embedded Gemma 3 270M that the setup installs.
 
-Images (models with a vision tower: Ollama's Gemma 4 blobs, or a text model with --mmproj, a llama.cpp vision
-projector GGUF):
+Images and audio (models with a vision or audio tower: Ollama's Gemma 4 blobs, or a text model with --mmproj,
+a llama.cpp projector GGUF holding the tower):
 
     rullama generate MODEL --image photo.jpg -p "Describe this image."     # --image repeats
-    rullama chat MODEL                                                     # then: /image photo.jpg
+    rullama generate MODEL --audio clip.wav -p "Transcribe this."          # --audio repeats; WAV files
+    rullama chat MODEL                                                     # then: /image photo.jpg, /audio clip.wav
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import shlex
 import signal
@@ -58,7 +60,8 @@ def _image_tokens(text: str) -> int:
 
 def _vision_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mmproj", metavar="PATH|URL",
-                   help="a llama.cpp vision projector GGUF for a text-only model (Ollama's Gemma 4 blobs need none)")
+                   help="a llama.cpp projector GGUF (vision and/or audio tower) for a text-only model (Ollama's "
+                        "Gemma 4 blobs need none)")
     p.add_argument("--image-tokens", type=_image_tokens, default=280, metavar="N",
                    help="soft tokens per image: 70, 140, 280 (default), 560 or 1120; more see finer detail")
 
@@ -108,6 +111,66 @@ def read_image(path: str) -> Image:
     return Image(path, data, int(rgb.shape[1]), int(rgb.shape[0]))
 
 
+MAX_AUDIO_FILE_BYTES = 1 << 30  # 10 min (media.MAX_AUDIO_SECONDS) of 48 kHz stereo float32 is 230 MB
+
+
+@dataclass
+class Audio:
+    """A WAV file, read and checked (decoded once to learn its length) before it is sent."""
+
+    path: str
+    data: bytes
+    seconds: float
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path.rstrip("/")) or self.path
+
+    def part(self) -> dict:
+        return {"type": "audio", "audio": self.data}
+
+    @property
+    def length(self) -> str:
+        """'0.3 s', '12.3 s', '2 min 5 s' (under 0.1 s: '40 ms')."""
+        return _clip_length(self.seconds)
+
+
+def _clip_length(seconds: float) -> str:
+    if seconds < 0.1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 59.95:
+        return f"{seconds:.1f} s"
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m} min {s} s" if s else f"{m} min"
+
+
+def read_audio(path: str) -> Audio:
+    """Read and decode a WAV file. Raises UserError (no such file, a folder, unreadable, too large) or
+    media.MediaError (not a WAV file we read: MP3, OGG, a compressed WAV, too long, too short, damaged, ...),
+    both with a sentence for the user. media checks the length from the WAV header before converting any
+    sample."""
+    from . import media
+
+    full = os.path.expanduser(path)
+    if not os.path.exists(full):
+        raise UserError(f"{path} does not exist.")
+    if os.path.isdir(full):
+        raise UserError(f"{path} is a folder, not an audio file.")
+    size = os.path.getsize(full)
+    if size > MAX_AUDIO_FILE_BYTES:  # a video or a disk image: not read into memory
+        raise UserError(f"{path} is too large to be an audio clip ({size / 2**30:.1f} GiB).")
+    try:
+        with open(full, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise UserError(f"{path} cannot be read: {e.strerror or e}.") from None
+    name = os.path.basename(path.rstrip("/")) or path
+    wav, rate = media.decode_wav(data, name=name)
+    if media.audio_frames(math.ceil(len(wav) * media.SAMPLE_RATE / rate)) == 0:
+        media.prepare_audio(data, name=name)  # too short for one feature frame: media's sentence (a tiny clip)
+    return Audio(path, data, len(wav) / rate)
+
+
 def _path_or_url(x: str) -> str:
     return x if x.startswith(("http://", "https://")) else os.path.expanduser(x)
 
@@ -116,9 +179,21 @@ def _no_vision(model) -> str:
     return f"{model} has no vision tower; pass --mmproj PATH with a llama.cpp vision projector."
 
 
-async def check_vision(model, mmproj=None) -> None:
-    """Before any weight is loaded: raise UserError when `model` (with `mmproj`) cannot read images. Only the
-    GGUF headers are read."""
+def _no_audio(model) -> str:
+    return f"{model} has no audio tower; pass --mmproj PATH with a llama.cpp projector that has one."
+
+
+def _no_tower(kind: str, model, mmproj=None) -> str:
+    if mmproj:
+        return {"image": f"--mmproj {mmproj} is not a vision projector (it has no vision tower).",
+                "audio": f"--mmproj {mmproj} is not an audio projector (it has no audio tower)."}[kind]
+    return _no_vision(model) if kind == "image" else _no_audio(model)
+
+
+async def tower_kinds(model, mmproj=None) -> set:
+    """The towers the engine will find, from the GGUF headers only (no weight is read): "image" and/or
+    "audio", of the mmproj when one is given, else of the model file itself (as engine._tower_files)."""
+    from .config import audio_config
     from .engine import open_model_file
     from .gguf_file import GGUFFile
 
@@ -126,20 +201,48 @@ async def check_vision(model, mmproj=None) -> None:
         if not mmproj.startswith(("http://", "https://")) and not os.path.isfile(os.path.expanduser(mmproj)):
             raise UserError(f"--mmproj {mmproj} does not exist.")
         gf = await GGUFFile.open(_path_or_url(mmproj))
-        what = f"--mmproj {mmproj} is not a vision projector (it has no vision tower)."
     else:
         gf = await open_model_file(model)
-        what = _no_vision(model)
     try:
-        if "v.patch_embd.weight" not in gf:
-            raise UserError(what)
+        kinds = set()
+        if "v.patch_embd.weight" in gf:
+            kinds.add("image")
+        if "a.conv1d.0.weight" in gf and audio_config(gf.metadata) is not None:
+            kinds.add("audio")
+        return kinds
     finally:
         await gf.close()
 
 
+async def check_towers(model, mmproj=None, kinds=("image",)) -> None:
+    """Before any weight is loaded: raise UserError when `model` (with `mmproj`) lacks the tower of one of
+    `kinds` ("image", "audio"), naming the first missing one."""
+    have = await tower_kinds(model, mmproj)
+    for kind in kinds:
+        if kind not in have:
+            raise UserError(_no_tower(kind, model, mmproj))
+
+
+async def check_vision(model, mmproj=None) -> None:
+    """Before any weight is loaded: raise UserError when `model` (with `mmproj`) cannot read images."""
+    await check_towers(model, mmproj, ("image",))
+
+
+async def check_audio(model, mmproj=None) -> None:
+    """Before any weight is loaded: raise UserError when `model` (with `mmproj`) cannot hear audio."""
+    await check_towers(model, mmproj, ("audio",))
+
+
+async def check_projector(model, mmproj) -> None:
+    """An mmproj given to chat must hold a tower of some kind."""
+    if not await tower_kinds(model, mmproj):
+        raise UserError(f"--mmproj {mmproj} is not a vision or audio projector (it has neither tower).")
+
+
 class TowerProgress:
-    """The vision tower's progress on one line of stderr: "reading image 1 of 2: layer 5 of 16", rewritten
-    in place (\r) on a terminal, one plain line per report otherwise. Call as engine.chat's `progress`."""
+    """A tower's progress on one line of stderr: "reading image 1 of 2: layer 5 of 16" or "reading audio 1 of
+    3: layer 5 of 12" (a long clip is several 30 s blocks, counted one by one), rewritten in place (\r) on a
+    terminal, one plain line per report otherwise. Call as engine.chat's `progress`."""
 
     def __init__(self, stream=None):
         self.stream = stream if stream is not None else sys.stderr
@@ -147,9 +250,10 @@ class TowerProgress:
         self._open = False
 
     def __call__(self, event: dict) -> None:
-        if event.get("stage") != "image":
+        stage = event.get("stage")
+        if stage not in ("image", "audio"):
             return
-        msg = (f"reading image {event['index']} of {event['count']}: "  # index counts from 1
+        msg = (f"reading {stage} {event['index']} of {event['count']}: "  # index counts from 1
                f"layer {event['layer']} of {event['layers']}")
         if self.tty:
             self.stream.write("\r" + msg + "\x1b[K")
@@ -167,7 +271,7 @@ class TowerProgress:
 
 
 class Interrupts:
-    """Ctrl-C while a reply is being made: the first one cancels a running image encode (engine.cancel(),
+    """Ctrl-C while a reply is being made: the first one cancels a running image or audio encode (engine.cancel(),
     chat then raises Cancelled) and asks the token loop to stop (`hit`); a second one interrupts as usual.
     Installed as the SIGINT handler for the duration of a `with` block (main thread only)."""
 
@@ -197,24 +301,24 @@ class Interrupts:
 
 
 def _cancelled_error():
-    """engine.Cancelled (the exception chat raises when an image encode is cancelled)."""
+    """engine.Cancelled (the exception chat raises when an image or audio encode is cancelled)."""
     from . import engine
 
     return getattr(engine, "Cancelled", ())
 
 
 def _sentence_errors() -> tuple:
-    """Errors whose message is a sentence for the user, printed as `error: <sentence>`: a bad image, an
-    image for a model without a vision tower, an mmproj that does not fit the model."""
+    """Errors whose message is a sentence for the user, printed as `error: <sentence>`: a bad image or clip,
+    media for a model without the tower, an mmproj that does not fit the model."""
     from . import engine
     from .media import MediaError
 
-    return (UserError, MediaError) + tuple(getattr(engine, n) for n in ("NoTowerError", "VisionLoadError")
-                                           if hasattr(engine, n))
+    return (UserError, MediaError) + tuple(getattr(engine, n) for n in ("NoTowerError", "TowerLoadError",
+                                                                        "VisionLoadError") if hasattr(engine, n))
 
 
-def _has_images(messages) -> bool:
-    return any(isinstance(m.get("content"), list) and any(isinstance(p, dict) and p.get("type") == "image"
+def _has_media(messages) -> bool:
+    return any(isinstance(m.get("content"), list) and any(isinstance(p, dict) and p.get("type") in ("image", "audio")
                                                           for p in m["content"]) for m in messages)
 
 
@@ -256,19 +360,34 @@ async def _load(a, params=None, quiet=False):
     return eng
 
 
+def _image_arg(path: str) -> tuple[str, str]:
+    return ("image", path)
+
+
+def _audio_arg(path: str) -> tuple[str, str]:
+    return ("audio", path)
+
+
+_READERS = {"image": read_image, "audio": read_audio}
+_HAS = {"image": "has_vision", "audio": "has_audio"}
+
+
 async def _generate(a) -> int:
-    images = [read_image(p) for p in a.image or []]  # fail before any weight is loaded
-    if images:
-        await check_vision(a.model, a.mmproj)
+    attached = [_READERS[kind](p) for kind, p in a.media or []]  # fail before any weight is loaded
+    kinds = list(dict.fromkeys(kind for kind, _ in a.media or []))
+    if kinds:
+        await check_towers(a.model, a.mmproj, kinds)
     eng = await _load(a, _params(a))
-    if images and not eng.has_vision:
-        raise UserError(_no_vision(a.model))
+    for kind in kinds:  # when the headers did not tell
+        if not getattr(eng, _HAS[kind], False):
+            raise UserError(_no_tower(kind, a.model, a.mmproj))
     tower = TowerProgress()
     with Interrupts(eng) as intr:
         try:
-            if images:
-                # One user turn, images first, as a chat app sends it.
-                messages = [{"role": "user", "content": [im.part() for im in images] + [{"type": "text", "text": a.prompt}]}]
+            if attached:
+                # One user turn, images and clips first in the order given, as a chat app sends it.
+                content = [x.part() for x in attached] + [{"type": "text", "text": a.prompt}]
+                messages = [{"role": "user", "content": content}]
                 stream = eng.chat(messages, max_tokens=a.max_tokens, progress=tower)
             else:
                 prompt = a.prompt
@@ -321,12 +440,13 @@ async def _readline() -> str:
     return await fut
 
 
-CHAT_HELP = "chat: type a message; /image PATH attaches an image to the next one, /reset starts over, /exit quits"
+CHAT_HELP = ("chat: type a message; /image PATH attaches an image to the next one, /audio PATH a WAV clip, "
+             "/reset starts over, /exit quits")
 
 
 def _image_path(arg: str) -> str:
-    """The path of an `/image` line: as typed, or unquoted / unescaped the way a terminal pastes a dropped
-    file ('my photo.jpg', my\\ photo.jpg)."""
+    """The path of an `/image` or `/audio` line: as typed, or unquoted / unescaped the way a terminal pastes a
+    dropped file ('my photo.jpg', my\\ photo.jpg)."""
     if os.path.exists(os.path.expanduser(arg)):
         return arg
     try:
@@ -336,12 +456,49 @@ def _image_path(arg: str) -> str:
     return words[0] if len(words) == 1 else arg
 
 
+def _attachments(queued) -> str:
+    """What a cancelled message carried: "its image", "its audio clips", "its image and audio clip"."""
+    n_images = sum(isinstance(x, Image) for x in queued)
+    n_clips = len(queued) - n_images
+    words = [w + ("s" if n > 1 else "") for n, w in ((n_images, "image"), (n_clips, "audio clip")) if n]
+    return "its " + " and ".join(words)
+
+
+def _attach(cmd: str, kind: str, eng, a, queued: list) -> None:
+    """One `/image PATH` or `/audio PATH` line: queue the file or print why not (the queue stays)."""
+    from .media import MediaError
+
+    word = "/" + kind
+    arg = cmd[len(word):].strip()
+    if not arg:
+        example = "photo.jpg" if kind == "image" else "clip.wav"
+        print(f"error: {word} needs a path, as in {word} {example}.", file=sys.stderr)
+        return
+    if not getattr(eng, _HAS[kind], False):
+        print("error: " + _no_tower(kind, a.model, a.mmproj), file=sys.stderr)
+        return
+    try:
+        x = _READERS[kind](_image_path(arg))
+    except (UserError, MediaError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return
+    queued.append(x)
+    if kind == "image":
+        print(f"[image attached: {x.name}, {x.width} x {x.height}]", file=sys.stderr)
+    else:
+        print(f"[audio attached: {x.name}, {x.length}]", file=sys.stderr)
+
+
+def _is_command(cmd: str, word: str) -> bool:
+    return cmd == word or cmd.startswith((word + " ", word + "\t"))
+
+
 async def _chat(a) -> int:
     if a.mmproj:
-        await check_vision(a.model, a.mmproj)
+        await check_projector(a.model, a.mmproj)
     eng = await _load(a, _params(a))
     messages = [{"role": "system", "content": a.system}] if a.system else []
-    queued: list[Image] = []
+    queued: list = []  # Image and Audio, in the order attached
     print(CHAT_HELP, file=sys.stderr)
     while True:
         sys.stderr.write(">>> ")
@@ -355,33 +512,20 @@ async def _chat(a) -> int:
             queued.clear()
             eng.reset()
             continue
-        if cmd == "/image" or cmd.startswith(("/image ", "/image\t")):
-            arg = cmd[len("/image"):].strip()
-            if not arg:
-                print("error: /image needs a path, as in /image photo.jpg.", file=sys.stderr)
-            elif not eng.has_vision:
-                print("error: " + _no_vision(a.model), file=sys.stderr)
-            else:
-                from .media import MediaError
-
-                try:
-                    im = read_image(_image_path(arg))
-                except (UserError, MediaError) as e:
-                    print(f"error: {e}", file=sys.stderr)
-                else:
-                    queued.append(im)
-                    print(f"[image attached: {im.name}, {im.width} x {im.height}]", file=sys.stderr)
+        kind = next((k for k in ("image", "audio") if _is_command(cmd, "/" + k)), None)
+        if kind is not None:
+            _attach(cmd, kind, eng, a, queued)
             continue
         if not cmd:
             continue
         text = line.rstrip("\n")
-        content = [im.part() for im in queued] + [{"type": "text", "text": text}] if queued else text
+        content = [x.part() for x in queued] + [{"type": "text", "text": text}] if queued else text
         messages.append({"role": "user", "content": content})
-        n_images, queued = len(queued), []
+        sent, queued = queued, []
         reply, outcome = await _chat_turn(eng, messages, a.max_tokens)
         if outcome == "cancelled":  # the conversation stays as it was before this message
             messages.pop()
-            what = f"the message and its image{'s' if n_images > 1 else ''} were" if n_images else "the message was"
+            what = f"the message and {_attachments(sent)} were" if sent else "the message was"
             print(f"[cancelled: {what} not sent]", file=sys.stderr)
             continue
         if outcome.startswith("error: "):
@@ -396,12 +540,12 @@ async def _chat(a) -> int:
 
 async def _chat_turn(eng, messages, max_tokens):
     """Stream one reply. Returns (reply text, "done" | "stopped" (Ctrl-C during the reply: kept so far) |
-    "cancelled" (Ctrl-C during an image encode: nothing kept) | "error: <sentence>")."""
+    "cancelled" (Ctrl-C during an image or audio encode: nothing kept) | "error: <sentence>")."""
     from .engine import ContextOverflowError
 
     tower = TowerProgress()
     kwargs = {"max_tokens": max_tokens}
-    if _has_images(messages):
+    if _has_media(messages):
         kwargs["progress"] = tower
     reply = []
     with Interrupts(eng) as intr:
@@ -498,12 +642,15 @@ def main(argv=None) -> int:
     g.add_argument("--prompt", "-p", required=True)
     g.add_argument("--max-tokens", "-n", type=int, default=256)
     g.add_argument("--chat", action="store_true", help="wrap the prompt as a user turn of the chat template")
-    g.add_argument("--image", action="append", metavar="PATH",
-                   help="an image to show the model (repeatable); the images and the prompt become one user "
-                        "turn of the chat template, images first")
+    g.add_argument("--image", dest="media", action="append", type=_image_arg, metavar="PATH",
+                   help="an image to show the model (repeatable); the images, clips and the prompt become one user "
+                        "turn of the chat template, images and clips first, in the order given")
+    g.add_argument("--audio", dest="media", action="append", type=_audio_arg, metavar="PATH",
+                   help="a WAV clip for the model to hear (repeatable, at most 10 min each; may be combined with "
+                        "--image); a model with an audio tower, or --mmproj with one")
     _vision_args(g)
 
-    c = sub.add_parser("chat", help="interactive chat (/image PATH attaches an image)")
+    c = sub.add_parser("chat", help="interactive chat (/image PATH attaches an image, /audio PATH a WAV clip)")
     _model_args(c)
     _sampling_args(c)
     _vision_args(c)
