@@ -265,6 +265,105 @@ async def test_check_vision_reads_only_headers(tmp_path):
         await cli.check_vision(str(TINY_VISION))  # the tower inside the model file (Ollama's layout)
 
 
+def test_audio_errors_come_before_the_model_loads(tmp_path, capsys, no_engine):
+    """Each --audio file is read and decoded by media's WAV reader before anything loads; its sentence is
+    printed. Compressed formats are refused with the sentence that says the command line takes WAV."""
+    ok = _wav(tmp_path / "ok.wav")
+    notes = tmp_path / "notes.wav"  # a text file renamed
+    notes.write_text("hello\nthese are my notes\n")
+    mp3 = tmp_path / "song.mp3"
+    mp3.write_bytes(b"ID3\x04\x00\x00\x00\x00\x00\x00" + b"\xff\xfb\x90\x00" + bytes(400))
+    ogg = tmp_path / "voice.ogg"
+    ogg.write_bytes(b"OggS\x00\x02" + bytes(200))
+    long = tmp_path / "long.wav"  # 10 min 1 s at 16 kHz, as its header says; the samples are a sparse hole
+    with open(long, "wb") as f:
+        f.write(_wav_header(601 * 32000))
+        f.truncate(44 + 601 * 32000)
+    short = tmp_path / "click.wav"
+    short.write_bytes(_wav_header(100) + bytes(100))  # 50 samples: less than one 10 ms frame
+    adpcm = tmp_path / "adpcm.wav"
+    adpcm.write_bytes(_wav_header(100, bits=4, tag=2) + bytes(100))
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    big = tmp_path / "movie.wav"
+    with open(big, "wb") as f:
+        f.truncate(cli.MAX_AUDIO_FILE_BYTES + 1)  # sparse: nothing is written
+    takes_wav = ("the web app decodes MP3, OGG, M4A and other compressed audio in the browser, and the command "
+                 "line takes WAV files. Convert it to WAV to use it here.")
+    cases = [
+        (tmp_path / "missing.wav", f"error: {tmp_path / 'missing.wav'} does not exist."),
+        (tmp_path, f"error: {tmp_path} is a folder, not an audio file."),
+        (notes, "error: notes.wav is not audio: it contains text. Use a WAV file."),
+        (mp3, f"error: song.mp3 is an MP3 file: {takes_wav}"),
+        (ogg, f"error: voice.ogg is an OGG file: {takes_wav}"),
+        (long, "error: long.wav is too long: it holds 10 min 1 s of audio, and at most 10 min is accepted. "
+               "Use a shorter clip."),
+        (short, "error: click.wav is too short: 3 ms of audio is less than one 10 ms frame."),
+        (adpcm, "error: adpcm.wav is a WAV file compressed with Microsoft ADPCM, which is not supported: use an "
+                "uncompressed (PCM) WAV file."),
+        (empty, "error: empty.wav is empty (0 bytes)."),
+        (big, f"error: {big} is too large to be an audio clip (1.0 GiB)."),
+    ]
+    for path, sentence in cases:
+        rc = cli.main(["generate", str(TINY_TEXT), "-p", "x", "--audio", str(ok), "--audio", str(path)])
+        err = capsys.readouterr().err
+        assert rc == 1 and err == sentence + "\n", (path, err)
+    # An image that is wrong stops the command too, whichever option comes first.
+    rc = cli.main(["generate", str(TINY_TEXT), "-p", "x", "--audio", str(ok), "--image", str(notes)])
+    assert rc == 1 and capsys.readouterr().err.startswith("error: notes.wav is not an image: it contains text.")
+
+
+def test_read_audio_measures_the_clip(tmp_path):
+    clip = cli.read_audio(str(_wav(tmp_path / "tone.wav", seconds=12.3, rate=8000)))
+    assert clip.name == "tone.wav" and abs(clip.seconds - 12.3) < 1e-9 and clip.length == "12.3 s"
+    assert clip.part() == {"type": "audio", "audio": (tmp_path / "tone.wav").read_bytes()}
+    assert [cli._clip_length(x) for x in (0.04, 0.3, 59.9, 60.0, 125.4, 600.0)] == [
+        "40 ms", "0.3 s", "59.9 s", "1 min", "2 min 5 s", "10 min"]
+
+
+def test_a_model_without_an_audio_tower_is_named_before_loading(tmp_path, capsys, no_engine):
+    wav, png = _wav(tmp_path / "hello.wav"), _png(tmp_path / "red.png")
+    rc = cli.main(["generate", str(TINY_VISION), "-p", "Transcribe this.", "--audio", str(wav)])
+    assert rc == 1
+    assert capsys.readouterr().err == (f"error: {TINY_VISION} has no audio tower; pass --mmproj PATH with a llama.cpp "
+                                       "projector that has one.\n")
+    # Both kinds: the model reads the image but cannot hear the clip.
+    assert cli.main(["generate", str(TINY_VISION), "-p", "x", "--image", str(png), "--audio", str(wav)]) == 1
+    assert "has no audio tower" in capsys.readouterr().err
+    # A vision projector given for audio.
+    assert cli.main(["generate", str(TINY_TEXT), "-p", "x", "--audio", str(wav), "--mmproj", str(TINY_VISION_MMPROJ)]) == 1
+    assert capsys.readouterr().err == (f"error: --mmproj {TINY_VISION_MMPROJ} is not an audio projector (it has no "
+                                       "audio tower).\n")
+    # The audio model cannot read the image.
+    assert cli.main(["generate", str(TINY_AUDIO), "-p", "x", "--audio", str(wav), "--image", str(png)]) == 1
+    assert capsys.readouterr().err == (f"error: {TINY_AUDIO} has no vision tower; pass --mmproj PATH with a llama.cpp "
+                                       "vision projector.\n")
+
+
+async def test_tower_kinds_read_only_headers(tmp_path):
+    assert await cli.tower_kinds(str(TINY_TEXT)) == set()
+    assert await cli.tower_kinds(str(TINY_VISION)) == {"image"}
+    assert await cli.tower_kinds(str(TINY_AUDIO)) == {"audio"}  # Ollama's layout: gemma4.audio.* and a.* inside
+    assert await cli.tower_kinds(str(TINY_TEXT), str(TINY_VISION_MMPROJ)) == {"image"}
+    both = _gguf(tmp_path / "mmproj.gguf", {"v.patch_embd.weight": (4, 8), "a.conv1d.0.weight": (4, 8)},
+                 kv={"clip.audio.block_count": 2})
+    assert await cli.tower_kinds(str(TINY_TEXT), str(both)) == {"image", "audio"}
+    await cli.check_towers(str(TINY_TEXT), str(both), ["audio", "image"])
+    keys_only = _gguf(tmp_path / "keys.gguf", {"v.patch_embd.weight": (4, 8)}, kv={"clip.audio.block_count": 2})
+    with pytest.raises(cli.UserError, match="is not an audio projector"):  # clip.audio keys but no a.* tensors
+        await cli.check_audio(str(TINY_TEXT), str(keys_only))
+    with pytest.raises(cli.UserError, match="has no audio tower"):
+        await cli.check_audio(str(TINY_VISION))
+    if TINY_AUDIO_Q8_MMPROJ.exists():  # llama.cpp's pair: clip.audio.* keys in the projector
+        assert await cli.tower_kinds(str(TINY_AUDIO_Q8), str(TINY_AUDIO_Q8_MMPROJ)) == {"audio"}
+
+
+def test_chat_takes_an_audio_only_projector(tmp_path, capsys, fake, monkeypatch):
+    mmproj = _gguf(tmp_path / "audio-mmproj.gguf", {"a.conv1d.0.weight": (4, 8)}, kv={"clip.audio.block_count": 2})
+    rc, out, err = _chat(monkeypatch, capsys, "hi\n/exit\n", "--mmproj", str(mmproj))
+    assert rc == 0 and fake.load_kwargs["mmproj"] == str(mmproj) and out == "ok!\n"
+
+
 # -- generate with images (stub engine) ---------------------------------------------------------------------
 
 def test_generate_images_make_one_user_turn(tmp_path, capsys, fake, monkeypatch):
@@ -314,6 +413,67 @@ def test_engine_sentences_are_printed_as_errors(tmp_path, capsys, fake, monkeypa
     monkeypatch.setattr(cli, "check_towers", _async_none)
     assert cli.main(["generate", "m.gguf", "-p", "x", "--image", str(_png(tmp_path / "a.png"))]) == 1
     assert capsys.readouterr().err == "error: a.png is too large: 20000 x 20000 pixels is more than 100 megapixels. Use a smaller image.\n"
+
+
+def test_generate_audio_image_and_text_make_one_user_turn(tmp_path, capsys, fake, monkeypatch):
+    """--audio and --image repeat and mix: the media first, in the order given, then the text, in one user
+    turn; the progress lines count each kind as the engine reports it (a clip in blocks)."""
+    a, b = _wav(tmp_path / "a.wav"), _wav(tmp_path / "b.wav", 1.0, 8000, 220.0)
+    png = _png(tmp_path / "red.png")
+    calls = []
+
+    async def check(model, mmproj=None, kinds=("image",)):
+        calls.append((model, mmproj, list(kinds)))
+
+    monkeypatch.setattr(cli, "check_towers", check)
+    rc = cli.main(["generate", "model.gguf", "--audio", str(a), "--image", str(png), "--audio", str(b),
+                   "-p", "What do you hear and see?", "--mmproj", "proj.gguf", "-n", "5"])
+    out, err = capsys.readouterr()
+    assert rc == 0 and out == "ok!"
+    assert calls == [("model.gguf", "proj.gguf", ["audio", "image"])] and fake.load_kwargs["mmproj"] == "proj.gguf"
+    (kind, messages, kwargs), = fake.calls
+    assert kind == "chat" and kwargs["max_tokens"] == 5 and callable(kwargs["progress"])
+    assert messages == [{"role": "user", "content": [{"type": "audio", "audio": a.read_bytes()},
+                                                     {"type": "image", "image": png.read_bytes()},
+                                                     {"type": "audio", "audio": b.read_bytes()},
+                                                     {"type": "text", "text": "What do you hear and see?"}]}]
+    lines = err.splitlines()
+    assert lines[:12] == ([f"reading audio 1 of 2: layer {i} of 3" for i in range(4)]
+                          + [f"reading image 1 of 1: layer {i} of 3" for i in range(4)]
+                          + [f"reading audio 2 of 2: layer {i} of 3" for i in range(4)])
+    assert lines[12] == "" and STATS_LINE.match(lines[13]) and len(lines) == 14
+
+
+def test_a_long_clip_is_read_in_blocks(tmp_path, capsys, fake, monkeypatch):
+    fake.audio_blocks, fake.layers = 3, 2  # as a 65 s clip: three 30 s blocks
+    monkeypatch.setattr(cli, "check_towers", _async_none)
+    assert cli.main(["generate", "m.gguf", "-p", "x", "--audio", str(_wav(tmp_path / "a.wav"))]) == 0
+    progress = capsys.readouterr().err.splitlines()[:-2]
+    assert progress == [f"reading audio {i} of 3: layer {l} of 2" for i in (1, 2, 3) for l in range(3)]
+
+
+def test_generate_audio_on_a_model_without_audio(tmp_path, capsys, fake, monkeypatch):
+    """When the headers did not tell (the check passed), has_audio after loading does."""
+    fake.has_audio = False
+    monkeypatch.setattr(cli, "check_towers", _async_none)
+    assert cli.main(["generate", "gemma3:270m", "-p", "x", "--audio", str(_wav(tmp_path / "a.wav"))]) == 1
+    assert capsys.readouterr().err.endswith("error: gemma3:270m has no audio tower; pass --mmproj PATH with a "
+                                            "llama.cpp projector that has one.\n")
+    assert fake.calls == []
+
+
+def test_ctrl_c_during_an_audio_encode_in_generate(tmp_path, capsys, fake, monkeypatch):
+    def interrupt(eng, index, layer):
+        if layer == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    fake.on_layer = interrupt
+    monkeypatch.setattr(cli, "check_towers", _async_none)
+    before = signal.getsignal(signal.SIGINT)
+    rc = cli.main(["generate", "m.gguf", "-p", "x", "--audio", str(_wav(tmp_path / "a.wav"))])
+    out, err = capsys.readouterr()
+    assert rc == 130 and out == "" and fake.cancelled and signal.getsignal(signal.SIGINT) is before
+    assert err == "reading audio 1 of 1: layer 0 of 3\nreading audio 1 of 1: layer 1 of 3\n[cancelled]\n"
 
 
 async def _async_none(*args, **kwargs):
@@ -407,6 +567,72 @@ def test_ctrl_c_during_an_image_encode_returns_to_the_prompt(tmp_path, capsys, f
     assert [c[1] for c in fake.calls][2] == [{"role": "user", "content": "first"}, {"role": "assistant", "content": "ok!"},
                                              {"role": "user", "content": "second"}]
     assert out == "ok!\nok!\n"
+
+
+def test_chat_audio_queue(tmp_path, capsys, fake, monkeypatch):
+    clip, other = _wav(tmp_path / "talk.wav", 12.3, 8000), _wav(tmp_path / "my clip.wav", 0.5)
+    red = _png(tmp_path / "red.png")
+    mp3 = tmp_path / "song.mp3"
+    mp3.write_bytes(b"ID3\x03\x00\x00\x00\x00\x00\x00" + bytes(64))
+    script = "\n".join([
+        f"/audio {clip}",
+        f"/audio {tmp_path / 'missing.wav'}",   # an error: the queue is kept
+        f"/audio {mp3}",                         # an error: the queue is kept
+        "/audio",
+        f"/image {red}",
+        f"/audio '{other}'",                     # quoted, as a terminal pastes a dropped file
+        "What is this?",
+        "And now?",                              # nothing attached: plain text
+        f"/audio {clip}",
+        "/reset",                                # the queue goes too
+        "plain",
+        "/exit",
+    ]) + "\n"
+    rc, out, err = _chat(monkeypatch, capsys, script)
+    assert rc == 0
+    assert "/audio PATH" in err.splitlines()[0]
+    assert err.count("[audio attached: talk.wav, 12.3 s]") == 2 and "[audio attached: my clip.wav, 0.5 s]" in err
+    assert "[image attached: red.png, 64 x 48]" in err
+    assert f"error: {tmp_path / 'missing.wav'} does not exist." in err
+    assert "error: song.mp3 is an MP3 file: the web app decodes MP3" in err and "takes WAV files" in err
+    assert "error: /audio needs a path, as in /audio clip.wav." in err
+    first, second, third = fake.calls
+    assert first[1] == [{"role": "user", "content": [{"type": "audio", "audio": clip.read_bytes()},
+                                                     {"type": "image", "image": red.read_bytes()},
+                                                     {"type": "audio", "audio": other.read_bytes()},
+                                                     {"type": "text", "text": "What is this?"}]}]
+    assert callable(first[2]["progress"]) and callable(second[2]["progress"])  # the history holds media
+    assert second[1][1:] == [{"role": "assistant", "content": "ok!"}, {"role": "user", "content": "And now?"}]
+    assert third[1] == [{"role": "user", "content": "plain"}] and "progress" not in third[2] and fake.resets == 1
+    assert out == "ok!\n" * 3
+    assert err.count("reading audio 1 of 2: layer 3 of 3") == 1 and err.count("reading audio 2 of 2") == 4
+    assert err.count("reading image 1 of 1") == 4
+
+
+def test_chat_audio_on_a_model_without_audio(tmp_path, capsys, fake, monkeypatch):
+    fake.has_audio = False
+    rc, out, err = _chat(monkeypatch, capsys, f"/audio {_wav(tmp_path / 'a.wav')}\nhi\n/exit\n")
+    assert rc == 0 and ("error: model.gguf has no audio tower; pass --mmproj PATH with a llama.cpp projector that "
+                        "has one.") in err
+    assert fake.calls[0][1] == [{"role": "user", "content": "hi"}]
+
+
+def test_ctrl_c_during_an_audio_encode_returns_to_the_prompt(tmp_path, capsys, fake, monkeypatch):
+    """As for an image: engine.cancel(), chat raises Cancelled, the message and its clips are dropped."""
+    wav, png = _wav(tmp_path / "a.wav"), _png(tmp_path / "red.png")
+
+    def interrupt(eng, index, layer):
+        if index == 1 and layer == 2 and len(eng.calls) == 2:  # the clip, after the image
+            os.kill(os.getpid(), signal.SIGINT)
+
+    fake.on_layer = interrupt
+    rc, out, err = _chat(monkeypatch, capsys, f"first\n/image {png}\n/audio {wav}\nlisten\nsecond\n/exit\n")
+    assert rc == 0 and "[cancelled: the message and its image and audio clip were not sent]" in err
+    assert "reading audio 1 of 1: layer 2 of 3" in err and "reading audio 1 of 1: layer 3 of 3" not in err
+    assert [c[1] for c in fake.calls][2] == [{"role": "user", "content": "first"}, {"role": "assistant", "content": "ok!"},
+                                             {"role": "user", "content": "second"}]
+    assert out == "ok!\nok!\n"
+    assert cli._attachments([cli.Audio("a", b"", 1.0)] * 2) == "its audio clips"
 
 
 def test_ctrl_c_during_a_reply_stops_it_and_keeps_it(capsys, fake, monkeypatch):
@@ -525,3 +751,54 @@ def test_generate_image_end_to_end_equals_the_engine(tmp_path, capsys, model, mm
     assert STATS_LINE.match(lines[-1]), err
     if mmproj is not None and temperature == 0.0:  # the image reaches the model: another image, another reply
         assert cli_run([a])[0] != cli_run([b])[0]
+
+
+# -- end to end on the tiny audio models --------------------------------------------------------------------
+
+@pytest.mark.parametrize("model, mmproj", [
+    (TINY_AUDIO, None),                          # Ollama's layout: the audio tower inside the model file
+    (TINY_AUDIO_Q8, TINY_AUDIO_Q8_MMPROJ),       # llama.cpp's pair: --mmproj
+], ids=["f32", "q8_0-mmproj"])
+def test_generate_audio_end_to_end_equals_the_engine(capsys, monkeypatch, model, mmproj):
+    """`rullama generate MODEL --audio CLIP -p ...` samples the same greedy tokens as Engine.chat given the
+    same one-turn conversation (the clip first), with the clip's soft tokens in the prompt and the audio
+    tower's progress on stderr."""
+    for f in (model, mmproj):
+        require(None if f is None or f.exists() else f"{f} is not generated yet", "the audio CLI tests")
+    from conftest import run
+    from rullama_py.engine import Engine
+    from rullama_py.sampling import SamplerParams
+
+    clip, prompt, n = CLIPS / "tower_cat.wav", "the cat", 8
+    n_soft = sum(p.n_soft for p in media.prepare_audio(clip.read_bytes()))
+    orig = Engine.chat
+
+    async def direct():
+        eng = await Engine.load(str(model), mmproj=None if mmproj is None else str(mmproj), max_context=4096,
+                                params=SamplerParams(temperature=0.0))
+        content = [{"type": "audio", "audio": clip.read_bytes()}, {"type": "text", "text": prompt}]
+        toks = [t async for t in orig(eng, [{"role": "user", "content": content}], max_tokens=n)]
+        return [t.id for t in toks], "".join(t.text for t in toks), eng.stats.prompt_tokens
+
+    want_ids, want_text, prompt_tokens = run(direct())
+    assert prompt_tokens > n_soft > 0
+
+    got = []
+
+    async def chat(self, messages, **kwargs):  # the CLI's engine, recording the ids it samples
+        async for t in orig(self, messages, **kwargs):
+            got.append(t.id)
+            yield t
+
+    monkeypatch.setattr(Engine, "chat", chat)
+    args = ["generate", str(model), "--audio", str(clip), "-p", prompt, "-n", str(n), "--temperature", "0"]
+    rc = cli.main(args + ([] if mmproj is None else ["--mmproj", str(mmproj)]))
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert got == want_ids and out == want_text
+    lines = [line for line in err.splitlines() if line.strip()]
+    progress = [re.fullmatch(r"reading audio 1 of 1: layer (\d+) of (\d+)", line) for line in lines[:-1]]
+    assert all(progress), err
+    layers = int(progress[0].group(2))
+    assert [int(m.group(1)) for m in progress] == list(range(layers + 1))
+    assert STATS_LINE.match(lines[-1]) and lines[-1].startswith(f"[{prompt_tokens} prompt tokens "), err
