@@ -764,7 +764,8 @@ def test_generate_audio_end_to_end_equals_the_engine(capsys, monkeypatch, model,
     same one-turn conversation (the clip first), with the clip's soft tokens in the prompt and the audio
     tower's progress on stderr."""
     for f in (model, mmproj):
-        require(None if f is None or f.exists() else f"{f} is not generated yet", "the audio CLI tests")
+        if f is not None and not f.exists():  # the llama.cpp pair is made by tools/make_tiny_gemma4_audio.py
+            pytest.skip(f"{f.name} is not generated yet")
     from conftest import run
     from rullama_py.engine import Engine
     from rullama_py.sampling import SamplerParams
