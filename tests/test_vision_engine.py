@@ -206,3 +206,11 @@ async def test_a_tower_tensor_of_an_unsupported_type_is_named(tmp_path):
     w.close()
     with pytest.raises(VisionLoadError, match=r"v\.blk\.0\.attn_q\.weight has type Q4_1"):
         await Engine.load(out, max_context=64)
+
+
+async def test_an_image_longer_than_the_position_table_is_a_sentence():
+    """tall.jpg resizes to more patches on its long side than the tiny tower's 64 positions."""
+    eng = await _engine()
+    with pytest.raises(media.MediaError, match="too long and thin.*knows 64 positions"):
+        await _reply(eng, [_turn((FIXTURES / "images" / "tall.jpg").read_bytes(), "x")])
+    assert eng.tokens == []

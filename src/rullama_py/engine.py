@@ -466,9 +466,17 @@ class Engine:
         prepared = self._prepared.pop(key, None)
         if prepared is None:
             if kind == "image":
-                c = vision_config(self.tower_files["image"].metadata)
-                prepared = [media.prepare_image(raw, budget=self.image_tokens, patch_size=c.patch_size,
-                                                pooling=c.projector_scale_factor, name=name)]
+                f = self.tower_files["image"]
+                c = vision_config(f.metadata)
+                img = media.prepare_image(raw, budget=self.image_tokens, patch_size=c.patch_size,
+                                          pooling=c.projector_scale_factor, name=name)
+                side = f.info("v.position_embd.weight").n_rows // 2  # the tower's positions per side
+                if max(img.grid) > side:
+                    raise media.MediaError(
+                        f"{name} is too long and thin for this model: resized to {img.size[1]} x {img.size[0]} it "
+                        f"is {max(img.grid)} patches on one side, and the vision tower knows {side} positions. "
+                        "Crop it, or use a smaller image token budget.")
+                prepared = [img]
             else:
                 prepared = media.prepare_audio(raw, name=name)
         self._prepared[key] = prepared  # most recent last; a few kept for the history re-sent each turn
