@@ -64,8 +64,10 @@ CLIPPED = [("ffn_up", "ffn_up", "feed_forward1.ffw_layer_1"), ("ffn_down", "ffn_
            ("attn_q", "attn_q", "self_attn.q_proj"), ("attn_k", "attn_k", "self_attn.k_proj"),
            ("attn_v", "attn_v", "self_attn.v_proj"), ("attn_out", "attn_out", "self_attn.post"),
            ("conv_pw1", "conv_pw1", "lconv1d.linear_start"), ("conv_pw2", "conv_pw2", "lconv1d.linear_end"),
-           ("ffn_up_1", "ffn_up_1", "feed_forward2.ffw_layer_1"), ("ffn_down_1", "ffn_down_1", "feed_forward2.ffw_layer_2")]
+           ("ffn_up_1", "ffn_up_1", "feed_forward2.ffw_layer_1"),
+           ("ffn_down_1", "ffn_down_1", "feed_forward2.ffw_layer_2")]
 CLAMP_SUFFIXES = vis.CLAMP_SUFFIXES
+SILU_FED = (".ffn_down", ".ffn_down_1", ".conv_pw2")  # their input is a SiLU output (>= -0.278)
 # The block's norms: Ollama's leaf name, llama.cpp's leaf name, HF module. Note ln2: Ollama's post-attention norm,
 # llama.cpp's block output norm.
 NORMS = [("ffn_norm", "ffn_norm", "feed_forward1.pre_layer_norm"),
@@ -306,10 +308,13 @@ def random_audio(spec: ASpec, a: AudioDims, rng: np.random.Generator) -> np.ndar
     if spec.kind == "norm":
         return rng.uniform(0.5, 1.5, spec.shape)
     if spec.kind == "matrix":
-        scale = 2.0 if spec.hf.endswith(("q_proj.linear.weight", "k_proj.linear.weight")) else 1.0
+        # q and k a little larger than unit scale: attention logits of std ~8 reach the range where the soft-cap
+        # bends them (larger made the tower chaotic: 1e-3 of noise in the weights moved the soft tokens by 0.3)
+        scale = 1.2 if spec.hf.endswith(("q_proj.linear.weight", "k_proj.linear.weight")) else 1.0
         return rng.normal(0, scale / math.sqrt(spec.ne[0]), spec.shape)
     if spec.kind == "pos":
-        return rng.normal(0, 4 / math.sqrt(spec.ne[0]), spec.shape)  # the sinusoids have an rms of 1/sqrt(2)
+        # the sinusoids have an rms of 1/sqrt(2): a relative term about as large as the content term
+        return rng.normal(0, 3.2 / math.sqrt(spec.ne[0]), spec.shape)
     if spec.kind == "pds":
         return rng.uniform(0.6, 2.0, spec.shape)  # softplus values (HF's init, raw 0, would be 0.693 everywhere)
     if spec.kind == "dw":
@@ -432,8 +437,10 @@ def tower_run(model, features: np.ndarray, dtype):
 
 def calibrate_clamps(built: Built, cfg: TinyAudio, inputs: dict) -> None:
     """Every clippable linear gets finite bounds: each of its 4 bounds is the extreme value seen on the clips (with
-    the clamps off) times a factor from U(0.5, 1.25), so about half of them clip the outermost activations. The
-    stored values are float32."""
+    the clamps off) times a factor from U(0.5, 1.25), so about half of them clip the outermost activations; except
+    the input_min of the linears fed by SiLU (ffn_down, ffn_down_1, conv_pw2), U(1.0, 1.25): SiLU's minimum
+    (-0.278) is flat, so a bound above it would cut a dense band (up to a third of the values). The stored values
+    are float32."""
     import torch
 
     model = built.model
@@ -455,6 +462,8 @@ def calibrate_clamps(built: Built, cfg: TinyAudio, inputs: dict) -> None:
         lo_in, hi_in, lo_out, hi_out = seen[name]
         assert lo_in < 0 < hi_in and lo_out < 0 < hi_out, (name, seen[name])
         f = rng.uniform(0.5, 1.25, 4)
+        if name.endswith(SILU_FED):
+            f[0] = 1.0 + (f[0] - 0.5) / 3  # U(1.0, 1.25), from the same draw
         bounds = np.array([lo_in * f[0], hi_in * f[1], lo_out * f[2], hi_out * f[3]], dtype=np.float32)
         built.clamps[name] = bounds
         with torch.no_grad():
@@ -601,17 +610,19 @@ def record_clips() -> None:
 
 
 def long_clip(speech: dict) -> np.ndarray:
-    """The >30 s clip: the medium and short clips, then noise, repeated with gains and gaps, over a quiet noise
-    floor, to LONG_SECONDS (float32). numpy default_rng(7): Gaussian noise (std 0.02 floor; 0.1 bursts)."""
+    """The >30 s clip: the medium and short speech clips and bursts of noise, in turn, with varying gains, under a
+    faint noise floor, separated by gaps of digital silence (0.5 to 1.3 s: about a third of the clip; such frames
+    are log(1e-3) in every bin and keep the file small), to LONG_SECONDS (float32). numpy default_rng(7): Gaussian
+    noise, std 0.1 for the bursts and 0.01 for the floor."""
     rng = np.random.default_rng(7)
     n = int(LONG_SECONDS * SAMPLE_RATE)
-    x = rng.normal(0, 0.02, n)
+    x = np.zeros(n)
     pos, k = 1600, 0
     while pos < n:
         seg = [speech["medium"], speech["short"], rng.normal(0, 0.1, 12000)][k % 3] * (0.6 + 0.4 * (k % 4) / 3)
         end = min(n, pos + len(seg))
-        x[pos:end] += seg[:end - pos]
-        pos = end + 3200 + 800 * (k % 5)
+        x[pos:end] += seg[:end - pos] + rng.normal(0, 0.01, end - pos)
+        pos = end + 8000 + 3200 * (k % 5)
         k += 1
     return np.clip(x, -1, 1).astype(np.float32)
 
@@ -867,7 +878,8 @@ def make(cfg: TinyAudio, out_dir: str, clips: dict, inputs: dict) -> None:
     calibrate_clamps(built, cfg, inputs)
 
     prompt_clips = PROMPT_CLIPS[cfg.name]
-    prompts = {clip: vis.chat(vocab, [audio_span(inputs[clip]["n_soft"]), "▁what ▁is ▁it"]) for clip in prompt_clips}
+    prompts = {clip: vis.chat(vocab, [audio_span(inputs[clip]["n_soft"]), "▁what ▁is ▁it"])
+               for clip in prompt_clips}
     for ids in prompts.values():
         assert set(ids.tolist()) & {MARKERS[s] for s in ("<|image>", "<|image|>", "<image|>", "<|video|>")} == set()
 
