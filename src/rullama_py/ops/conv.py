@@ -8,6 +8,9 @@ from ._util import WG, rows as _rows
 from .nn import _count, _grid
 
 
+_CONV_WG = 64  # threads (output positions) per workgroup of conv2d_ln_relu
+
+
 def conv2d_out_len(n: int) -> int:
     """Output length of a 3-wide, stride-2, padding-1 convolution over n: (n - 1) // 2 + 1 (0 for n = 0)."""
     return (n + 1) // 2
@@ -33,7 +36,8 @@ async def conv2d_ln_relu(g: Graph, x: Tensor, w: Tensor, ln_w: Tensor, out: Tens
     up to half `t_in_halvings` times, at most in_rows. So with one Step holding the frame count, the first stage
     takes t_in_halvings=0 and the second t_in_halvings=1 (its T_in is the first stage's T_out). Input rows at
     or past T_in are the zero padding (as transformers' mask makes them); output rows from T_out =
-    (T_in - 1) // 2 + 1 to out_rows are written as zeros."""
+    (T_in - 1) // 2 + 1 to out_rows are written as zeros (transformers computes values there and masks them
+    later; here they are simply zero, so whatever reads the whole capacity sees finite values)."""
     if f_in < 1 or c_in < 1 or c_out < 1 or t_in_halvings < 0:
         raise ValueError(f"conv2d_ln_relu: f_in={f_in}, c_in={c_in}, c_out={c_out}, t_in_halvings={t_in_halvings}")
     f_out = conv2d_out_len(f_in)
@@ -42,13 +46,15 @@ async def conv2d_ln_relu(g: Graph, x: Tensor, w: Tensor, ln_w: Tensor, out: Tens
         raise ValueError(f"conv weight of shape {w.shape} holds fewer than 3 x 3 x {c_in} x {c_out} values")
     if _count(ln_w) < c_out:
         raise ValueError(f"LayerNorm weight of shape {ln_w.shape} holds fewer than {c_out} values")
-    lanes = min(WG, 1 << (c_out - 1).bit_length())  # per output position, a power of two
-    per_wg = WG // lanes
-    n_wg = -(-(out_rows * f_out) // per_wg)
+    # One thread per output position, no workgroup barriers (their cost dominated on lavapipe and SwiftShader):
+    # STORE keeps every channel's sum in registers (up to 128 channels, both Gemma 4 stages); else PATCH keeps
+    # the 3 x 3 x c_in window (up to 4 input channels) and recomputes the sums in each of three passes.
+    store = c_out <= 128
+    patch = not store and c_in <= 4
     k = await g.device.kernel("conv2d_ln_relu", F_IN=f_in, C_IN=c_in, C_OUT=c_out, F_OUT=f_out, IN_ROWS=in_rows,
-                              OUT_ROWS=out_rows, HALVINGS=t_in_halvings, EPS=float(eps), L=lanes, P=per_wg,
-                              CPL=-(-c_out // lanes), WG=WG)
-    g.add(k, [x, w, ln_w, step, out], _grid(n_wg * WG, WG))
+                              OUT_ROWS=out_rows, HALVINGS=t_in_halvings, EPS=float(eps), STORE=store, PATCH=patch,
+                              NV=c_out if store else 1, NP=9 * c_in if patch else 1, WG=_CONV_WG)
+    g.add(k, [x, w, ln_w, step, out], _grid(out_rows * f_out, _CONV_WG))
 
 
 async def depthwise_conv1d(g: Graph, x: Tensor, w: Tensor, out: Tensor, *, channels: int, kernel: int):
