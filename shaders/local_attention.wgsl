@@ -39,7 +39,10 @@
 @group(0) @binding(5) var<uniform> step: Step;
 @group(0) @binding(6) var<storage, read_write> dst: array<vec4<f32>>;
 
-var<workgroup> part: array<f32, NK * WG>;    // [slot][thread]: each thread's share of a score
+// [thread][slot]: each thread's share of a score; an odd row stride keeps both the writes (a thread's slots)
+// and the sums (a row's shares of one slot per thread) free of bank conflicts.
+const NKP: u32 = NK | 1u;
+var<workgroup> part: array<f32, NKP * WG>;
 var<workgroup> scores: array<f32, NK * RW>;  // [row][slot]
 
 // CAP * tanh(x / CAP), with tanh written through exp on a clamped argument (as in softcap.wgsl: some backends
@@ -80,13 +83,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       }
       share = dot(qv, kv);
     }
-    part[s * WG + lid] = share;
+    part[lid * NKP + s] = share;
   }
   workgroupBarrier();
   for (var s = lane; s < NK; s += LANES) {
     var total = 0.0;
     for (var l = 0u; l < LANES; l++) {
-      total += part[s * WG + r * LANES + l];
+      total += part[(r * LANES + l) * NKP + s];
     }
     scores[r * NK + s] = soft_cap(total);
   }

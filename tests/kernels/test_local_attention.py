@@ -161,6 +161,8 @@ async def test_local_attention_rejects(device):
     with pytest.raises(ValueError, match="past"):
         await local_attention(device.graph(), t, t, t, device.tensor((7, 32)), qsc, t, step,
                                   **dict(kw, past=0))
+    with pytest.raises(ValueError, match="workgroup memory"):  # 2000 keys per query
+        await local_attention(device.graph(), t, t, t, device.tensor((1007, 32)), qsc, t, step, **dict(kw, past=2000))
     with pytest.raises(ValueError, match="q_scale"):
         await local_attention(device.graph(), t, t, t, device.tensor((13, 32)), device.tensor((8,)), t, step,
                                   **kw)

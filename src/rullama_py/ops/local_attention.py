@@ -79,7 +79,13 @@ async def local_attention(g: Graph, q: Tensor, k: Tensor, v: Tensor, rel_k: Tens
     if _count(q_scale) != head_dim:
         raise ValueError(f"q_scale of shape {q_scale.shape}: expected [{head_dim}]")
     plan = local_attention_plan(n_heads=n_heads, head_dim=head_dim, max_tokens=max_t)
+    nk = keys_per_query(past, future)
+    shared = ((nk | 1) * plan["wg"] + nk * plan["rows"]) * 4
+    limit = g.device.limits.get("max-compute-workgroup-storage-size", 16384)
+    if shared > limit:
+        raise ValueError(f"{nk} keys per query x {plan['wg']} threads need {shared} bytes of workgroup memory; "
+                         f"the device has {limit}")
     kern = await g.device.kernel(
         "local_attention", NH=n_heads, LANES=plan["lanes"], RW=plan["rows"], WG=plan["wg"], GRID_X=plan["grid"][0],
-        PAST=past, NK=keys_per_query(past, future), P=n_rel, KSCALE=float(k_scale), CAP=float(softcap), MAXT=max_t)
+        PAST=past, NK=nk, P=n_rel, KSCALE=float(k_scale), CAP=float(softcap), MAXT=max_t)
     g.add(kern, [q, k, v, rel_k, q_scale, step, out], plan["grid"])
