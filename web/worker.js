@@ -5,10 +5,11 @@
 // Protocol with the page (documented in js/worker-client.js). Requests {id, op, ...} are answered by
 // {reply: id, ok, value | error}; events are {event: name, ...} (boot, progress, token, media, download).
 // Model work (load, chat, save, restore, new-chat) runs one request at a time, in order; `stop` and
-// `pause-download` act at once: between tokens, between the vision tower's layers, or between chunks.
+// `pause-download` act at once: between tokens, between a tower's layers, or between chunks.
 //
-// A chat request's images arrive as transferred ArrayBuffers; they go to Python as one list of Uint8Arrays,
-// and each message's content as a list of parts naming them by index (see rullama_py.webapp.engine_messages).
+// A chat request's images and audio clips arrive as transferred ArrayBuffers; they go to Python as one list
+// of Uint8Arrays, and each message's content as a list of parts naming them by index (see
+// rullama_py.webapp.engine_messages).
 
 const base = new URL('./', self.location.href); // the app's root: everything is fetched relative to it
 let py = null;
@@ -17,6 +18,7 @@ let booting = null;
 let queue = Promise.resolve();
 let download = null; // {abort: AbortController, paused: bool} while a download runs
 let imageDecoder = null; // the promise of Pillow's loading, from the first image on
+let resampler = null; // the promise of scipy's loading, from the first WAV file on
 
 const post = (msg, transfer = []) => self.postMessage(msg, transfer);
 const emit = (event, payload) => post({ event, ...payload });
@@ -100,19 +102,46 @@ function loadImageDecoder() {
   return imageDecoder;
 }
 
-// The chat request for Python: message contents as parts ({type: 'image', ref: k} names images[k]).
+// The resampler (scipy and its openblas, from the served Pyodide distribution): Python resamples WAV files
+// that are not at 16 kHz with it (rullama_py.media.resample). Loaded when the first WAV file is attached or
+// sent, like Pillow; clips the page decoded or recorded arrive at 16 kHz and do not need it.
+function loadResampler() {
+  if (!resampler) {
+    resampler = (async () => {
+      await boot();
+      const failed = [];
+      try {
+        await py.loadPackage(['scipy'], { messageCallback: () => {}, errorCallback: m => failed.push(m) });
+      } catch (e) {
+        failed.push(String(e && e.message || e));
+      }
+      const ok = py.runPython("import importlib.util\nimportlib.util.find_spec('scipy') is not None");
+      if (!ok) {
+        throw new AppError('resampler', 'This app cannot resample audio: its resampler (scipy) is missing from the '
+          + "server's Python files. Run tools/setup.sh on the server, then reload the page.", failed.join('\n'));
+      }
+      return true;
+    })();
+    resampler.catch(() => { resampler = null; }); // a failed load may be retried
+  }
+  return resampler;
+}
+
+// The chat request for Python: message contents as parts naming media[k]: {type: 'image', ref: k, name},
+// {type: 'audio', ref: k, name, format: 'wav' | 'f32'}; a message's images first, then its clips, then its text.
 function chatArgs(messages) {
-  const images = [];
+  const media = [];
+  const ref = bytes => media.push(new Uint8Array(bytes)) - 1;
   const out = messages.map(m => {
-    if (!m.images || !m.images.length) return { role: m.role, content: m.content };
-    const parts = m.images.map(im => {
-      images.push(new Uint8Array(im.bytes));
-      return { type: 'image', ref: images.length - 1, name: im.name };
-    });
+    const images = m.images || [], audio = m.audio || [];
+    if (!images.length && !audio.length) return { role: m.role, content: m.content };
+    const parts = images.map(im => ({ type: 'image', ref: ref(im.bytes), name: im.name }));
+    for (const a of audio) parts.push({ type: 'audio', ref: ref(a.bytes), name: a.name, format: a.format });
     if (m.content) parts.push({ type: 'text', text: m.content });
     return { role: m.role, content: parts };
   });
-  return { json: JSON.stringify(out), images };
+  const has = kind => out.some(m => Array.isArray(m.content) && m.content.some(p => p.type === kind && (kind !== 'audio' || p.format === 'wav')));
+  return { json: JSON.stringify(out), media, images: has('image'), wav: has('audio') };
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -279,14 +308,19 @@ const ops = {
     return pyCall('load', msg.kind, target(msg), JSON.stringify(msg.options || {}), mm ? mm.kind : null, mm ? target(mm) : null);
   }),
   chat: msg => exclusive(async () => {
-    const { json, images } = chatArgs(msg.messages);
-    if (images.length) {
+    const { json, media, images, wav } = chatArgs(msg.messages);
+    if (images) {
       if (!imageDecoder) emit('media', { stage: 'decoder' });
       await loadImageDecoder();
     }
-    return pyCall('chat', json, JSON.stringify(msg.request || {}), images);
+    if (wav) {
+      if (!resampler) emit('media', { stage: 'resampler' });
+      await loadResampler();
+    }
+    return pyCall('chat', json, JSON.stringify(msg.request || {}), media);
   }),
   'prepare-images': () => loadImageDecoder(),
+  'prepare-audio': () => loadResampler(),
   stop: async () => { if (app) app.stop(); return true; },
   'new-chat': () => exclusive(() => pyCall('new_chat')),
   stats: () => pyCall('stats'),

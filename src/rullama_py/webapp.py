@@ -2,30 +2,39 @@
 
     app = WebApp(emit)                       # emit(event: str, payload_json: str) posts to the page
     r = await app.load("url", "http://127.0.0.1:8800/models/default.gguf", '{"max_context": 2048}')
-    r = await app.load("url", model_url, options, "url", mmproj_url)   # a llama.cpp model + its vision projector
+    r = await app.load("url", model_url, options, "url", mmproj_url)   # a llama.cpp model + its projector
     r = await app.chat('[{"role": "user", "content": "Hi"}]', '{"temperature": 0, "max_tokens": 64}')
     r = await app.chat('[{"role": "user", "content": [{"type": "image", "ref": 0}, {"type": "text", "text": "What is it?"}]}]',
                        '{"max_tokens": 64, "image_tokens": 280}', [png_bytes])
+    r = await app.chat('[{"role": "user", "content": [{"type": "audio", "ref": 0, "format": "wav"},
+                                                      {"type": "audio", "ref": 1, "format": "f32"}, ...]}]',
+                       '{"max_tokens": 64}', [wav_bytes, float32_16k_bytes])
     app.stop()                               # from the worker's message handler, while chat() is running
     blob = await app.save_state(); await app.restore_state(blob)
 
 Structured values cross the JS boundary as JSON strings: no proxies to free on either side, and the same
-calls work natively (tests/browser/test_webapp.py drives this class on wgpu-py). Image bytes are the one
+calls work natively (tests/browser/test_webapp.py drives this class on wgpu-py). Media bytes are the one
 exception: they come as a list (a JS Array of Uint8Array in the browser, transferred to the worker without
-base64), and message parts name them by index (`engine_messages` turns them into the engine's parts). Every
-call returns `{"ok": true, ...}` or `{"ok": false, "error": {"kind", "message", "detail"}}` where `message`
-is a plain sentence for the page to show and `kind` one of: no-webgpu, device-limit, device-lost, not-found,
-unreachable, no-range, source, corrupt, unsupported, context, busy, no-model, snapshot, chat, gpu, internal;
-for images: image (the image itself: damaged, SVG, too large, ...), no-vision (the model has no vision
-tower), image-decoder (Pillow is missing), vision-load (the tower cannot be built), vision-limit (the tower
-does not fit the GPU); for the vision projector given at load: mmproj (with the sentence saying what).
+base64), and message parts name them by index (`engine_messages` turns them into the engine's parts). An
+audio part's bytes are a WAV file ("format": "wav", decoded and resampled here) or float32 mono samples at
+16 kHz ("format": "f32": what the page decoded from MP3, OGG, M4A, WebM or a microphone recording).
+
+Every call returns `{"ok": true, ...}` or `{"ok": false, "error": {"kind", "message", "detail"}}` where
+`message` is a plain sentence for the page to show and `kind` one of: no-webgpu, device-limit, device-lost,
+not-found, unreachable, no-range, source, corrupt, unsupported, context, busy, no-model, snapshot, chat, gpu,
+internal; for images: image (the image itself: damaged, SVG, too large, ...), no-vision (the model has no
+vision tower), image-decoder (Pillow is missing), vision-load (the tower cannot be built), vision-limit (the
+tower does not fit the GPU); for audio: audio (the clip itself: a damaged or unsupported WAV, too long, too
+short, ...), no-audio (the model has no audio tower), resampler (scipy, which resamples WAV files, is
+missing), audio-load, audio-limit (as for the vision tower); for the projector given at load: mmproj (with
+the sentence saying what).
 
 Streaming events (through `emit`): "progress" while loading (phase, bytes fetched, tensors uploaded, seconds
-left), "media" while a message's images go through the vision tower (stage "image": index and count of the
-images read in this turn, 1-based, layer done and layers) and "token" per generated token (id, text, running
-counts). Stop is a flag checked between tokens, and engine.cancel() for the tower, which stops between
-layers: each token and each layer awaits the GPU, so the worker's event loop runs and delivers the page's
-stop message in time.
+left), "media" while a message's images or audio go through a tower (stage "image" or "audio": index and
+count of the images, or of the 30 s audio blocks, read in this turn, 1-based, layers done and layers) and
+"token" per generated token (id, text, running counts). Stop is a flag checked between tokens, and
+engine.cancel() for the towers, which stop between layers: each token and each layer awaits the GPU, so the
+worker's event loop runs and delivers the page's stop message in time.
 """
 
 from __future__ import annotations
@@ -35,6 +44,9 @@ import json
 import sys
 import time
 import traceback
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from . import engine as _engine
 from . import gpu
@@ -46,24 +58,21 @@ from .chat import ChatError
 from .sampling import SamplerParams
 from .sources import BlobSource, HTTPSource, LocalFile, OPFSSource, Source, SourceError
 
-try:
-    from .media import MediaError
-except ImportError:  # pragma: no cover - media.py ships with the vision engine
-    class MediaError(ValueError):
-        pass
+from . import media as _media
+from .media import MediaError
 
 
 class _Never(Exception):
     """Stands for an engine exception this build of the engine does not have."""
 
 
-Cancelled = getattr(_engine, "Cancelled", _Never)  # a running image encode was stopped (Engine.cancel())
-NoTowerError = getattr(_engine, "NoTowerError", _Never)  # an image for a model without a vision tower
-VisionLoadError = getattr(_engine, "VisionLoadError", _Never)  # the tower (or the mmproj) cannot be used
+Cancelled = getattr(_engine, "Cancelled", _Never)  # a running image or audio encode was stopped (Engine.cancel())
+NoTowerError = getattr(_engine, "NoTowerError", _Never)  # an image or clip for a model without that tower
+VisionLoadError = getattr(_engine, "VisionLoadError", _Never)  # a tower (or the mmproj) cannot be used
 
 IN_BROWSER = sys.platform == "emscripten"
 
-__all__ = ["WebApp", "describe_error", "engine_messages", "CountingSource", "MmprojError"]
+__all__ = ["WebApp", "describe_error", "engine_messages", "MediaParts", "CountingSource", "MmprojError"]
 
 _PARAM_FIELDS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "repetition_last_n", "seed")
 _PROGRESS_EVERY = 0.1  # seconds between progress events (the 270M model has ~240 tensors)
@@ -90,7 +99,7 @@ class CountingSource(Source):
 
 
 class MmprojError(Exception):
-    """Something wrong with the vision projector (mmproj) given at load; `cause` says what."""
+    """Something wrong with the projector (mmproj) given at load; `cause` says what."""
 
     def __init__(self, cause: BaseException):
         super().__init__(str(cause))
@@ -101,8 +110,9 @@ def _sentence(text: str) -> str:
     """An engine's message as a sentence: capital first (unless it starts with a file name, which stays as it
     is), full stop last ("image is damaged" -> "The image is damaged.")."""
     text = " ".join(str(text).split())
-    if text.startswith("image "):
-        text = "The image " + text[len("image "):]
+    for word in ("image", "audio"):  # an unnamed part is named by its kind in the engine's sentences
+        if text.startswith(word + " "):
+            text = f"The {word} " + text[len(word) + 1:]
     first = text.split(" ", 1)[0]
     if text and text[0].islower() and "." not in first and "/" not in first:
         text = text[0].upper() + text[1:]
@@ -112,56 +122,80 @@ def _sentence(text: str) -> str:
 
 
 def _describe_mmproj(e: BaseException) -> tuple[str, str]:
-    """(kind, sentence) for a problem with the vision projector file."""
+    """(kind, sentence) for a problem with the projector file (a llama.cpp mmproj: vision, audio or both)."""
     low = str(e).lower()
     if isinstance(e, SourceError):
         if "http 404" in low:
-            return "mmproj", "The vision projector (mmproj) was not found at that address (HTTP 404). Check its URL."
+            return "mmproj", "The projector (mmproj) was not found at that address (HTTP 404). Check its URL."
         if "fetch failed" in low or "connection refused" in low or "timed out" in low:
-            return "mmproj", "The vision projector (mmproj) could not be reached at that address."
+            return "mmproj", "The projector (mmproj) could not be reached at that address."
         if "no such file" in low:
-            return "mmproj", "The vision projector (mmproj) file was not found."
-        return "mmproj", "The vision projector (mmproj) file could not be read."
+            return "mmproj", "The projector (mmproj) file was not found."
+        return "mmproj", "The projector (mmproj) file could not be read."
     if isinstance(e, GGUFError):
-        return "mmproj", "The vision projector (mmproj) file is damaged or is not a GGUF file."
+        return "mmproj", "The projector (mmproj) file is damaged or is not a GGUF file."
     if isinstance(e, VisionLoadError):
-        if "not a vision projector" in low:
-            return "mmproj", "That file is not a vision projector (mmproj): it holds no vision tower."
+        if "not a vision" in low:
+            return "mmproj", ("That file is not a vision or audio projector (mmproj): it holds neither a vision "
+                              "nor an audio tower.")
         if "another model" in low or "wide" in low:
-            return "mmproj", "This vision projector (mmproj) belongs to another model: its output does not fit this model."
-        return "mmproj", "This vision projector (mmproj) cannot be used with this model."
+            return "mmproj", "This projector (mmproj) belongs to another model: its output does not fit this model."
+        return "mmproj", "This projector (mmproj) cannot be used with this model."
     if isinstance(e, gpu.DeviceLimitError):
-        return "mmproj", ("This device's GPU cannot hold the vision projector (mmproj) next to the model. Try a "
+        return "mmproj", ("This device's GPU cannot hold the projector (mmproj) next to the model. Try a "
                           "shorter context or a smaller model.")
     if isinstance(e, TypeError) and "mmproj" in low:
-        return "mmproj", "This version of rullama cannot load a separate vision projector (mmproj)."
-    return "mmproj", "The vision projector (mmproj) cannot be used with this model."
+        return "mmproj", "This version of rullama cannot load a separate projector (mmproj)."
+    return "mmproj", "The projector (mmproj) cannot be used with this model."
 
 
-def describe_error(e: BaseException, during: str = "") -> dict:
+def _is_audio_tower(e: BaseException) -> bool:
+    """Whether a tower error (a load problem, a GPU limit) is about the audio tower: its tensors are a.* and
+    mm.a.* (both layouts); the vision tower's are v.* and mm.*."""
+    text = str(e)
+    return "audio" in text.lower() or any(q + "a." in text or q + "mm.a." in text for q in ("'", '"', " ", "("))
+
+
+def describe_error(e: BaseException, during: str = "", media: str = "image") -> dict:
     """A plain sentence for the page, a kind for the page's logic, and the technical detail. `during` is
-    what was being done ("load", "chat"): the same GPU limit means the model at load, the vision tower in a
-    chat (the tower is built on the first image)."""
+    what was being done ("load", "chat"): the same GPU limit means the model at load, a tower in a chat (a
+    tower is built on its first image or clip). `media` is what the error is about when its text does not
+    say ("image" or "audio"): the engine's media sentences name the file, and chat() knows which kind of part
+    has that name; a tower's GPU or load error names its tensors (a.* for audio)."""
     detail = f"{type(e).__name__}: {e}"
     text = str(e)
     low = text.lower()
     if isinstance(e, MmprojError):
         kind, msg = _describe_mmproj(e.cause)
         detail = f"{type(e.cause).__name__}: {e.cause}"
+    elif isinstance(e, MediaError) and media == "audio":
+        kind, msg = "audio", _sentence(text) if text else "This audio clip cannot be read."
     elif isinstance(e, MediaError):
         kind, msg = "image", _sentence(text) if text else "This image cannot be read."
+    elif isinstance(e, NoTowerError) and "audio" in low:
+        kind, msg = "no-audio", _sentence(text)
     elif isinstance(e, NoTowerError):
         kind, msg = "no-vision", _sentence(text) if text else "This model has no vision tower, so it cannot read images."
     elif during == "chat" and isinstance(e, ValueError) and "positions per side" in low:
         # the tower's position table is shorter than the image's patch grid (a very long, thin image)
         kind, msg = "image", ("This image is too long and thin for this model's vision tower. Crop it, or use "
                               "another image.")
+    elif isinstance(e, VisionLoadError) and during == "chat" and (media == "audio" or _is_audio_tower(e)):
+        kind, msg = "audio-load", ("This model's audio tower cannot be used (a tensor is missing or of a type "
+                                   "rullama does not read), so it cannot listen to audio.")
     elif isinstance(e, VisionLoadError):
         kind, msg = "vision-load", ("This model's vision tower cannot be used (a tensor is missing or of a type "
                                     "rullama does not read), so it cannot read images.")
     elif isinstance(e, ImportError) and getattr(e, "name", "") in ("PIL", "PIL.Image"):
         kind, msg = "image-decoder", ("This app cannot read images: its image decoder (Pillow) is not installed. "
                                       "Run tools/setup.sh, then reload the page.")
+    elif (isinstance(e, ImportError) and (getattr(e, "name", "") or "").split(".")[0] == "scipy") or (
+            isinstance(e, RuntimeError) and "scipy is not loaded" in low):
+        kind, msg = "resampler", ("This app cannot resample audio: its resampler (scipy) is not installed. Run "
+                                  "tools/setup.sh, then reload the page.")
+    elif isinstance(e, gpu.DeviceLimitError) and during == "chat" and (media == "audio" or _is_audio_tower(e)):
+        kind, msg = "audio-limit", ("This device's GPU cannot hold the audio tower next to the model, so it cannot "
+                                    "listen to audio. Try a shorter context or a smaller model.")
     elif isinstance(e, gpu.DeviceLimitError) and during == "chat":
         kind, msg = "vision-limit", ("This device's GPU cannot hold the vision tower next to the model, so it cannot "
                                      "read images. Try fewer image tokens, a shorter context or a smaller model.")
@@ -220,8 +254,8 @@ def _loads(s):
     return json.loads(s) if s else {}
 
 
-def _image_bytes(x) -> bytes:
-    """One image's bytes: a JS Uint8Array / ArrayBuffer (its JsProxy), or anything bytes-like."""
+def _media_bytes(x) -> bytes:
+    """One attachment's bytes: a JS Uint8Array / ArrayBuffer (its JsProxy), or anything bytes-like."""
     if hasattr(x, "to_bytes"):
         return x.to_bytes()
     if hasattr(x, "to_py"):
@@ -229,14 +263,43 @@ def _image_bytes(x) -> bytes:
     return bytes(x)
 
 
-def engine_messages(messages: list, images=()) -> tuple[list, int]:
-    """The page's messages as the engine takes them, and how many image parts they hold.
+_image_bytes = _media_bytes  # the name before audio
 
-    A content is a str, or a list of parts {"type": "text", "text": str} and {"type": "image", "ref": k,
-    "name": str}, where `ref` indexes `images` (the bytes, sent beside the JSON). An image part becomes
-    {"type": "image", "image": bytes, "name": str}. A message whose parts are text only stays a list."""
-    data = [_image_bytes(x) for x in (images or ())]
-    out, n_images = [], 0
+
+@dataclass
+class MediaParts:
+    """What engine_messages found: image parts, audio clips (a clip over 30 s is several blocks for the
+    tower), the clips sent as WAV files (decoded and resampled here; the others arrive as 16 kHz samples),
+    and the names of the parts of each kind, which the engine's sentences about a file begin with."""
+
+    image: int = 0
+    audio: int = 0
+    wav: int = 0
+    names: dict = field(default_factory=lambda: {"image": [], "audio": []})
+
+    def kind_of(self, e: BaseException) -> str:
+        """Which kind of part an error is about: the kind of the part whose name begins its message (the
+        longest such name), else audio when the messages hold only audio, else image."""
+        text = str(e)
+        best, kind = -1, "audio" if self.audio and not self.image else "image"
+        for k, names in self.names.items():
+            for n in names:
+                if len(n) > best and (text.startswith(n + " ") or text.startswith(n + ":")):
+                    best, kind = len(n), k
+        return kind
+
+
+def engine_messages(messages: list, media=()) -> tuple[list, MediaParts]:
+    """The page's messages as the engine takes them, and what media parts they hold (MediaParts).
+
+    A content is a str, or a list of parts {"type": "text", "text": str}, {"type": "image", "ref": k,
+    "name": str} and {"type": "audio", "ref": k, "name": str, "format": "wav" | "f32"}, where `ref` indexes
+    `media` (the bytes, sent beside the JSON). An image part becomes {"type": "image", "image": bytes,
+    "name": str}; an audio part {"type": "audio", "audio": ..., "name": str} with the WAV file's bytes, or
+    for "f32" a float32 numpy array of the little-endian mono 16 kHz samples (the page decoded the file or
+    recorded it). A message whose parts are text only stays a list."""
+    data = [_media_bytes(x) for x in (media or ())]
+    out, found = [], MediaParts()
     for m in messages:
         if not isinstance(m, dict) or "role" not in m:
             raise ValueError(f"a message must be an object with a role, not {m!r:.80}")
@@ -247,22 +310,45 @@ def engine_messages(messages: list, images=()) -> tuple[list, int]:
                 kind = p.get("type") if isinstance(p, dict) else None
                 if kind == "text":
                     parts.append({"type": "text", "text": str(p.get("text", ""))})
-                elif kind == "image":
+                elif kind in ("image", "audio"):
                     ref = p.get("ref")
                     if not isinstance(ref, int) or isinstance(ref, bool) or not 0 <= ref < len(data):
-                        raise ValueError(f"image part refers to image {ref!r}; {len(data)} were sent")
-                    part = {"type": "image", "image": data[ref]}
+                        raise ValueError(f"{kind} part refers to attachment {ref!r}; {len(data)} were sent")
+                    value = data[ref]
+                    if kind == "audio":
+                        fmt = p.get("format", "wav")
+                        if fmt == "f32":
+                            if len(value) % 4:
+                                raise ValueError(f"an f32 audio part holds {len(value)} bytes, not whole float32 samples")
+                            value = np.frombuffer(value, "<f4").astype(np.float32)
+                        elif fmt == "wav":
+                            found.wav += 1
+                        else:
+                            raise ValueError(f"unknown audio format {fmt!r}")
+                    part = {"type": kind, kind: value}
                     if p.get("name"):
                         part["name"] = str(p["name"])
                     parts.append(part)
-                    n_images += 1
+                    setattr(found, kind, getattr(found, kind) + 1)
+                    found.names[kind].append(part.get("name", kind))
                 else:
                     raise ValueError(f"unknown message part {p!r:.80}")
             content = parts
         elif content is None:
             content = ""
         out.append({"role": str(m["role"]), "content": content})
-    return out, n_images
+    return out, found
+
+
+async def _load_resampler() -> None:
+    """scipy, which resamples WAV files that are not at 16 kHz (media.load_resampler: a no-op natively and
+    once loaded; web/worker.js loads it first, when a WAV file is attached). A failure is the resampler's."""
+    try:
+        await _media.load_resampler()
+    except ImportError:
+        raise
+    except Exception as e:  # noqa: BLE001 - pyodide's loadPackage fails with a JS error
+        raise ImportError(f"scipy could not be loaded: {e}", name="scipy") from e
 
 
 def _accepts(fn, name: str) -> bool:
@@ -480,11 +566,11 @@ class WebApp:
     def context_used(self) -> int:
         return len(self.engine.tokens) if self.engine is not None else 0
 
-    async def chat(self, messages, request=None, images=None) -> str:
+    async def chat(self, messages, request=None, media=None) -> str:
         """Stream the reply to `messages` (JSON list of {role, content}, a content being a str or a list of
-        parts, see engine_messages); `images` holds the bytes the image parts refer to; `request` holds the
-        sampling settings, max_tokens and image_tokens. Returns the final stats; finish_reason "stopped" after
-        stop(), also when it came while the images were read (then no token was generated)."""
+        parts, see engine_messages); `media` holds the bytes the image and audio parts refer to; `request`
+        holds the sampling settings, max_tokens and image_tokens. Returns the final stats; finish_reason
+        "stopped" after stop(), also when it came while the media were read (then no token was generated)."""
         if self.engine is None:
             return _fail("no-model", "Load a model first.")
         if self.busy:
@@ -493,59 +579,69 @@ class WebApp:
         self._stop = False
         self._chatting = True
         eng = self.engine
-        media = {"read": 0, "t0": None, "t1": None}
+        found = MediaParts()
+        read = {k: {"n": 0, "t0": None, "t1": None} for k in ("image", "audio")}
         try:
-            msgs, n_images = engine_messages(_loads(messages), images)
+            msgs, found = engine_messages(_loads(messages), media)
             req = _loads(request)
-            if n_images and not eng.has_vision:
+            if found.image and not eng.has_vision:
                 return _fail("no-vision", "This model has no vision tower, so it cannot read the images of this "
-                             "conversation. Load a model that reads images (or add its vision projector), or start "
+                             "conversation. Load a model that reads images (or add its projector), or start "
                              "a new chat.")
+            # A model without an audio tower: the engine says so (NoTowerError) before anything changes.
+            if found.wav and getattr(eng, "has_audio", False):
+                await _load_resampler()
             eng.set_params(SamplerParams(**self._params(req)))
             if req.get("image_tokens") and hasattr(eng, "image_tokens"):
                 eng.image_tokens = int(req["image_tokens"])
             eng.host_times = HostTimes()
-            eng.stats = type(eng.stats)()  # a reply stopped while its images are read has no prompt yet
+            eng.stats = type(eng.stats)()  # a reply stopped while its media are read has no prompt yet
             max_tokens = int(req.get("max_tokens", 512))
             n, text = 0, []
-            t_first = None
-            stopped = False
+            stopped = self._stop  # stop() while the resampler loaded: the engine never starts
 
             def on_media(ev: dict) -> None:
                 now = time.perf_counter()
-                media["t0"] = media["t0"] or now
-                media["t1"] = now
-                if ev.get("stage") == "image" and ev.get("layers") and ev.get("layer") == ev.get("layers"):
-                    media["read"] += 1
+                r = read.get(ev.get("stage"))
+                if r is not None:
+                    r["t0"] = r["t0"] or now
+                    r["t1"] = now
+                    if ev.get("layers") and ev.get("layer") == ev.get("layers"):
+                        r["n"] += 1  # an image, or a 30 s audio block, went through its tower
                 self.emit("media", {k: ev.get(k) for k in ("stage", "index", "count", "layer", "layers")})
 
-            extra = {"progress": on_media} if n_images and _accepts(eng.chat, "progress") else {}
+            media_parts = found.image or found.audio
+            extra = {"progress": on_media} if media_parts and _accepts(eng.chat, "progress") else {}
             agen = eng.chat(msgs, max_tokens=max_tokens, **extra)
             try:
-                async for tok in agen:
+                while not stopped:
+                    try:
+                        tok = await agen.__anext__()
+                    except StopAsyncIteration:
+                        break
                     if tok.id >= 0:
                         n += 1
-                    if t_first is None:
-                        t_first = time.perf_counter()
                     text.append(tok.text)
                     st = eng.stats
                     self.emit("token", {"id": tok.id, "text": tok.text, "n": n, "context": self.context_used(),
                                         "max_context": eng.max_context, "prompt_tokens": st.prompt_tokens,
                                         "prompt_tps": st.prompt_tps, "generate_tps": st.generate_tps})
-                    if self._stop:
-                        stopped = True
-                        break
+                    stopped = self._stop
             except Cancelled:
-                stopped = True  # stop() came while the images were read: the context keeps what it had
+                stopped = True  # stop() came while the media were read: the context keeps what it had
             finally:
                 await agen.aclose()
             self.last_stats = self._stats(stopped)
-            if media["t0"] is not None:
-                self.last_stats.update(images_read=media["read"], image_seconds=media["t1"] - media["t0"])
+            if read["image"]["t0"] is not None:
+                self.last_stats.update(images_read=read["image"]["n"],
+                                       image_seconds=read["image"]["t1"] - read["image"]["t0"])
+            if read["audio"]["t0"] is not None:
+                self.last_stats.update(audio_read=read["audio"]["n"],
+                                       audio_seconds=read["audio"]["t1"] - read["audio"]["t0"])
             return _json({"ok": True, "text": "".join(text), **self.last_stats})
         except Exception as e:  # noqa: BLE001
-            return _json({"ok": False, "error": describe_error(e, "chat"), "trace": traceback.format_exc()[-3000:],
-                          **self._stats(False)})
+            return _json({"ok": False, "error": describe_error(e, "chat", found.kind_of(e)),
+                          "trace": traceback.format_exc()[-3000:], **self._stats(False)})
         finally:
             self.busy = False
             self._stop = False
@@ -563,8 +659,8 @@ class WebApp:
                 "context": self.context_used(), "max_context": eng.max_context, "host": eng.host_times.per_step_ms()}
 
     def stop(self) -> None:
-        """Ask the running chat() to end: after the current token, or between the vision tower's layers while
-        the message's images are read (engine.cancel())."""
+        """Ask the running chat() to end: after the current token, or between a tower's layers while the
+        message's images or audio are read (engine.cancel())."""
         self._stop = True
         if self._chatting and self.engine is not None:
             cancel = getattr(self.engine, "cancel", None)

@@ -165,7 +165,7 @@ def test_attachments_are_refused_in_plain_words(tiny):
     a = tiny["attach"]
     assert "This model has no image input" in a["photo.png"]
     assert "This model has no audio input" in a["voice.wav"]
-    assert "only images and WAV audio" in a["notes.txt"]
+    assert "only images and audio can be attached" in a["notes.txt"]
 
 
 def test_stop_ends_the_reply_mid_generation(tiny):
@@ -368,10 +368,10 @@ def test_text_without_the_images_is_answered_as_before(images_text, native_tiny)
     assert images_text["text_reply"]["ids"] == _native_first_reply(native_tiny)
 
 
-@pytest.mark.parametrize("case, words", [("missing", "(HTTP 404)"), ("not_projector", "not a vision projector")])
+@pytest.mark.parametrize("case, words", [("missing", "(HTTP 404)"), ("not_projector", "not a vision or audio projector")])
 def test_vision_projector_errors_are_sentences(images_text, case, words):
     e = images_text["mmproj"][case]
-    assert e["kind"] == "mmproj" and words in e["message"] and "vision projector (mmproj)" in e["message"], e
+    assert e["kind"] == "mmproj" and words in e["message"] and "projector (mmproj)" in e["message"], e
 
 
 # -- images with the tiny vision model ----------------------------------------------------------------------------
@@ -498,7 +498,7 @@ def pair_run():
 
 
 def test_model_and_mmproj_pair_from_the_server_list_reads_images(pair_run):
-    assert "with vision projector" in pair_run["option"]
+    assert "with projector" in pair_run["option"]
     model = pair_run["load"]["model"]
     assert pair_run["load"]["error"] is None and model["has_vision"] is True and model["mmproj"]
     assert pair_run["mmproj_requests"] and all(r[3] == 206 for r in pair_run["mmproj_requests"])  # read by ranges
@@ -509,5 +509,5 @@ def test_model_and_mmproj_pair_from_the_server_list_reads_images(pair_run):
     assert pair_run["load_opfs"]["error"] is None and pair_run["load_opfs"]["model"]["source"] == "opfs"
     assert pair_run["load_opfs"]["model"]["has_vision"] is True
     listed = pair_run["cache_list"]
-    assert any("vision projector" in li for li in listed) and any("with default.mmproj.gguf" in li for li in listed)
+    assert any("projector (mmproj)" in li for li in listed) and any("with default.mmproj.gguf" in li for li in listed)
     assert pair_run["r_opfs"]["ids"] == want

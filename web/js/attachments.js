@@ -1,17 +1,25 @@
-// Images in the chat: attached by dropping them on the page, pasting them, or the Attach button; shown as
-// thumbnails in the composer (removable until sent) and in the sent message. An image is kept as a Blob of
-// its bytes: in S.pending while in the composer, then in the message ({name, type, size, width, height,
-// blob}), which IndexedDB stores with the conversation.
+// Attachments in the chat, images and audio: attached by dropping files on the page, pasting them, the
+// Attach button, or (audio) the Record button (audio.js); shown in the composer (removable until sent) and
+// in the sent message: a thumbnail for an image, the name, duration and a play button for a clip. An
+// attachment is kept as a Blob of its bytes: in S.pending while in the composer, then in the message
+// (m.images: [{name, type, size, width, height, blob}], m.audio: [{kind: 'audio', name, type, size, seconds,
+// blob, pcm?}], see audio.js), which IndexedDB stores with the conversation. A message's images go to the
+// model first, then its clips, then its text.
 //
-// The checks here are a convenience (is it an image, does the model read images, is it absurdly large);
-// whether an image can be used is decided in Python (rullama_py.media): a damaged file, an SVG or an image
-// too large comes back from there as a sentence, and the message goes back into the composer.
+// The checks here are a convenience (is it an image or audio, does the model read it, is it absurdly large);
+// whether an attachment can be used is decided in Python (rullama_py.media): a damaged file, an SVG, an
+// image too large or a WAV file it cannot read comes back from there as a sentence, and the message goes
+// back into the composer.
 
 import { $, S, kb, mb } from './state.js';
 import { notice } from './ui.js';
 import { call } from './worker-client.js';
+import { audioFromFile, fmtDuration } from './audio.js';
 
 const MAX_BYTES = 64e6; // larger than any photo; Python checks the pixel count
+const MAX_AUDIO_BYTES = 512e6; // ten minutes of 48 kHz 6-channel 24-bit WAV; Python checks the length
+const AUDIO_EXT = /\.(wav|mp3|ogg|oga|opus|m4a|mp4|aac|flac|webm|weba)$/i;
+export const isAudio = a => a.kind === 'audio';
 
 // One object URL per Blob for as long as the Blob lives (thumbnails are re-rendered often).
 const urls = new WeakMap();
@@ -26,25 +34,59 @@ export function blobUrl(blob) {
 
 function kindOf(file) {
   if (/^image\//.test(file.type) || (!file.type && /\.(png|jpe?g|gif|webp|bmp|svg)$/i.test(file.name))) return 'image';
-  if (/^audio\/(wav|x-wav|wave|vnd\.wave)$/.test(file.type) || /\.wav$/i.test(file.name)) return 'audio';
+  if (/^audio\//.test(file.type) || AUDIO_EXT.test(file.name)) return 'audio';
   return null;
+}
+
+// Attach one audio file, or say why not (returns the attachment or null).
+async function addAudio(f) {
+  if (!S.model.has_audio) {
+    notice(`This model has no audio input, so ${f.name} was not attached.`
+      + ' Load a Gemma 4 model that hears audio, or add its projector (mmproj).');
+    return null;
+  }
+  if (f.size > MAX_AUDIO_BYTES) { notice(`${f.name} is too large to attach (${mb(f.size)}).`); return null; }
+  let bytes;
+  try {
+    bytes = await f.arrayBuffer();
+  } catch (e) {
+    notice(`${f.name} could not be read from the disk, so it was not attached.`);
+    return null;
+  }
+  try {
+    return await audioFromFile(f.name || 'audio', f.type, bytes);
+  } catch (e) {
+    notice(e.sentence || `${f.name} could not be attached.`);
+    return null;
+  }
+}
+
+// A clip made in the page (a recording): into the composer.
+export function addClip(clip) {
+  S.pending.push(clip);
+  renderPending();
 }
 
 // Add files to the composer; refusals are said in the notice line. Returns the names attached.
 export async function addFiles(files) {
   const added = [];
+  let wav = false, image = false;
   for (const f of files) {
     const kind = kindOf(f);
-    if (!kind) { notice(`${f.name}: only images and WAV audio can be attached.`); continue; }
+    if (!kind) { notice(`${f.name}: only images and audio can be attached.`); continue; }
     if (!S.model) { notice(`Load a model first: ${f.name} was not attached.`); continue; }
     if (kind === 'audio') {
-      if (!S.model.has_audio) notice(`This model has no audio input, so ${f.name} was not attached.`);
-      else notice(`This version of the app cannot send audio input to the model yet, so ${f.name} was not attached.`);
+      const clip = await addAudio(f);
+      if (clip) {
+        S.pending.push(clip);
+        added.push(clip.name);
+        wav = wav || !clip.pcm;
+      }
       continue;
     }
     if (!S.model.has_vision) {
       notice(`This model has no image input, so ${f.name} was not attached.`
-        + ' Load a Gemma 4 model with vision, or add its vision projector (mmproj).');
+        + ' Load a Gemma 4 model with vision, or add its projector (mmproj).');
       continue;
     }
     if (f.size > MAX_BYTES) { notice(`${f.name} is too large to attach (${mb(f.size)}).`); continue; }
@@ -64,11 +106,12 @@ export async function addFiles(files) {
     } catch { /* shown as a broken thumbnail; Python says what is wrong with it when it is sent */ }
     S.pending.push(img);
     added.push(img.name);
+    image = true;
   }
-  if (added.length) {
-    notice('');
-    call('prepare-images').catch(() => {}); // load the image decoder while the user writes
-  }
+  if (added.length) notice('');
+  // Load what Python needs while the user writes: the image decoder (Pillow), the resampler (scipy) for WAV.
+  if (image) call('prepare-images').catch(() => {});
+  if (wav) call('prepare-audio').catch(() => {});
   renderPending();
   return added;
 }
@@ -78,7 +121,7 @@ export function removePending(img) {
   renderPending();
 }
 
-// The composer's images, handed to a message (the composer is then empty).
+// The composer's attachments, handed to a message (the composer is then empty).
 export function takePending() {
   const out = S.pending;
   S.pending = [];
@@ -86,18 +129,65 @@ export function takePending() {
   return out;
 }
 
-// Put a message's images back in the composer (its reply failed), before any attached since.
-export function restorePending(images) {
-  S.pending = [...images, ...S.pending.filter(x => !images.includes(x))];
+// Put a message's attachments back in the composer (its reply failed), before any attached since.
+export function restorePending(items) {
+  S.pending = [...items, ...S.pending.filter(x => !items.includes(x))];
   renderPending();
 }
 
 function describe(img) {
+  if (isAudio(img)) return `${img.name} · ${fmtDuration(img.seconds)} · ${kb(img.size)}`;
   const dims = img.width ? ` · ${img.width} × ${img.height}` : '';
   return `${img.name}${dims} · ${kb(img.size)}`;
 }
 
+function removeButton(item, onRemove) {
+  const x = document.createElement('button');
+  x.type = 'button';
+  x.className = 'remove';
+  x.title = `Remove ${item.name}`;
+  x.setAttribute('aria-label', `Remove ${item.name}`);
+  x.textContent = '×';
+  x.onclick = () => onRemove(item);
+  return x;
+}
+
+// An audio clip: a play button over an <audio> element (its blob's object URL), the name and the duration.
+function clipElement(clip, onRemove) {
+  const fig = document.createElement('figure');
+  fig.className = 'clip';
+  fig.title = describe(clip);
+  const audio = document.createElement('audio');
+  audio.preload = 'metadata';
+  audio.src = blobUrl(clip.blob);
+  const play = document.createElement('button');
+  play.type = 'button';
+  play.className = 'play';
+  const label = () => {
+    play.textContent = audio.paused ? '▶' : '❚❚';
+    play.setAttribute('aria-label', `${audio.paused ? 'Play' : 'Pause'} ${clip.name}`);
+  };
+  play.onclick = () => { if (audio.paused) audio.play().catch(() => {}); else audio.pause(); };
+  audio.onplay = audio.onpause = audio.onended = label;
+  label();
+  const info = document.createElement('figcaption');
+  const name = document.createElement('span');
+  name.className = 'name';
+  name.textContent = clip.name;
+  const dur = document.createElement('span');
+  dur.className = 'duration';
+  dur.textContent = fmtDuration(clip.seconds);
+  if (clip.seconds == null) { // a WAV header the page could not read: ask the browser (Python has the last word)
+    audio.onloadedmetadata = () => { if (isFinite(audio.duration)) dur.textContent = fmtDuration(audio.duration); };
+  }
+  info.append(name, dur);
+  fig.append(play, info, audio);
+  if (onRemove) fig.append(removeButton(clip, onRemove));
+  return fig;
+}
+
 function thumb(img, onRemove) {
+  if (isAudio(img)) return clipElement(img, onRemove);
   const fig = document.createElement('figure');
   fig.className = 'thumb';
   fig.title = describe(img);
@@ -106,23 +196,14 @@ function thumb(img, onRemove) {
   im.alt = img.name;
   im.onclick = () => view(img);
   fig.append(im);
-  if (onRemove) {
-    const x = document.createElement('button');
-    x.type = 'button';
-    x.className = 'remove';
-    x.title = `Remove ${img.name}`;
-    x.setAttribute('aria-label', `Remove ${img.name}`);
-    x.textContent = '×';
-    x.onclick = () => onRemove(img);
-    fig.append(x);
-  }
+  if (onRemove) fig.append(removeButton(img, onRemove));
   const cap = document.createElement('figcaption');
   cap.textContent = img.name;
   fig.append(cap);
   return fig;
 }
 
-// A row of thumbnails (a sent message's images, or the composer's with remove buttons).
+// A row of thumbnails and clips (a sent message's attachments, or the composer's with remove buttons).
 export function thumbStrip(images, onRemove) {
   const div = document.createElement('div');
   div.className = 'thumbs';
@@ -145,8 +226,9 @@ function view(img) {
   d.showModal();
 }
 
-// The history as the worker takes it: each image's bytes as an ArrayBuffer of its own, to be transferred.
-export async function withImageBytes(messages) {
+// The history as the worker takes it: each attachment's bytes as an ArrayBuffer of its own, to be
+// transferred: an image's file, a WAV file's bytes (format 'wav'), or float32 16 kHz samples (format 'f32').
+export async function withMediaBytes(messages) {
   const transfer = [];
   const out = [];
   for (const m of messages) {
@@ -157,6 +239,14 @@ export async function withImageBytes(messages) {
         const bytes = await img.blob.arrayBuffer();
         transfer.push(bytes);
         msg.images.push({ name: img.name, type: img.type, bytes });
+      }
+    }
+    if (m.audio && m.audio.length) {
+      msg.audio = [];
+      for (const clip of m.audio) {
+        const bytes = await (clip.pcm || clip.blob).arrayBuffer();
+        transfer.push(bytes);
+        msg.audio.push({ name: clip.name, format: clip.pcm ? 'f32' : 'wav', bytes });
       }
     }
     out.push(msg);

@@ -1,5 +1,5 @@
 // The chat panel: the messages of the active conversation, sending, streaming the reply (and, before it,
-// the progress of reading the message's images), stop, regenerate, and the engine state kept per
+// the progress of reading the message's images and audio), stop, regenerate, and the engine state kept per
 // conversation (a KV snapshot in IndexedDB after every reply).
 
 import { $, S, visible } from './state.js';
@@ -7,11 +7,15 @@ import { clearError, notice, showChatError, updateButtons } from './ui.js';
 import { call, on } from './worker-client.js';
 import { samplingRequest } from './settings.js';
 import { loadSnapshot, newConversation, renderConversations, saveConversation, saveSnapshotRecord } from './conversations.js';
-import { restorePending, takePending, thumbStrip, withImageBytes } from './attachments.js';
+import { isAudio, restorePending, takePending, thumbStrip, withMediaBytes } from './attachments.js';
+import { isRecording, stopRecording } from './audio.js';
 
-// Errors about a message's images (see rullama_py.webapp.describe_error): the message goes back into the
-// composer, text and images, so that the user can take the image out or send it to another model.
-const IMAGE_ERRORS = new Set(['image', 'no-vision', 'image-decoder', 'vision-load', 'vision-limit']);
+// Errors about a message's images or audio (see rullama_py.webapp.describe_error): the message goes back
+// into the composer, text and attachments, so that the user can take one out or send it to another model.
+const MEDIA_ERRORS = new Set(['image', 'no-vision', 'image-decoder', 'vision-load', 'vision-limit',
+  'audio', 'no-audio', 'resampler', 'audio-load', 'audio-limit']);
+
+const attachmentsOf = m => [...(m.images || []), ...(m.audio || [])];
 
 export function messageElement(m) {
   const div = document.createElement('div');
@@ -20,7 +24,8 @@ export function messageElement(m) {
   who.className = 'who';
   who.textContent = m.role === 'user' ? 'You' : 'Model';
   div.append(who);
-  if (m.images && m.images.length) div.append(thumbStrip(m.images));
+  const att = attachmentsOf(m);
+  if (att.length) div.append(thumbStrip(att));
   const body = document.createElement('div');
   body.className = 'body';
   body.textContent = visible(m.content);
@@ -72,22 +77,29 @@ function statusLine(st, restored) {
     `context ${st.context} / ${st.max_context}`,
   ];
   if (st.images_read) parts.push(`${st.images_read} image${st.images_read > 1 ? 's' : ''} read in ${st.image_seconds.toFixed(1)} s`);
+  if (st.audio_read) parts.push(`audio heard in ${st.audio_seconds.toFixed(1)} s (${st.audio_read} block${st.audio_read > 1 ? 's' : ''} of up to 30 s)`);
   // The CPU's share of a decode step (Python encoding and submitting the GPU work): the rest is GPU time.
   if (st.host && st.host.steps) parts.push(`host ${st.host.host_ms.toFixed(2)} of ${st.host.wall_ms.toFixed(1)} ms per token`);
   if (restored) parts.push(`resumed from the saved state (${restored} tokens not re-read)`);
   return parts.join(' · ');
 }
 
-// What the reply bubble says while the message's images are read, before the first token.
-// Python reports the layers done (0 to layers) of image `index` of `count` (1-based); the bubble says which
-// layer is running, then that the text is read once the last image is done.
+// What the reply bubble says while the message's images and audio are read, before the first token.
+// Python reports the layers done (0 to layers) of image or audio block `index` of `count` (1-based; audio is
+// read in blocks of 30 s); the bubble says which layer is running, then that the text is read once the
+// last one is done.
 export function mediaText(e) {
   if (e.stage === 'decoder') return 'Loading the image decoder…';
-  if (e.stage === 'image') {
-    if (e.layer >= e.layers && e.index >= e.count) return `Read ${e.count === 1 ? 'the image' : `${e.count} images`}; reading the message…`;
-    return `Reading image ${e.index} of ${e.count}: layer ${Math.min(e.layer + 1, e.layers)} of ${e.layers}`;
+  if (e.stage === 'resampler') return 'Loading the audio resampler…';
+  if (e.stage === 'image' || e.stage === 'audio') {
+    const image = e.stage === 'image';
+    if (e.layer >= e.layers && e.index >= e.count) {
+      const what = image ? (e.count === 1 ? 'the image' : `${e.count} images`) : 'the audio';
+      return `${image ? 'Read' : 'Listened to'} ${what}; reading the message…`;
+    }
+    return `${image ? 'Reading image' : 'Listening to audio'} ${e.index} of ${e.count}: layer ${Math.min(e.layer + 1, e.layers)} of ${e.layers}`;
   }
-  return 'Reading the images…';
+  return 'Reading the attachments…';
 }
 
 // Put the engine on conversation `c`: restore its snapshot when it was made by this very model, otherwise
@@ -126,7 +138,8 @@ async function reply() {
   activity.className = 'activity';
   el.insertBefore(activity, el.querySelector('.body'));
   const last = c.messages[c.messages.length - 1];
-  if (last && last.images && last.images.length) activity.textContent = 'Reading the images…';
+  if (last && last.audio && last.audio.length) activity.textContent = 'Listening to the audio…';
+  else if (last && last.images && last.images.length) activity.textContent = 'Reading the images…';
   activity.hidden = !activity.textContent;
   const box = $('messages');
   box.append(el);
@@ -153,12 +166,12 @@ async function reply() {
   });
   try {
     restored = await ensureContext(c);
-    const { messages, transfer } = await withImageBytes(history);
+    const { messages, transfer } = await withMediaBytes(history);
     const st = await call('chat', { messages, request: samplingRequest() }, transfer);
     el.classList.remove('streaming');
     S.lastReply = { ids, text: st.text, stats: st, restored };
     if (st.finish_reason === 'stopped' && !st.generated_tokens && !st.text) {
-      // Stopped while the images were read: no reply, the user's message (and its images) stays.
+      // Stopped while the media were read: no reply, the user's message (and its attachments) stays.
       el.remove();
       S.lastReply.cancelled = true;
       $('status').textContent = 'Stopped before the reply began. Your message is kept: Regenerate reads it again.';
@@ -174,8 +187,8 @@ async function reply() {
   } catch (e) {
     el.remove();
     S.lastReply = { ids, text: m.content, error: e, restored };
-    if (IMAGE_ERRORS.has(e.kind)) {
-      // Nothing changed in the engine's context (images are read before it moves): keep engineConv.
+    if (MEDIA_ERRORS.has(e.kind)) {
+      // Nothing changed in the engine's context (media are read before it moves): keep engineConv.
       if (last && last.role === 'user' && c.messages[c.messages.length - 1] === last) {
         c.messages.pop();
         backToComposer(last);
@@ -198,7 +211,7 @@ async function reply() {
 function backToComposer(msg) {
   const now = $('prompt').value;
   $('prompt').value = msg.content + (now && msg.content ? '\n' : '') + (now || '');
-  if (msg.images) restorePending(msg.images);
+  restorePending(attachmentsOf(msg));
 }
 
 async function saveSnapshot(c, st) {
@@ -214,14 +227,17 @@ async function saveSnapshot(c, st) {
 
 export async function send(ev) {
   ev && ev.preventDefault();
+  if (isRecording() && !S.busy) await stopRecording(); // Send while recording: the recording goes with it
   const text = $('prompt').value;
   if ((!text.trim() && !S.pending.length) || S.busy) return;
   if (!S.model) return notice('Load a model first.');
   const c = S.active;
   const msg = { role: 'user', content: text };
-  if (S.pending.length) msg.images = takePending();
+  const att = takePending();
+  if (att.some(a => !isAudio(a))) msg.images = att.filter(a => !isAudio(a));
+  if (att.some(isAudio)) msg.audio = att.filter(isAudio);
   c.messages.push(msg);
-  if (c.title === 'New chat') c.title = text.trim().slice(0, 40) || msg.images[0].name;
+  if (c.title === 'New chat') c.title = text.trim().slice(0, 40) || att[0].name;
   $('prompt').value = '';
   renderMessages();
   await saveConversation(c);

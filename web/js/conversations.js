@@ -2,13 +2,14 @@
 //
 // Database 'rullama' v1, two stores:
 //   conversations {id, title, system, messages, updated}
-//     messages: [{role, content, meta?, images?: [{name, type, size, width?, height?, blob}]}]; the images
-//     are kept as Blobs (IndexedDB stores their bytes), so a reloaded page shows their thumbnails and sends
-//     their bytes again with the history.
+//     messages: [{role, content, meta?, images?: [{name, type, size, width?, height?, blob}],
+//     audio?: [{kind: 'audio', name, type, size, seconds, blob, pcm?}]}]; the attachments are kept as Blobs
+//     (IndexedDB stores their bytes), so a reloaded page shows their thumbnails, plays their clips and sends
+//     their bytes again with the history (a clip's pcm: the very samples sent before, see audio.js).
 //   snapshots {id (= conversation id), identity, bytes, tokens, model, saved}
 //     the engine state after the last reply, usable only by a model with the same identity (configuration,
-//     weights fingerprint and context size). It records which images are in its context, so a conversation
-//     with images resumes without reading them again.
+//     weights fingerprint and context size). It records which images and clips are in its context, so a
+//     conversation with media resumes without reading them again.
 
 import { $, S } from './state.js';
 
@@ -85,10 +86,11 @@ export function renderConversations() {
     b.className = 'conv';
     b.textContent = c.title;
     const n = c.messages.reduce((k, m) => k + (m.images ? m.images.length : 0), 0);
-    if (n) {
+    const a = c.messages.reduce((k, m) => k + (m.audio ? m.audio.length : 0), 0);
+    if (n || a) {
       const badge = document.createElement('span');
       badge.className = 'badge';
-      badge.textContent = `${n} image${n > 1 ? 's' : ''}`;
+      badge.textContent = [n && `${n} image${n > 1 ? 's' : ''}`, a && `${a} clip${a > 1 ? 's' : ''}`].filter(Boolean).join(', ');
       b.append(badge);
     }
     b.onclick = () => { if (!S.generating) handlers.select(c); };

@@ -4,9 +4,10 @@
 //   ui.js             error box, notices, progress bar, button states
 //   settings.js       sampling and load settings in localStorage
 //   conversations.js  IndexedDB (conversations with their images, KV snapshots) and the sidebar
-//   models.js         the models panel (server, URL, file, browser cache; vision projector)
+//   models.js         the models panel (server, URL, file, browser cache; projector (mmproj))
 //   chat.js           messages, sending, streaming, stop, regenerate, snapshots
-//   attachments.js    images: drop, paste, pick, thumbnails, bytes for the worker
+//   attachments.js    images and audio: drop, paste, pick, thumbnails and clips, bytes for the worker
+//   audio.js          audio: decoding in the page, WAV, recording from the microphone (level meter)
 
 import { $, S } from './state.js';
 import { showError } from './ui.js';
@@ -15,7 +16,8 @@ import { SAMPLING, restoreSettings, saveSettings, settings } from './settings.js
 import { loadConversations, newConversation, onSelect, saveConversation, DB } from './conversations.js';
 import { fetchServerModels, loadDroppedFiles, refreshCache, selectTab, setupModels } from './models.js';
 import { regenerate, send, setActive, startNewChat, stop } from './chat.js';
-import { addFiles, setupAttachments } from './attachments.js';
+import { addClip, addFiles, setupAttachments } from './attachments.js';
+import { setupRecorder } from './audio.js';
 
 function onDrop(ev) {
   ev.preventDefault();
@@ -46,6 +48,7 @@ async function start() {
   restoreSettings();
   if (settings.tab) selectTab(settings.tab);
   setupAttachments();
+  setupRecorder(addClip);
   onSelect(setActive);
   $('composer').onsubmit = send;
   $('prompt').onkeydown = e => { if (e.key === 'Enter' && !e.shiftKey) send(e); };

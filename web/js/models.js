@@ -1,5 +1,5 @@
 // The models panel: the server's models, a URL, a local file, or the browser's own copy (OPFS), each with an
-// optional vision projector (mmproj) for llama.cpp model files whose vision tower is a separate file.
+// optional projector (mmproj) for llama.cpp model files whose vision and audio towers are a separate file.
 // Loading itself happens in the worker; this module chooses the source, shows the progress, and keeps
 // S.model up to date.
 
@@ -16,7 +16,7 @@ export function selectTab(tab) {
   $('keep-copy-label').hidden = !(tab === 'server' || tab === 'url');
 }
 
-// A server model's vision projector, if the server lists one (`rullama serve --model M --mmproj P`):
+// A server model's projector, if the server lists one (`rullama serve --model M --mmproj P`):
 // `mmproj` is its URL (and `mmproj_size` its size), or {url, name, size}.
 function serverMmproj(m) {
   const p = m && m.mmproj;
@@ -42,7 +42,7 @@ export async function fetchServerModels() {
     o.value = m.id;
     const where = m.source === 'ollama' ? 'Ollama' : 'served';
     const mm = serverMmproj(m);
-    o.textContent = `${m.name} (${where}${m.size ? ', ' + mb(m.size) : ''}${mm ? ', with vision projector ' + mm.name : ''})` + (m.available ? '' : ' - missing');
+    o.textContent = `${m.name} (${where}${m.size ? ', ' + mb(m.size) : ''}${mm ? ', with projector ' + mm.name : ''})` + (m.available ? '' : ' - missing');
     o.disabled = !m.available;
     sel.append(o);
   }
@@ -76,7 +76,7 @@ export async function refreshCache() {
     li.innerHTML = '<span class="name"></span> <span class="hint"></span> ';
     li.querySelector('.name').textContent = m.name;
     const mm = m.mmproj && byKey.get(m.mmproj.key);
-    li.querySelector('.hint').textContent = state + (m.role === 'mmproj' ? ' · vision projector' : '') + (mm ? ` · with ${mm.name}` : '');
+    li.querySelector('.hint').textContent = state + (m.role === 'mmproj' ? ' · projector (mmproj)' : '') + (mm ? ` · with ${mm.name}` : '');
     const act = document.createElement('button');
     act.type = 'button';
     if (m.role === 'mmproj') {
@@ -141,7 +141,7 @@ function currentSource() {
     const p = $('mmproj-url').value.trim();
     if (p) {
       const pa = addressOf(p);
-      if (!pa) return { invalid: 'The vision projector (mmproj) address is not a web address.' };
+      if (!pa) return { invalid: 'The projector (mmproj) address is not a web address.' };
       src.mmproj = { kind: 'url', ...pa };
     }
     return src;
@@ -216,11 +216,11 @@ export async function loadModel(source) {
     S.model = info;
     S.lastLoad = info;
     localStorage.setItem('rullama.lastSource', JSON.stringify({ ...source, file: undefined, mmproj: mm && { ...mm, file: undefined } }));
-    const vision = info.has_vision ? ' · reads images' : '';
-    $('model-pill').textContent = `${info.name} · ${info.arch} · context ${info.max_context}${vision}`;
+    const media = (info.has_vision ? ' · reads images' : '') + (info.has_audio ? ' · hears audio' : '');
+    $('model-pill').textContent = `${info.name} · ${info.arch} · context ${info.max_context}${media}`;
     $('model-pill').classList.remove('muted');
     $('model-pill').title = `identity ${info.identity}\nGPU ${info.adapter.vendor} ${info.adapter.device} ${info.adapter.description}`
-      + (info.mmproj ? `\nvision projector ${info.mmproj}` : '');
+      + (info.mmproj ? `\nprojector ${info.mmproj}` : '');
     setProgress(1, `Ready: ${info.name}${info.mmproj ? ' with ' + info.mmproj : ''} loaded in ${info.wall_seconds.toFixed(1)} s (${mb(info.fetched)} read, ${info.tensors} tensors)`);
     $('loader').hidden = true;
     $('prompt').focus();
@@ -235,12 +235,12 @@ export async function loadModel(source) {
   }
 }
 
-// .gguf files dropped on the page: a model, and its vision projector when one of them says "mmproj".
+// .gguf files dropped on the page: a model, and its projector when one of them says "mmproj".
 export function loadDroppedFiles(files) {
   const mm = files.find(f => /mmproj/i.test(f.name));
   const model = files.find(f => f !== mm) || null;
   if (!model) {
-    notice(`${mm.name} is a vision projector (mmproj): drop it together with its model, or choose it in "Local file".`);
+    notice(`${mm.name} is a projector (mmproj): drop it together with its model, or choose it in "Local file".`);
     return;
   }
   loadModel({ kind: 'file', file: model, name: model.name, mmproj: mm && files.length > 1 ? { kind: 'file', file: mm, name: mm.name } : null });
@@ -280,7 +280,7 @@ on('progress', e => {
 on('download', e => {
   const resumed = e.resumedFrom > 0 ? ` (resumed at ${mb(e.resumedFrom)})` : '';
   const left = e.done < e.size ? ' · ' + secs(e.secondsLeft) : '';
-  const what = e.role === 'mmproj' ? `Downloading the vision projector ${e.name}` : 'Downloading to the browser cache';
+  const what = e.role === 'mmproj' ? `Downloading the projector ${e.name}` : 'Downloading to the browser cache';
   setProgress(e.done / e.size, `${what}: ${mb(e.done)} of ${mb(e.size)}${resumed}${left}`);
   S.lastDownload = e;
 });

@@ -21,8 +21,10 @@ export const S = (window.rullamaApp = {
   lastError: null,
   lastNotice: '',
   serverModels: [],
-  pending: [], // images attached in the composer, not sent yet: [{name, type, size, blob, width, height}]
-  media: null, // the last image-reading progress event of the running reply
+  pending: [], // attachments in the composer, not sent yet: images {name, type, size, blob, width, height}
+  //             and audio clips {kind: 'audio', name, type, size, seconds, blob, pcm?} (see audio.js)
+  recording: null, // while recording: {seconds, level (0-1, the meter), rms, levels (the last 200 levels)}
+  media: null, // the last media-reading progress event of the running reply (images, audio)
   events: 0,
 });
 

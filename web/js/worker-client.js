@@ -6,14 +6,21 @@
 //
 //   boot                                  start Pyodide and install rullama_py (the page calls it at start)
 //   load {kind, url|file|key, mmproj?, options}
-//                                         kind: 'url' | 'file' | 'opfs'; mmproj: the same shape (a vision
-//                                         projector for a llama.cpp model file), or absent
-//   chat {messages, request}              messages: [{role, content: str, images?: [{name, type, bytes}]}]
-//                                         where bytes is an ArrayBuffer, transferred (never base64); the whole
-//                                         history goes every turn, images included; request: sampling settings,
-//                                         max_tokens, image_tokens. Resolves with the reply's stats and text.
-//   stop                                  end the running reply (or image reading) now
+//                                         kind: 'url' | 'file' | 'opfs'; mmproj: the same shape (a projector,
+//                                         vision and/or audio, for a llama.cpp model file), or absent
+//   chat {messages, request}              messages: [{role, content: str, images?: [{name, type, bytes}],
+//                                         audio?: [{name, format: 'wav' | 'f32', bytes}]}] where bytes is an
+//                                         ArrayBuffer, transferred (never base64): an image file; a WAV file
+//                                         (format 'wav', decoded and resampled by Python) or float32 mono
+//                                         samples at 16 kHz (format 'f32': a compressed file decoded by the
+//                                         page, or a recording). The whole history goes every turn, media
+//                                         included; a message's images go first, then its clips, then its
+//                                         text. request: sampling settings, max_tokens, image_tokens.
+//                                         Resolves with the reply's stats (images_read, image_seconds,
+//                                         audio_read (30 s blocks), audio_seconds when media were read) and text.
+//   stop                                  end the running reply (or image or audio reading) now
 //   prepare-images                        load the image decoder (Pillow) ahead of the first image
+//   prepare-audio                         load the resampler (scipy) ahead of the first WAV file
 //   new-chat | stats | save | restore {bytes}
 //   download {url, name, chunk} | pause-download | cache-list | cache-delete {key}
 //
@@ -21,9 +28,10 @@
 //   boot {text, ready}                    Python start-up steps
 //   progress {phase, ...}                 model load: opening, weights (bytes, tensors, seconds left), ready
 //   download {done, size, resumedFrom, secondsLeft}
-//   media {stage: 'decoder' | 'image', index, count, layer, layers}
-//                                         while a reply's images are read (before its first token): the image
-//                                         decoder loading, then image index of count (1-based), layers done
+//   media {stage: 'decoder' | 'resampler' | 'image' | 'audio', index, count, layer, layers}
+//                                         while a reply's media are read (before its first token): the image
+//                                         decoder or the resampler loading, then image (or 30 s audio block)
+//                                         index of count (1-based, per kind), layers done
 //   token {id, text, n, context, max_context, ...}
 
 import { S } from './state.js';
