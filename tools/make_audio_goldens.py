@@ -9,10 +9,10 @@ decode and resample again, natively and in Pyodide, and compare with transformer
 Needs numpy, scipy, transformers and torch, which the project's test environment does not have; run it from a
 scratch venv outside the repo (`wavs` also needs Debian's espeak-ng on PATH):
 
-    python -m venv /work/scratch/hf-venv
-    /work/scratch/hf-venv/bin/pip install torch==2.13.0 transformers==5.23.0 scipy
-    /work/scratch/hf-venv/bin/python tools/make_audio_goldens.py wavs   # (re)write tests/fixtures/audio/
-    /work/scratch/hf-venv/bin/python tools/make_audio_goldens.py        # write the goldens
+    python -m venv ../scratch/hf-venv
+    ../scratch/hf-venv/bin/pip install torch==2.13.0 transformers==5.23.0 scipy
+    ../scratch/hf-venv/bin/python tools/make_audio_goldens.py wavs   # (re)write tests/fixtures/audio/
+    ../scratch/hf-venv/bin/python tools/make_audio_goldens.py        # write the goldens
 
 The goldens store, for each clip in CLIPS:
   <clip>/features   float32 [frames, 128]  transformers' input_features where input_features_mask is True
