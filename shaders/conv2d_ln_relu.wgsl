@@ -10,14 +10,15 @@
 // IN_ROWS. Rows at or past T_in are zero padding (transformers multiplies them by its mask before the conv);
 // output rows t in [T_out, OUT_ROWS), T_out = (T_in + 1) / 2, are written as zeros.
 //
-// One thread per output position (t, f), all C_OUT channels, and no workgroup barriers: the LayerNorm statistics
-// are serial sums over the channels (two passes, mean then (v - mean)^2, so no cancellation). Neighbouring
-// threads read the same weights. Two ways to get the channels' values, picked by constants:
-// - STORE (C_OUT small, the second stage's 32): one pass over the window accumulates all C_OUT sums in a private
+// One thread per output position (t, f), all C_OUT channels, and no workgroup barriers (tree reductions over
+// lanes cost far more than the conv on CPU drivers: lavapipe, SwiftShader): the LayerNorm statistics are serial
+// sums over the channels, two passes (mean, then (v - mean)^2: no cancellation). Neighbouring threads read the
+// same weights. Three ways to the channels' sums, picked by constants:
+// - STORE (C_OUT <= 128: both Gemma 4 stages): one pass over the window accumulates all C_OUT sums in a private
 //   array, each input value loaded once;
-// - otherwise (the first stage's 128 channels of a 1-channel input) PATCH: the 9 C_IN window values, zero where
-//   padding, sit in registers in w's own order (i, kt, kf), and each channel's sum is recomputed from them in
-//   each of the three passes (9 multiply-adds a channel). With neither, each pass re-reads the window.
+// - PATCH (more channels, C_IN <= 4): the 9 C_IN window values, zero where padding, sit in registers in w's own
+//   order (i, kt, kf), and each channel's sum is recomputed from them in each of the three passes;
+// - neither: each pass re-reads the window from x (conv_direct).
 // Constants: F_IN, C_IN, C_OUT, F_OUT, IN_ROWS, OUT_ROWS, HALVINGS, EPS, STORE, PATCH, NV (C_OUT when STORE,
 // else 1), NP (9 C_IN when PATCH, else 1), WG.
 @group(0) @binding(0) var<storage, read> x: array<f32>;
