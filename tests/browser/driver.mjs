@@ -21,11 +21,11 @@ fs.mkdirSync(cfg.artifacts, { recursive: true });
 let shotNo = 0;
 
 const profiles = [];
-async function launch({ webgpu = true } = {}) {
+async function launch({ webgpu = true, extraArgs = [] } = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rullama-chromium-'));
   profiles.push(dir);
   const args = ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    '--no-first-run', '--disable-quic'];
+    '--no-first-run', '--disable-quic', ...extraArgs];
   if (webgpu) args.unshift('--enable-unsafe-webgpu');
   const ctx = await chromium.launchPersistentContext(dir, { executablePath: '/usr/bin/chromium', headless: true, args,
     viewport: { width: 1280, height: 760 } });
@@ -169,17 +169,55 @@ const shownWithImages = page => app(page, async () => {
   return out;
 });
 
-// The active conversation as stored in IndexedDB (what a reload shows): roles, texts, image names and sizes.
+// The active conversation as stored in IndexedDB (what a reload shows): roles, texts, image names and sizes,
+// audio clips (name, seconds, whether blob and pcm are Blobs).
 const storedConversation = page => app(page, () => new Promise((resolve, reject) => {
   const r = indexedDB.open('rullama');
   r.onsuccess = () => {
     const q = r.result.transaction('conversations').objectStore('conversations').get(window.rullamaApp.active.id);
     q.onsuccess = () => resolve(q.result.messages.map(m => ({ role: m.role, content: m.content,
-      images: (m.images || []).map(i => ({ name: i.name, size: i.blob.size, blob: i.blob instanceof Blob })) })));
+      images: (m.images || []).map(i => ({ name: i.name, size: i.blob.size, blob: i.blob instanceof Blob })),
+      audio: (m.audio || []).map(a => ({ name: a.name, seconds: a.seconds, size: a.blob.size, blob: a.blob instanceof Blob,
+        pcm: a.pcm ? a.pcm.size : null })) })));
     q.onerror = () => reject(q.error);
   };
   r.onerror = () => reject(r.error);
 }));
+
+// -- audio clips ------------------------------------------------------------------------------------------
+
+// The clips shown under `sel` (the composer's, or a message's): name, duration text, play button, and the
+// <audio> element's own duration once its metadata loaded (a blob the browser can play).
+const clipsShown = (page, sel = '#attachments .clip') => app(page, async s => {
+  const out = [];
+  for (const f of document.querySelectorAll(s)) {
+    const a = f.querySelector('audio');
+    if (a && a.readyState < 1) {
+      await new Promise(r => { a.addEventListener('loadedmetadata', r, { once: true }); a.addEventListener('error', r, { once: true }); setTimeout(r, 5000); });
+    }
+    out.push({ name: f.querySelector('.name').textContent, duration: f.querySelector('.duration').textContent,
+      play: !!f.querySelector('button.play'), removable: !!f.querySelector('.remove'),
+      audioDuration: a && isFinite(a.duration) ? a.duration : null });
+  }
+  return out;
+}, sel);
+
+async function clipsAre(page, n) {
+  await until(page, k => document.querySelectorAll('#attachments .clip').length === k, n, 60000);
+  const shown = await clipsShown(page);
+  const pending = await app(page, () => window.rullamaApp.pending.filter(a => a.kind === 'audio').map(a => ({ name: a.name, seconds: a.seconds, size: a.size, pcm: a.pcm ? a.pcm.size : null })));
+  return shown.map((c, i) => ({ ...c, ...pending[i] }));
+}
+
+// The messages shown with their clips.
+const shownWithClips = page => app(page, () => [...document.querySelectorAll('#messages .msg')].map((d, i) => ({
+  role: d.classList.contains('user') ? 'user' : 'assistant', text: d.querySelector('.body').textContent, i })))
+  .then(async msgs => {
+    for (const m of msgs) m.clips = await clipsShown(page, `#messages .msg:nth-child(${m.i + 1}) .clip`);
+    return msgs;
+  });
+
+const mediaLog = page => app(page, () => window.rullamaApp.mediaEvents);
 
 async function loadWithMmproj(page, modelUrl, mmprojUrl) {
   await showLoader(page);
@@ -529,6 +567,154 @@ const scenarios = {
     await page.click('#new-chat');
     out.r_opfs = await ask();
     await shot(page, 'pair-opfs-reply');
+    await ctx.close();
+    return out;
+  },
+
+  // Audio with the tiny audio model, Chromium's fake microphone playing cfg.capture: the microphone refused
+  // (a sentence, nothing typed lost), a dropped WAV answered greedily (compared with native by the test), a
+  // WAV with a cut header refused by Python with the text and clip kept, a WebM made by MediaRecorder decoded
+  // by the page, a recording (level meter, stop after ~2 s) sent with it, then a reload: the clips come back
+  // from IndexedDB with their play buttons and the next turn resumes from the snapshot; last, Stop while the
+  // tower listens to a clip of two 30 s blocks.
+  async audio() {
+    const { ctx, page } = await launch({ extraArgs: ['--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
+      `--use-file-for-fake-audio-capture=${cfg.capture}`] });
+    const out = {};
+    await open(page, cfg.url);
+    out.load = await loadFromServer(page, 'default');
+    await shot(page, 'loaded');
+    await setSampling(page, { temperature: 0, max_tokens: cfg.max_tokens });
+
+    // The microphone refused: a sentence; the typed text stays, nothing is attached.
+    await page.fill('#prompt', cfg.prompts[0]);
+    await app(page, () => {
+      window.__gum = navigator.mediaDevices.getUserMedia;
+      navigator.mediaDevices.getUserMedia = () => Promise.reject(new DOMException('Permission denied', 'NotAllowedError'));
+    });
+    await page.click('#record');
+    await until(page, () => /microphone/.test(document.getElementById('notice').textContent), null, 10000);
+    out.refused = { notice: await page.textContent('#notice'), prompt: await page.inputValue('#prompt'),
+      recorder_hidden: await page.isHidden('#recorder'), pending: await app(page, () => window.rullamaApp.pending.length) };
+    await shot(page, 'mic-refused');
+    await app(page, () => { navigator.mediaDevices.getUserMedia = window.__gum; });
+
+    // A dropped WAV: its bytes go to Python; the reply is compared with native.
+    await dropFiles(page, '#prompt', [cfg.wav]);
+    out.attached = await clipsAre(page, 1);
+    await shot(page, 'wav-dropped');
+    await app(page, () => { window.rullamaApp.lastReply = null; window.rullamaApp.media = null; });
+    await page.click('#send');
+    try {
+      await until(page, () => window.rullamaApp.media && window.rullamaApp.media.stage === 'audio', null, 300000);
+      await shot(page, 'listening');
+    } catch { /* heard before we looked */ }
+    out.r1 = await reply(page);
+    out.r1.media = await mediaLog(page);
+    await snapshotSaved(page, out.r1.stats.context);
+    await shot(page, 'wav-reply');
+
+    // A WAV whose header is cut short: Python's sentence; the text and the clip go back to the composer.
+    await forgetError(page);
+    await pickFiles(page, [cfg.bad_wav]);
+    await clipsAre(page, 1);
+    await page.fill('#prompt', cfg.prompts[1]);
+    await app(page, () => { window.rullamaApp.lastReply = null; });
+    await page.click('#send');
+    await until(page, () => window.rullamaApp.lastReply && !window.rullamaApp.busy);
+    out.bad = { ...(await shownChatError(page)), prompt: await page.inputValue('#prompt'), clips: await clipsAre(page, 1),
+      shown: (await shownMessages(page)).length };
+    await shot(page, 'bad-wav');
+    await page.click('#attachments .clip .remove');
+    await clipsAre(page, 0);
+
+    // A WebM/Opus memo made by MediaRecorder from the microphone, dropped: decoded by the page to 16 kHz.
+    await app(page, async () => {
+      const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+      const mr = new MediaRecorder(stream, { mimeType: 'audio/webm;codecs=opus' });
+      const chunks = [];
+      mr.ondataavailable = e => chunks.push(e.data);
+      const stopped = new Promise(r => { mr.onstop = r; });
+      mr.start();
+      await new Promise(r => setTimeout(r, 1500));
+      mr.stop();
+      await stopped;
+      for (const t of stream.getTracks()) t.stop();
+      const dt = new DataTransfer();
+      dt.items.add(new File(chunks, 'memo.webm', { type: 'audio/webm' }));
+      document.getElementById('prompt').dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+    });
+    out.webm = await clipsAre(page, 1);
+
+    // Record from the microphone: the meter moves; stop after about 2 s.
+    await page.click('#record');
+    await until(page, () => window.rullamaApp.recording && window.rullamaApp.recording.seconds >= 1, null, 30000);
+    await shot(page, 'recording');
+    await until(page, () => window.rullamaApp.recording && window.rullamaApp.recording.seconds >= 2, null, 30000);
+    out.recording = await app(page, () => ({ ...window.rullamaApp.recording, time: document.getElementById('rec-time').textContent,
+      bar: document.getElementById('rec-level-bar').style.width, visible: !document.getElementById('recorder').hidden }));
+    await page.click('#rec-stop');
+    out.recorded = await clipsAre(page, 2);
+    out.recorder_hidden_after = await page.isHidden('#recorder');
+    await page.fill('#prompt', cfg.prompts[2]);
+    await shot(page, 'recorded');
+    await app(page, () => { window.rullamaApp.lastReply = null; window.rullamaApp.media = null; });
+    await page.click('#send');
+    try {
+      await until(page, () => window.rullamaApp.media && window.rullamaApp.media.stage === 'audio', null, 300000);
+      await shot(page, 'listening-two');
+    } catch { /* heard before we looked */ }
+    out.r2 = await reply(page);
+    out.r2.media = await mediaLog(page);
+    await snapshotSaved(page, out.r2.stats.context);
+    await shot(page, 'recording-reply');
+    // The samples the page sent (float32 16 kHz), for the test's native run of the same conversation: into
+    // files beside the screenshots (the RESULT line stays short).
+    const pcm = await app(page, async () => {
+      const m = window.rullamaApp.active.messages.filter(x => x.audio).pop();
+      const b64 = async blob => { const u = new Uint8Array(await blob.arrayBuffer()); let s = ''; for (let i = 0; i < u.length; i += 32768) s += String.fromCharCode(...u.subarray(i, i + 32768)); return btoa(s); };
+      return Promise.all(m.audio.map(async a => ({ name: a.name, b64: a.pcm ? await b64(a.pcm) : null })));
+    });
+    out.pcm = pcm.map((p, i) => {
+      const file = path.join(cfg.artifacts, `${cfg.scenario}-sent-${i + 1}.f32`);
+      fs.writeFileSync(file, Buffer.from(p.b64, 'base64'));
+      return { name: p.name, path: file };
+    });
+    out.stored_before_reload = await storedConversation(page);
+
+    // Reload: the clips come back with their play buttons; one plays; the next turn resumes from the snapshot.
+    await page.reload();
+    await until(page, () => window.rullamaApp && window.rullamaApp.started && window.rullamaApp.python);
+    out.shown_after_reload = await shownWithClips(page);
+    out.stored_after_reload = await storedConversation(page);
+    await page.click('#messages .msg:nth-child(1) .clip button.play');
+    await page.waitForTimeout(400);
+    out.played = await app(page, () => { const a = document.querySelector('#messages .msg:nth-child(1) .clip audio'); return { paused: a.paused, time: a.currentTime, label: document.querySelector('#messages .msg:nth-child(1) .clip button.play').getAttribute('aria-label') }; });
+    await shot(page, 'reloaded');
+    out.load2 = await loadFromServer(page, 'default');
+    await page.fill('#prompt', '');
+    out.r3 = await chat(page, cfg.prompts[3], { temperature: 0, max_tokens: cfg.max_tokens });
+    out.r3.media = await mediaLog(page);
+    out.shown_final = await shownWithClips(page);
+    await shot(page, 'resumed');
+
+    // A clip over 30 s (two blocks for the tower; a WAV at another rate, resampled by Python): stop while the
+    // tower listens to its first block. No reply; the message and its clip stay.
+    await dropFiles(page, '#prompt', [cfg.long_wav]);
+    out.long = await clipsAre(page, 1);
+    await page.fill('#prompt', cfg.prompts[4]);
+    await app(page, () => { window.rullamaApp.lastReply = null; window.rullamaApp.media = null; });
+    await page.click('#send');
+    await until(page, () => (window.rullamaApp.media && window.rullamaApp.media.stage === 'audio') || window.rullamaApp.lastReply, null, 300000);
+    out.long_activity = await app(page, () => { const a = document.querySelector('.msg.streaming .activity'); return a ? a.textContent : null; });
+    await shot(page, 'listening-long');
+    await page.click('#stop').catch(() => {});
+    out.r4 = await reply(page);
+    out.r4.cancelled = !!out.r4.cancelled;
+    out.r4.media = await mediaLog(page);
+    out.after_stop = await shownWithClips(page);
+    out.after_stop_status = await page.textContent('#status');
+    await shot(page, 'stopped-listening');
     await ctx.close();
     return out;
   },

@@ -511,3 +511,166 @@ def test_model_and_mmproj_pair_from_the_server_list_reads_images(pair_run):
     listed = pair_run["cache_list"]
     assert any("projector (mmproj)" in li for li in listed) and any("with default.mmproj.gguf" in li for li in listed)
     assert pair_run["r_opfs"]["ids"] == want
+
+
+# -- audio with the tiny audio model: a dropped WAV, a bad WAV, a WebM memo and a recording, reload ------------
+
+CLIPS = ROOT / "tests" / "fixtures" / "audio"
+AUDIO = ROOT / "tests" / "fixtures" / "gemma4_tiny_audio_f32.gguf"
+CAT_WAV = CLIPS / "tower_cat.wav"
+CAPTURE_WAV = CLIPS / "speech_16k.wav"  # what Chromium's fake microphone plays, in a loop
+AUDIO_PROMPTS = ["what is said?", "and in this one?", "and in these two?", "once more", "and this long one?"]
+LONG_SECONDS = 35.0  # two blocks of audio for the tower
+
+
+def _wav_seconds(path: Path) -> float:
+    from rullama_py import media
+
+    samples, rate = media.decode_wav(path.read_bytes())
+    return samples.size / rate
+
+
+def _long_wav(path: Path) -> Path:
+    """speech_22k.wav's samples repeated to LONG_SECONDS, as a 16-bit WAV at 22.05 kHz (Python resamples it)."""
+    import wave
+
+    with wave.open(str(CLIPS / "speech_22k.wav")) as w:
+        rate, frames = w.getframerate(), w.readframes(w.getnframes())
+    n = int(LONG_SECONDS * rate) * 2
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((frames * (n // len(frames) + 1))[:n])
+    return path
+
+
+@pytest.fixture(scope="module")
+def audio_run(tmp_path_factory):
+    if not AUDIO.exists():
+        pytest.skip(f"{AUDIO.name} is not generated yet (tools/make_tiny_gemma4_audio.py)")
+    cut = CAT_WAV.read_bytes()[:30]  # RIFF/WAVE and the start of the fmt chunk: the header is cut short
+    long = _long_wav(tmp_path_factory.mktemp("audio") / "long_talk.wav")
+    s = Served(model_path=AUDIO)
+    try:
+        res = drive("audio", s.url, capture=str(CAPTURE_WAV), prompts=AUDIO_PROMPTS,
+                    wav={"name": CAT_WAV.name, "mimeType": "audio/wav", "path": str(CAT_WAV)},
+                    bad_wav={"name": "cut.wav", "mimeType": "audio/wav", "b64": base64.b64encode(cut).decode()},
+                    long_wav={"name": long.name, "mimeType": "audio/wav", "path": str(long)})
+    finally:
+        s.close()
+    return res
+
+
+@pytest.fixture(scope="module")
+def native_audio():
+    return Native(AUDIO, MAX_CONTEXT)
+
+
+def _audio_user(text, *clips):
+    return {"role": "user", "content": [{"type": "audio", "audio": c} for c in clips] + [{"type": "text", "text": text}]}
+
+
+def _heard(media):
+    """The audio events of a reply's media log: [(index, count, layer, layers)], and the bubble's texts."""
+    ev = [m for m in media if m["stage"] == "audio"]
+    return [(m["index"], m["count"], m["layer"], m["layers"]) for m in ev], [m["text"] for m in ev]
+
+
+def test_dropped_wav_reply_equals_native_greedy(audio_run, native_audio):
+    load = audio_run["load"]
+    assert load["error"] is None and load["model"]["has_audio"] is True and load["model"]["has_vision"] is False
+    assert load["model"]["identity"] == native_audio.engine.layout_hash().hex()
+    [clip] = audio_run["attached"]
+    assert clip["name"] == CAT_WAV.name and clip["play"] and clip["removable"] and clip["pcm"] is None  # sent as WAV
+    seconds = _wav_seconds(CAT_WAV)  # 2.82 s
+    assert clip["duration"] == f"{seconds:.1f} s" and clip["seconds"] == pytest.approx(seconds, abs=1e-6)
+    assert clip["audioDuration"] == pytest.approx(seconds, abs=1e-3)  # the <audio> element read it too
+    [(want, st)] = native_audio.conversation([([_audio_user(AUDIO_PROMPTS[0], CAT_WAV.read_bytes())], MAX_TOKENS)])
+    r1 = audio_run["r1"]
+    assert r1["ids"] == want and r1["stats"]["prompt_tokens"] == st.prompt_tokens
+    assert r1["stats"]["audio_read"] == 1 and "images_read" not in r1["stats"]
+    heard, texts = _heard(r1["media"])
+    layers = heard[-1][3]
+    assert heard == [(1, 1, k, layers) for k in range(layers + 1)] and layers > 0
+    assert texts[0] == f"Listening to audio 1 of 1: layer 1 of {layers}"
+    assert texts[-1] == "Listened to the audio; reading the message…"
+
+
+def test_the_microphone_refused_and_a_bad_wav_are_sentences_and_nothing_is_lost(audio_run):
+    ref = audio_run["refused"]
+    assert "The microphone was not allowed, so nothing was recorded." in ref["notice"]
+    assert ref["prompt"] == AUDIO_PROMPTS[0] and ref["recorder_hidden"] and ref["pending"] == 0
+    bad = audio_run["bad"]
+    assert bad["kind"] == "audio" and bad["message"] == "cut.wav is damaged or incomplete: its WAV format chunk is cut short."
+    assert bad["prompt"] == AUDIO_PROMPTS[1] and [c["name"] for c in bad["clips"]] == ["cut.wav"]
+    assert bad["clips"][0]["duration"] == "length unknown" and bad["shown"] == 2  # the first turn only
+
+
+def test_recording_with_the_fake_microphone_is_heard(audio_run, native_audio):
+    rec = audio_run["recording"]
+    assert rec["visible"] and rec["seconds"] >= 2 and rec["time"].startswith("0:02")
+    levels = rec["levels"]
+    assert len(levels) >= 20 and max(levels) > 0.3 and len({round(x, 2) for x in levels}) >= 5  # the meter moved
+    assert audio_run["recorder_hidden_after"]
+    [memo] = audio_run["webm"]  # a WebM/Opus memo decoded by the page: sent as 16 kHz samples
+    assert memo["name"] == "memo.webm" and memo["play"] and 1.0 < memo["seconds"] < 2.5 and memo["pcm"] == round(memo["seconds"] * 16000) * 4
+    memo2, recorded = audio_run["recorded"]
+    assert memo2["name"] == "memo.webm" and recorded["name"].startswith("recording-") and recorded["name"].endswith(".wav")
+    assert 2.0 <= recorded["seconds"] < 3.5 and recorded["pcm"] == round(recorded["seconds"] * 16000) * 4
+    assert recorded["play"] and recorded["duration"].endswith(" s") and abs(recorded["audioDuration"] - recorded["seconds"]) < 0.01
+    r2 = audio_run["r2"]
+    assert r2["stats"]["generated_tokens"] >= 1 and len(r2["ids"]) == r2["stats"]["generated_tokens"]  # the reply arrived
+    # The tower heard the two new clips, one after the other; the WAV of the first turn came from the KV cache.
+    assert r2["stats"]["audio_read"] == 2
+    heard, texts = _heard(r2["media"])
+    assert [h[:2] for h in heard if h[2] == 0] == [(1, 2), (2, 2)]
+    assert "Listening to audio 2 of 2: layer 1 of" in " ".join(texts)
+    # The samples the page sent reproduce the reply natively (the same Python, another GPU).
+    import numpy as np
+
+    pcm = [np.fromfile(p["path"], "<f4") for p in audio_run["pcm"]]
+    msgs = [_audio_user(AUDIO_PROMPTS[0], CAT_WAV.read_bytes()), {"role": "assistant", "content": audio_run["r1"]["text"]},
+            _audio_user(AUDIO_PROMPTS[2], *pcm)]
+    ref = native_audio.conversation([(msgs[:1], MAX_TOKENS), (msgs, MAX_TOKENS)])
+    assert r2["ids"] == ref[1][0] and r2["stats"]["prompt_tokens"] == ref[1][1].prompt_tokens
+
+
+def test_reload_keeps_the_clips_playable_and_the_next_turn_resumes(audio_run, native_audio):
+    before = audio_run["stored_before_reload"]
+    assert audio_run["stored_after_reload"] == before
+    assert [[a["name"] for a in m["audio"]] for m in before] == \
+        [[CAT_WAV.name], [], ["memo.webm", before[2]["audio"][1]["name"]], []]
+    assert all(a["blob"] for m in before for a in m["audio"])
+    assert [a["pcm"] is None for a in before[2]["audio"] + before[0]["audio"]] == [False, False, True]
+    shown = audio_run["shown_after_reload"]
+    assert [[c["name"] for c in m["clips"]] for m in shown] == [[a["name"] for a in m["audio"]] for m in before]
+    assert all(c["play"] and not c["removable"] and c["duration"].endswith(" s") for m in shown for c in m["clips"])
+    assert shown[0]["clips"][0]["audioDuration"] == pytest.approx(_wav_seconds(CAT_WAV), abs=1e-3)  # plays from IndexedDB
+    assert audio_run["played"]["label"].startswith("Pause") or audio_run["played"]["time"] > 0
+    r2, r3 = audio_run["r2"], audio_run["r3"]
+    assert r3["restored"] == r2["stats"]["context"] and "audio_read" not in r3["stats"] and not _heard(r3["media"])[0]
+    assert [m["role"] for m in audio_run["shown_final"]] == ["user", "assistant", "user", "assistant", "user", "assistant"]
+    import numpy as np
+
+    pcm = [np.fromfile(p["path"], "<f4") for p in audio_run["pcm"]]
+    msgs = [_audio_user(AUDIO_PROMPTS[0], CAT_WAV.read_bytes()), {"role": "assistant", "content": audio_run["r1"]["text"]},
+            _audio_user(AUDIO_PROMPTS[2], *pcm), {"role": "assistant", "content": r2["text"]},
+            {"role": "user", "content": AUDIO_PROMPTS[3]}]
+    ref = native_audio.conversation([(msgs[:1], MAX_TOKENS), (msgs[:3], MAX_TOKENS), (msgs, MAX_TOKENS)])
+    assert r3["ids"] == ref[2][0] and r3["stats"]["prompt_tokens"] == ref[2][1].prompt_tokens
+
+
+def test_stop_while_the_tower_listens_keeps_the_message_and_its_clip(audio_run):
+    [clip] = audio_run["long"]
+    assert clip["name"] == "long_talk.wav" and clip["seconds"] == pytest.approx(LONG_SECONDS) and clip["duration"] == "35 s"
+    assert audio_run["long_activity"] is None or audio_run["long_activity"].startswith("Listening to audio 1 of 2: layer ")
+    r4 = audio_run["r4"]
+    assert r4["cancelled"] and r4["stats"]["finish_reason"] == "stopped" and r4["stats"]["generated_tokens"] == 0
+    heard, _ = _heard(r4["media"])
+    assert heard and heard[0][:2] == (1, 2)  # 35 s: two blocks of 30 s at most, counted one by one
+    assert not any(h[:2] == (2, 2) and h[2] == h[3] for h in heard)  # the second block was not finished
+    shown = audio_run["after_stop"]
+    assert [m["role"] for m in shown] == ["user", "assistant"] * 3 + ["user"]
+    assert shown[-1]["text"] == AUDIO_PROMPTS[4] and [c["name"] for c in shown[-1]["clips"]] == ["long_talk.wav"]
+    assert "Stopped before the reply began" in audio_run["after_stop_status"]

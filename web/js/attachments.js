@@ -12,7 +12,7 @@
 // back into the composer.
 
 import { $, S, kb, mb } from './state.js';
-import { notice } from './ui.js';
+import { clearChatError, notice } from './ui.js';
 import { call } from './worker-client.js';
 import { audioFromFile, fmtDuration } from './audio.js';
 
@@ -118,6 +118,7 @@ export async function addFiles(files) {
 
 export function removePending(img) {
   S.pending = S.pending.filter(x => x !== img);
+  clearChatError(); // a refusal of the message's attachments no longer applies to what is left
   renderPending();
 }
 

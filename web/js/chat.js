@@ -77,7 +77,7 @@ function statusLine(st, restored) {
     `context ${st.context} / ${st.max_context}`,
   ];
   if (st.images_read) parts.push(`${st.images_read} image${st.images_read > 1 ? 's' : ''} read in ${st.image_seconds.toFixed(1)} s`);
-  if (st.audio_read) parts.push(`audio heard in ${st.audio_seconds.toFixed(1)} s (${st.audio_read} block${st.audio_read > 1 ? 's' : ''} of up to 30 s)`);
+  if (st.audio_read) parts.push(`audio heard in ${st.audio_seconds.toFixed(1)} s`);
   // The CPU's share of a decode step (Python encoding and submitting the GPU work): the rest is GPU time.
   if (st.host && st.host.steps) parts.push(`host ${st.host.host_ms.toFixed(2)} of ${st.host.wall_ms.toFixed(1)} ms per token`);
   if (restored) parts.push(`resumed from the saved state (${restored} tokens not re-read)`);
@@ -149,11 +149,13 @@ async function reply() {
   let restored = 0;
   S.streaming = { n: 0 };
   S.media = null;
+  S.mediaEvents = [];
   on('media', e => {
     S.media = e;
     if (S.streaming && S.streaming.n) return;
     activity.textContent = mediaText(e);
     activity.hidden = false;
+    S.mediaEvents.push({ ...e, text: activity.textContent });
   });
   on('token', e => {
     if (e.id >= 0) ids.push(e.id);

@@ -25,6 +25,7 @@ export const S = (window.rullamaApp = {
   //             and audio clips {kind: 'audio', name, type, size, seconds, blob, pcm?} (see audio.js)
   recording: null, // while recording: {seconds, level (0-1, the meter), rms, levels (the last 200 levels)}
   media: null, // the last media-reading progress event of the running reply (images, audio)
+  mediaEvents: [], // the running reply's media events, each with the text the reply bubble showed
   events: 0,
 });
 

@@ -21,6 +21,12 @@ export function showChatError(err) {
   $('chat-error-detail').textContent = err.detail || '';
 }
 
+// The chat's error box only (its sentence was about a message the user has since changed).
+export function clearChatError() {
+  $('chat-error').hidden = true;
+  $('chat-error').dataset.kind = '';
+}
+
 export function clearError() {
   for (const id of ['error', 'chat-error']) {
     $(id).hidden = true;
