@@ -140,4 +140,6 @@ async def test_matmul_register_blocks(device, device_fallback, qt, block):
     finally:
         mm.MATMUL_BLOCK_OVERRIDE = None
     assert mm._matmul_block(device, 3072, 2520)[:2] == (8, 8)
+    assert mm._matmul_block(device, 768, 2394)[:2] == (8, 8)  # 114 tiles
+    assert mm._matmul_block(device, 1024, 750)[:2] == (4, 4)  # 48 tiles: the audio tower
     assert mm._matmul_block(device, 1536, 64)[:2] == (4, 4)
