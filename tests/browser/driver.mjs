@@ -447,6 +447,24 @@ const scenarios = {
     out.text_reply = await chat(page, cfg.prompt, { temperature: 0, max_tokens: cfg.max_tokens });
     await shot(page, 'text-reply');
 
+    // A clip for this model (as if it heard audio): the engine's sentence; the text and the clip stay.
+    if (cfg.clip) {
+      await app(page, () => { window.rullamaApp.model.has_audio = true; });
+      await forgetError(page);
+      await dropFiles(page, '#prompt', [cfg.clip]);
+      await clipsAre(page, 1);
+      await page.fill('#prompt', cfg.prompt);
+      await app(page, () => { window.rullamaApp.lastReply = null; });
+      await page.click('#send');
+      await until(page, () => window.rullamaApp.lastReply && !window.rullamaApp.busy);
+      out.no_audio = { ...(await shownChatError(page)), prompt: await page.inputValue('#prompt'),
+        clips: (await clipsAre(page, 1)).map(c => c.name), shown: (await shownMessages(page)).length };
+      await shot(page, 'no-audio-error');
+      await page.click('#attachments .clip .remove');
+      await clipsAre(page, 0);
+      out.no_audio.error_cleared = await page.isHidden('#chat-error');
+    }
+
     // The vision projector: missing, then a file that is not one.
     out.mmproj = {};
     for (const [name, url] of [['missing', 'models/missing.mmproj.gguf'], ['not_projector', 'models/default.gguf']]) {
@@ -582,6 +600,22 @@ const scenarios = {
       `--use-file-for-fake-audio-capture=${cfg.capture}`] });
     const out = {};
     await open(page, cfg.url);
+    // The page's decoder (what MP3, OGG, M4A and WebM go through) on WAV files, for the test to compare with
+    // Python's decoding: a 48 kHz clip (the browser resamples) and a stereo one (the page averages channels).
+    out.decoded = [];
+    for (const f of cfg.decode) {
+      const b64 = await app(page, async ([src, data]) => {
+        const { decodeTo16kMono } = await import(src);
+        const x = await decodeTo16kMono(Uint8Array.from(atob(data), c => c.charCodeAt(0)).buffer);
+        const u = new Uint8Array(x.buffer, x.byteOffset, x.byteLength);
+        let s = '';
+        for (let i = 0; i < u.length; i += 32768) s += String.fromCharCode(...u.subarray(i, i + 32768));
+        return btoa(s);
+      }, [new URL('js/audio.js', cfg.url).href, fs.readFileSync(f).toString('base64')]);
+      const file = path.join(cfg.artifacts, `${cfg.scenario}-decoded-${out.decoded.length + 1}.f32`);
+      fs.writeFileSync(file, Buffer.from(b64, 'base64'));
+      out.decoded.push({ wav: f, path: file });
+    }
     out.load = await loadFromServer(page, 'default');
     await shot(page, 'loaded');
     await setSampling(page, { temperature: 0, max_tokens: cfg.max_tokens });

@@ -342,7 +342,9 @@ def _needs_images():
 @pytest.fixture(scope="module")
 def images_text(tiny_server):
     _needs_images()
-    return drive("images_text", tiny_server.url, prompt=PROMPTS[0], images=_image_files(PNG, JPG, TALL))
+    yes = ROOT / "tests" / "fixtures" / "audio" / "tower_yes.wav"
+    return drive("images_text", tiny_server.url, prompt=PROMPTS[0], images=_image_files(PNG, JPG, TALL),
+                 clip={"name": yes.name, "mimeType": "audio/wav", "path": str(yes)})
 
 
 def test_images_are_refused_by_a_text_model_and_the_typed_text_stays(images_text):
@@ -366,6 +368,13 @@ def test_composer_thumbnails_are_removable_and_come_back_when_python_refuses(ima
 
 def test_text_without_the_images_is_answered_as_before(images_text, native_tiny):
     assert images_text["text_reply"]["ids"] == _native_first_reply(native_tiny)
+
+
+def test_a_clip_for_a_model_without_an_audio_tower_gets_the_engines_sentence(images_text):
+    e = images_text["no_audio"]
+    assert e["kind"] == "no-audio" and e["message"].startswith("This model has no audio tower, so it cannot listen to audio.")
+    assert e["prompt"] == PROMPTS[0] and e["clips"] == ["tower_yes.wav"] and e["shown"] == 2  # the text reply's turn
+    assert e["error_cleared"]  # removing the clip took the sentence away
 
 
 @pytest.mark.parametrize("case, words", [("missing", "(HTTP 404)"), ("not_projector", "not a vision or audio projector")])
@@ -556,7 +565,8 @@ def audio_run(tmp_path_factory):
         res = drive("audio", s.url, capture=str(CAPTURE_WAV), prompts=AUDIO_PROMPTS,
                     wav={"name": CAT_WAV.name, "mimeType": "audio/wav", "path": str(CAT_WAV)},
                     bad_wav={"name": "cut.wav", "mimeType": "audio/wav", "b64": base64.b64encode(cut).decode()},
-                    long_wav={"name": long.name, "mimeType": "audio/wav", "path": str(long)})
+                    long_wav={"name": long.name, "mimeType": "audio/wav", "path": str(long)},
+                    decode=[str(CLIPS / "speech_48k.wav"), str(CLIPS / "formats" / "ext_pcm_s24_stereo.wav")])
     finally:
         s.close()
     return res
@@ -674,3 +684,24 @@ def test_stop_while_the_tower_listens_keeps_the_message_and_its_clip(audio_run):
     assert [m["role"] for m in shown] == ["user", "assistant"] * 3 + ["user"]
     assert shown[-1]["text"] == AUDIO_PROMPTS[4] and [c["name"] for c in shown[-1]["clips"]] == ["long_talk.wav"]
     assert "Stopped before the reply began" in audio_run["after_stop_status"]
+
+
+def test_the_pages_decoder_is_close_to_pythons(audio_run):
+    """What the page sends for compressed audio, tried on WAV files: the browser's resampler is not scipy's
+    (close, not equal); its downmix is Python's average of the channels."""
+    import numpy as np
+
+    from rullama_py import media
+
+    (speech, stereo) = audio_run["decoded"]
+    x, rate = media.decode_wav(Path(speech["wav"]).read_bytes())
+    want = media.resample(x, rate)
+    got = np.fromfile(speech["path"], "<f4")
+    assert rate == 48000 and abs(got.size - want.size) <= 1
+    n = min(got.size, want.size)
+    err = got[:n] - want[:n]
+    rms = float(np.sqrt(np.mean(err ** 2)) / np.sqrt(np.mean(want ** 2)))  # 2.4 % of the signal (Chromium 156)
+    assert np.corrcoef(got[:n], want[:n])[0, 1] > 0.999 and 0 < rms < 0.06  # close, not equal
+    x, rate = media.decode_wav(Path(stereo["wav"]).read_bytes())  # 16 kHz: no resampling, only the downmix
+    got = np.fromfile(stereo["path"], "<f4")
+    assert rate == 16000 and got.size == x.size and np.abs(got - x).max() <= 1e-7

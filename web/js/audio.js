@@ -196,8 +196,19 @@ function tick() {
 
 const fmtClock = s => `${Math.floor(s / 60)}:${(s % 60).toFixed(1).padStart(4, '0')}`;
 
+let starting = false; // between the Record click and the microphone's answer: a second click does nothing
+
 export async function startRecording() {
-  if (rec) return;
+  if (rec || starting) return;
+  starting = true;
+  try {
+    await start();
+  } finally {
+    starting = false;
+  }
+}
+
+async function start() {
   if (!S.model) return notice('Load a model first: recording makes an audio attachment for it.');
   if (!S.model.has_audio) {
     return notice('This model has no audio input, so there is nothing to record for. Load a Gemma 4 model that hears audio, or add its projector (mmproj).');
