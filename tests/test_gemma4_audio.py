@@ -13,6 +13,7 @@ import pytest
 
 from reference_gemma4_audio import GemmaAudioRef
 from rullama_py import media
+from soft_blocks import soft_blocks
 from rullama_py.engine import Cancelled, Engine, NoTowerError
 from rullama_py.gguf_file import GGUFFile
 from rullama_py.media import PreparedAudio, audio_soft_tokens
@@ -77,19 +78,6 @@ async def test_tower_matches_numpy_reference_on_the_fallback_kernels(device_fall
         tower.release()
 
 
-def _blocks(tokens, soft, soft_id):
-    out, i, k = [], 0, 0
-    while i < len(tokens):
-        if tokens[i] == soft_id:
-            n = soft[k].shape[0]
-            assert tokens[i: i + n] == [soft_id] * n
-            out.append((i, soft[k], n))
-            i, k = i + n, k + 1
-        else:
-            i += 1
-    return out
-
-
 @pytest.mark.parametrize("model", [m for m in MODELS if GOLDEN[m].exists()])
 async def test_prompt_logits_at_every_position(device, model):
     """short and medium one token at a time (every soft row spliced alone into the decode run); the 30 s
@@ -103,7 +91,7 @@ async def test_prompt_logits_at_every_position(device, model):
             rows = await tower.encode(prepared(case))
             soft = device.tensor(rows.shape, "float32", "soft")
             device.copy([(rows.buffer, 0, soft.buffer, 0, soft.nbytes)])
-            blocks = _blocks(toks, [soft], soft_id)
+            blocks = soft_blocks(toks, [soft], soft_id)
             start = 0
             if case == "long":
                 start = len(toks) - 4
@@ -146,7 +134,7 @@ async def test_engine_from_the_wav_file(device):
     end = max(i for i, t in enumerate(golden) if t == soft_id) + 2
     assert eng.tokens[:end] == golden[:end]
     soft = device.upload(z["medium_soft_tokens"])
-    logits = await eng.model.forward(eng.tokens, 0, _blocks(eng.tokens, [soft], soft_id))
+    logits = await eng.model.forward(eng.tokens, 0, soft_blocks(eng.tokens, [soft], soft_id))
     assert first == [int(logits.argmax())]
     eng.reset()
     reply = [t.id async for t in eng.chat(msgs, max_tokens=3)]

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from rullama_py import media
+from soft_blocks import soft_blocks
 from rullama_py.engine import Engine
 from rullama_py.gguf_file import GGUFFile
 from rullama_py.media import PreparedImage
@@ -84,21 +85,6 @@ async def _soft(device, tower, names) -> list:
     return out
 
 
-def _blocks(tokens, soft, image_id: int) -> list:
-    """(offset, tensor, n) for each run of image_id in tokens, in order."""
-    blocks, i, k = [], 0, 0
-    while i < len(tokens):
-        if tokens[i] == image_id:
-            n = soft[k].shape[0]
-            assert tokens[i: i + n] == [image_id] * n
-            blocks.append((i, soft[k], n))
-            i, k = i + n, k + 1
-        else:
-            i += 1
-    assert k == len(soft)
-    return blocks
-
-
 def _shift(blocks, start: int) -> list:
     return [(off - start, t, n) for off, t, n in blocks]
 
@@ -114,13 +100,13 @@ async def test_prompt_logits_at_every_position(device, model):
     try:
         for case in CASES[:2] if model == "q8_0" else CASES:
             toks, ref = z[f"{case}_tokens"].tolist(), z[f"{case}_logits"]
-            blocks = _blocks(toks, await _soft(device, tower, [case]), image_id)
+            blocks = soft_blocks(toks, await _soft(device, tower, [case]), image_id)
             for t, tok in enumerate(toks):
                 got = await m.forward([tok], t, _shift(blocks, t))
                 np.testing.assert_allclose(got, ref[t], atol=LOGIT_ATOL, err_msg=f"{model} {case} position {t}")
                 assert got.argmax() == ref[t].argmax()
         toks, ref = z["pair_tokens"].tolist(), z["pair_logits"]
-        blocks = _blocks(toks, await _soft(device, tower, info["pair"]), image_id)
+        blocks = soft_blocks(toks, await _soft(device, tower, info["pair"]), image_id)
         split = len(toks) - 5
         got = await m.forward(toks[:split], 0, blocks)  # chunks of 16 straddle both images
         np.testing.assert_allclose(got, ref[split - 1], atol=LOGIT_ATOL)
@@ -152,5 +138,5 @@ async def test_engine_from_the_image_file(device, model, case):
     image_end = max(i for i, t in enumerate(golden) if t == image_id) + 2  # through <image|>
     assert eng.tokens[:image_end] == golden[:image_end]
     soft = device.upload(z[f"{case}_soft_tokens"])
-    logits = await eng.model.forward(eng.tokens, 0, _blocks(eng.tokens, [soft], image_id))
+    logits = await eng.model.forward(eng.tokens, 0, soft_blocks(eng.tokens, [soft], image_id))
     assert first == [int(logits.argmax())]
