@@ -150,3 +150,18 @@ async def test_bias_add_fallback(device_fallback):
     await ops.bias_add(g, t, device_fallback.upload(b), n=9)
     await device_fallback.run(g)
     np.testing.assert_array_equal(await device_fallback.read(t), x + b)
+
+
+async def test_bias_add_offset(device):
+    """b_offset picks a bias out of a stacked vector (Kokoro's style terms): the values before and after it are
+    never read."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((5, 13)).astype(np.float32)
+    stacked = rng.standard_normal(40).astype(np.float32)
+    t = device.upload(x)
+    g = device.graph()
+    await ops.bias_add(g, t, device.upload(stacked), n=13, b_offset=21)
+    await device.run(g)
+    np.testing.assert_array_equal(await device.read(t), ref.bias_add(x, stacked[21:34]).astype(np.float32))
+    with pytest.raises(ValueError, match="fewer than 30"):
+        await ops.bias_add(device.graph(), t, device.upload(stacked), n=13, b_offset=30)

@@ -142,10 +142,11 @@ async def silu(g: Graph, x: Tensor, out: Tensor | None = None):
         g.add(k, [x, out], _grid(total, WG))
 
 
-async def bias_add(g: Graph, x: Tensor, b: Tensor, *, n: int):
-    """x[r, c] += b[c] in place over rows of n; b f32 [n] (the bias of a linear: the audio output projection)."""
+async def bias_add(g: Graph, x: Tensor, b: Tensor, *, n: int, b_offset: int = 0):
+    """x[r, c] += b[b_offset + c] in place over rows of n; b f32 [b_offset + n or more] (the bias of a linear:
+    the audio output projection; b_offset picks one bias out of a stacked vector, Kokoro's style terms)."""
     total = _total(x, n, "bias_add input")
-    if _count(b) < n:
-        raise ValueError(f"bias of shape {b.shape} holds fewer than {n} values")
-    k = await g.device.kernel("bias_add", N=n, TOTAL=total, WG=WG)
+    if _count(b) < b_offset + n:
+        raise ValueError(f"bias of shape {b.shape} holds fewer than {b_offset} + {n} values")
+    k = await g.device.kernel("bias_add", N=n, TOTAL=total, B_OFFSET=b_offset, WG=WG)
     g.add(k, [x, b], _grid(total, WG))
