@@ -14,6 +14,7 @@ never per token. Modules by family:
 - rows:      select_row
 - ple:       ple_gate (Gemma 4 per-layer embeddings)
 - local_attention: local_attention (Gemma 4 audio tower: chunked local attention, relative positions, soft cap)
+- lstm:      lstm (Kokoro: the recurrence of a bidirectional LSTM, both directions in one dispatch; lstm_weights)
 """
 
 from .norm import rms_norm  # noqa: F401
@@ -26,3 +27,4 @@ from .conv import conv2d_ln_relu, conv2d_out_len, depthwise_conv1d  # noqa: F401
 from .rows import select_row  # noqa: F401
 from .ple import ple_gate  # noqa: F401
 from .local_attention import local_attention  # noqa: F401
+from .lstm import lstm, lstm_weights  # noqa: F401
