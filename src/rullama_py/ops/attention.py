@@ -238,3 +238,27 @@ async def attention(g: Graph, q: Tensor, cache_k: Tensor, cache_v: Tensor, out: 
     g.add(k, [q, cache_k, cache_v, step, part, ml], grid)
     c = await g.device.kernel("attention", entry="combine", **consts)
     g.add(c, [part, ml, step, out], (rows, head_dim // 4 // min(head_dim // 4, 16)))
+
+
+# -- short bidirectional self-attention in f32 ---------------------------------------------------------------
+
+SELF_ATTENTION_MAX = 512  # score slots per workgroup (2 KiB of workgroup memory): Kokoro's PL-BERT context
+
+
+async def self_attention(g: Graph, q: Tensor, k: Tensor, v: Tensor, out: Tensor, length: Tensor, *, n_heads: int,
+                         head_dim: int, scale: float):
+    """out[t, h] = softmax_j(scale q[t, h] . k[j, h]) v[j, h] over the keys j < length.n_tokens, every query
+    seeing every key (no mask), in f32 throughout (shaders/self_attention.wgsl). q, k, v, out: f32 [rows,
+    n_heads, head_dim] with rows <= 512 (Kokoro's PL-BERT: 12 heads of 64); rows t >= n are written as 0.
+    One dispatch: a workgroup per (row, head)."""
+    per_row = n_heads * head_dim
+    rows = _tokens(q, per_row, "q")
+    for t, what in ((k, "k"), (v, "v"), (out, "out")):
+        if _tokens(t, per_row, what) != rows:
+            raise ValueError(f"self_attention: {what} of shape {t.shape} does not match q {q.shape}")
+    if rows > SELF_ATTENTION_MAX:
+        raise ValueError(f"self_attention handles at most {SELF_ATTENTION_MAX} rows, not {rows}")
+    wg = 64 if head_dim <= 64 else 128
+    kern = await g.device.kernel("self_attention", H=n_heads, D=head_dim, ROWS=rows, MAXN=max(rows, 1),
+                                 SCALE=float(scale), WG=wg)
+    g.add(kern, [q, k, v, out, length], (rows, n_heads, 1))
