@@ -25,6 +25,7 @@ from .nn import add, clamp, gelu_mul, scale_inplace, softcap, standardize  # noq
 from .pool import avg_pool_2d  # noqa: F401
 from .nn import bias_add, glu, silu  # noqa: F401
 from .conv import conv2d_ln_relu, conv2d_out_len, depthwise_conv1d  # noqa: F401
+from .conv import conv1d, conv_transpose1d  # noqa: F401
 from .rows import select_row  # noqa: F401
 from .ple import ple_gate  # noqa: F401
 from .local_attention import local_attention  # noqa: F401
