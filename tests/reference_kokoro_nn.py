@@ -61,3 +61,132 @@ def lstm_bidirectional(x_proj, w_hh, length):
 
 
 # ---- end of LSTM -----------------------------------------------------------------------------------------------
+
+
+# ---- Normalisations and small ops (ops.layer_norm, instance_norm_coeffs, affine_act, gelu, durations, ------------
+# gather_rows, broadcast_row; shaders/layer_norm.wgsl, instance_norm_coeffs.wgsl, affine_act.wgsl, gelu.wgsl,
+# durations.wgsl, gather_rows.wgsl, broadcast_row.wgsl). Checked against the kokoro package's torch modules while
+# writing (F.layer_norm, AdaLayerNorm, TextEncoder's LayerNorm + LeakyReLU, AdaIN1d, the Snake1d line of
+# AdaINResBlock1, KModel's duration lines and its one-hot alignment matmuls); the tests pin the conventions by hand.
+
+
+def layer_norm(x, *, eps, weight=None, bias=None, style=None, style_offset=0, act=None, slope=0.0):
+    """torch.nn.functional.layer_norm over the last axis of x [rows, n] (biased variance), then (optional)
+    * weight + bias, then AdaLayerNorm's (1 + gamma) y + beta with gamma = style[style_offset : style_offset + n]
+    and beta the next n, then act "leaky" (y if y >= 0 else slope * y)."""
+    x = np.asarray(x, np.float64)
+    n = x.shape[-1]
+    mean = x.mean(-1, keepdims=True)
+    y = (x - mean) / np.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + eps)
+    if weight is not None:
+        y = y * np.asarray(weight, np.float64)
+    if bias is not None:
+        y = y + np.asarray(bias, np.float64)
+    if style is not None:
+        s = np.asarray(style, np.float64)
+        y = (1.0 + s[style_offset : style_offset + n]) * y + s[style_offset + n : style_offset + 2 * n]
+    if act == "leaky":
+        y = np.where(y >= 0, y, float(slope) * y)
+    elif act is not None:
+        raise ValueError(f"act {act!r}")
+    return y
+
+
+def instance_norm_coeffs(x, length, *, eps=1e-5, style=None, style_offset=0):
+    """AdaIN1d(x) = x * scale + shift per channel, [scale | shift] (2C), over the real rows x[:length] of x [T, C]:
+    InstanceNorm1d without affine (biased variance over time), gamma = style[style_offset + c], beta =
+    style[style_offset + C + c] (0 without style): scale = (1 + gamma) / sqrt(var + eps), shift = beta - mean scale.
+    A length of 0 gives mean 0, var 0."""
+    x = np.asarray(x, np.float64)
+    c = x.shape[1]
+    real = x[: int(length)]
+    mean = real.mean(0) if len(real) else np.zeros(c)
+    var = ((real - mean) ** 2).mean(0) if len(real) else np.zeros(c)
+    gamma = beta = np.zeros(c)
+    if style is not None:
+        s = np.asarray(style, np.float64)
+        gamma, beta = s[style_offset : style_offset + c], s[style_offset + c : style_offset + 2 * c]
+    scale = (1.0 + gamma) / np.sqrt(var + eps)
+    return np.concatenate([scale, beta - mean * scale])
+
+
+def snake(u, alpha):
+    """Kokoro's Snake1d (istftnet.AdaINResBlock1): u + (1 / alpha) sin(alpha u)^2, alpha per channel (last axis)."""
+    u = np.asarray(u, np.float64)
+    a = np.asarray(alpha, np.float64)
+    return u + np.sin(a * u) ** 2 / a
+
+
+def affine_act(x, coeffs, length, *, act=None, slope=0.0, alpha=None, rows=None):
+    """[rows, C]: act(x[t] * coeffs[:C] + coeffs[C:]) for t < length, 0 after (rows default: x's)."""
+    x = np.asarray(x, np.float64)
+    c = x.shape[1]
+    rows = x.shape[0] if rows is None else rows
+    n = min(int(length), rows)
+    k = np.asarray(coeffs, np.float64)
+    u = x[:n] * k[:c] + k[c : 2 * c]
+    if act == "leaky":
+        u = np.where(u >= 0, u, float(slope) * u)
+    elif act == "snake":
+        u = snake(u, np.asarray(alpha, np.float64)[:c])
+    elif act is not None:
+        raise ValueError(f"act {act!r}")
+    out = np.zeros((rows, c))
+    out[:n] = u
+    return out
+
+
+def duration_sums(logits, speed):
+    """sum_j sigmoid(logits[t, j]) / speed per row: what KModel.forward_with_tokens rounds."""
+    z = np.asarray(logits, np.float64)
+    return (0.5 * (1.0 + np.tanh(0.5 * z))).sum(-1) / float(speed)
+
+
+def durations(logits, speed, length, rows=None):
+    """KModel's pred_dur: round(duration_sums) with ties to even (torch.round, numpy's round), at least 1, for
+    the first `length` rows; 0 for the rows after, up to `rows` (default: logits' rows). uint32."""
+    logits = np.asarray(logits, np.float64)
+    rows = logits.shape[0] if rows is None else rows
+    n = min(int(length), rows)
+    out = np.zeros(rows, np.uint32)
+    out[:n] = np.maximum(1.0, np.round(duration_sums(logits[:n], speed)))
+    return out
+
+
+def alignment_index(durations):
+    """The frame -> token map: torch.repeat_interleave(arange(T), durations), uint32 [sum(durations)]."""
+    d = np.asarray(durations, np.int64)
+    return np.repeat(np.arange(len(d)), d).astype(np.uint32)
+
+
+def gather_rows(table, index, length, *, n, out, table_stride=None, table_offset=0, out_stride=None, out_offset=0):
+    """The output buffer after ops.gather_rows, float64: out (the buffer before, [rows, out_stride] or flat) with
+    columns [out_offset, out_offset + n) of row f = table row min(index[f], last row), columns [table_offset,
+    table_offset + n), for f < length, and 0 for the rows after; rows = len(index)."""
+    table_stride = n if table_stride is None else table_stride
+    out_stride = n if out_stride is None else out_stride
+    t = np.asarray(table, np.float64).reshape(-1)
+    table_rows = (t.size - table_offset - n) // table_stride + 1
+    buf = np.array(out, np.float64).reshape(-1)
+    rows = len(index)
+    for f in range(rows):
+        dst = buf[f * out_stride + out_offset : f * out_stride + out_offset + n]
+        if f < length:
+            r = min(int(index[f]), table_rows - 1)
+            dst[:] = t[r * table_stride + table_offset : r * table_stride + table_offset + n]
+        else:
+            dst[:] = 0.0
+    return buf
+
+
+def broadcast_row(vec, out, *, n, rows, out_stride, out_offset, vec_offset=0):
+    """The output buffer (flat) after ops.broadcast_row: vec[vec_offset : vec_offset + n] in columns [out_offset,
+    out_offset + n) of the first `rows` rows of stride out_stride."""
+    buf = np.array(out, np.float64).reshape(-1)
+    v = np.asarray(vec, np.float64).reshape(-1)[vec_offset : vec_offset + n]
+    for r in range(rows):
+        buf[r * out_stride + out_offset : r * out_stride + out_offset + n] = v
+    return buf
+
+
+# ---- end of normalisations and small ops ----------------------------------------------------------------------
