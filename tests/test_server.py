@@ -290,3 +290,96 @@ def test_mmproj_errors(tmp_path, capsys):
 
     assert cli.main(["serve", "--port", "0", "--model", str(model), "--mmproj", str(tmp_path / "gone.gguf")]) == 1
     assert capsys.readouterr().err == f"rullama serve: --mmproj {tmp_path / 'gone.gguf'}: no such file\n"
+
+
+# -- the speech model (Kokoro) beside the chat model -------------------------------------------------------------
+
+KOKORO = b"GGUF" + bytes(range(0, 256, 3)) * 50  # 4,304 bytes, unlike DATA and MMPROJ
+
+
+def _serve(**kw):
+    srv = server.make_server("127.0.0.1", 0, build_wheels=False, log=lambda m: None, **kw)
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return srv, Client(srv.server_address[1])
+
+
+@pytest.fixture()
+def served_kokoro(tmp_path):
+    """`rullama serve --model PATH --kokoro PATH`."""
+    _needs(ROOT / "web/node_modules/pyodide/pyodide.mjs", "web/node_modules (run tools/setup.sh)")
+    model, kokoro = tmp_path / "chat.gguf", tmp_path / "kokoro-v1.0-f16.gguf"
+    model.write_bytes(DATA)
+    kokoro.write_bytes(KOKORO)
+    srv, c = _serve(model_path=model, kokoro_path=kokoro)
+    yield srv, c, kokoro
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_kokoro_is_listed_beside_the_models_and_served_by_ranges(served_kokoro):
+    """/api/models names the speech model in fields of its own (not an entry of the chat models' list, which
+    the page's model picker shows); the file answers ranges like every model."""
+    _, c, kokoro = served_kokoro
+    status, _, body = c.get("/api/models")
+    listing = json.loads(body)
+    assert status == 200 and [m["id"] for m in listing["models"]] == ["default"]
+    assert listing["kokoro"] == "models/kokoro.gguf" and listing["kokoro_name"] == kokoro.name
+    assert listing["kokoro_size"] == len(KOKORO) and listing["kokoro_available"] is True
+    for rng, start, end in (("bytes=0-3", 0, 3), ("bytes=1000-", 1000, len(KOKORO) - 1),
+                            ("bytes=-17", len(KOKORO) - 17, len(KOKORO) - 1)):
+        status, h, body = c.get("/" + listing["kokoro"], Range=rng)
+        assert status == 206 and body == KOKORO[start:end + 1] and h["accept-ranges"] == "bytes"
+        assert h["content-range"] == f"bytes {start}-{end}/{len(KOKORO)}"
+        assert h["cross-origin-embedder-policy"] == "require-corp"
+    status, h, body = c.get("/models/kokoro.gguf", "HEAD")
+    assert (status, body, h["content-length"]) == (200, b"", str(len(KOKORO)))
+    assert c.get("/models/kokoro.gguf", Range=f"bytes={len(KOKORO)}-")[0] == 416
+    assert c.get("/models/default.gguf", Range="bytes=4-7")[2] == DATA[4:8]  # the chat model is still the chat model
+
+
+@pytest.mark.parametrize("path", ["/models/kokoro.gguf/", "/models/kokoro-v1.0-f16.gguf", "/models/kokoro.gguf%00",
+                                  "/models/%6bokoro.gguf/../default.gguf", "/models/ollama/kokoro.gguf"])
+def test_kokoro_confinement(served_kokoro, path):
+    """Only the one file, by its one URL; never its folder or anything by its own name."""
+    _, c, _ = served_kokoro
+    assert c.get(path)[0] == 404
+
+
+def test_kokoro_default_is_the_setups_file_and_absent_means_unavailable(tmp_path, monkeypatch):
+    """Without --kokoro the setup's F16 file is served; before the setup built it the listing says it is
+    unavailable (size null) and its URL answers 404; a file that appears later is served without a restart."""
+    _needs(ROOT / "web/node_modules/pyodide/pyodide.mjs", "web/node_modules (run tools/setup.sh)")
+    model, later = tmp_path / "chat.gguf", tmp_path / "cache" / "kokoro-v1.0-f16.gguf"
+    model.write_bytes(DATA)
+    asked = []
+    monkeypatch.setattr(assets, "kokoro_model_path", lambda kind="f16": asked.append(kind) or later, raising=False)
+    logged = []
+    srv = server.make_server("127.0.0.1", 0, model_path=model, build_wheels=False, log=logged.append)
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        c = Client(srv.server_address[1])
+        assert asked == ["f16"] and any("not built yet" in m for m in logged)
+        listing = json.loads(c.get("/api/models")[2])
+        assert listing["kokoro"] == "models/kokoro.gguf" and listing["kokoro_name"] == later.name
+        assert listing["kokoro_size"] is None and listing["kokoro_available"] is False
+        assert c.get("/models/kokoro.gguf")[0] == 404
+        later.parent.mkdir()
+        later.write_bytes(KOKORO)
+        listing = json.loads(c.get("/api/models")[2])
+        assert listing["kokoro_size"] == len(KOKORO) and listing["kokoro_available"] is True
+        assert c.get("/models/kokoro.gguf", Range="bytes=0-3")[2] == b"GGUF"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_kokoro_errors(tmp_path, capsys):
+    model = tmp_path / "m.gguf"
+    model.write_bytes(DATA)
+    with pytest.raises(server.ServeError, match="--kokoro .*: no such file"):
+        server.make_server("127.0.0.1", 0, model_path=model, kokoro_path=tmp_path / "nope.gguf", build_wheels=False,
+                           log=lambda m: None)
+    from rullama_py import cli
+
+    assert cli.main(["serve", "--port", "0", "--model", str(model), "--kokoro", str(tmp_path / "gone.gguf")]) == 1
+    assert capsys.readouterr().err == f"rullama serve: --kokoro {tmp_path / 'gone.gguf'}: no such file\n"

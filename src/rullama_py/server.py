@@ -1,10 +1,10 @@
 """`rullama serve`: the web app, its Python runtime and the models, from one local HTTP server.
 
-    rullama serve [--port 8800] [--model PATH [--mmproj PATH]] [--ollama [ROOT]]
+    rullama serve [--port 8800] [--model PATH [--mmproj PATH]] [--ollama [ROOT]] [--kokoro PATH]
     python -m rullama_py.server ...                 # the same without the CLI
 
     server.main(["--port", "0"])                     # what the CLI calls
-    server.serve("127.0.0.1", 8800, model_path=None, ollama_root=None, mmproj_path=None)
+    server.serve("127.0.0.1", 8800, model_path=None, ollama_root=None, mmproj_path=None, kokoro_path=None)
 
 What is served (all from 127.0.0.1 unless --host says otherwise):
 
@@ -14,6 +14,7 @@ What is served (all from 127.0.0.1 unless --host says otherwise):
     /wheels/index.json        the names of the wheels the app installs (generated)
     /models/default.gguf      the model: --model PATH, else the embedded Gemma 3 270M from the setup cache
     /models/default.mmproj.gguf   --mmproj PATH: a llama.cpp vision projector for --model (a text-only GGUF)
+    /models/kokoro.gguf       the speech model (Kokoro-82M): --kokoro PATH, else the setup's F16 Kokoro GGUF
     /api/models               JSON list of the models above, with sizes (Ollama ones with --ollama)
     /models/ollama/<name>     an Ollama model's GGUF blob, by name (`gemma3:270m`, URL-encoded)
 
@@ -22,6 +23,11 @@ What is served (all from 127.0.0.1 unless --host says otherwise):
 "mmproj": "models/default.mmproj.gguf", "mmproj_size" (bytes) and "mmproj_name" (the file's own name): load
 the model with that projector.
 Ollama's Gemma 4 blobs carry their vision tower inside and have no "mmproj".
+The speech model is not one of the models (the page's model list is for chat): /api/models also has
+"kokoro": "models/kokoro.gguf" (relative to the page, like "mmproj"), "kokoro_name" (the file's own name),
+"kokoro_size" (bytes, null when the file is absent) and "kokoro_available" (false when it is absent: not built
+by the setup yet, or --kokoro named a file that has gone since); the app loads it beside the chat model, on
+the same GPU device, the first time speech is used. /models/kokoro.gguf answers 404 while it is absent.
 
 Every file answers GET and HEAD with `Accept-Ranges: bytes`; a single `Range: bytes=a-b` (or `a-`, `-n`)
 gets 206 with Content-Range, an unsatisfiable one 416 with `Content-Range: bytes */size`. The app reads
@@ -65,6 +71,7 @@ __all__ = ["serve", "main", "make_server", "AppServer", "ServeError", "DEFAULT_P
 
 DEFAULT_PORT = 8800
 MMPROJ_URL = "models/default.mmproj.gguf"  # where --mmproj is served (relative to the page, as in /api/models)
+KOKORO_URL = "models/kokoro.gguf"  # where the speech model is served (relative to the page, as in /api/models)
 DEFAULT_HOST = "127.0.0.1"
 # The wheels the page installs with micropip (deps=False); web/dist/wheels also holds pytest & co for tests.
 RUNTIME_WHEELS = ("rullama_py", "gguf", "pyyaml")
@@ -191,12 +198,13 @@ class AppServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, address, *, web: Path, model: Path | None, ollama_root: Path | None, verbose: bool = False,
-                 rebuild: bool = False, mmproj: Path | None = None):
+                 rebuild: bool = False, mmproj: Path | None = None, kokoro: Path | None = None):
         self.web = Path(web)
         self.pyodide = self.web / "node_modules" / "pyodide"
         self.wheels = self.web / "dist" / "wheels"
         self.model = Path(model) if model is not None else None
         self.mmproj = Path(mmproj) if mmproj is not None else None
+        self.kokoro = Path(kokoro) if kokoro is not None else None
         self.ollama_root = Path(ollama_root) if ollama_root is not None else None
         self.verbose = verbose
         self.rebuild = rebuild  # rebuild a stale project wheel when a page asks for the wheel list
@@ -233,12 +241,20 @@ class AppServer(ThreadingHTTPServer):
                             "url": "models/ollama/" + urllib.parse.quote(m.name, safe="")})
         return out
 
+    def speech(self) -> dict:
+        """The speech model's fields of /api/models (see the module docstring)."""
+        if self.kokoro is None:
+            return {"kokoro": None, "kokoro_name": None, "kokoro_size": None, "kokoro_available": False}
+        size = self.kokoro.stat().st_size if self.kokoro.is_file() else None
+        return {"kokoro": KOKORO_URL, "kokoro_name": self.kokoro.name, "kokoro_size": size,
+                "kokoro_available": size is not None}
+
     def resolve(self, path: str):
         """A URL path -> ("file", Path) | ("json", obj) | None (404). Never a path outside the served folders."""
         if path in ("/", "/index.html"):
             return "file", self.web / "index.html"
         if path == "/api/models":
-            return "json", {"models": self.models()}
+            return "json", {"models": self.models(), **self.speech()}
         if path == "/wheels/index.json":
             if self.rebuild:  # a page (re)starts: give it the code of the checkout as it is now
                 with self._build_lock:
@@ -248,6 +264,8 @@ class AppServer(ThreadingHTTPServer):
             return ("file", self.model) if self.model is not None else None
         if path == "/" + MMPROJ_URL:
             return ("file", self.mmproj) if self.mmproj is not None else None
+        if path == "/" + KOKORO_URL:
+            return ("file", self.kokoro) if self.kokoro is not None else None
         if path.startswith("/models/ollama/") and self.ollama_root is not None:
             name = urllib.parse.unquote(path[len("/models/ollama/"):])
             try:
@@ -408,8 +426,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 def make_server(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, model_path=None, ollama_root=None, *,
                 web_dir=None, verbose: bool = False, build_wheels: bool = True, log=print,
-                mmproj_path=None) -> AppServer:
-    """A ready (not yet serving) AppServer; call `serve_forever()` on it, `shutdown()` to stop."""
+                mmproj_path=None, kokoro_path=None) -> AppServer:
+    """A ready (not yet serving) AppServer; call `serve_forever()` on it, `shutdown()` to stop. `kokoro_path`
+    None serves the setup's F16 Kokoro GGUF (listed as unavailable until the setup has built it)."""
     web = Path(web_dir).resolve() if web_dir is not None else web_root()
     if not (web / "index.html").is_file():
         raise ServeError(f"no web app in {web} (index.html missing): `rullama serve` runs from a source checkout")
@@ -433,22 +452,44 @@ def make_server(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, model_path=N
         model = Path(model_path).expanduser().resolve()
         if not model.is_file():
             raise ServeError(f"--model {model_path}: no such file")
+    kokoro = _kokoro_file(kokoro_path, log)
     root = None
     if ollama_root is not None:
         root = Path(ollama_root).expanduser().resolve()
         if not (root / "manifests").is_dir():
             log(f"rullama serve: {root} has no manifests/ folder: no Ollama models to list")
     return AppServer((host, port), web=web, model=model, ollama_root=root, verbose=verbose, rebuild=build_wheels,
-                     mmproj=mmproj)
+                     mmproj=mmproj, kokoro=kokoro)
+
+
+def _kokoro_file(kokoro_path, log) -> Path | None:
+    """The speech model to serve: --kokoro PATH (which must exist), else the setup's default file (which may
+    not be built yet: then it is listed as unavailable, and the app says so when speech is asked for)."""
+    if kokoro_path is not None:
+        kokoro = Path(kokoro_path).expanduser().resolve()
+        if not kokoro.is_file():
+            raise ServeError(f"--kokoro {kokoro_path}: no such file")
+        return kokoro
+    default = getattr(assets, "kokoro_model_path", None)
+    if default is None:
+        return None
+    kokoro = Path(default())
+    if not kokoro.is_file():
+        log(f"rullama serve: the speech model {kokoro} is not built yet (python -m rullama_py.assets); "
+            f"/{KOKORO_URL} answers 404 until it is")
+    return kokoro
 
 
 def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, model_path=None, ollama_root=None, *,
-          web_dir=None, verbose: bool = False, mmproj_path=None) -> None:
+          web_dir=None, verbose: bool = False, mmproj_path=None, kokoro_path=None) -> None:
     """Serve until interrupted (Ctrl-C). Prints the URL to open."""
-    srv = make_server(host, port, model_path, ollama_root, web_dir=web_dir, verbose=verbose, mmproj_path=mmproj_path)
+    srv = make_server(host, port, model_path, ollama_root, web_dir=web_dir, verbose=verbose, mmproj_path=mmproj_path,
+                      kokoro_path=kokoro_path)
     print(f"rullama serve: open {srv.url}", flush=True)
     print(f"  model: {srv.model}" + (f"\n  vision projector: {srv.mmproj}" if srv.mmproj else "")
-          + (f"\n  Ollama store: {srv.ollama_root}" if srv.ollama_root else ""), flush=True)
+          + (f"\n  Ollama store: {srv.ollama_root}" if srv.ollama_root else "")
+          + (f"\n  speech (Kokoro): {srv.kokoro}" + ("" if srv.kokoro.is_file() else " (not built yet)")
+             if srv.kokoro else ""), flush=True)
     try:
         srv.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
@@ -466,6 +507,8 @@ def main(argv=None) -> int:
                    help="a llama.cpp vision projector GGUF for --model, listed with it so the app loads both")
     p.add_argument("--ollama", nargs="?", const="", metavar="ROOT",
                    help="also serve the models of an Ollama store (default root: $OLLAMA_MODELS or ~/.ollama/models)")
+    p.add_argument("--kokoro", metavar="PATH",
+                   help="the Kokoro speech model GGUF to serve beside the chat model (default: the setup's F16 file)")
     p.add_argument("--web", metavar="DIR", help="the web app folder (default: web/ of the source checkout)")
     p.add_argument("-v", "--verbose", action="store_true", help="log every request")
     args = p.parse_args(argv)
@@ -474,7 +517,7 @@ def main(argv=None) -> int:
         ollama_root = args.ollama or ollama.models_dir()
     try:
         serve(args.host, args.port, args.model, ollama_root, web_dir=args.web, verbose=args.verbose,
-              mmproj_path=args.mmproj)
+              mmproj_path=args.mmproj, kokoro_path=args.kokoro)
     except (ServeError, OSError) as e:
         print(f"rullama serve: {e}", file=sys.stderr)
         return 1
