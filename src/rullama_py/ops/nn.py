@@ -1,6 +1,7 @@
 """Elementwise ops of the transformer block (shaders/gelu_mul.wgsl, add.wgsl, scale.wgsl, softcap.wgsl), the
 vision tower's clamp.wgsl, standardize.wgsl, and the audio tower's glu.wgsl, silu.wgsl (both with
-sigmoid_lib.wgsl) and bias_add.wgsl.
+sigmoid_lib.wgsl) and bias_add.wgsl; Kokoro's gelu.wgsl (ALBERT) and durations.wgsl (the duration head, the
+one op here that reads the Step length).
 
 Each is one dispatch over every element of its (row-major f32) tensors; row counts come from the tensors'
 shapes, so a graph recorded for a prefill chunk processes all of its rows whatever step.n_tokens is (cheap
@@ -150,3 +151,37 @@ async def bias_add(g: Graph, x: Tensor, b: Tensor, *, n: int, b_offset: int = 0)
         raise ValueError(f"bias of shape {b.shape} holds fewer than {b_offset} + {n} values")
     k = await g.device.kernel("bias_add", N=n, TOTAL=total, B_OFFSET=b_offset, WG=WG)
     g.add(k, [x, b], _grid(total, WG))
+
+
+# ---- Kokoro: ALBERT's activation and the duration head -----------------------------------------------------------
+
+
+async def gelu(g: Graph, x: Tensor, out: Tensor | None = None):
+    """out = gelu_tanh(x) elementwise over every value of x (shaders/gelu.wgsl): transformers' gelu_new, ALBERT's
+    activation, = torch's gelu(approximate="tanh"). In place when out is None or x."""
+    total = _count(x)
+    if out is None or _same(out, x):
+        k = await g.device.kernel("gelu", entry="inplace", TOTAL=total, WG=WG)
+        g.add(k, [x], _grid(total, WG))
+    else:
+        if _count(out) < total:
+            raise ValueError(f"gelu output of shape {out.shape} is smaller than its input {x.shape}")
+        k = await g.device.kernel("gelu", entry="main", TOTAL=total, WG=WG)
+        g.add(k, [x, out], _grid(total, WG))
+
+
+async def durations(g: Graph, logits: Tensor, speed: Tensor, out: Tensor, length: Tensor, *, bins: int = 50):
+    """Kokoro's duration head after its Linear 512 -> bins (shaders/durations.wgsl, one dispatch):
+    out[t] = max(1, round(sum_j sigmoid(logits[t, j]) / speed[0])) for t < length.n_tokens, 0 for the rows after,
+    round taking ties to even (torch.round). logits: f32 [T_cap, bins]; speed: f32 [1], read at run time (1 is
+    normal speed, 2 twice as fast); out: u32 [T_cap] (T_cap = out's size; logits holding at least T_cap rows);
+    length: the Step uniform whose n_tokens is the token count."""
+    rows = _count(out)
+    if out.dtype != "uint32":
+        raise ValueError(f"durations: output dtype {out.dtype}, expected uint32")
+    if _count(logits) < rows * bins:
+        raise ValueError(f"durations: logits of shape {logits.shape} hold fewer than {rows} rows of {bins}")
+    if _count(speed) < 1:
+        raise ValueError("durations: speed must hold one value")
+    k = await g.device.kernel("durations", libs=("sigmoid_lib",), BINS=bins, ROWS=rows, WG=64)
+    g.add(k, [logits, speed, length, out], _grid(rows, 64))
