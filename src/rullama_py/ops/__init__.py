@@ -15,6 +15,9 @@ never per token. Modules by family:
 - ple:       ple_gate (Gemma 4 per-layer embeddings)
 - local_attention: local_attention (Gemma 4 audio tower: chunked local attention, relative positions, soft cap)
 - lstm:      lstm (Kokoro: the recurrence of a bidirectional LSTM, both directions in one dispatch; lstm_weights)
+- Kokoro's norms and small ops: norm.layer_norm (+ weight/bias, AdaLayerNorm style, LeakyReLU),
+             norm.instance_norm_coeffs (AdaIN1d as a per-channel scale/shift), norm.affine_act; nn.gelu,
+             nn.durations; rows.gather_rows (the alignment), rows.broadcast_row
 """
 
 from .norm import rms_norm  # noqa: F401
@@ -30,3 +33,6 @@ from .rows import select_row  # noqa: F401
 from .ple import ple_gate  # noqa: F401
 from .local_attention import local_attention  # noqa: F401
 from .lstm import lstm, lstm_weights  # noqa: F401
+from .norm import affine_act, instance_norm_coeffs, instance_norm_scratch_size, layer_norm  # noqa: F401
+from .nn import durations, gelu  # noqa: F401
+from .rows import broadcast_row, gather_rows  # noqa: F401
