@@ -155,7 +155,7 @@ def durations(logits, speed, length, rows=None):
 
 def alignment_index(durations):
     """The frame -> token map: torch.repeat_interleave(arange(T), durations), uint32 [sum(durations)]."""
-    d = np.asarray(durations, np.int64)
+    d = np.asarray(durations).astype(np.intp)  # np.repeat wants the platform's index type (32 bits in Pyodide)
     return np.repeat(np.arange(len(d)), d).astype(np.uint32)
 
 
