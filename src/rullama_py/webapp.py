@@ -12,6 +12,15 @@
     app.stop()                               # from the worker's message handler, while chat() is running
     blob = await app.save_state(); await app.restore_state(blob)
 
+    # speech (Kokoro-82M), beside the chat model on the same GPU device
+    r = await app.speech_load("url", "http://127.0.0.1:8800/models/kokoro.gguf", '{"name": "kokoro-v1.0-f16.gguf"}')
+    r = await app.speech_voices()                              # the loaded model's voices (or a file's, from its header)
+    r = await app.speak("Hello there. How are you?", "af_heart", 1.0, 0)   # one "speech" event per sentence
+    r = await app.speak_start(text, voice, speed, seed, run); r = await app.speak_next(run)   # the same, a
+                                             # sentence per call (the worker lets chat requests in between)
+    app.speech_stop()                        # from the worker's message handler: ends speak() between sentences
+    r = app.speech_add_voice("mine", voicepack_bytes)           # a kokoro-js .bin voicepack, [510, 256] float32
+
 Structured values cross the JS boundary as JSON strings: no proxies to free on either side, and the same
 calls work natively (tests/browser/test_webapp.py drives this class on wgpu-py). Media bytes are the one
 exception: they come as a list (a JS Array of Uint8Array in the browser, transferred to the worker without
@@ -27,7 +36,9 @@ vision tower), image-decoder (Pillow is missing), vision-load (the tower cannot 
 tower does not fit the GPU); for audio: audio (the clip itself: a damaged or unsupported WAV, too long, too
 short, ...), no-audio (the model has no audio tower), resampler (scipy, which resamples WAV files, is
 missing), audio-load, audio-limit (as for the vision tower); for the projector given at load: mmproj (with
-the sentence saying what).
+the sentence saying what); for speech: speech (the text, voice or speed asked for: empty text, nothing to say,
+an unknown voice, a voicepack of the wrong shape, ...), speech-load (the Kokoro file: damaged, not a Kokoro
+model, not found, unreachable, too large for the GPU).
 
 Streaming events (through `emit`): "progress" while loading (phase, bytes fetched, tensors uploaded, seconds
 left), "media" while a message's images or audio go through a tower (stage "image" or "audio": index and
@@ -35,6 +46,12 @@ count of the images, or of the 30 s audio blocks, read in this turn, 1-based, la
 "token" per generated token (id, text, running counts). Stop is a flag checked between tokens, and
 engine.cancel() for the towers, which stop between layers: each token and each layer awaits the GPU, so the
 worker's event loop runs and delivers the page's stop message in time.
+
+Speech events: "speech-progress" while the Kokoro file loads (phase "kokoro-open", "kokoro-weights" with bytes
+fetched and tensors uploaded, "kokoro-ready": names apart from the chat model's "progress" phases), and one
+"speech" event per synthesised sentence: {run, index, text, phonemes, samples, sample_rate, seconds,
+synth_seconds} with the sentence's audio as a third argument of `emit`: the little-endian float32 mono samples
+at 24 kHz as bytes (a Uint8Array in the browser, transferred to the page as it is: no base64, no JSON).
 """
 
 from __future__ import annotations
@@ -72,7 +89,8 @@ VisionLoadError = getattr(_engine, "VisionLoadError", _Never)  # a tower (or the
 
 IN_BROWSER = sys.platform == "emscripten"
 
-__all__ = ["WebApp", "describe_error", "engine_messages", "MediaParts", "CountingSource", "MmprojError"]
+__all__ = ["WebApp", "describe_error", "describe_speech_error", "engine_messages", "MediaParts", "CountingSource",
+           "MmprojError"]
 
 _PARAM_FIELDS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "repetition_last_n", "seed")
 _PROGRESS_EVERY = 0.1  # seconds between progress events (the 270M model has ~240 tensors)
@@ -96,6 +114,20 @@ class CountingSource(Source):
 
     async def close(self) -> None:
         await self.inner.close()
+
+
+class ReportingSource(CountingSource):
+    """A CountingSource that calls `on_read()` after every read: the speech model's load progress in bytes,
+    whatever the loader reports itself."""
+
+    def __init__(self, inner: Source, on_read):
+        super().__init__(inner)
+        self.on_read = on_read
+
+    async def _read(self, offset: int, n: int):
+        data = await super()._read(offset, n)
+        self.on_read()
+        return data
 
 
 class MmprojError(Exception):
@@ -384,8 +416,123 @@ def _buffers_of(root) -> list:
     return out
 
 
+# -- speech ---------------------------------------------------------------------------------------------------
+
+def _speech_request_errors() -> tuple:
+    """What a bad speech request raises (speaker.SpeakerError: voice, voicepack, speed, too many phonemes;
+    g2p.G2PError: nothing speakable, unsupported language, espeak missing), imported late: the chat app does
+    not need the speech modules."""
+    from . import speaker
+
+    out = [speaker.SpeakerError]
+    try:
+        from . import g2p
+
+        out += [v for v in vars(g2p).values() if isinstance(v, type) and issubclass(v, Exception)
+                and v.__module__ == g2p.__name__]
+    except ImportError:
+        pass
+    return tuple(out)
+
+
+def _speech_file_errors() -> tuple:
+    """What a damaged or foreign Kokoro file raises while it loads: the GGUF reader's and the Kokoro reader's
+    own errors, and the lookup errors of a file whose tensors or keys are missing or of the wrong shape."""
+    out = [GGUFError, KeyError, ValueError, IndexError]
+    try:
+        from .models import kokoro_gguf
+
+        out += [v for v in vars(kokoro_gguf).values() if isinstance(v, type) and issubclass(v, Exception)
+                and v.__module__ == kokoro_gguf.__name__]
+    except ImportError:
+        pass
+    return tuple(out)
+
+
+class NotKokoroError(ValueError):
+    """The file opened as the speech model is a GGUF of another architecture."""
+
+
+def describe_speech_error(e: BaseException, during: str = "speak") -> dict:
+    """describe_error for speech: kind "speech" for the request (text, voice, voicepack, speed), "speech-load"
+    for the Kokoro file (`during` "load"); a GPU that is missing or lost is said as for the chat model."""
+    detail = f"{type(e).__name__}: {e}"
+    low = str(e).lower()
+    if isinstance(e, (gpu.NoAdapterError, gpu.DeviceLostError)):
+        return describe_error(e, during)
+    if during == "load":
+        if isinstance(e, NotKokoroError):
+            msg = _sentence(str(e))
+        elif isinstance(e, SourceError) and "http 404" in low:
+            msg = "The speech model (Kokoro) was not found at that address (HTTP 404)."
+        elif isinstance(e, SourceError) and ("fetch failed" in low or "connection refused" in low or "timed out" in low):
+            msg = "The speech model (Kokoro) could not be reached: nothing answered at that address."
+        elif isinstance(e, SourceError) and "no such file" in low:
+            msg = "The speech model (Kokoro) file was not found."
+        elif isinstance(e, SourceError):
+            msg = "The speech model (Kokoro) file could not be read."
+        elif isinstance(e, gpu.DeviceLimitError):
+            msg = ("This device's GPU cannot hold the speech model next to the chat model. Try a shorter context "
+                   "or a smaller chat model.")
+        elif isinstance(e, _speech_file_errors()):
+            msg = "The speech model file (Kokoro) is damaged or is not a Kokoro model, so it cannot be loaded."
+        else:
+            return describe_error(e, during)
+        return {"kind": "speech-load", "message": msg, "detail": detail}
+    if isinstance(e, _speech_request_errors()):
+        return {"kind": "speech", "message": _sentence(str(e)) if str(e) else "This text cannot be read aloud.",
+                "detail": detail}
+    return describe_error(e, during)
+
+
+def _speech_fail(e: BaseException, during: str = "speak") -> str:
+    return _json({"ok": False, "error": describe_speech_error(e, during), "trace": traceback.format_exc()[-3000:]})
+
+
+def _to_page(data: bytes):
+    """Bytes for the page: a Uint8Array in the browser (copied out of Python's memory: the worker transfers
+    its buffer on), the bytes themselves natively."""
+    if IN_BROWSER:
+        from pyodide.ffi import to_js  # type: ignore
+
+        return to_js(memoryview(data))
+    return data
+
+
+def _header_voices(gf: GGUFFile) -> list[str]:
+    """A Kokoro file's voice names from its header (kokoro.voices, else the kokoro.voice_tensors.* names)."""
+    names = gf.get("kokoro.voices")
+    if not names:
+        prefix = "kokoro.voice_tensors."
+        names = [n[len(prefix):] for n in gf.tensors if n.startswith(prefix)]
+    return sorted(str(n) for n in names)
+
+
+def _voice_lang(voice: str) -> str:
+    """The language to read in with `voice`: Kokoro's from the name's prefix (af_heart: American English,
+    bf_emma: British, ...); American English for a voice added under another name."""
+    from . import g2p
+
+    try:
+        return g2p.lang_for_voice(voice)
+    except g2p.G2PError:
+        return "en-us"
+
+
+@dataclass
+class SpeechRun:
+    """One speak request in progress: the speaker's sentence iterator and what has been produced so far."""
+
+    run: int
+    agen: object
+    index: int = 0
+    samples: int = 0
+    synth_seconds: float = 0.0
+    stopped: bool = False
+
+
 class WebApp:
-    """One loaded model and its conversation state, driven by the worker."""
+    """One loaded model and its conversation state, driven by the worker; and the speech model beside it."""
 
     def __init__(self, emit=None):
         self._emit = emit
@@ -398,10 +545,19 @@ class WebApp:
         self._stop = False
         self._chatting = False
         self.last_stats: dict = {}
+        self.speaker = None  # speaker.Speaker once speech_load() succeeded
+        self.speech_info: dict = {}
+        self._speech: SpeechRun | None = None
+        self._speech_runs = 0
+        self._speech_loading = False
 
-    def emit(self, event: str, payload: dict) -> None:
+    def emit(self, event: str, payload: dict, data=None) -> None:
+        """Post an event to the page; `data` (bytes) goes beside the JSON, as the event's binary payload."""
         if self._emit is not None:
-            self._emit(event, _json(payload))
+            if data is None:
+                self._emit(event, _json(payload))
+            else:
+                self._emit(event, _json(payload), _to_page(data))
 
     # -- loading -------------------------------------------------------------------------------------------
     async def _open_source(self, kind: str, target) -> Source:
@@ -716,3 +872,227 @@ class WebApp:
             return _json({"ok": False, "error": describe_error(e)})
         finally:
             self.busy = False
+
+    # -- speech (Kokoro-82M) -------------------------------------------------------------------------------------
+    def _speech_device_owner(self):
+        """The device the speech model goes on: the chat model's when one is loaded, else the app's device
+        (opened here if no model was loaded yet; the chat model loaded later then joins it)."""
+        if self.engine is not None:
+            return self.engine.device
+        return self.device
+
+    async def speech_load(self, kind: str, target, options=None) -> str:
+        """Open the Kokoro GGUF (kind "url", "file", "opfs" or "path", as for load()), upload it to the chat
+        model's GPU device (emitting "speech-progress") and keep it for speak(). The speaker loaded before stays
+        until the new one is ready: a damaged file changes nothing. `options`: {"name": shown name}."""
+        if self._speech_loading:
+            return _fail("busy", "The speech model is loading already.")
+        if self._speech is not None:
+            return _fail("busy", "Stop reading aloud first.")
+        self._speech_loading = True
+        try:
+            return _json({"ok": True, **await self._speech_load(str(kind), target, _loads(options))})
+        except Exception as e:  # noqa: BLE001 - every failure becomes a sentence for the page
+            return _speech_fail(e, "load")
+        finally:
+            self._speech_loading = False
+
+    async def _speech_load(self, kind: str, target, opts: dict) -> dict:
+        from .speaker import SAMPLE_RATE, Speaker
+
+        t0 = time.perf_counter()
+        self.emit("speech-progress", {"phase": "kokoro-open", "text": "Opening the speech model"})
+        state = {"last": 0.0, "t_up": None, "tensors": 0, "done": None, "total": None}
+
+        def report(final: bool = False) -> None:
+            # Throttled: bytes read so far (every read), and tensors done when the loader reports them.
+            now = time.perf_counter()
+            if state["t_up"] is None or (now - state["last"] < _PROGRESS_EVERY and not final):
+                return
+            state["last"] = now
+            elapsed, got = now - state["t_up"], src.fetched - state["header"]
+            left = (src.size - src.fetched) * elapsed / got if got > 0 and elapsed > 0 else None
+            self.emit("speech-progress", {"phase": "kokoro-weights", "fetched": src.fetched, "file_size": src.size,
+                                          "done": state["done"], "total": state["total"], "tensors": state["tensors"],
+                                          "seconds_left": left, "text": "Loading the speech model"})
+
+        def progress(*args, **kw) -> None:
+            # The loader's own progress: (done, total, name) like the chat model's, or a dict of them.
+            ev = args[0] if args and isinstance(args[0], dict) else dict(zip(("done", "total", "tensor"), args))
+            ev.update(kw)
+            state["tensors"] += 1
+            state["done"], state["total"] = ev.get("done"), ev.get("total")
+            report(state["done"] is not None and state["done"] == state["total"])
+
+        src = ReportingSource(await self._open_source(kind, target), report)
+        name = opts.get("name") or src.name
+        try:
+            gf = await GGUFFile.open(src)
+            arch = gf.architecture
+            if arch != "kokoro":
+                raise NotKokoroError(f"{name} is not a Kokoro speech model"
+                                     + (f" (it holds a {arch} model)" if arch else " (it names no architecture)"))
+            dev = self._speech_device_owner()
+            if dev is None:
+                dev = self.device = await gpu.Device.open()
+            state["t_up"], state["header"] = time.perf_counter(), src.fetched
+            extra = {"progress": progress} if _accepts(Speaker.load, "progress") else {}
+            speaker = await Speaker.load(gf, device=dev, **extra)
+        finally:
+            await src.close()
+        old, self.speaker = self.speaker, speaker
+        if old is not None:
+            old.release()
+        self.speech_info = {
+            "name": name,
+            "size": src.size,
+            "fetched": src.fetched,
+            "voices": speaker.voices,
+            "sample_rate": SAMPLE_RATE,
+            "same_device": self.engine is None or speaker.model.device is self.engine.device,
+            "adapter": dev.info,
+            "load_seconds": time.perf_counter() - t0,
+        }
+        self.emit("speech-progress", {"phase": "kokoro-ready", "text": "Speech ready", "fetched": src.fetched,
+                                      "file_size": src.size, "tensors": state["tensors"]})
+        return self.speech_info
+
+    async def speech_voices(self, kind=None, target=None) -> str:
+        """The voices: the loaded speech model's (stock and added), or with `kind`/`target` those a Kokoro file
+        lists in its header (read by ranges; no weights are loaded), for the picker before the first use."""
+        try:
+            if kind is None or kind == "":
+                if self.speaker is None:
+                    return _fail("speech", "The speech model is not loaded yet.")
+                return _json({"ok": True, "loaded": True, "voices": self.speaker.voices})
+            src = await self._open_source(str(kind), target)
+            try:
+                gf = await GGUFFile.open(src)
+                if gf.architecture != "kokoro":
+                    raise NotKokoroError(f"{src.name} is not a Kokoro speech model")
+                return _json({"ok": True, "loaded": False, "voices": _header_voices(gf)})
+            finally:
+                await src.close()
+        except Exception as e:  # noqa: BLE001
+            return _speech_fail(e, "load")
+
+    def speech_add_voice(self, name, data) -> str:
+        """Add a voice from a voicepack file's bytes (kokoro-js's voices/*.bin: float32 [510, 256]). It reads
+        in the language its name's prefix says (bf_mine: British English), else American English."""
+        if self.speaker is None:
+            return _fail("speech", "The speech model is not loaded yet.")
+        try:
+            self.speaker.add_voice(str(name or ""), _media_bytes(data))
+            return _json({"ok": True, "voices": self.speaker.voices})
+        except Exception as e:  # noqa: BLE001
+            return _speech_fail(e)
+
+    async def speak(self, text, voice="af_heart", speed=1.0, seed=0, run=None) -> str:
+        """Read `text` aloud: one "speech" event per sentence, the first as soon as it is synthesised. Returns
+        {ok, done, run, sentences, samples, seconds, synth_seconds, stopped}; speech_stop() ends it between
+        sentences."""
+        r = await self.speak_start(text, voice, speed, seed, run)
+        started = json.loads(r)
+        if not started["ok"]:
+            return r
+        while True:
+            r = await self.speak_next(started["run"])
+            out = json.loads(r)
+            if not out["ok"] or out["done"]:
+                return r
+
+    async def speak_start(self, text, voice="af_heart", speed=1.0, seed=0, run=None) -> str:
+        """Check the request and get its sentences ready; speak_next() synthesises them one by one. A new
+        request replaces one in progress. `run` (an int the page chooses) tags its events; default a counter."""
+        await self._end_speech()
+        if self.speaker is None:
+            return _fail("speech", "The speech model is not loaded yet.")
+        text = "" if text is None else str(text)
+        if not text.strip():
+            return _fail("speech", "There is nothing to read aloud: the text is empty.")
+        voice = str(voice or "")
+        if voice not in self.speaker.voices:
+            return _fail("speech", f"There is no voice named {voice!r} in the speech model; choose one of its "
+                                   f"{len(self.speaker.voices)} voices.", f"voices: {', '.join(self.speaker.voices)}")
+        try:
+            speed = float(speed if speed is not None else 1.0)
+            seed = int(seed or 0)
+        except (TypeError, ValueError):
+            return _fail("speech", f"The speed {speed!r} and seed {seed!r} must be numbers.")
+        if not 0.25 <= speed <= 4.0:  # the speaker's range, said before any text is read
+            return _fail("speech", f"The speed {speed:g} is out of range: use 0.25 to 4 (1 is Kokoro's normal pace).")
+        self._speech_runs += 1
+        rid = int(run) if run is not None else self._speech_runs
+        holder: list[SpeechRun] = []
+        agen = self.speaker.stream(text, voice, speed=speed, seed=seed, lang=_voice_lang(voice),
+                                   cancelled=lambda: bool(holder) and holder[0].stopped)
+        self._speech = SpeechRun(rid, agen)
+        holder.append(self._speech)
+        return _json({"ok": True, "run": rid})
+
+    async def speak_next(self, run=None) -> str:
+        """Synthesise the next sentence of the request started last and emit it as a "speech" event. Returns
+        {ok, done: false, run, index, samples, seconds}, then at the end {ok, done: true, run, sentences,
+        samples, seconds, synth_seconds, stopped}; a request that was replaced or stopped ends at once."""
+        from .speaker import SAMPLE_RATE
+
+        sr = self._speech
+        if sr is None or (run is not None and int(run) != sr.run):
+            return _json({"ok": True, "done": True, "run": run, "stopped": True, "sentences": 0, "samples": 0,
+                          "seconds": 0.0, "synth_seconds": 0.0})
+        if self.busy:
+            return _fail("busy", "The model is busy with another request.")
+
+        def finished() -> str:
+            self._speech = None
+            return _json({"ok": True, "done": True, "run": sr.run, "stopped": sr.stopped, "sentences": sr.index,
+                          "samples": sr.samples, "seconds": sr.samples / SAMPLE_RATE,
+                          "synth_seconds": sr.synth_seconds})
+
+        if sr.stopped:
+            await sr.agen.aclose()
+            return finished()
+        t0 = time.perf_counter()
+        try:
+            u = await sr.agen.__anext__()
+        except StopAsyncIteration:
+            if sr.index == 0 and not sr.stopped:
+                self._speech = None
+                return _fail("speech", "There is nothing to read aloud in this text: it has no words, only "
+                                       "punctuation or symbols.")
+            return finished()
+        except Exception as e:  # noqa: BLE001
+            self._speech = None
+            await sr.agen.aclose()
+            return _speech_fail(e)
+        took = time.perf_counter() - t0
+        audio = np.ascontiguousarray(u.audio, dtype="<f4")
+        i = sr.index
+        sr.index += 1
+        sr.samples += audio.size
+        sr.synth_seconds += took
+        seconds = audio.size / SAMPLE_RATE
+        self.emit("speech", {"run": sr.run, "index": i, "text": u.text, "phonemes": u.phonemes,
+                             "samples": int(audio.size), "sample_rate": SAMPLE_RATE, "seconds": seconds,
+                             "synth_seconds": took}, audio.tobytes())
+        return _json({"ok": True, "done": False, "run": sr.run, "index": i, "samples": int(audio.size),
+                      "seconds": seconds})
+
+    def speech_stop(self) -> None:
+        """End the speak request in progress after the sentence being synthesised (the next speak_next()
+        reports it stopped)."""
+        if self._speech is not None:
+            self._speech.stopped = True
+
+    async def _end_speech(self) -> None:
+        sr, self._speech = self._speech, None
+        if sr is not None:
+            sr.stopped = True
+            await sr.agen.aclose()
+
+    def speech_release(self) -> None:
+        """Forget the speech model and free its GPU memory."""
+        sp, self.speaker = self.speaker, None
+        self._speech = None
+        if sp is not None:
+            sp.release()

@@ -461,3 +461,219 @@ async def test_the_audio_model_and_projector_pair_hears_a_wav():
     assert info["ok"] and info["has_audio"] is True and info["mmproj"].endswith(AUDIO_MMPROJ.name)
     r = json.loads(await app.chat(json.dumps(_audio_msg("wav")), json.dumps(GREEDY), [wav]))
     assert r["ok"] and [t["id"] for t in rec.tokens()] == want and r["audio_read"] == 1
+
+
+# -- speech (Kokoro-82M): the page's calls, their events and sentences --------------------------------------------
+
+from rullama_py import speaker as _speaker
+
+KOKORO_RATE = 24000
+PHONEME_GOLDENS = FIX / "g2p" / "kokoro_js_phonemes.json"
+
+
+class SpeechRecorder(Recorder):
+    """Events with their binary payload (a "speech" event's float32 samples)."""
+
+    def __init__(self):
+        super().__init__()
+        self.data = []
+        self.on_speech = None
+
+    def __call__(self, event, payload, data=None):
+        super().__call__(event, payload)
+        if data is not None:
+            self.data.append((event, json.loads(payload), data))
+            if event == "speech" and self.on_speech:
+                self.on_speech(json.loads(payload))
+
+    def speech(self):
+        return [(p, np.frombuffer(d, "<f4")) for e, p, d in self.data if e == "speech"]
+
+
+class FakeKokoro:
+    """Kokoro's GPU model stood in for: audio that says which ids, style, speed and seed it was given (a
+    sentence of n ids lasts n * 100 samples), so the test sees what the speaker passed on."""
+
+    def __init__(self):
+        self.calls = []
+        self.released = False
+
+    async def synthesize(self, ids, style, *, speed=1.0, seed=0, noise=1.0):
+        self.calls.append((list(ids), float(style[0]), speed, seed))
+        n = len(ids) * 100
+        audio = (np.sin(np.arange(n) * (seed + 1) * 0.01) * 0.5 + style[0]).astype(np.float32)
+        return audio, np.ones(len(ids), np.int32)
+
+    def release(self):
+        self.released = True
+
+
+def _fake_speaker():
+    """The real Speaker (g2p with espeak-ng, sentence splitting, voices, voicepacks) over FakeKokoro; its
+    vocabulary: every phoneme symbol of the g2p goldens."""
+    goldens = json.loads(PHONEME_GOLDENS.read_text())
+    symbols = sorted({ch for row in goldens["phonemes"] for lang in ("en-us", "en-gb") for ch in row[lang]})
+    config = type("Config", (), {"vocab": {ch: i + 1 for i, ch in enumerate(symbols)}})()
+    voices = {name: np.full((510, 256), k + 1, np.float32) for k, name in enumerate(("af_heart", "bm_george"))}
+    return _speaker.Speaker(FakeKokoro(), config, voices, "fake-kokoro")
+
+
+def _speech_app(rec=None):
+    app = WebApp(rec or SpeechRecorder())
+    app.speaker = _fake_speaker()
+    return app
+
+
+TWO = "The cat sat on the mat. Then it went to sleep!"
+
+
+async def test_speak_streams_one_event_per_sentence_with_its_samples():
+    rec = SpeechRecorder()
+    app = _speech_app(rec)
+    r = json.loads(await app.speak(TWO, "bm_george", 1.25, 7, 41))
+    assert r["ok"] and r["done"] and not r["stopped"] and r["run"] == 41 and r["sentences"] == 2
+    got = rec.speech()
+    assert [p["index"] for p, _ in got] == [0, 1] and all(p["run"] == 41 for p, _ in got)
+    assert [p["text"] for p, _ in got] == ["The cat sat on the mat.", "Then it went to sleep!"]
+    calls = app.speaker.model.calls
+    # the voice's style row, the speed, and the seed counting up per sentence, as Speaker.stream does
+    assert [(c[1], c[2], c[3]) for c in calls] == [(2.0, 1.25, 7), (2.0, 1.25, 8)]
+    for (p, pcm), call in zip(got, calls):
+        assert p["samples"] == pcm.size == len(call[0]) * 100 and p["sample_rate"] == KOKORO_RATE
+        assert p["seconds"] == pytest.approx(pcm.size / KOKORO_RATE) and p["phonemes"]
+        assert call[0][0] == call[0][-1] == 0 and len(call[0]) == len(_speaker.g2p.tokenize(p["phonemes"],
+                                                                                             app.speaker.vocab)) + 2
+    # the bytes are the speaker's own float32 samples, unchanged
+    want = [u.audio async for u in _fake_speaker().stream(TWO, "bm_george", speed=1.25, seed=7)]
+    assert all(np.array_equal(pcm, w) for (_, pcm), w in zip(got, want))
+    assert r["samples"] == sum(pcm.size for _, pcm in got) and r["seconds"] == pytest.approx(r["samples"] / KOKORO_RATE)
+    assert app._speech is None
+
+
+async def test_stop_ends_speech_between_sentences():
+    rec = SpeechRecorder()
+    app = _speech_app(rec)
+    rec.on_speech = lambda p: app.speech_stop() if p["index"] == 0 else None  # the page's Stop, after sentence 1
+    r = json.loads(await app.speak(TWO + " And then it woke up.", "af_heart"))
+    assert r["ok"] and r["done"] and r["stopped"] and r["sentences"] == 1
+    assert len(rec.speech()) == 1 and len(app.speaker.model.calls) == 1  # nothing synthesised after the stop
+
+
+async def test_a_new_request_replaces_the_one_in_progress():
+    """What the worker does: speak_start, then one speak_next per sentence; a second speak_start (a new Read
+    aloud) ends the first: its next speak_next says done (stopped) and no event of it comes any more."""
+    rec = SpeechRecorder()
+    app = _speech_app(rec)
+    assert json.loads(await app.speak_start(TWO, "af_heart", 1, 0, 1)) == {"ok": True, "run": 1}
+    first = json.loads(await app.speak_next(1))
+    assert first["ok"] and not first["done"] and first["index"] == 0
+    assert json.loads(await app.speak_start("Hello there.", "bm_george", 1, 0, 2))["run"] == 2
+    old = json.loads(await app.speak_next(1))
+    assert old["done"] and old["stopped"]
+    new = json.loads(await app.speak_next(2))
+    assert new["index"] == 0 and json.loads(await app.speak_next(2))["done"]
+    assert [(p["run"], p["index"]) for p, _ in rec.speech()] == [(1, 0), (2, 0)]
+
+
+@pytest.mark.parametrize("text, voice, speed, words", [
+    ("", "af_heart", 1, "the text is empty"),
+    ("   \n\t ", "af_heart", 1, "the text is empty"),
+    ("?!... ---", "af_heart", 1, "nothing to speak"),  # g2p's sentence (espeak-ng reads emoji by their names)
+    ("…!? «» — ...", "af_heart", 1, "nothing to speak"),
+    (TWO, "xx_nobody", 1, "There is no voice named 'xx_nobody'"),
+    (TWO, "af_heart", 9, "out of range"),
+    (TWO, "af_heart", "fast", "must be numbers"),
+])
+async def test_bad_speech_requests_are_sentences(text, voice, speed, words):
+    rec = SpeechRecorder()
+    app = _speech_app(rec)
+    r = json.loads(await app.speak(text, voice, speed, 0))
+    assert r["ok"] is False and r["error"]["kind"] == "speech", r
+    msg = r["error"]["message"]
+    assert words.lower() in msg.lower() and msg[0].isupper() and msg.endswith(".") and "Error" not in msg, msg
+    assert not rec.speech() and app._speech is None
+    assert json.loads(await app.speak("Hello.", "af_heart"))["ok"]  # the next request is served as usual
+
+
+async def test_a_long_paste_streams_without_waiting_for_the_whole_text():
+    """20,000 characters: the first sentence is spoken (an event with its samples) before the rest is
+    synthesised; stop ends it there."""
+    base = ("It was a bright cold day in April, and the clocks were striking thirteen. Winston Smith slipped "
+            "quickly through the glass doors of Victory Mansions, though not quickly enough to prevent a swirl "
+            "of gritty dust from entering along with him. ")
+    text = (base * (20000 // len(base) + 1))[:20000]
+    rec = SpeechRecorder()
+    app = _speech_app(rec)
+    rec.on_speech = lambda p: app.speech_stop() if p["index"] == 1 else None
+    r = json.loads(await app.speak(text, "af_heart"))
+    assert r["ok"] and r["stopped"] and r["sentences"] == 2 and len(rec.speech()) == 2
+    assert rec.speech()[0][0]["text"].startswith("It was a bright cold day in April")
+
+
+async def test_voices_and_added_voicepacks():
+    app = _speech_app()
+    assert json.loads(await app.speech_voices()) == {"ok": True, "loaded": True, "voices": ["af_heart", "bm_george"]}
+    pack = np.full((510, 256), 0.25, np.float32)
+    r = json.loads(app.speech_add_voice("mine", pack.tobytes()))
+    assert r["ok"] and r["voices"] == ["af_heart", "bm_george", "mine"]
+    assert json.loads(await app.speak("Hello.", "mine"))["ok"] and app.speaker.model.calls[-1][1] == 0.25
+    for data, words in ((b"\0" * 1000, "1000 bytes"), (np.full((510, 255), 1, np.float32).tobytes(), "bytes"),
+                        (np.full((510, 256), np.nan, np.float32).tobytes(), "not finite")):
+        r = json.loads(app.speech_add_voice("bad", data))
+        assert r["ok"] is False and r["error"]["kind"] == "speech" and words in r["error"]["message"], r
+        assert r["error"]["message"].endswith(".")
+    r = json.loads(app.speech_add_voice("", pack.tobytes()))
+    assert r["error"]["kind"] == "speech" and "name" in r["error"]["message"]
+
+
+async def test_speech_before_the_speech_model_is_loaded():
+    app = WebApp(SpeechRecorder())
+    for r in (await app.speak("Hello.", "af_heart"), await app.speech_voices(), app.speech_add_voice("v", b"")):
+        r = json.loads(r)
+        assert r["ok"] is False and r["error"]["kind"] == "speech" and "not loaded" in r["error"]["message"]
+
+
+@pytest.mark.parametrize("case", ["damaged", "truncated", "not-gguf", "gemma", "missing-url", "missing-file"])
+async def test_a_bad_kokoro_file_is_a_sentence(case, tmp_path):
+    from range_server import RangeServer
+
+    app = _speech_app()
+    kept = app.speaker
+    bad = tmp_path / "kokoro.gguf"
+    if case == "damaged":
+        bad.write_bytes(b"GGUF" + bytes(range(256)) * 8)
+    elif case == "truncated":  # a real GGUF header cut short
+        bad.write_bytes(TINY.read_bytes()[:3000])
+    elif case == "not-gguf":
+        bad.write_bytes(b"RIFF" + b"\0" * 4000)
+    if case == "missing-url":
+        with RangeServer({"/x.gguf": TINY}) as srv:
+            r = json.loads(await app.speech_load("url", srv.url("/kokoro.gguf")))
+        words = "not found at that address (HTTP 404)"
+    elif case == "missing-file":
+        r = json.loads(await app.speech_load("path", str(tmp_path / "nope.gguf")))
+        words = "was not found"
+    elif case == "gemma":
+        r = json.loads(await app.speech_load("path", str(TINY), json.dumps({"name": "tiny.gguf"})))
+        words = "tiny.gguf is not a Kokoro speech model (it holds a gemma4 model)"
+    else:
+        r = json.loads(await app.speech_load("path", str(bad)))
+        words = "is damaged or is not a Kokoro model"
+    assert r["ok"] is False and r["error"]["kind"] == "speech-load", r
+    assert words in r["error"]["message"] and r["error"]["message"].endswith("."), r["error"]
+    assert app.speaker is kept  # the speech model loaded before stays
+    r = json.loads(await app.speech_voices("path", str(TINY)))
+    assert r["error"]["kind"] == "speech-load" and "not a Kokoro speech model" in r["error"]["message"]
+
+
+def test_speech_errors_are_sentences():
+    from rullama_py import g2p
+
+    e = webapp.describe_speech_error(g2p.G2PError("there is nothing to say in this text"))
+    assert e["kind"] == "speech" and e["message"] == "There is nothing to say in this text."
+    e = webapp.describe_speech_error(_speaker.SpeakerError("unknown voice 'x'"))
+    assert e["kind"] == "speech" and e["message"] == "Unknown voice 'x'."
+    e = webapp.describe_speech_error(gpu.DeviceLimitError("buffer 'decoder' needs 9 bytes"), "load")
+    assert e["kind"] == "speech-load" and "cannot hold the speech model" in e["message"]
+    e = webapp.describe_speech_error(gpu.DeviceLostError("lost"), "speak")
+    assert e["kind"] == "device-lost"
