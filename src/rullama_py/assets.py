@@ -42,6 +42,36 @@ def default_model_path() -> Path:
     return cache_dir() / DEFAULT_MODEL_NAME
 
 
+# Kokoro-82M (text-to-speech): what the setup fetches and converts, all under cache_dir().
+KOKORO_ONNX_NAME = "kokoro-v1.0.int8.onnx"
+KOKORO_CONFIG_NAME = "kokoro-v1.0-config.json"
+KOKORO_VOICES_DIRNAME = "kokoro-v1.0-voices"
+KOKORO_MODEL_NAMES = {"f16": "kokoro-v1.0-f16.gguf", "f32": "kokoro-v1.0-f32.gguf"}
+
+
+def kokoro_onnx_path() -> Path:
+    """The int8 ONNX of Kokoro-82M v1.0 in the cache (the converter's input)."""
+    return cache_dir() / KOKORO_ONNX_NAME
+
+
+def kokoro_config_path() -> Path:
+    """hexgrad/Kokoro-82M's config.json (vocabulary, hyper-parameters) in the cache."""
+    return cache_dir() / KOKORO_CONFIG_NAME
+
+
+def kokoro_voices_dir() -> Path:
+    """The 54 voicepacks in the cache, `<name>.bin`: raw little-endian float32 [510, 256]."""
+    return cache_dir() / KOKORO_VOICES_DIRNAME
+
+
+def kokoro_model_path(kind: str = "f16") -> Path:
+    """The converted Kokoro GGUF in the cache: "f16" (the default model) or "f32" (parity tests)."""
+    try:
+        return cache_dir() / KOKORO_MODEL_NAMES[kind]
+    except KeyError:
+        raise ValueError(f"kind must be one of {sorted(KOKORO_MODEL_NAMES)}, not {kind!r}") from None
+
+
 def _marker(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
