@@ -18,6 +18,8 @@ never per token. Modules by family:
 - Kokoro's norms and small ops: norm.layer_norm (+ weight/bias, AdaLayerNorm style, LeakyReLU),
              norm.instance_norm_coeffs (AdaIN1d as a per-channel scale/shift), norm.affine_act; nn.gelu,
              nn.durations; rows.gather_rows (the alignment), rows.broadcast_row
+- signal:    harmonic_source, stft, istft (Kokoro's iSTFTNet generator: the hn-NSF source, its STFT, the
+             inverse STFT; source_noise, source_params)
 """
 
 from .norm import rms_norm  # noqa: F401
@@ -36,3 +38,4 @@ from .lstm import lstm, lstm_weights  # noqa: F401
 from .norm import affine_act, instance_norm_coeffs, instance_norm_scratch_size, layer_norm  # noqa: F401
 from .nn import durations, gelu  # noqa: F401
 from .rows import broadcast_row, gather_rows  # noqa: F401
+from .signal import harmonic_source, istft, stft  # noqa: F401
