@@ -63,6 +63,138 @@ def lstm_bidirectional(x_proj, w_hh, length):
 # ---- end of LSTM -----------------------------------------------------------------------------------------------
 
 
+# ---- Conv1d and ConvTranspose1d (ops.conv1d, ops.conv_transpose1d; shaders/conv1d_*.wgsl, conv_transpose1d.wgsl) --
+# torch.nn.functional.conv1d / conv_transpose1d, batch 1, time-major, with what the ops fold in around them: an
+# input transform (instance norm + AdaIN as a per-channel scale and shift, LeakyReLU or Snake1d), nearest
+# upsampling of the input, an accumulated and scaled output, strided column windows of the input and output
+# buffers, a real length below the capacity, and ReflectionPad1d((1, 0)) after the transposed conv.
+
+
+def conv1d_input(x, *, in_affine=None, in_act=None, slope=0.0, alpha=None):
+    """The input transform of the conv ops on real input rows x [n, C]: u = x * in_affine[c] + in_affine[C + c]
+    when in_affine [2C] is given, then in_act "leaky" (u if u >= 0 else slope * u) or "snake"
+    (u + sin(alpha[c] * u)^2 / alpha[c], Kokoro's Snake1d, alpha [C])."""
+    u = np.asarray(x, np.float64)
+    c = u.shape[1]
+    if in_affine is not None:
+        aff = np.asarray(in_affine, np.float64)
+        u = u * aff[:c] + aff[c : 2 * c]
+    if in_act == "leaky":
+        u = np.where(u >= 0, u, float(slope) * u)
+    elif in_act == "snake":
+        a = np.asarray(alpha, np.float64)[:c]
+        u = u + np.sin(a * u) ** 2 / a
+    elif in_act is not None:
+        raise ValueError(f"in_act {in_act!r}")
+    return u
+
+
+def _conv_input_rows(x, length, c_in, in_stride, in_offset):
+    """Real rows of columns [in_offset, in_offset + c_in) of the buffer x (flat or [rows, in_stride])."""
+    in_stride = c_in if in_stride is None else in_stride
+    x = np.asarray(x, np.float64).reshape(-1, in_stride)
+    n = min(int(length), x.shape[0])
+    return x[:n, in_offset : in_offset + c_in]
+
+
+def _conv_output(out, out_rows, out_stride, c_out):
+    out_stride = c_out if out_stride is None else out_stride
+    if out is None:
+        return np.zeros((out_rows, out_stride))
+    return np.array(out, np.float64).reshape(-1, out_stride)
+
+
+def conv1d_out_len(length, *, kernel, stride=1, dilation=1, padding=0, upsample=1):
+    """(length * upsample + 2 padding - dilation (kernel - 1) - 1) // stride + 1, or 0 when that is not positive."""
+    span = int(length) * upsample + 2 * padding - dilation * (kernel - 1) - 1
+    return span // stride + 1 if span >= 0 else 0
+
+
+def conv1d_ref(x, w, bias, length, *, c_in, c_out, kernel, stride=1, dilation=1, padding=0, upsample=1,
+               in_affine=None, in_act=None, slope=0.0, alpha=None, accumulate=False, out_scale=1.0,
+               in_stride=None, in_offset=0, out=None, out_rows=None, out_stride=None, out_offset=0):
+    """The output buffer [out_rows, out_stride] as ops.conv1d leaves it, float64.
+
+    x: the input buffer, [in_rows, in_stride] (or flat), the op reading columns [in_offset, in_offset + c_in) of
+    its first `length` rows (rows at or past `length` are absent, seen as zero padding). The input seen by the
+    conv is those rows transformed (conv1d_input), each repeated `upsample` times (nearest upsampling), padded
+    with `padding` zero rows on each side. w: (c_out, c_in, kernel), torch's Conv1d weight; bias [c_out] or None.
+    out: the buffer before the op (for accumulate and for the columns the op does not write; zeros of
+    [out_rows, out_stride] when None). For t < out_len (conv1d_out_len), o < c_out:
+        out[t, out_offset + o] = out_scale * ((out[t, out_offset + o] if accumulate) + bias[o]
+                                              + sum_{k, i} w[o, i, k] * seen[t * stride + k * dilation, i])
+    and for out_len <= t < out_rows the same columns are 0."""
+    u = conv1d_input(_conv_input_rows(x, length, c_in, in_stride, in_offset), in_affine=in_affine, in_act=in_act,
+                     slope=slope, alpha=alpha)
+    n = u.shape[0] * upsample
+    seen = np.zeros((n + 2 * padding, c_in))
+    seen[padding : padding + n] = np.repeat(u, upsample, axis=0)
+    buf = _conv_output(out, out_rows, out_stride, c_out)
+    n_out = min(conv1d_out_len(u.shape[0], kernel=kernel, stride=stride, dilation=dilation, padding=padding,
+                               upsample=upsample), buf.shape[0])
+    w = np.asarray(w, np.float64).reshape(c_out, c_in, kernel)
+    y = np.zeros((n_out, c_out))
+    for k in range(kernel):
+        rows = seen[k * dilation : k * dilation + (n_out - 1) * stride + 1 : stride] if n_out else seen[:0]
+        y += rows @ w[:, :, k].T
+    if bias is not None:
+        y += np.asarray(bias, np.float64)[:c_out]
+    cols = slice(out_offset, out_offset + c_out)
+    if accumulate:
+        y += buf[:n_out, cols]
+    buf[:n_out, cols] = out_scale * y
+    buf[n_out:, cols] = 0.0
+    return buf
+
+
+def conv_transpose1d_out_len(length, *, kernel, stride, padding=0, output_padding=0, reflect_pad_left=0):
+    """(length - 1) stride - 2 padding + (kernel - 1) + output_padding + 1 + reflect_pad_left; 0 for length 0
+    (or when the transposed conv alone would have no rows)."""
+    n = (int(length) - 1) * stride - 2 * padding + kernel - 1 + output_padding + 1 if length > 0 else 0
+    return n + reflect_pad_left if n > 0 else 0
+
+
+def conv_transpose1d_ref(x, w, bias, length, *, c_in, c_out, kernel, stride, padding=0, output_padding=0,
+                         groups=1, in_affine=None, in_act=None, slope=0.0, reflect_pad_left=0, out=None,
+                         out_rows=None, out_stride=None, out_offset=0):
+    """The output buffer [out_rows, out_stride] as ops.conv_transpose1d leaves it, float64.
+
+    x [in_rows, c_in] (or flat): its first `length` rows are the input, transformed as in conv1d_input (affine,
+    "leaky"). w: torch's ConvTranspose1d weight (c_in, c_out // groups, kernel); groups is 1 or
+    c_in = c_out (depthwise). torch's semantics: the unpadded output row q (q < L = (length - 1) stride -
+    2 padding + kernel + output_padding) is
+        y[q, o] = bias[o] + sum_{m, k: m stride + k = q + padding} sum_i u[m, i] w[i, o, k]     (groups 1)
+        y[q, c] = bias[c] + sum_{m, k: m stride + k = q + padding} u[m, c] w[c, 0, k]           (depthwise)
+    reflect_pad_left 1 (torch.nn.ReflectionPad1d((1, 0)) after it): out row 0 = y row 1, out row r = y row r - 1
+    (y rows at or past L count as 0). Columns [out_offset, out_offset + c_out) of rows from the output length to
+    out_rows are 0."""
+    u = conv1d_input(_conv_input_rows(x, length, c_in, c_in, 0), in_affine=in_affine, in_act=in_act, slope=slope)
+    n = u.shape[0]
+    w = np.asarray(w, np.float64).reshape(c_in, c_out // groups, kernel)
+    full = np.zeros(((n - 1) * stride + kernel + max(output_padding, 0) + 1 if n else 0, c_out))
+    for m in range(n):
+        for k in range(kernel):
+            full[m * stride + k] += u[m] @ w[:, :, k] if groups == 1 else u[m] * w[:, 0, k]
+    n_y = conv_transpose1d_out_len(n, kernel=kernel, stride=stride, padding=padding, output_padding=output_padding)
+    y = np.zeros((n_y + 1, c_out))  # one spare zero row for the reflection of a 1-row y
+    y[:n_y] = full[padding : padding + n_y]
+    if bias is not None:
+        y[:n_y] += np.asarray(bias, np.float64)[:c_out]
+    if reflect_pad_left:
+        y = np.concatenate([y[1:2], y])
+    buf = _conv_output(out, out_rows, out_stride, c_out)
+    n_out = min(conv_transpose1d_out_len(n, kernel=kernel, stride=stride, padding=padding,
+                                         output_padding=output_padding, reflect_pad_left=reflect_pad_left),
+                buf.shape[0])
+    cols = slice(out_offset, out_offset + c_out)
+    buf[:n_out, cols] = y[:n_out]
+    buf[n_out:, cols] = 0.0
+    return buf
+
+
+# ---- end of Conv1d and ConvTranspose1d ------------------------------------------------------------------------
+
+
 # ---- Normalisations and small ops (ops.layer_norm, instance_norm_coeffs, affine_act, gelu, durations, ------------
 # gather_rows, broadcast_row; shaders/layer_norm.wgsl, instance_norm_coeffs.wgsl, affine_act.wgsl, gelu.wgsl,
 # durations.wgsl, gather_rows.wgsl, broadcast_row.wgsl). Checked against the kokoro package's torch modules while

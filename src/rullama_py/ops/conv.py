@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..gpu import Graph, Tensor
 
 from ._util import WG, rows as _rows
-from .nn import _count, _grid
+from .nn import _count, _grid, _same
 
 
 _CONV_WG = 64  # threads (output positions) per workgroup of conv2d_ln_relu
@@ -73,3 +73,187 @@ async def depthwise_conv1d(g: Graph, x: Tensor, w: Tensor, out: Tensor, *, chann
         raise ValueError(f"depthwise weight of shape {w.shape} holds fewer than {channels} x {kernel} values")
     k = await g.device.kernel("depthwise_conv1d", C=channels, K=kernel, TOTAL=total, WG=WG)
     g.add(k, [x, w, out], _grid(total, WG))
+
+
+# ---- Kokoro's 1-D convolutions (shaders/conv1d_tiled.wgsl, conv1d_direct.wgsl, conv_transpose1d.wgsl, with the
+# input transform of conv1d_input.wgsl). Time-major f32: a sequence of T rows of C channels is [T_cap, C]; the
+# real input length is the Step uniform's n_tokens, read at run time, so one recorded graph serves every length.
+
+_CONV_WG_MEMORY = 16384  # bytes of workgroup memory the tiled kernel may use: WebGPU's guaranteed minimum
+_CONV_MIN_TILED_C_OUT = 16  # fewer output channels leave most of a 64-channel tile idle: one thread per value
+
+# (RPT, CPT): rows and channels per lane forced for every tiled conv, or None; "direct" forces the one-thread-
+# per-output kernels wherever they apply. For tools/bench_conv1d.py and the tests only.
+CONV1D_TILE_OVERRIDE: tuple | str | None = None
+
+
+def _conv_tile(device, c_in: int, c_out: int, taps: int, tap_rows: int, rows: int, phases: int = 1
+               ) -> tuple[int, int, int] | None:
+    """(RPT, CPT, CK) of the tiled kernel, or None when it does not apply (few output channels, or the weights of
+    one 4-channel chunk for every tap do not fit): `taps` taps per output row, `tap_rows` window rows between
+    neighbouring taps (the dilation), `rows` tile rows to cover (per phase), `phases` dispatches in z.
+
+    A lane owns RPT rows x CPT channels of a 16 RPT x 16 CPT tile: 4 x 4 (64 x 64 tiles: 752 workgroups for 128
+    channels x 24,000 rows, 252 for 256 x 4000), with RPT halved while that leaves fewer than 128 workgroups (a
+    large GPU has over 100 multiprocessors; the decoder's 1024 channels x 200 rows would be 64 tiles) or a tile
+    mostly past the rows. CK, the input channels per step, is the largest multiple of 4 (at most 32) whose
+    window and weights fit in 16 KiB, (16 RPT + tap_rows (taps - 1) + taps 16 CPT) CK 4 bytes: more channels per
+    step means fewer barriers."""
+    override = CONV1D_TILE_OVERRIDE
+    if override == "direct" or (override is None and c_out < _CONV_MIN_TILED_C_OUT):
+        return None
+    if override is None:
+        rpt, cpt = 4, 4
+        while rpt > 1 and (16 * rpt > 2 * rows or -(-c_out // (16 * cpt)) * -(-rows // (16 * rpt)) * phases < 128):
+            rpt //= 2
+    else:
+        rpt, cpt = override
+    limit = min(_CONV_WG_MEMORY, device.limits.get("max-compute-workgroup-storage-size", _CONV_WG_MEMORY))
+    floats = 16 * rpt + tap_rows * (taps - 1) + taps * 16 * cpt  # per input channel of a step
+    ck = min(32, -(-c_in // 4) * 4, (limit // (4 * floats)) // 4 * 4)
+    if ck < 4:
+        return None
+    return rpt, cpt, ck
+
+
+def _conv_bindings(x, w, bias, in_affine, alpha, length, out) -> list:
+    # An absent bias, affine or alpha binds w in its place (the kernel never reads it; read-only bindings may
+    # share a buffer), so every variant has the same seven bindings.
+    return [x, w, w if bias is None else bias, w if in_affine is None else in_affine, w if alpha is None else alpha,
+            length, out]
+
+
+def _conv_check(x, w, bias, out, in_affine, alpha, *, c_in, c_out, w_count, in_act, in_stride, in_offset,
+                out_stride, out_offset, what) -> tuple[int, int]:
+    """Validate the common arguments; (input rows, output rows) of the buffers' capacities."""
+    if c_in < 1 or c_out < 1:
+        raise ValueError(f"{what}: c_in={c_in}, c_out={c_out}")
+    if in_offset < 0 or in_offset + c_in > in_stride or out_offset < 0 or out_offset + c_out > out_stride:
+        raise ValueError(f"{what}: columns [{in_offset}, +{c_in}) of rows of {in_stride} in, [{out_offset}, "
+                         f"+{c_out}) of rows of {out_stride} out")
+    if _count(x) % in_stride or _count(out) % out_stride:
+        raise ValueError(f"{what}: input {x.shape} / output {out.shape} are not whole rows of {in_stride} / "
+                         f"{out_stride}")
+    if _count(w) != w_count:
+        raise ValueError(f"{what}: weight of shape {w.shape} does not hold {w_count} values")
+    if bias is not None and _count(bias) < c_out:
+        raise ValueError(f"{what}: bias of shape {bias.shape} holds fewer than {c_out} values")
+    if in_affine is not None and _count(in_affine) < 2 * c_in:
+        raise ValueError(f"{what}: in_affine of shape {in_affine.shape} holds fewer than 2 x {c_in} values")
+    if in_act not in (None, "leaky", "snake"):
+        raise ValueError(f"{what}: in_act {in_act!r} (None, 'leaky' or 'snake')")
+    if in_act == "snake" and (alpha is None or _count(alpha) < c_in):
+        raise ValueError(f"{what}: snake needs alpha of {c_in} values")
+    for name, t in (("input", x), ("weight", w), ("bias", bias), ("in_affine", in_affine), ("alpha", alpha)):
+        if t is not None and _same(t, out):
+            raise ValueError(f"{what}: the {name} and the output are one buffer (WebGPU forbids binding a buffer "
+                             "twice when one binding is writable)")
+    return _count(x) // in_stride, _count(out) // out_stride
+
+
+def _input_consts(in_affine, in_act, slope, c_in) -> dict:
+    return dict(C_IN=c_in, AFFINE=in_affine is not None, LEAKY=in_act == "leaky", SNAKE=in_act == "snake",
+                SLOPE=float(slope))
+
+
+async def conv1d(g: Graph, x: Tensor, w: Tensor, bias: Tensor | None, out: Tensor, length: Tensor, *, c_in: int,
+                 c_out: int, kernel: int, stride: int = 1, dilation: int = 1, padding: int = 0, upsample: int = 1,
+                 in_affine: Tensor | None = None, in_act: str | None = None, slope: float = 0.0,
+                 alpha: Tensor | None = None, accumulate: bool = False, out_scale: float = 1.0,
+                 in_stride: int | None = None, in_offset: int = 0, out_stride: int | None = None,
+                 out_offset: int = 0):
+    """torch's Conv1d over time with Kokoro's neighbours folded in; one dispatch.
+
+    x: f32 [in_rows, in_stride] (in_stride defaults to c_in), the conv reading columns [in_offset, in_offset +
+    c_in) of rows 0 .. len - 1, len = length.n_tokens (`length` is the Step uniform, shaders/common.wgsl;
+    rows at or past len are absent: zero padding). upsample U: the input is seen nearest-upsampled (seen row r
+    = row r // U, length len U; Kokoro's shortcut conv1x1 of an upsampled input).
+    Input transform, on every real input value (padding stays zero): u = x; in_affine (f32 [2 c_in]): u = u *
+    in_affine[c] + in_affine[c_in + c] (instance norm + AdaIN folded into a scale and shift by another op);
+    in_act "leaky": u if u >= 0 else slope u; "snake": u + sin(alpha[c] u)^2 / alpha[c] (alpha f32 [c_in]).
+    w: f32 (c_out, c_in, kernel), torch's layout (weight norm folded); bias: f32 [c_out] or None.
+    out: f32 [out_rows, out_stride] (out_stride defaults to c_out), written at columns [out_offset, out_offset +
+    c_out): for t < out_len = (len U + 2 padding - dilation (kernel - 1) - 1) // stride + 1,
+        out[t, o] = out_scale ((out[t, o] if accumulate) + bias[o] + sum_{k, i} w[o, i, k] u[t stride +
+                    k dilation - padding, i]),
+    and 0 in rows out_len .. out_rows. accumulate reads `out` first (x = x + conv, (res + shortcut) / sqrt 2);
+    out must not share a buffer with any input.
+
+    Stride 1 with 16 or more output channels runs the tiled implicit-GEMM kernel (conv1d_tiled.wgsl; see
+    _conv_tile); strided convs and fewer output channels run one thread per output value (conv1d_direct.wgsl)."""
+    in_stride = c_in if in_stride is None else in_stride
+    out_stride = c_out if out_stride is None else out_stride
+    if kernel < 1 or stride < 1 or dilation < 1 or padding < 0 or upsample < 1:
+        raise ValueError(f"conv1d: kernel={kernel}, stride={stride}, dilation={dilation}, padding={padding}, "
+                         f"upsample={upsample}")
+    in_rows, out_rows = _conv_check(x, w, bias, out, in_affine, alpha, c_in=c_in, c_out=c_out,
+                                    w_count=c_out * c_in * kernel, in_act=in_act, in_stride=in_stride,
+                                    in_offset=in_offset, out_stride=out_stride, out_offset=out_offset, what="conv1d")
+    consts = dict(_input_consts(in_affine, in_act, slope, c_in), C_OUT=c_out, K=kernel, D=dilation, PAD=padding,
+                  UP=upsample, IN_ROWS=in_rows, IN_STRIDE=in_stride, IN_OFFSET=in_offset, OUT_ROWS=out_rows,
+                  OUT_STRIDE=out_stride, OUT_OFFSET=out_offset, HAS_BIAS=bias is not None, ACC=bool(accumulate),
+                  OUT_SCALE=float(out_scale))
+    bindings = _conv_bindings(x, w, bias, in_affine, alpha, length, out)
+    tile = _conv_tile(g.device, c_in, c_out, kernel, dilation, out_rows) if stride == 1 else None
+    if tile is not None:
+        rpt, cpt, ck = tile
+        k = await g.device.kernel("conv1d_tiled", libs=("conv1d_input",), **consts, S=1, OUT_PAD=0, REFLECT=False,
+                                  TRANSPOSED=False, J=kernel, RPT=rpt, CPT=cpt, CK=ck)
+        g.add(k, bindings, (-(-c_out // (16 * cpt)), -(-out_rows // (16 * rpt)), 1))
+    else:
+        k = await g.device.kernel("conv1d_direct", libs=("conv1d_input",), **consts, S=stride, WG=WG)
+        g.add(k, bindings, _grid(out_rows * c_out, WG))
+
+
+async def conv_transpose1d(g: Graph, x: Tensor, w: Tensor, bias: Tensor | None, out: Tensor, length: Tensor, *,
+                           c_in: int, c_out: int, kernel: int, stride: int, padding: int = 0,
+                           output_padding: int = 0, groups: int = 1, in_affine: Tensor | None = None,
+                           in_act: str | None = None, slope: float = 0.0, reflect_pad_left: int = 0,
+                           out_stride: int | None = None, out_offset: int = 0):
+    """torch's ConvTranspose1d over time, optionally followed by ReflectionPad1d((1, 0)); one dispatch.
+
+    x: f32 [in_rows, c_in], rows 0 .. len - 1 real, len = length.n_tokens (the Step uniform), transformed as in
+    conv1d (in_affine, in_act "leaky" with slope) before the convolution. w: f32 (c_in, c_out // groups, kernel),
+    torch's layout; groups is 1 or c_in = c_out (depthwise: Kokoro's upsampling "pool", kernel 3, stride 2,
+    padding 1, output_padding 1). bias: f32 [c_out] or None. The unpadded output row q < L = (len - 1) stride -
+    2 padding + (kernel - 1) + output_padding + 1 is
+        y[q, o] = bias[o] + sum_{m stride + k = q + padding} sum_i u[m, i] w[i, o, k]     (groups 1)
+        y[q, c] = bias[c] + sum_{m stride + k = q + padding} u[m, c] w[c, 0, k]           (depthwise)
+    reflect_pad_left 1 (the generator's last upsampling): out row 0 = y row 1, row r = y row r - 1, out_len =
+    L + 1 (y rows past L count as 0). out: f32 [out_rows, out_stride] (default c_out), written at columns
+    [out_offset, out_offset + c_out): out_len rows of values, then 0 up to out_rows.
+
+    groups 1 with 16 or more output channels runs the tiled kernel by output phase (conv1d_tiled.wgsl with
+    TRANSPOSED: each of the `stride` phases is a stride-1 conv of ceil(kernel / stride) taps); the depthwise
+    conv and the rest run one thread per output value (conv_transpose1d.wgsl)."""
+    out_stride = c_out if out_stride is None else out_stride
+    depthwise = groups != 1
+    if depthwise and not groups == c_in == c_out:
+        raise ValueError(f"conv_transpose1d: groups {groups}: only 1 or c_in = c_out (depthwise)")
+    if kernel < 1 or stride < 1 or padding < 0 or output_padding < 0 or reflect_pad_left not in (0, 1):
+        raise ValueError(f"conv_transpose1d: kernel={kernel}, stride={stride}, padding={padding}, "
+                         f"output_padding={output_padding}, reflect_pad_left={reflect_pad_left}")
+    if in_act == "snake":
+        raise ValueError("conv_transpose1d: in_act 'snake' is not supported (None or 'leaky')")
+    in_rows, out_rows = _conv_check(x, w, bias, out, in_affine, None, c_in=c_in, c_out=c_out,
+                                    w_count=c_in * (c_out // groups) * kernel, in_act=in_act, in_stride=c_in,
+                                    in_offset=0, out_stride=out_stride, out_offset=out_offset,
+                                    what="conv_transpose1d")
+    consts = dict(_input_consts(in_affine, in_act, slope, c_in), C_OUT=c_out, K=kernel, S=stride, PAD=padding,
+                  OUT_PAD=output_padding, REFLECT=bool(reflect_pad_left), IN_ROWS=in_rows, OUT_ROWS=out_rows,
+                  OUT_STRIDE=out_stride, OUT_OFFSET=out_offset, HAS_BIAS=bias is not None)
+    bindings = _conv_bindings(x, w, bias, in_affine, None, length, out)
+    taps = -(-kernel // stride)
+    # Tile rows are input-rate rows m of one phase; enough of them that m stride + phase - padding covers every
+    # unpadded output row below out_rows - reflect_pad_left.
+    m_rows = max(1, (out_rows - 1 - reflect_pad_left + padding) // stride + 1)
+    tile = None if depthwise else _conv_tile(g.device, c_in, c_out, taps, 1, m_rows, stride)
+    if tile is not None:
+        rpt, cpt, ck = tile
+        k = await g.device.kernel("conv1d_tiled", libs=("conv1d_input",), **consts, D=1, UP=1, IN_STRIDE=c_in,
+                                  IN_OFFSET=0, ACC=False, OUT_SCALE=1.0, TRANSPOSED=True, J=taps, RPT=rpt, CPT=cpt,
+                                  CK=ck)
+        g.add(k, bindings, (-(-c_out // (16 * cpt)), -(-m_rows // (16 * rpt)), stride))
+    else:
+        k = await g.device.kernel("conv_transpose1d", libs=("conv1d_input",), **consts, DEPTHWISE=depthwise, WG=WG)
+        g.add(k, bindings, _grid(out_rows * c_out, WG))
