@@ -32,8 +32,8 @@ function copyTree(src, dst) {
   }
 }
 copyTree(path.join(root, 'tests'), '/home/pyodide/tests');
-// Of tests/fixtures (mostly models the Pyodide tests do not read), only the images of tests/test_media.py and
-// the WAV files of tests/test_audio_media.py.
+// Of tests/fixtures (mostly models the Pyodide tests do not read), only the images of tests/test_media.py,
+// the WAV files of tests/test_audio_media.py and the phonemes of tests/test_g2p.py.
 function copyFiles(src, dst) {
   py.FS.mkdirTree(dst);
   for (const e of fs.readdirSync(src, { withFileTypes: true })) {
@@ -43,6 +43,16 @@ function copyFiles(src, dst) {
 }
 copyFiles(path.join(root, 'tests/fixtures/images'), '/home/pyodide/tests/fixtures/images');
 copyFiles(path.join(root, 'tests/fixtures/audio'), '/home/pyodide/tests/fixtures/audio');
+// Speech's text to phonemes (tests/test_g2p.py): its goldens, and the espeak-ng that web/worker.js gives Python
+// in the app (self.rullamaEspeakIpa over npm phonemizer), here from web/node_modules. Loaded on the first call,
+// as in the app (its Emscripten start-up installs process-wide handlers the other tests need not carry).
+copyFiles(path.join(root, 'tests/fixtures/g2p'), '/home/pyodide/tests/fixtures/g2p');
+globalThis.rullamaEspeakIpa = async (texts, voice) => {
+  const { phonemize } = require('phonemizer');
+  const out = [];
+  for (const text of texts) out.push(await phonemize(text, voice));
+  return out;
+};
 py.globals.set('WHEELS', wheels.map(w => 'emfs:/wheels/' + w));
 py.globals.set('ONLY', process.argv.slice(2));
 

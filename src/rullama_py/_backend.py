@@ -147,3 +147,154 @@ def device_error(device):
     if IN_BROWSER:
         return device.pending_error()
     return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# espeak-ng, for text to phonemes (rullama_py.g2p). The one difference between the runtimes is where espeak-ng
+# runs; both make the same library calls as npm phonemizer 1.2.1 (which kokoro-js uses): espeak_Initialize
+# (synchronous output), espeak_SetVoiceByName, espeak_SetPhonemeTrace(IPA) into a file, espeak_Synth with no
+# flags (so "[[...]]" is plain text, not phoneme input), one call per text.
+#   Browser: npm phonemizer 1.2.1, espeak-ng 1.52-dev compiled to JavaScript with English data only. The web
+#   worker (web/worker.js) defines self.rullamaEspeakIpa(texts, voice) over its phonemize().
+#   Native: Debian's libespeak-ng (1.51 on Debian 12) through ctypes, in a worker thread.
+# Not through the espeak-ng program: it turns on "[[...]]" phoneme input, and one process per text (about 12 ms
+# each; kokoro-js phonemizes every stretch between punctuation marks on its own) is 5 times slower.
+
+
+class EspeakMissing(RuntimeError):
+    """espeak-ng cannot be used here: no libespeak-ng natively, no phonemizer in the page."""
+
+
+IPA_TIE = "^"  # with tie=True, joins the letters of one phoneme ("t^ʃ"), as misaki's espeak G2P asks
+
+
+async def espeak_ipa(texts: list[str], voice: str, tie: bool = False) -> list[list[str]]:
+    """espeak-ng's IPA for each of `texts` in `voice` (an espeak voice name: "en-us", "en", "es", ...).
+
+    For each text, the lines espeak-ng writes, empty lines left out: one per clause it finds, phonemes without
+    separators, words separated by a space, stress marks before the stressed syllable (what npm phonemizer's
+    phonemize(text, voice) returns). tie=True joins the letters of multi-letter phonemes with IPA_TIE (native
+    only: npm phonemizer has no such option). Raises EspeakMissing, or ValueError for a voice espeak lacks."""
+    if IN_BROWSER:
+        import js  # type: ignore[import-not-found]  (Pyodide only)
+        from pyodide.ffi import to_js  # type: ignore[import-not-found]
+
+        if tie:
+            raise ValueError("the browser's espeak-ng (npm phonemizer) cannot tie phonemes")
+        fn = getattr(js, "rullamaEspeakIpa", None)
+        if fn is None:
+            raise EspeakMissing("this page's worker provides no espeak-ng (self.rullamaEspeakIpa is missing)")
+        result = await fn(to_js(list(texts)), voice)
+        return [[str(line) for line in lines] for lines in result.to_py()]
+    import asyncio
+
+    return await asyncio.to_thread(_native_espeak.ipa, list(texts), voice, tie)
+
+
+class _NativeEspeak:
+    """libespeak-ng through ctypes. espeak-ng keeps its state in globals, so every use holds `lock`."""
+
+    AUDIO_OUTPUT_SYNCHRONOUS = 2
+    INITIALIZE_DONT_EXIT = 0x8000  # report a missing data folder instead of exiting the process
+    POS_CHARACTER = 1
+    PHONEMES_IPA = 0x02
+    PHONEMES_TIE = 0x80  # bits 8-23 of the mode then hold the tie character
+
+    def __init__(self):
+        import threading
+
+        self.lock = threading.Lock()
+        self.lib = None
+        self.voice = None
+
+    def _load(self):
+        import ctypes
+        import ctypes.util
+
+        names = [n for n in ("libespeak-ng.so.1", ctypes.util.find_library("espeak-ng"), "libespeak-ng.dylib") if n]
+        lib = None
+        for name in names:
+            try:
+                lib = ctypes.CDLL(name)
+                break
+            except OSError:
+                continue
+        if lib is None:
+            raise EspeakMissing("libespeak-ng is not installed (Debian: apt-get install espeak-ng)")
+        libc = ctypes.CDLL(None)
+        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        lib.espeak_SetPhonemeTrace.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
+                                     ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+        class Voice(ctypes.Structure):  # espeak_VOICE
+            _fields_ = [("name", ctypes.c_char_p), ("languages", ctypes.c_char_p), ("identifier", ctypes.c_char_p),
+                        ("gender", ctypes.c_ubyte), ("age", ctypes.c_ubyte), ("variant", ctypes.c_ubyte),
+                        ("xx1", ctypes.c_ubyte), ("score", ctypes.c_int), ("spare", ctypes.c_void_p)]
+
+        self.Voice = Voice
+        lib.espeak_SetVoiceByProperties.argtypes = [ctypes.POINTER(Voice)]
+        lib.espeak_Info.argtypes = [ctypes.c_void_p]
+        lib.espeak_Info.restype = ctypes.c_char_p
+        libc.open_memstream.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_size_t)]
+        libc.open_memstream.restype = ctypes.c_void_p
+        libc.fclose.argtypes = [ctypes.c_void_p]
+        libc.free.argtypes = [ctypes.c_void_p]
+        if lib.espeak_Initialize(self.AUDIO_OUTPUT_SYNCHRONOUS, 100, None, self.INITIALIZE_DONT_EXIT) <= 0:
+            raise EspeakMissing("libespeak-ng is installed but cannot start (its espeak-ng-data is missing)")
+        # Synthesis still runs (the trace is written while speaking); the samples go to a callback that
+        # drops them. espeak-ng 1.51 would call a NULL callback in synchronous mode.
+        self._drop_audio = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p)(
+            lambda samples, n, events: 0)
+        lib.espeak_SetSynthCallback(self._drop_audio)
+        self.ctypes, self.libc, self.lib = ctypes, libc, lib
+
+    def version(self) -> str:
+        with self.lock:
+            if self.lib is None:
+                self._load()
+            return self.lib.espeak_Info(None).decode()
+
+    def ipa(self, texts: list[str], voice: str, tie: bool) -> list[list[str]]:
+        with self.lock:
+            if self.lib is None:
+                self._load()
+            ctypes, lib, libc = self.ctypes, self.lib, self.libc
+            if voice != self.voice:
+                self.voice = None
+                # By voice file name ("en-us", "en", "es"), else by language ("fr-fr" is the language of
+                # the voice file "fr"), as the espeak-ng program's -v does.
+                if lib.espeak_SetVoiceByName(voice.encode()) != 0:
+                    props = self.Voice(languages=voice.encode())
+                    if lib.espeak_SetVoiceByProperties(ctypes.byref(props)) != 0:
+                        raise ValueError(f"espeak-ng has no voice {voice!r}")
+                self.voice = voice
+            mode = self.PHONEMES_IPA | ((self.PHONEMES_TIE | (ord(IPA_TIE) << 8)) if tie else 0)
+            out = []
+            for text in texts:
+                buf, size = ctypes.c_char_p(), ctypes.c_size_t()
+                stream = libc.open_memstream(ctypes.byref(buf), ctypes.byref(size))
+                if not stream:
+                    raise MemoryError("open_memstream failed")
+                data = text.encode("utf-8", "replace")
+                try:
+                    lib.espeak_SetPhonemeTrace(mode, stream)
+                    lib.espeak_Synth(data, len(data) + 1, 0, self.POS_CHARACTER, 0, 0, None, None)
+                finally:
+                    lib.espeak_SetPhonemeTrace(0, None)
+                    libc.fclose(stream)  # sets buf and size
+                raw = ctypes.string_at(buf, size.value).decode("utf-8", "replace")
+                libc.free(buf)
+                out.append([line for line in raw.split("\n") if line])
+            return out
+
+
+_native_espeak = _NativeEspeak()
+
+
+def espeak_version() -> str:
+    """The espeak-ng version that espeak_ipa uses: libespeak-ng's natively ("1.51"); in the browser, the
+    version npm phonemizer 1.2.1 compiled in (it does not report one)."""
+    if IN_BROWSER:
+        return "1.52-dev (npm phonemizer 1.2.1)"
+    return _native_espeak.version()
