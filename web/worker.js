@@ -127,6 +127,24 @@ function loadResampler() {
   return resampler;
 }
 
+// ---- Speech: text to phonemes (rullama_py.g2p) ----------------------------------------------------------
+// Python's espeak-ng in the browser (rullama_py._backend.espeak_ipa calls self.rullamaEspeakIpa): npm phonemizer
+// 1.2.1, espeak-ng compiled to JavaScript with English voices only, as kokoro-js uses it. The module (1.3 MB)
+// is served at phonemizer/ from web/node_modules/phonemizer/dist and imported on the first call, i.e. when
+// speech is first used. For each text, the IPA lines espeak writes (phonemizer's phonemize(text, voice)).
+let phonemizer = null; // the promise of the phonemizer module, from the first call on
+self.rullamaEspeakIpa = async (texts, voice) => {
+  if (!phonemizer) {
+    phonemizer = import(new URL('phonemizer/phonemizer.js', base).href);
+    phonemizer.catch(() => { phonemizer = null; }); // a failed load may be retried
+  }
+  const { phonemize } = await phonemizer;
+  const out = [];
+  for (const text of texts) out.push(await phonemize(text, voice));
+  return out;
+};
+// ---- end of speech ----------------------------------------------------------------------------------------
+
 // The chat request for Python: message contents as parts naming media[k]: {type: 'image', ref: k, name},
 // {type: 'audio', ref: k, name, format: 'wav' | 'f32'}; a message's images first, then its clips, then its text.
 function chatArgs(messages) {
