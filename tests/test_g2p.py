@@ -208,8 +208,11 @@ async def test_split_sentences_long_paste_keeps_all_text_under_the_limit():
     assert "".join("".join(piece.split()) for piece, _ in pieces) == "".join(text.split())
     # Every cut was needed: the run-on sentence and the long number needed cutting, nothing else did.
     assert sum(len(ps) > 400 for _, ps in pieces) > 0
-    # Natively this takes about 3 s on one core of the test machine; the bound leaves room for a busy one.
-    assert seconds < (600 if _backend.IN_BROWSER else 120), f"{seconds:.1f} s"
+    # espeak-ng synthesises the audio it is not asked for (its phoneme trace is written while it speaks): about
+    # 3.5 s per 20,000 characters natively, and the over-long parts are read three times (whole, by pieces,
+    # by groups). Measured on the shared 2-core test machine: 11 to 13 s natively, 47 s in Pyodide under
+    # Node (phonemizer's espeak-ng is compiled to JavaScript). The bounds are 10 times those.
+    assert seconds < (500 if _backend.IN_BROWSER else 130), f"{seconds:.1f} s"
 
 
 async def test_split_sentences_smaller_limit_cuts_at_clauses_first():
@@ -263,6 +266,7 @@ async def test_misaki_mapping_of_tied_phonemes(monkeypatch):
         return [["t^ʃˈa^ɪ (en)hˈɛlo^ʊ(es) d^ʒe^ɪ ə^ʊ t^s s^s ɔ^ɪ a^ʊ d^z mi-ɾa"] for _ in texts]
 
     monkeypatch.setattr(_backend, "espeak_ipa", tied)
+    monkeypatch.setattr(g2p, "supported_languages", lambda: tuple(g2p.ESPEAK_VOICES))  # the browser's too
     assert await g2p.phonemize("x", "es") == "ʧˈI hˈɛlO ʤA Q ʦ S Y W ʣ miɾa"
 
 
