@@ -373,6 +373,18 @@ def test_kokoro_default_is_the_setups_file_and_absent_means_unavailable(tmp_path
         srv.server_close()
 
 
+def test_the_phonemizer_is_served_for_speech(served):
+    """npm phonemizer's module (espeak-ng in JavaScript), which the worker imports on the first speech; nothing
+    else of its package."""
+    _needs(ROOT / "web/node_modules/phonemizer/dist/phonemizer.js", "web/node_modules/phonemizer (run tools/setup.sh)")
+    _, c = served
+    status, h, body = c.get("/phonemizer/phonemizer.js")
+    assert status == 200 and "javascript" in h["content-type"] and body == (
+        ROOT / "web/node_modules/phonemizer/dist/phonemizer.js").read_bytes()
+    for path in ("/phonemizer/../package.json", "/phonemizer/%2e%2e/package.json", "/phonemizer/"):
+        assert c.get(path)[0] == 404
+
+
 def test_kokoro_errors(tmp_path, capsys):
     model = tmp_path / "m.gguf"
     model.write_bytes(DATA)

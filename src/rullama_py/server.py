@@ -10,6 +10,8 @@ What is served (all from 127.0.0.1 unless --host says otherwise):
 
     /                         web/index.html, and the app's other files in web/ (not node_modules/, dist/)
     /pyodide/...              web/node_modules/pyodide: the Pyodide 0.27.7 distribution with numpy + micropip
+    /phonemizer/...           web/node_modules/phonemizer/dist: npm phonemizer (espeak-ng in JavaScript), which
+                              the worker imports the first time speech is used (text to phonemes)
     /wheels/...               web/dist/wheels: rullama_py, gguf and pyyaml wheels, installed by micropip
     /wheels/index.json        the names of the wheels the app installs (generated)
     /models/default.gguf      the model: --model PATH, else the embedded Gemma 3 270M from the setup cache
@@ -201,6 +203,7 @@ class AppServer(ThreadingHTTPServer):
                  rebuild: bool = False, mmproj: Path | None = None, kokoro: Path | None = None):
         self.web = Path(web)
         self.pyodide = self.web / "node_modules" / "pyodide"
+        self.phonemizer = self.web / "node_modules" / "phonemizer" / "dist"
         self.wheels = self.web / "dist" / "wheels"
         self.model = Path(model) if model is not None else None
         self.mmproj = Path(mmproj) if mmproj is not None else None
@@ -272,7 +275,7 @@ class AppServer(ThreadingHTTPServer):
                 return "file", ollama.resolve(name, self.ollama_root).blob
             except ollama.OllamaError:
                 return None
-        for prefix, base in (("/pyodide/", self.pyodide), ("/wheels/", self.wheels)):
+        for prefix, base in (("/pyodide/", self.pyodide), ("/phonemizer/", self.phonemizer), ("/wheels/", self.wheels)):
             if path.startswith(prefix):
                 return _inside(base, path[len(prefix):])
         rel = path.lstrip("/")
