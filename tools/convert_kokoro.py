@@ -320,7 +320,6 @@ def write_gguf(state: dict[str, np.ndarray], config, voices: dict[str, np.ndarra
         w.add_name("Kokoro-82M")
         w.add_version("v1.0")
         w.add_license("apache-2.0")
-        w.add_size_label("82M")
         w.add_file_type(FTYPES[ftype])
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
         for key, vtype, value in config_metadata(cfg):
@@ -330,10 +329,11 @@ def write_gguf(state: dict[str, np.ndarray], config, voices: dict[str, np.ndarra
                 w.add_key_value(key, value, vtype)
         for name, value in gguf_tensors(state, cfg):
             qtype = tensor_type(name, value.shape, ftype)
-            w.add_tensor(name, quantize(value, qtype), raw_shape=value.shape if qtype == Q.Q8_0 else None, raw_dtype=qtype)
+            w.add_tensor(name, quantize(value, qtype), raw_dtype=qtype)
         for name in names:
             pack = np.asarray(voices[name], dtype=np.float32).reshape(VOICE_SHAPE)
             w.add_tensor(VOICE_PREFIX + name, pack, raw_dtype=Q.F32)
+        w.add_size_label(gguf.size_label(*w.get_total_parameter_count()))  # as TTS.cpp's converter labels it
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()

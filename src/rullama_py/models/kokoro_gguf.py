@@ -389,8 +389,9 @@ def config_metadata(cfg: KokoroConfig) -> list[tuple[str, GGUFValueType, object]
     kv += [
         ("phonemizer.type", U32, 1),  # TTS.cpp: 1 = espeak (the phonemes come from espeak-ng, as misaki's)
         ("phonemizer.phoneme_type", U32, 1),  # TTS.cpp: 1 = IPA
-        ("kokoro.voices", STR, list(cfg.voices)),
     ]
+    if cfg.voices:  # (gguf-py cannot write an empty array)
+        kv.append(("kokoro.voices", STR, list(cfg.voices)))
     return kv
 
 
