@@ -16,13 +16,14 @@
 //
 // A workgroup of 16 x 16 lanes computes a tile of TT = 16 RPT output rows x TO = 16 CPT output channels and
 // walks the input channels CK at a time. Per chunk it loads into workgroup memory the input window the tile
-// reads, TT + D (K - 1) rows x CK channels, transformed once, and the weights of every tap for those channels;
-// every tap reads the same window at its own row offset (stride 1), so one window load serves K taps. Lane
-// (tx, ty) owns rows ty RPT .. ty RPT + RPT - 1 and channels tx + 16 m: neighbouring lanes read neighbouring
-// weight vectors (no bank conflicts) and store neighbouring output columns, and the 16 lanes of a row read the
-// same window vector (a broadcast). The window and weights are stored as vec4s over 4 input channels, so a step
-// of 4 input channels is, per output row, one window vec4 times a 4 x 4 weight matrix (16 fmas per 2 loads
-// for 4 x 4 blocks). Workgroup memory: (TT + D (K - 1) + K TO) CK 4 bytes, kept <= 16 KiB by ops/conv.py.
+// reads, WR = TT + D (K - 1) rows x CK channels (TT + J - 1 input rows when transposed), transformed once, and
+// the weights of every tap for those channels; every tap reads the same window at its own row offset (stride
+// 1), so one window load serves all K taps. Lane (tx, ty) owns rows ty RPT .. ty RPT + RPT - 1 and channels
+// tx + 16 m (m < CPT): neighbouring lanes read neighbouring weight vectors (no bank conflicts) and store
+// neighbouring output columns, and the 16 lanes of a row read the same window vector (a broadcast). Window and
+// weights are stored as vec4s over 4 input channels, so a step of 4 input channels is, per output row, one
+// window vec4 times a 4 x 4 weight matrix: RPT + CPT vec4 loads for 4 RPT CPT fmas (64 per 8 loads in 4 x 4
+// blocks). Workgroup memory: (WR + J TO) CK 4 bytes, kept <= 16 KiB by ops/conv.py (_conv_tile).
 //
 // Constants: C_IN, C_OUT, K, D, PAD, UP, S, OUT_PAD, REFLECT, TRANSPOSED, J (taps per phase: K when not
 // transposed), IN_ROWS, IN_STRIDE, IN_OFFSET, OUT_ROWS, OUT_STRIDE, OUT_OFFSET, HAS_BIAS, ACC, OUT_SCALE, RPT
@@ -110,17 +111,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         ws[((J - 1u - j) * CK4 + i / 4u) * TO + o][i % 4u] = v;
       }
     } else {
-      // w[o, i, k]: a chunk of one output channel is CK K contiguous values.
+      // w[o, i, k]. Consecutive lanes take the 4 channels of one vec4, then the next output channel: consecutive
+      // words of ws, so the stores are free of bank conflicts (taps fastest, contiguous in w, put K lanes on one
+      // bank); the 4 channels' values lie K words apart in w, so a lane quad still reads one or two sectors.
       for (var e = lid; e < TO * CK * K; e += 256u) {
-        let o = e / (CK * K);
-        let ik = e % (CK * K);
-        let i = ik / K;
-        let k = ik % K;
+        let c = e % 4u;
+        let o = (e / 4u) % TO;
+        let rest = e / (4u * TO);  // k * CK4 + i4
+        let i = 4u * (rest % CK4) + c;
+        let k = rest / CK4;
         var v = 0.0;
         if (o0 + o < C_OUT && c0 + i < C_IN) {
-          v = w[(o0 + o) * C_IN * K + c0 * K + ik];
+          v = w[((o0 + o) * C_IN + c0 + i) * K + k];
         }
-        ws[(k * CK4 + i / 4u) * TO + o][i % 4u] = v;
+        ws[rest * TO + o][c] = v;
       }
     }
     workgroupBarrier();

@@ -450,6 +450,15 @@ async def test_conv_transpose1d_tiles(device, monkeypatch, tile):
                                expect_kernel="conv_transpose1d" if tile == "direct" else "conv1d_tiled")
 
 
+@pytest.mark.parametrize("out_rows", [1, 2])
+async def test_conv_transpose1d_small_capacity(device, out_rows):
+    """An output capacity of one or two rows under the reflection pad: row 0 (the copy of row 1) is still
+    written, by the lane of row 1, at stride 1 where row 1 is another tile row than row 0."""
+    rng = np.random.default_rng(31)
+    await run_conv_transpose1d(device, rng, c_in=6, c_out=20, kernel=3, stride=1, in_rows=5, length=4,
+                               reflect_pad_left=1, out_rows=out_rows, expect_kernel="conv1d_tiled", lengths=(1,))
+
+
 async def test_conv_transpose1d_depthwise(device):
     """AdainResBlk1d's upsampling pool: depthwise ConvTranspose1d(C, C, 3, stride 2, padding 1, output_padding 1)
     of leaky(AdaIN(x)): out_len = 2 len."""

@@ -245,8 +245,9 @@ async def conv_transpose1d(g: Graph, x: Tensor, w: Tensor, bias: Tensor | None, 
     bindings = _conv_bindings(x, w, bias, in_affine, None, length, out)
     taps = -(-kernel // stride)
     # Tile rows are input-rate rows m of one phase; enough of them that m stride + phase - padding covers every
-    # unpadded output row below out_rows - reflect_pad_left.
-    m_rows = max(1, (out_rows - 1 - reflect_pad_left + padding) // stride + 1)
+    # unpadded output row below out_rows - reflect_pad_left, and row 1 (whose lane also writes row 0 when padded).
+    last = max(out_rows - 1 - reflect_pad_left, reflect_pad_left)
+    m_rows = (last + padding) // stride + 1
     tile = None if depthwise else _conv_tile(g.device, c_in, c_out, taps, 1, m_rows, stride)
     if tile is not None:
         rpt, cpt, ck = tile
