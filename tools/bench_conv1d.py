@@ -8,9 +8,10 @@ sentence of --seconds of audio, recorded for exactly that length (so every row i
 often Kokoro runs it.
 
     python tools/bench_conv1d.py                    # 5 s of audio, the default tile
-    python tools/bench_conv1d.py --seconds 2 --reps 3
+    python tools/bench_conv1d.py --seconds 1 --reps 1     # lavapipe: a CPU does ~1 GFLOP/s
     python tools/bench_conv1d.py --sweep            # every tile shape (RPT x CPT) on each shape
     python tools/bench_conv1d.py --only gen         # the generator's resblock convs only
+    python tools/bench_conv1d.py --torch            # and torch's cuDNN conv on the same shapes (fp32, TF32 off)
 
 RULLAMA_DISABLE_FEATURES=subgroups,shader-f16 makes no difference: the conv kernels use neither.
 """
@@ -113,22 +114,60 @@ async def bench_one(dev, s: dict, reps: int) -> dict:
     kernel = g.dispatches[0].kernel
     dev.submit(g)  # warm-up (and the first run's validation)
     await dev.sync()
+    timed = gpu.Graph(dev, g.dispatches * reps)  # one submit of `reps` dispatches: no per-submit overhead
     t0 = time.perf_counter()
-    for _ in range(reps):
-        dev.submit(g)
+    dev.submit(timed)
     await dev.sync()
     dt = (time.perf_counter() - t0) / reps
     return dict(name=s["name"], kernel=kernel, rows=rows, macs=macs, ms=dt * 1e3, gflops=2 * macs / dt / 1e9)
 
 
+def bench_torch(s: dict, reps: int) -> float | None:
+    """Milliseconds of torch's own conv (cuDNN, fp32 with TF32 off) on the same shape, batch 1, channels first;
+    None without torch or CUDA. Only the convolution: no input transform, no accumulate."""
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    dev = torch.device("cuda")
+    tr, groups = s.get("transposed", False), s.get("groups", 1)
+    c_in, c_out, k = s["c_in"], s["c_out"], s["kernel"]
+    x = torch.randn(1, c_in, s["rows"] * s.get("upsample", 1), device=dev)
+    w = torch.randn(*((c_in, c_out // groups, k) if tr else (c_out, c_in, k)), device=dev)
+    if tr:
+        def run():
+            return F.conv_transpose1d(x, w, stride=s["stride"], padding=s.get("padding", 0),
+                                      output_padding=s.get("output_padding", 0), groups=groups)
+    else:
+        def run():
+            return F.conv1d(x, w, stride=s.get("stride", 1), padding=s.get("padding", 0),
+                            dilation=s.get("dilation", 1))
+    with torch.no_grad():
+        run()
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            run()
+        end.record()
+        torch.cuda.synchronize()
+    return start.elapsed_time(end) / reps
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=5.0, help="audio length the shapes are sized for")
-    ap.add_argument("--reps", type=int, default=5, help="timed runs per shape (after one warm-up)")
+    ap.add_argument("--reps", type=int, default=20, help="timed dispatches per shape, in one submit (after a warm-up)")
     ap.add_argument("--only", choices=("gen", "dec"), help="only the generator's or the decoder's shapes")
     ap.add_argument("--match", help="only shapes whose name contains this")
     ap.add_argument("--sweep", action="store_true", help="time every tile shape (RPT, CPT) and the direct path")
     ap.add_argument("--tile", help="force RPT,CPT (e.g. 8,4) or 'direct'")
+    ap.add_argument("--torch", action="store_true", help="also time torch's conv on CUDA (fp32, TF32 off), if present")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()
     dev = await gpu.default_device()
@@ -154,9 +193,14 @@ async def main() -> None:
                 conv_mod.CONV1D_TILE_OVERRIDE = None
             r["tile"] = tile if tile is not None else "default"
             r["count"] = s["count"]
+            theirs = ""
+            if args.torch and tile is tiles[0]:
+                r["torch_ms"] = bench_torch(s, args.reps)
+                if r["torch_ms"] is not None:
+                    theirs = f"   torch {r['torch_ms']:8.3f} ms {2 * r['macs'] / r['torch_ms'] / 1e6:9.1f} GFLOP/s"
             results.append(r)
             print(f"{s['name']:36s} {str(r['tile']):9s} {r['kernel']:17s} {r['rows']:6d} rows "
-                  f"{r['macs'] / 1e9:7.3f} GMAC {r['ms']:9.2f} ms {r['gflops']:9.1f} GFLOP/s", flush=True)
+                  f"{r['macs'] / 1e9:7.3f} GMAC {r['ms']:9.3f} ms {r['gflops']:9.1f} GFLOP/s{theirs}", flush=True)
             best = total.get(s["name"])
             if best is None or r["ms"] < best["ms"]:
                 total[s["name"]] = r

@@ -152,8 +152,9 @@ def _conv_check(x, w, bias, out, in_affine, alpha, *, c_in, c_out, w_count, in_a
 
 
 def _input_consts(in_affine, in_act, slope, c_in) -> dict:
+    # SLOPE only matters to LeakyReLU: a fixed value otherwise, so the other variants share pipelines.
     return dict(C_IN=c_in, AFFINE=in_affine is not None, LEAKY=in_act == "leaky", SNAKE=in_act == "snake",
-                SLOPE=float(slope))
+                SLOPE=float(slope) if in_act == "leaky" else 0.0)
 
 
 async def conv1d(g: Graph, x: Tensor, w: Tensor, bias: Tensor | None, out: Tensor, length: Tensor, *, c_in: int,
