@@ -400,6 +400,20 @@ async def test_no_vocabulary(tmp_path):
     assert "the phoneme vocabulary (tokenizer.ggml.tokens) is missing" in await _load_error(path)
 
 
+def test_damaged_metadata():
+    meta = {k: v for k, _, v in kg.config_metadata(tiny_config())}
+    meta["general.architecture"] = "kokoro"
+    bad = dict(meta, **{"kokoro.duration_predictor.layers": 1_000_000_000})
+    with pytest.raises(KokoroLoadError, match="1000000000 n_layer .* the header is damaged"):
+        kg.read_kokoro_config(bad)
+    bad = dict(meta, **{"kokoro.style_dim": [1, 2]})
+    with pytest.raises(KokoroLoadError, match=r"kokoro.style_dim = \[1, 2\] is not an integer"):
+        kg.read_kokoro_config(bad)
+    bad = dict(meta, **{"kokoro.tokenizer.vocab_size": 13})
+    with pytest.raises(KokoroLoadError, match="the phoneme vocabulary has 12 entries but kokoro.tokenizer.vocab_size is 13"):
+        kg.read_kokoro_config(bad)
+
+
 async def test_truncated_file(tiny, tmp_path):
     """A file cut short: the reader names it when the header is read (data past the end, or the header itself)."""
     data = tiny[3]["f16"].read_bytes()

@@ -135,7 +135,7 @@ All integers are u32. With these, `KokoroConfig.kmodel_config()` rebuilds the mo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Iterable
 
 import numpy as np
@@ -157,6 +157,9 @@ _DECODER_IN_EXTRA = 2  # F0 and N curves concatenated onto the decoder's input c
 _POST_KERNEL = 7  # Generator.conv_post
 _NOISE_RES_KERNELS = (7, 11)  # Generator.noise_res: 7 for every stage but the last, 11 for the last
 _NOISE_RES_DILATIONS = (1, 3, 5)
+# Sanity bounds on metadata counts and widths (v1.0: at most 3 layers, widths up to 24000).
+_MAX_COUNT = 64
+_MAX_WIDTH = 1 << 20
 
 
 class KokoroLoadError(ValueError):
@@ -422,7 +425,8 @@ def read_kokoro_config(gf) -> KokoroConfig:
                 return bool(v)
             return kind(v)
         except (TypeError, ValueError):
-            raise KokoroLoadError(f"{name}: metadata {key} = {v!r} is not a {kind.__name__}") from None
+            noun = "an integer" if kind is int else "a number"
+            raise KokoroLoadError(f"{name}: metadata {key} = {v!r} is not {noun}") from None
 
     def get_list(key, default):
         v = meta.get(key)
@@ -486,6 +490,15 @@ def read_kokoro_config(gf) -> KokoroConfig:
         harmonic_num=get(f"{g}.harmonic_num", d.harmonic_num),
         voices=tuple(_voice_names(gf) if isinstance(gf, GGUFFile) else meta.get("kokoro.voices", ())),
     )
+    # Bound what the name table will loop over, so that a damaged header fails here with a sentence.
+    counts = {"n_layer": cfg.n_layer, "upsample stages": n_stages, "resblock kernels": n_kernels}
+    for what, n in counts.items():
+        if not 1 <= n <= _MAX_COUNT:
+            raise KokoroLoadError(f"{name}: the metadata give {n} {what} (expected 1 to {_MAX_COUNT}): the header is damaged")
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if type(v) is int and not 0 <= v <= _MAX_WIDTH:
+            raise KokoroLoadError(f"{name}: the metadata give {f.name} = {v} (expected 0 to {_MAX_WIDTH}): the header is damaged")
     if len(cfg.tokens) != cfg.n_token:
         raise KokoroLoadError(
             f"{name}: the phoneme vocabulary has {len(cfg.tokens)} entries but kokoro.tokenizer.vocab_size is {cfg.n_token}"
