@@ -265,7 +265,8 @@ async def test_metadata(tiny):
     assert m[f"{g}.up_sampling_factor"] == 2 * 2 * 3 * 2 == cfg.samples_per_frame
     assert [m[f"{g}.up_convs.{i}.stride"] for i in range(2)] == [2, 3]
     assert [m[f"{g}.up_convs.{i}.padding"] for i in range(2)] == [1, 1]  # (k - u) // 2
-    assert (m[f"{g}.noise_blocks.0.stride"], m[f"{g}.noise_blocks.0.padding"]) == (3, 2)  # prod(rates[1:]), (s + 1) // 2
+    # stride prod(upsample_rates[1:]), padding (stride + 1) // 2
+    assert (m[f"{g}.noise_blocks.0.stride"], m[f"{g}.noise_blocks.0.padding"]) == (3, 2)
     assert (m[f"{g}.noise_blocks.1.stride"], m[f"{g}.noise_blocks.1.padding"]) == (1, 0)
     assert m[f"{g}.res_blocks.3.2.dilation"] == 3 and m[f"{g}.res_blocks.3.2.padding"] == 6  # kernel 5, dilation 3
     assert m[f"{g}.resblock_dilation_sizes"] == [1, 3, 5, 1, 2, 3]
@@ -381,16 +382,18 @@ async def test_missing_tensor(tmp_path):
 
 async def test_misshapen_tensor(tmp_path):
     cfg = tiny_config()
-    tensors = [(n, a[:-1] if n == "kokoro.decoder.generator.ups.0.weight" else a) for n, a in ck.gguf_tensors(random_state(cfg), cfg)]
+    name = "kokoro.decoder.generator.ups.0.weight"
+    tensors = [(n, a[:-1] if n == name else a) for n, a in ck.gguf_tensors(random_state(cfg), cfg)]
     msg = await _load_error(_write_raw(tmp_path / "s.gguf", cfg, tensors))
-    assert "'kokoro.decoder.generator.ups.0.weight' (KModel decoder.generator.ups.0.weight) has shape [15, 8, 4], expected [16, 8, 4]" in msg
+    assert f"'{name}' (KModel decoder.generator.ups.0.weight) has shape [15, 8, 4], expected [16, 8, 4]" in msg
 
 
 async def test_non_finite_tensor(tmp_path):
     cfg = tiny_config()
     tensors = ck.gguf_tensors(random_state(cfg), cfg)
-    tensors = [(n, np.where(np.arange(a.size).reshape(a.shape) == 3, np.nan, a).astype(np.float32) if n == "kokoro.text_encoder.layers.1.weight" else a)
-               for n, a in tensors]
+    for n, a in tensors:
+        if n == "kokoro.text_encoder.layers.1.weight":
+            a.reshape(-1)[3] = np.nan
     msg = await _load_error(_write_raw(tmp_path / "n.gguf", cfg, tensors))
     assert "'kokoro.text_encoder.layers.1.weight'" in msg and "NaN or infinite" in msg
 
@@ -410,7 +413,7 @@ def test_damaged_metadata():
     with pytest.raises(KokoroLoadError, match=r"kokoro.style_dim = \[1, 2\] is not an integer"):
         kg.read_kokoro_config(bad)
     bad = dict(meta, **{"kokoro.tokenizer.vocab_size": 13})
-    with pytest.raises(KokoroLoadError, match="the phoneme vocabulary has 12 entries but kokoro.tokenizer.vocab_size is 13"):
+    with pytest.raises(KokoroLoadError, match="vocabulary has 12 entries but kokoro.tokenizer.vocab_size is 13"):
         kg.read_kokoro_config(bad)
 
 

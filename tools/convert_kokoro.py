@@ -83,7 +83,11 @@ from rullama_py.models.kokoro_gguf import (  # noqa: E402
     kokoro_tensor_names,
 )
 
-FTYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
+FTYPES = {
+    "f32": gguf.LlamaFileType.ALL_F32,
+    "f16": gguf.LlamaFileType.MOSTLY_F16,
+    "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+}
 
 # Initializers of the ONNX that are not KModel parameters: the fixed STFT bases of the export's own iSTFT
 # (KModel(disable_complex=True) computes these from n_fft; KModel's default TorchSTFT has none).
@@ -194,7 +198,8 @@ def state_dict_from_onnx(path, config: KokoroConfig | None = None) -> dict[str, 
             _lstm_from_onnx(node, inits, put)
         elif op == "DequantizeLinear" and node.input[0] in inits:
             # The embedding tables: Gather on the int8 table, then DequantizeLinear (one scale per table).
-            put(_param_key(node.input[0]), _dequantize(inits[node.input[0]], inits[node.input[1]], zero_point_of(node, 2), None))
+            table = node.input[0]
+            put(_param_key(table), _dequantize(inits[table], inits[node.input[1]], zero_point_of(node, 2), None))
         elif op == "Gather" and node.input[0] in inits and inits[node.input[0]].dtype in (np.int8, np.uint8):
             deq = [c for o in node.output for c in consumers[o] if c.op_type == "DequantizeLinear"]
             if not deq:
@@ -314,7 +319,8 @@ def gguf_tensors(state: dict[str, np.ndarray], cfg: KokoroConfig) -> list[tuple[
     return out
 
 
-def write_gguf(state: dict[str, np.ndarray], config, voices: dict[str, np.ndarray], out_path, ftype: str = "f16") -> Path:
+def write_gguf(state: dict[str, np.ndarray], config, voices: dict[str, np.ndarray], out_path,
+               ftype: str = "f16") -> Path:
     """Write a Kokoro GGUF: `state` (KModel keys, weight norm folded), `config` (a KokoroConfig or the dict of
     config.json), `voices` ({name: float32 [510, 256]}), tensor types by `ftype` (f32 | f16 | q8_0). The file
     is written next to `out_path` and renamed into place. Returns `out_path`."""
@@ -367,7 +373,8 @@ def read_voices(directory) -> dict[str, np.ndarray]:
     for p in sorted(Path(directory).glob("*.bin")):
         raw = p.read_bytes()
         if len(raw) != 4 * math.prod(VOICE_SHAPE):
-            raise ValueError(f"{p}: {len(raw)} bytes, a voicepack is {4 * math.prod(VOICE_SHAPE)} (float32 {list(VOICE_SHAPE)})")
+            want = 4 * math.prod(VOICE_SHAPE)
+            raise ValueError(f"{p}: {len(raw)} bytes, a voicepack is {want} (float32 {list(VOICE_SHAPE)})")
         out[p.stem] = np.frombuffer(raw, dtype="<f4").reshape(VOICE_SHAPE).astype(np.float32)
     if not out:
         raise ValueError(f"{directory}: no voicepacks (*.bin)")
@@ -469,23 +476,25 @@ def kokoro_config(path=None) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--onnx", required=True, help="kokoro-v1.0.int8.onnx")
     ap.add_argument("--voices", help="folder of <name>.bin voicepacks (raw float32 [510, 256])")
     ap.add_argument("--config", help="hexgrad/Kokoro-82M config.json (default: the setup's cached copy)")
     ap.add_argument("--out", help="the GGUF to write")
     ap.add_argument("--type", default="f16", choices=sorted(FTYPES), help="tensor types (default f16)")
-    ap.add_argument("--q8-report", action="store_true", help="print Q8_0's error per tensor as JSON lines, write nothing")
-    ap.add_argument("--check-kmodel", action="store_true", help="load the state into kokoro's KModel (needs torch, kokoro)")
+    ap.add_argument("--q8-report", action="store_true", help="print Q8_0's error per tensor, write nothing")
+    ap.add_argument("--check-kmodel", action="store_true", help="load the state into kokoro's KModel (torch, kokoro)")
     args = ap.parse_args(argv)
 
     config = kokoro_config(args.config)
     cfg = KokoroConfig.from_kmodel_config(config)
     state = state_dict_from_onnx(args.onnx, cfg)
-    print(f"{args.onnx}: {len(state)} KModel tensors, {sum(v.size for v in state.values()):,} parameters", file=sys.stderr)
+    n_values = sum(v.size for v in state.values())
+    print(f"{args.onnx}: {len(state)} KModel tensors, {n_values:,} parameters", file=sys.stderr)
     if args.check_kmodel:
         missing, unexpected = check_kmodel(state, config)
-        print(f"KModel: {len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected {unexpected[:5]}", file=sys.stderr)
+        print(f"KModel: {len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected {unexpected[:5]}",
+              file=sys.stderr)
         if missing or unexpected:
             return 1
     if args.q8_report:

