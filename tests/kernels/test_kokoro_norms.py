@@ -369,7 +369,7 @@ async def test_instance_norm_coeffs_fallback(device_fallback):
 
 
 # ---- affine_act --------------------------------------------------------------------------------------------------
-# u = fma(x, s, h): one or two roundings, |du| <= 2u (|x s| + |h|)... as u (|x s| + |u|) + u |u| <= 2u (|x s| + |u|).
+# u = fma(x, s, h), fused (u |u|) or not (u |x s| + u |u|): |du| <= u (|x s| + |u|).
 # leaky: + u |slope u|. snake(u, a) = u + sin(a u)^2 / a: its derivative in u is 1 + sin(2 a u), at most 2, so du
 # counts twice; z = a u rounds by u |z|, which moves sin^2 by at most u |z|; snake_lib's sin^2: the reduction
 # r = z - k pi/2 is exact to 2u |r| + 4.5e-15 |k|, the polynomials truncate below 2e-9 and round within 3u, so
@@ -383,7 +383,7 @@ def affine_act_bound(x, coeffs, length, *, act=None, slope=0.0, alpha=None):
     k = np.asarray(coeffs, np.float64)
     xs = x[:n] * k[:c]
     u = xs + k[c : 2 * c]
-    e = 2 * U * (np.abs(xs) + np.abs(u))
+    e = U * (np.abs(xs) + np.abs(u))
     if act == "leaky":
         e = e + U * np.abs(slope * u)
     elif act == "snake":
@@ -460,6 +460,16 @@ async def test_affine_act_adain(device):
     bound = affine_act_bound(x, k, length, act="leaky", slope=0.2)
     bound[:length] += np.abs(x[:length]) * kb[:c] + kb[c:]
     check(got, want, bound, "AdaIN1d + leaky")
+
+
+async def test_affine_act_grid_wraps(device):
+    """Past 32768 workgroups of 256 values the grid wraps into its second dimension (the generator's last stage,
+    150,000 rows of 128 channels, takes 75,000): 65,600 rows x 128 channels, 10 rows past the length."""
+    rows, c = 65_600, 128
+    rng = np.random.default_rng(22)
+    x = rng.standard_normal((rows, c)).astype(np.float32)
+    coeffs = np.concatenate([rng.uniform(0.5, 2, c), rng.standard_normal(c)]).astype(np.float32)
+    await run_affine_act(device, x, coeffs, rows - 10, act="leaky", slope=0.1, what="affine_act, wrapped grid")
 
 
 async def test_affine_act_fallback(device_fallback):

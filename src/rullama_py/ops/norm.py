@@ -132,10 +132,12 @@ async def instance_norm_coeffs(g: Graph, x: Tensor, length: Tensor, out: Tensor,
     [2 * channels]. Kokoro's InstanceNorm1d(affine=True) has no weight or bias to apply: its checkpoint holds none
     (KModel loads it with strict=False, leaving the identity; the v1.0 ONNX export has no such initializers).
 
-    Accurate for long sequences with a mean far from zero: values are shifted by the first row, statistics are
-    taken per block of rows around the block's mean and combined with Chan et al.'s formula (tests/kernels/
-    test_kokoro_norms.py bounds the error). scratch: f32 of instance_norm_scratch_size(T_cap, channels) values or
-    more, reusable across calls; None: a new one is made at recording."""
+    Accurate for long sequences with a mean far from zero (30 s of speech: 150,000 rows): values are shifted by a
+    typical value of their channel (the median of its first, middle and last real rows), statistics are taken
+    per block of 32 rows around the block's mean and combined per channel with Chan et al.'s formula
+    (tests/kernels/test_kokoro_norms.py bounds the error). scratch: f32 of instance_norm_scratch_size(T_cap,
+    channels) values or more, reusable across calls (and graphs run one after another); None: a new one is made
+    at recording."""
     rows = _rows(x, channels)
     if _count(out) < 2 * channels:
         raise ValueError(f"instance_norm_coeffs: output of shape {out.shape} holds fewer than 2 x {channels} values")
@@ -151,11 +153,11 @@ async def instance_norm_coeffs(g: Graph, x: Tensor, length: Tensor, out: Tensor,
     consts = dict(C=channels, ROWS_CAP=rows, R=_IN_ROWS_PER_BLOCK, NB=blocks, WG=WG, WG_F=_IN_FINISH_WG,
                   EPS=float(eps), HAS_STYLE=style is not None, STYLE_OFFSET=style_offset)
     limit = g.device.limits["max-compute-workgroups-per-dimension"]
+    if channels > limit:
+        raise ValueError(f"instance_norm_coeffs: {channels} channels, more workgroups than the device allows")
     k1 = await g.device.kernel("instance_norm_coeffs", entry="partials", **consts)
     g.add(k1, [x, length, scratch], _grid(-(-blocks * channels // WG), min(limit, 32768)))
     k2 = await g.device.kernel("instance_norm_coeffs", entry="finish", **consts)
-    if channels > limit:
-        raise ValueError(f"instance_norm_coeffs: {channels} channels, more workgroups than the device allows")
     g.add(k2, [x, length, scratch, style if style is not None else x, out], channels)
 
 
