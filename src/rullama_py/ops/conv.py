@@ -93,17 +93,21 @@ def _conv_tile(device, c_in: int, c_out: int, taps: int, tap_rows: int, rows: in
     one 4-channel chunk for every tap do not fit): `taps` taps per output row, `tap_rows` window rows between
     neighbouring taps (the dilation), `rows` tile rows to cover (per phase), `phases` dispatches in z.
 
-    A lane owns RPT rows x CPT channels of a 16 RPT x 16 CPT tile: 4 x 4 (64 x 64 tiles: 752 workgroups for 128
-    channels x 24,000 rows, 252 for 256 x 4000), with RPT halved while that leaves fewer than 128 workgroups (a
-    large GPU has over 100 multiprocessors; the decoder's 1024 channels x 200 rows would be 64 tiles) or a tile
-    mostly past the rows. CK, the input channels per step, is the largest multiple of 4 (at most 32) whose
-    window and weights fit in 16 KiB, (16 RPT + tap_rows (taps - 1) + taps 16 CPT) CK 4 bytes: more channels per
-    step means fewer barriers."""
+    A lane owns RPT rows x CPT channels of a 16 RPT x 16 CPT tile. 8 x 4 (128 rows x 64 channels) by default:
+    per 4-input-channel step a lane makes 12 vec4 loads for 128 fmas (4 x 4: 8 for 64), and on lavapipe it ran
+    the generator's 128-channel k7 conv 1.3 x faster than 4 x 4 and 3.4 x faster than 1 x 4 (the one-thread-per-
+    output kernel: 13 x slower). RPT is halved while the tiles would be mostly past the rows or fewer than 128
+    workgroups (a large GPU has over 100 multiprocessors; the decoder's 1024 channels x 200 rows are 32 tiles
+    of 128 x 64). The generator at 5 s keeps 8 x 4: 376 workgroups for 128 channels x 24,000 rows, 128 for 256
+    x 4000. Unmeasured on large GPUs: tools/bench_conv1d.py --sweep times every tile shape. 8 x 8 blocks do not
+    fit Kokoro's kernels of 7 and 11 taps. CK, the input channels per step, is the largest multiple of 4 (at
+    most 32) whose window and weights fit in 16 KiB, (16 RPT + tap_rows (taps - 1) + taps 16 CPT) CK 4 bytes:
+    more channels per step means fewer barriers."""
     override = CONV1D_TILE_OVERRIDE
     if override == "direct" or (override is None and c_out < _CONV_MIN_TILED_C_OUT):
         return None
     if override is None:
-        rpt, cpt = 4, 4
+        rpt, cpt = 8, 4
         while rpt > 1 and (16 * rpt > 2 * rows or -(-c_out // (16 * cpt)) * -(-rows // (16 * rpt)) * phases < 128):
             rpt //= 2
     else:
