@@ -391,14 +391,14 @@ async def test_conv1d_residual_block(device):
 @pytest.mark.parametrize(
     "name,c_in,c_out,kernel,dilation,rows,in_act",
     [
-        ("resblock 256 k3 d1", 256, 256, 3, 1, 50, "snake"),  # the generator's resblocks and noise resblocks
-        ("resblock 256 k11 d5", 256, 256, 11, 5, 50, "snake"),
-        ("resblock 128 k7 d3", 128, 128, 7, 3, 130, "snake"),
-        ("resblock 128 k11 d1", 128, 128, 11, 1, 130, "snake"),
-        ("conv_post 128->22 k7", 128, 22, 7, 1, 121, "leaky"),
-        ("text conv 512 k5", 512, 512, 5, 1, 24, "leaky"),
-        ("decode.3 conv1 1090->512 k3", 1090, 512, 3, 1, 12, "leaky"),
-        ("encode conv1 514->1024 k3", 514, 1024, 3, 1, 9, None),
+        ("resblock256", 256, 256, 3, 1, 50, "snake"),  # the generator's resblocks and noise resblocks
+        ("resblock256", 256, 256, 11, 5, 50, "snake"),
+        ("resblock128", 128, 128, 7, 3, 130, "snake"),
+        ("resblock128", 128, 128, 11, 1, 130, "snake"),
+        ("conv_post", 128, 22, 7, 1, 121, "leaky"),
+        ("text_conv", 512, 512, 5, 1, 24, "leaky"),
+        ("decode3_conv1", 1090, 512, 3, 1, 12, "leaky"),
+        ("encode_conv1", 514, 1024, 3, 1, 9, None),
     ],
 )
 async def test_conv1d_kokoro_shapes(device, name, c_in, c_out, kernel, dilation, rows, in_act):
