@@ -3,9 +3,12 @@
 // GPU submissions never block the page.
 //
 // Protocol with the page (documented in js/worker-client.js). Requests {id, op, ...} are answered by
-// {reply: id, ok, value | error}; events are {event: name, ...} (boot, progress, token, media, download).
-// Model work (load, chat, save, restore, new-chat) runs one request at a time, in order; `stop` and
-// `pause-download` act at once: between tokens, between a tower's layers, or between chunks.
+// {reply: id, ok, value | error}; events are {event: name, ...} (boot, progress, token, media, download,
+// speech-progress, speech-download, speech). Model work (load, chat, save, restore, new-chat, speech-load, and
+// each sentence of speak) runs one request at a time, in order, on the one GPU device both models share;
+// `stop`, `speech-stop` and `pause-download` act at once: between tokens, between a tower's layers, between
+// sentences, or between chunks. A speak request queues one sentence at a time, so a chat request sent while a
+// text is read aloud waits for the sentence being synthesised only, and the rest of the text follows the reply.
 //
 // A chat request's images and audio clips arrive as transferred ArrayBuffers; they go to Python as one list
 // of Uint8Arrays, and each message's content as a list of parts naming them by index (see
@@ -19,6 +22,7 @@ let queue = Promise.resolve();
 let download = null; // {abort: AbortController, paused: bool} while a download runs
 let imageDecoder = null; // the promise of Pillow's loading, from the first image on
 let resampler = null; // the promise of scipy's loading, from the first WAV file on
+let speaking = 0; // the page's speak request being served (its run number); 0 when none
 
 const post = (msg, transfer = []) => self.postMessage(msg, transfer);
 const emit = (event, payload) => post({ event, ...payload });
@@ -58,7 +62,15 @@ async function boot() {
       await py.runPythonAsync('import micropip\nawait micropip.install(list(WHEELS), deps=False)');
       py.globals.delete('WHEELS');
       const webapp = py.pyimport('rullama_py.webapp');
-      app = webapp.WebApp((event, payload) => emit(event, JSON.parse(payload)));
+      // Python's events; a "speech" event carries its float32 samples as a third argument (a Uint8Array
+      // copied out of Python's memory), whose buffer is transferred to the page, not copied again.
+      app = webapp.WebApp((event, payload, data) => {
+        const msg = { event, ...JSON.parse(payload) };
+        if (!data) return post(msg);
+        const whole = data.byteOffset === 0 && data.byteLength === data.buffer.byteLength;
+        msg.pcm = whole ? data.buffer : data.slice().buffer;
+        post(msg, [msg.pcm]);
+      });
       webapp.destroy();
       const seconds = (performance.now() - t0) / 1000;
       emit('boot', { text: 'Python ready', ready: true, seconds });
@@ -217,6 +229,8 @@ async function fetchRange(url, first, last, signal, etag) {
   return r;
 }
 
+// role: 'model' | 'mmproj' | 'kokoro'. The speech model's download reports as 'speech-download' (the speech
+// panel shows it; the models panel's progress bar is the chat model's).
 async function downloadToCache({ url, name, chunk, role, mmproj_url: mmprojUrl }) {
   if (download) throw new AppError('busy', 'A download is already running.');
   const ctl = { abort: new AbortController(), paused: false };
@@ -236,7 +250,7 @@ async function downloadToCache({ url, name, chunk, role, mmproj_url: mmprojUrl }
     if (!meta || meta.url !== url || meta.size !== size || (meta.etag || '') !== etag) {
       meta = { key, url, name: name || url.split('/').pop(), size, etag, done: 0, complete: false };
     }
-    if (role === 'mmproj') meta.role = 'mmproj';
+    if (role === 'mmproj' || role === 'kokoro') meta.role = role;
     // a model remembers its vision projector, so that the cache list loads them together
     if (mmprojUrl) meta.mmproj = { key: await cacheKey(mmprojUrl), url: mmprojUrl, name: decodeURIComponent(mmprojUrl.split('/').pop()) };
     const est = await navigator.storage.estimate();
@@ -260,7 +274,8 @@ async function downloadToCache({ url, name, chunk, role, mmproj_url: mmprojUrl }
     const step = Math.max(4096, Number(chunk) || 8 << 20);
     const t0 = performance.now();
     let lastEvent = 0;
-    emit('download', { key, url, name: meta.name, role: meta.role, done, size, resumedFrom, secondsLeft: null });
+    const event = role === 'kokoro' ? 'speech-download' : 'download';
+    emit(event, { key, url, name: meta.name, role: meta.role, done, size, resumedFrom, secondsLeft: null });
     while (done < size) {
       if (ctl.paused) break;
       const last = Math.min(done + step, size) - 1;
@@ -276,7 +291,7 @@ async function downloadToCache({ url, name, chunk, role, mmproj_url: mmprojUrl }
       if (now - lastEvent > 100 || done === size) {
         lastEvent = now;
         const rate = (done - resumedFrom) / ((now - t0) / 1000);
-        emit('download', { key, url, name: meta.name, role: meta.role, done, size, resumedFrom, secondsLeft: rate > 0 ? (size - done) / rate : null });
+        emit(event, { key, url, name: meta.name, role: meta.role, done, size, resumedFrom, secondsLeft: rate > 0 ? (size - done) / rate : null });
       }
     }
     if (done === size) {
@@ -297,13 +312,15 @@ function mb(n) {
   return (n / 1e6).toFixed(1) + ' MB';
 }
 
-async function cacheList() {
+// The cached files: the chat models and their projectors, or with role 'kokoro' the speech model's copies
+// (listed by the speech panel, not among the models a chat can load).
+async function cacheList(role) {
   const dir = await cacheDir();
   const out = [];
   for await (const [name] of dir.entries()) {
     if (!name.endsWith('.json')) continue;
     const meta = await readMeta(dir, name.slice(0, -5));
-    if (meta) out.push(meta);
+    if (meta && (meta.role === 'kokoro') === (role === 'kokoro')) out.push(meta);
   }
   return out.sort((a, b) => a.name.localeCompare(b.name));
 }
@@ -318,12 +335,30 @@ async function cacheDelete({ key }) {
 
 // ---------------------------------------------------------------------------------------------------------
 
+// What Python opens for a source {kind, url | file | key}: a URL, a File, or a path in OPFS.
+const sourceTarget = s => (s.kind === 'opfs' ? 'models/' + s.key + '.gguf' : s.kind === 'file' ? s.file : s.url);
+
+// Read a text aloud: Python gets it ready (speak_start: voice and text checked), then each sentence is its own
+// queued request (speak_next), so other model work (a chat) gets the GPU between two sentences. A newer speak
+// request or speech-stop ends the loop: Python reports the old run as done (stopped) at its next sentence.
+async function speak({ run, text, voice, speed, seed }) {
+  speaking = run;
+  await exclusive(() => pyCall('speak_start', String(text ?? ''), String(voice ?? ''), speed ?? 1, seed ?? 0, run));
+  for (;;) {
+    if (speaking !== run) app.speech_stop();
+    const r = await exclusive(() => pyCall('speak_next', run));
+    if (r.done) {
+      if (speaking === run) speaking = 0;
+      return r;
+    }
+  }
+}
+
 const ops = {
   boot: () => boot(),
   load: msg => exclusive(async () => {
-    const target = s => (s.kind === 'opfs' ? 'models/' + s.key + '.gguf' : s.kind === 'file' ? s.file : s.url);
     const mm = msg.mmproj;
-    return pyCall('load', msg.kind, target(msg), JSON.stringify(msg.options || {}), mm ? mm.kind : null, mm ? target(mm) : null);
+    return pyCall('load', msg.kind, sourceTarget(msg), JSON.stringify(msg.options || {}), mm ? mm.kind : null, mm ? sourceTarget(mm) : null);
   }),
   chat: msg => exclusive(async () => {
     const { json, media, images, wav } = chatArgs(msg.messages);
@@ -355,8 +390,18 @@ const ops = {
     if (download) { download.paused = true; download.abort.abort(); }
     return true;
   },
-  'cache-list': () => cacheList(),
+  'cache-list': msg => cacheList(msg.role),
   'cache-delete': msg => cacheDelete(msg),
+  // speech (Kokoro-82M, on the chat model's GPU device)
+  'speech-load': msg => exclusive(() => pyCall('speech_load', msg.kind, sourceTarget(msg), JSON.stringify(msg.options || {}))),
+  voices: msg => (msg.kind ? pyCall('speech_voices', msg.kind, sourceTarget(msg)) : pyCall('speech_voices')),
+  'speech-add-voice': msg => pyCall('speech_add_voice', msg.name, new Uint8Array(msg.bytes)),
+  speak: msg => speak(msg),
+  'speech-stop': async () => {
+    speaking = 0;
+    if (app) app.speech_stop();
+    return true;
+  },
 };
 
 self.onmessage = async ({ data }) => {

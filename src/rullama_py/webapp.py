@@ -49,9 +49,10 @@ worker's event loop runs and delivers the page's stop message in time.
 
 Speech events: "speech-progress" while the Kokoro file loads (phase "kokoro-open", "kokoro-weights" with bytes
 fetched and tensors uploaded, "kokoro-ready": names apart from the chat model's "progress" phases), and one
-"speech" event per synthesised sentence: {run, index, text, phonemes, samples, sample_rate, seconds,
-synth_seconds} with the sentence's audio as a third argument of `emit`: the little-endian float32 mono samples
-at 24 kHz as bytes (a Uint8Array in the browser, transferred to the page as it is: no base64, no JSON).
+"speech" event per synthesised sentence: {run, index, text, phonemes, durations (frames per phoneme token),
+samples, sample_rate, seconds, synth_seconds} with the sentence's audio as a third argument of `emit`: the
+little-endian float32 mono samples at 24 kHz as bytes (a Uint8Array in the browser, transferred to the page as
+it is: no base64, no JSON).
 """
 
 from __future__ import annotations
@@ -519,6 +520,15 @@ def _voice_lang(voice: str) -> str:
         return "en-us"
 
 
+def _unreadable(voices) -> list[str]:
+    """The voices whose language espeak-ng cannot read in this runtime (in the browser npm phonemizer has English
+    only; Kokoro's Japanese and Chinese voices need another G2P everywhere): the picker shows them disabled."""
+    from . import g2p
+
+    ok = set(g2p.supported_languages())
+    return [v for v in voices if _voice_lang(v) not in ok]
+
+
 @dataclass
 class SpeechRun:
     """One speak request in progress: the speaker's sentence iterator and what has been produced so far."""
@@ -948,6 +958,7 @@ class WebApp:
             "size": src.size,
             "fetched": src.fetched,
             "voices": speaker.voices,
+            "unreadable": _unreadable(speaker.voices),
             "sample_rate": SAMPLE_RATE,
             "same_device": self.engine is None or speaker.model.device is self.engine.device,
             "adapter": dev.info,
@@ -959,18 +970,21 @@ class WebApp:
 
     async def speech_voices(self, kind=None, target=None) -> str:
         """The voices: the loaded speech model's (stock and added), or with `kind`/`target` those a Kokoro file
-        lists in its header (read by ranges; no weights are loaded), for the picker before the first use."""
+        lists in its header (read by ranges; no weights are loaded), for the picker before the first use; and
+        those of them whose language cannot be read here ("unreadable")."""
         try:
             if kind is None or kind == "":
                 if self.speaker is None:
                     return _fail("speech", "The speech model is not loaded yet.")
-                return _json({"ok": True, "loaded": True, "voices": self.speaker.voices})
+                return _json({"ok": True, "loaded": True, "voices": self.speaker.voices,
+                              "unreadable": _unreadable(self.speaker.voices)})
             src = await self._open_source(str(kind), target)
             try:
                 gf = await GGUFFile.open(src)
                 if gf.architecture != "kokoro":
                     raise NotKokoroError(f"{src.name} is not a Kokoro speech model")
-                return _json({"ok": True, "loaded": False, "voices": _header_voices(gf)})
+                names = _header_voices(gf)
+                return _json({"ok": True, "loaded": False, "voices": names, "unreadable": _unreadable(names)})
             finally:
                 await src.close()
         except Exception as e:  # noqa: BLE001
@@ -983,7 +997,7 @@ class WebApp:
             return _fail("speech", "The speech model is not loaded yet.")
         try:
             self.speaker.add_voice(str(name or ""), _media_bytes(data))
-            return _json({"ok": True, "voices": self.speaker.voices})
+            return _json({"ok": True, "voices": self.speaker.voices, "unreadable": _unreadable(self.speaker.voices)})
         except Exception as e:  # noqa: BLE001
             return _speech_fail(e)
 
@@ -1073,6 +1087,7 @@ class WebApp:
         sr.synth_seconds += took
         seconds = audio.size / SAMPLE_RATE
         self.emit("speech", {"run": sr.run, "index": i, "text": u.text, "phonemes": u.phonemes,
+                             "durations": [int(d) for d in np.asarray(u.durations).reshape(-1)],
                              "samples": int(audio.size), "sample_rate": SAMPLE_RATE, "seconds": seconds,
                              "synth_seconds": took}, audio.tobytes())
         return _json({"ok": True, "done": False, "run": sr.run, "index": i, "samples": int(audio.size),

@@ -612,7 +612,9 @@ async def test_a_long_paste_streams_without_waiting_for_the_whole_text():
 
 async def test_voices_and_added_voicepacks():
     app = _speech_app()
-    assert json.loads(await app.speech_voices()) == {"ok": True, "loaded": True, "voices": ["af_heart", "bm_george"]}
+    assert json.loads(await app.speech_voices()) == {"ok": True, "loaded": True, "voices": ["af_heart", "bm_george"],
+                                                     "unreadable": []}
+    assert webapp._unreadable(["af_heart", "bf_emma", "jf_alpha", "zm_yunxi", "mine"]) == ["jf_alpha", "zm_yunxi"]
     pack = np.full((510, 256), 0.25, np.float32)
     r = json.loads(app.speech_add_voice("mine", pack.tobytes()))
     assert r["ok"] and r["voices"] == ["af_heart", "bm_george", "mine"]

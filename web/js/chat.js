@@ -17,6 +17,10 @@ const MEDIA_ERRORS = new Set(['image', 'no-vision', 'image-decoder', 'vision-loa
 
 const attachmentsOf = m => [...(m.images || []), ...(m.audio || [])];
 
+// Hooks for other panels (speech.js: the Read aloud button, Speak replies): decorate(div, m) runs on every
+// message element rendered; replied(m, stats) after a reply is shown and saved.
+export const messageHooks = { decorate: [], replied: [] };
+
 export function messageElement(m) {
   const div = document.createElement('div');
   div.className = 'msg ' + m.role;
@@ -36,6 +40,7 @@ export function messageElement(m) {
     meta.textContent = m.meta;
     div.append(meta);
   }
+  for (const fn of messageHooks.decorate) fn(div, m);
   return div;
 }
 
@@ -186,6 +191,7 @@ async function reply() {
     $('status').textContent = statusLine(st, restored);
     await saveConversation(c);
     await saveSnapshot(c, st);
+    for (const fn of messageHooks.replied) fn(m, st);
   } catch (e) {
     el.remove();
     S.lastReply = { ids, text: m.content, error: e, restored };

@@ -8,6 +8,7 @@
 //   chat.js           messages, sending, streaming, stop, regenerate, snapshots
 //   attachments.js    images and audio: drop, paste, pick, thumbnails and clips, bytes for the worker
 //   audio.js          audio: decoding in the page, WAV, recording from the microphone (level meter)
+//   speech.js         speech: Read aloud on replies, Speak replies, voices, playback (Kokoro-82M)
 
 import { $, S } from './state.js';
 import { showError } from './ui.js';
@@ -18,6 +19,7 @@ import { fetchServerModels, loadDroppedFiles, refreshCache, selectTab, setupMode
 import { regenerate, send, setActive, startNewChat, stop } from './chat.js';
 import { addClip, addFiles, setupAttachments } from './attachments.js';
 import { setupRecorder } from './audio.js';
+import { refreshVoices, setupSpeech } from './speech.js';
 
 function onDrop(ev) {
   ev.preventDefault();
@@ -49,6 +51,7 @@ async function start() {
   if (settings.tab) selectTab(settings.tab);
   setupAttachments();
   setupRecorder(addClip);
+  setupSpeech();
   onSelect(setActive);
   $('composer').onsubmit = send;
   $('prompt').onkeydown = e => { if (e.key === 'Enter' && !e.shiftKey) send(e); };
@@ -74,7 +77,8 @@ async function start() {
     await fetchServerModels(); // still show what this server offers
     return;
   }
-  call('boot').catch(showError); // start Python now, so that it is ready when a model is chosen
+  // Start Python now, so that it is ready when a model is chosen; then list the speech model's voices.
+  call('boot').then(refreshVoices, showError);
   await Promise.all([fetchServerModels(), refreshCache()]);
   S.started = true;
 }

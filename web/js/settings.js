@@ -1,9 +1,12 @@
-// Settings kept in localStorage: sampling, load options, the last model (and mmproj) address, the open tab.
+// Settings kept in localStorage: sampling, load options, the last model (and mmproj) address, the open tab,
+// and speech (voice, speed, speak replies, keep a copy of the speech model; speech.js sets those).
 
 import { $ } from './state.js';
 
 export const SAMPLING = ['temperature', 'top_k', 'top_p', 'min_p', 'repetition_penalty', 'seed', 'max_tokens', 'image_tokens'];
 export const settings = JSON.parse(localStorage.getItem('rullama.settings') || '{}');
+
+export const persistSettings = () => localStorage.setItem('rullama.settings', JSON.stringify(settings));
 
 export function saveSettings() {
   for (const k of SAMPLING) settings[k] = $(k).value;

@@ -22,7 +22,35 @@
 //   prepare-images                        load the image decoder (Pillow) ahead of the first image
 //   prepare-audio                         load the resampler (scipy) ahead of the first WAV file
 //   new-chat | stats | save | restore {bytes}
-//   download {url, name, chunk} | pause-download | cache-list | cache-delete {key}
+//   download {url, name, chunk, role?} | pause-download | cache-list {role?} | cache-delete {key}
+//                                         role 'kokoro': the speech model's copy (its progress comes as
+//                                         speech-download; cache-list {role: 'kokoro'} lists only those copies,
+//                                         cache-list without a role only the chat models and projectors)
+//
+// Speech (Kokoro-82M text to speech; the model loads beside the chat model, on the same GPU device):
+//   speech-load {kind, url|file|key, options: {name}}
+//                                         kind as for load. Resolves with {name, size, fetched, voices,
+//                                         sample_rate (24000), same_device, load_seconds}; a speech model loaded
+//                                         before stays until the new one is ready (a damaged file changes nothing)
+//   voices {kind?, url|file|key?}         the loaded speech model's voices ({loaded: true, voices}), or those a
+//                                         Kokoro file lists in its header ({loaded: false, voices}: read by
+//                                         ranges, no weights loaded) for the picker before the first use
+//   speech-add-voice {name, bytes}        a voicepack file (kokoro-js's voices/*.bin: float32 [510, 256],
+//                                         522,240 bytes) as voice `name`; resolves with the voices
+//   speak {run, text, voice, speed, seed} read `text` aloud: one speech event per sentence, in order, the first
+//                                         as soon as it is synthesised. run: a number the page picks, carried by
+//                                         the events (a newer speak replaces this one: its events stop). Resolves
+//                                         at the end with {done, run, sentences, samples, seconds, synth_seconds,
+//                                         stopped}; rejects with kind 'speech' (empty text, nothing speakable,
+//                                         unknown voice, speed out of range) or 'speech' mid-way (what was
+//                                         spoken so far stays valid)
+//   speech-stop                           end the speak request now: the sentence being synthesised finishes
+//                                         (its event still comes: the page drops events of a stopped run), no
+//                                         further sentence starts
+// Sharing the GPU: speech-load and each sentence of a speak request are model work, queued with load and
+// chat one request at a time. A message sent while a text is read aloud waits for the sentence being
+// synthesised (a few seconds at most on a real GPU), then its reply streams; the rest of the text is
+// synthesised after the reply, while the sentences already made keep playing.
 //
 // Events: {event, ...} to the function registered with on(event, fn):
 //   boot {text, ready}                    Python start-up steps
@@ -33,6 +61,14 @@
 //                                         decoder or the resampler loading, then image (or 30 s audio block)
 //                                         index of count (1-based, per kind), layers done
 //   token {id, text, n, context, max_context, ...}
+//   speech-progress {phase: 'kokoro-open' | 'kokoro-weights' | 'kokoro-ready', fetched, file_size, done,
+//                    total, tensors, seconds_left, text}
+//                                         the speech model loading (phases named apart from load's progress)
+//   speech-download {done, size, resumedFrom, secondsLeft}
+//                                         the speech model's copy downloading into the browser (OPFS)
+//   speech {run, index, text, phonemes, durations, samples, sample_rate, seconds, synth_seconds, pcm}
+//                                         one sentence read aloud: pcm is an ArrayBuffer (transferred, never
+//                                         base64) of `samples` little-endian float32 mono samples at sample_rate
 
 import { S } from './state.js';
 import { showError } from './ui.js';
@@ -64,4 +100,5 @@ export function call(op, args = {}, transfer = []) {
   });
 }
 
+// One listener per event: a module that registers again replaces its own earlier listener.
 export const on = (event, fn) => listeners.set(event, fn);
