@@ -78,10 +78,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         m -= N;
       }
     }
-    let wj = sin_turns(f32(j) * (0.5 / f32(N)));
-    let w2 = wj * wj;
-    y += w2 * s;
-    env += w2 * w2;
+    let sine = sin_turns(f32(j) * (0.5 / f32(N)));  // sin(pi j / N)
+    let window = sine * sine;
+    y += window * s;
+    env += window * window;
   }
   out[t] = y * (1.0 / f32(N)) / env;
 }

@@ -48,12 +48,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   var cos_m: array<f32, N>;  // cos(2 pi m / N)
   var sin_m: array<f32, N>;
   for (var j = 0u; j < N; j++) {
-    let wj = sin_turns(f32(j) * (0.5 / f32(N)));
+    let sine = sin_turns(f32(j) * (0.5 / f32(N)));  // sin(pi j / N)
     var v = 0.0;
     if (n > 0u) {
       v = x[reflect(i32(HOP * f + j) - i32(N / 2u), i32(n))];
     }
-    frame[j] = (wj * wj) * v;
+    frame[j] = (sine * sine) * v;
     let t = f32(j) * (1.0 / f32(N));
     cos_m[j] = cos_turns(t);
     sin_m[j] = sin_turns(t);
