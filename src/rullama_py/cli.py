@@ -1,4 +1,4 @@
-"""The `rullama` command (native): generate, chat, bench, list, serve. `python -m rullama_py` is the same.
+"""The `rullama` command (native): generate, chat, bench, list, serve, say. `python -m rullama_py` is the same.
 
 MODEL is a GGUF path, an Ollama model name (gemma3:270m, gemma4:e2b), an http(s) URL (read with Range
 requests), or "default" for the embedded Gemma 3 270M that the setup installs.
@@ -9,6 +9,10 @@ a llama.cpp projector GGUF holding the tower):
     rullama generate MODEL --image photo.jpg -p "Describe this image."     # --image repeats
     rullama generate MODEL --audio clip.wav -p "Transcribe this."          # --audio repeats; WAV files
     rullama chat MODEL                                                     # then: /image photo.jpg, /audio clip.wav
+
+Speech (Kokoro-82M, the Kokoro GGUF the setup builds):
+
+    rullama say "Hello there." --voice af_heart -o hello.wav               # --list-voices, --speed, --voice-file
 """
 
 from __future__ import annotations
@@ -313,7 +317,10 @@ def _sentence_errors() -> tuple:
     from . import engine
     from .media import MediaError
 
-    return (UserError, MediaError) + tuple(getattr(engine, n) for n in ("NoTowerError", "TowerLoadError",
+    from .g2p import G2PError
+    from .speaker import SpeakerError
+
+    return (UserError, MediaError, SpeakerError, G2PError) + tuple(getattr(engine, n) for n in ("NoTowerError", "TowerLoadError",
                                                                         "VisionLoadError") if hasattr(engine, n))
 
 
@@ -627,6 +634,37 @@ def _list(a) -> int:
     return 0
 
 
+async def _say(a) -> int:
+    """rullama say: text (or stdin with "-") to a WAV file with Kokoro-82M, sentence by sentence."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from .media import encode_wav
+    from .speaker import SAMPLE_RATE, Speaker, load_voice_file
+
+    speaker = await Speaker.load(a.kokoro)
+    if a.list_voices:
+        for v in speaker.voices:
+            print(v)
+        return 0
+    text = sys.stdin.read() if a.text == "-" else a.text
+    if text is None:
+        raise UserError("say what? give the text (or - to read it from stdin)")
+    voice = load_voice_file(a.voice_file) if a.voice_file else a.voice
+    parts, t0 = [], time.perf_counter()
+    async for u in speaker.stream(text, voice, speed=a.speed, seed=a.seed, lang=a.lang):
+        parts.append(u.audio)
+        print(f"[{u.seconds:5.2f} s] {u.text}", file=sys.stderr)
+    pcm = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    took = time.perf_counter() - t0
+    Path(a.output).write_bytes(encode_wav(pcm, SAMPLE_RATE))
+    seconds = len(pcm) / SAMPLE_RATE
+    print(f"wrote {a.output}: {seconds:.2f} s of speech in {took:.2f} s ({seconds / max(took, 1e-9):.1f}x real time)",
+          file=sys.stderr)
+    return 0
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["serve"]:  # the server parses its own options (src/rullama_py/server.py)
@@ -668,12 +706,23 @@ def main(argv=None) -> int:
 
     sub.add_parser("serve", help="serve the web app and a model on localhost (rullama serve --help)")
 
+    sp = sub.add_parser("say", help="text to speech with Kokoro-82M, written as a WAV file")
+    sp.add_argument("text", nargs="?", help='what to say ("-" reads stdin)')
+    sp.add_argument("--output", "-o", default="say.wav", help="WAV file to write (default say.wav)")
+    sp.add_argument("--voice", default="af_heart", help="a stock voice (see --list-voices)")
+    sp.add_argument("--voice-file", default=None, help="a voicepack file ([510, 256] float32, e.g. from clone-voice)")
+    sp.add_argument("--speed", type=float, default=1.0, help="pace, 0.25 to 4 (default 1)")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the vocoder's noise (same seed, same audio)")
+    sp.add_argument("--lang", default=None, help="espeak language (default: from the voice's first letter)")
+    sp.add_argument("--kokoro", default=None, help="Kokoro GGUF path or URL (default: the setup's F16 file)")
+    sp.add_argument("--list-voices", action="store_true", help="print the voices and exit")
+
     a = ap.parse_args(argv)
     if a.cmd == "list":
         return _list(a)
     sentences = _sentence_errors()
     try:
-        return asyncio.run({"generate": _generate, "chat": _chat, "bench": _bench}[a.cmd](a))
+        return asyncio.run({"generate": _generate, "chat": _chat, "bench": _bench, "say": _say}[a.cmd](a))
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130

@@ -561,6 +561,16 @@ def decode_wav(data: bytes, name: str = "audio") -> tuple[np.ndarray, int]:
     return out, info.rate
 
 
+def encode_wav(pcm, rate: int) -> bytes:
+    """A mono 16-bit PCM WAV file of float samples in [-1, 1] (values outside are clipped): what `rullama say`
+    writes and every player reads."""
+    x = np.clip(np.nan_to_num(np.asarray(pcm, np.float32).reshape(-1)), -1.0, 1.0)
+    data = np.round(x * 32767.0).astype("<i2").tobytes()
+    header = struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + len(data), b"WAVE", b"fmt ", 16, 1, 1, int(rate),
+                         int(rate) * 2, 2, 16, b"data", len(data))
+    return header + data
+
+
 async def load_resampler() -> None:
     """Make scipy importable for `resample`. In Pyodide, scipy is a package of the distribution (13.5 MB, with
     openblas 6.1 MB) that must be loaded before Python can import it: this awaits `pyodide.loadPackage("scipy")`
