@@ -803,3 +803,42 @@ def test_generate_audio_end_to_end_equals_the_engine(capsys, monkeypatch, model,
     layers = int(progress[0].group(2))
     assert [int(m.group(1)) for m in progress] == list(range(layers + 1))
     assert STATS_LINE.match(lines[-1]) and lines[-1].startswith(f"[{prompt_tokens} prompt tokens "), err
+
+
+# -- rullama say (Kokoro-82M) --------------------------------------------------------------------------------
+
+
+def _kokoro_file():
+    from rullama_py import assets
+
+    path = assets.kokoro_model_path("f16")
+    require(None if path.exists() else f"{path} is missing (run tools/setup.sh)", "the rullama say tests")
+    return path
+
+
+def test_say_refuses_before_loading(tmp_path, capsys, monkeypatch):
+    """Empty text, a bad speed and a voicepack of the wrong size are sentences, found before the model loads."""
+    from rullama_py import speaker
+
+    async def no_load(*a, **k):
+        raise AssertionError("the model must not load")
+
+    monkeypatch.setattr(speaker.Speaker, "load", classmethod(lambda cls, *a, **k: no_load()))
+    bad = tmp_path / "voice.bin"
+    bad.write_bytes(b"\0" * 1000)
+    for argv, sentence in ((["say", "   "], "say what?"),
+                           (["say", "Hi.", "--speed", "9"], "speed 9.0 is out of range"),
+                           (["say", "Hi.", "--voice-file", str(bad)], "voice.bin: a voicepack holds 510 x 256")):
+        assert cli.main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and sentence in err, err
+
+
+def test_say_lists_voices_and_names_an_unknown_one(capsys):
+    path = _kokoro_file()
+    assert cli.main(["say", "--list-voices", "--kokoro", str(path)]) == 0
+    voices = capsys.readouterr().out.split()
+    assert len(voices) == 54 and "af_heart" in voices and "bm_george" in voices
+    assert cli.main(["say", "Hello.", "--voice", "zz_nobody", "--kokoro", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "unknown voice 'zz_nobody'; available: af_alloy" in err, err

@@ -641,24 +641,32 @@ async def _say(a) -> int:
     import numpy as np
 
     from .media import encode_wav
-    from .speaker import SAMPLE_RATE, Speaker, load_voice_file
+    from .speaker import SAMPLE_RATE, Speaker, SpeakerError, check_speed, load_voice_file
 
+    # what can be refused without the model is refused first
+    text = None
+    if not a.list_voices:
+        text = sys.stdin.read() if a.text == "-" else a.text
+        if text is None or not text.strip():
+            raise UserError("say what? give the text (or - to read it from stdin)")
+        check_speed(a.speed)
+    voice = load_voice_file(a.voice_file) if a.voice_file else a.voice
     speaker = await Speaker.load(a.kokoro)
     if a.list_voices:
         for v in speaker.voices:
             print(v)
         return 0
-    text = sys.stdin.read() if a.text == "-" else a.text
-    if text is None:
-        raise UserError("say what? give the text (or - to read it from stdin)")
-    voice = load_voice_file(a.voice_file) if a.voice_file else a.voice
+    speaker.voice(voice)  # an unknown name fails here, naming the voices there are
     parts, t0 = [], time.perf_counter()
     async for u in speaker.stream(text, voice, speed=a.speed, seed=a.seed, lang=a.lang):
         parts.append(u.audio)
         print(f"[{u.seconds:5.2f} s] {u.text}", file=sys.stderr)
     pcm = np.concatenate(parts) if parts else np.zeros(0, np.float32)
     took = time.perf_counter() - t0
-    Path(a.output).write_bytes(encode_wav(pcm, SAMPLE_RATE))
+    try:
+        Path(a.output).write_bytes(encode_wav(pcm, SAMPLE_RATE))
+    except OSError as e:
+        raise SpeakerError(f"cannot write {a.output}: {e.strerror or e}") from e
     seconds = len(pcm) / SAMPLE_RATE
     print(f"wrote {a.output}: {seconds:.2f} s of speech in {took:.2f} s ({seconds / max(took, 1e-9):.1f}x real time)",
           file=sys.stderr)

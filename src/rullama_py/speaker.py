@@ -145,7 +145,7 @@ class Speaker:
     async def synthesize_phonemes(self, phonemes: str, voice="af_heart", *, speed: float = 1.0, seed: int = 0,
                                   noise: float = 1.0) -> Utterance:
         """Audio for one phoneme string (at most 510 phoneme tokens)."""
-        _check_speed(speed)
+        check_speed(speed)
         ids = g2p.tokenize(phonemes, self.vocab)
         if not ids:
             raise SpeakerError("nothing to say: no phoneme of the text is in Kokoro's vocabulary")
@@ -162,7 +162,7 @@ class Speaker:
                      lang: str | None = None, cancelled=None):
         """Utterances of `text`, sentence by sentence (an async iterator). `cancelled()` is checked between
         sentences."""
-        _check_speed(speed)
+        check_speed(speed)
         pack = self.voice(voice)  # an unknown voice fails before any work
         i = 0
         # phonemes one sentence at a time: the first sentence's audio does not wait for the rest of the text
@@ -185,7 +185,8 @@ class Speaker:
         self.model.release()
 
 
-def _check_speed(speed: float) -> None:
+def check_speed(speed: float) -> None:
+    """A SpeakerError unless 0.25 <= speed <= 4."""
     if not (isinstance(speed, (int, float)) and 0.25 <= speed <= 4.0):
         raise SpeakerError(f"speed {speed!r} is out of range: use 0.25 to 4 (1 is Kokoro's normal pace)")
 
