@@ -13,7 +13,8 @@ Checked per case (phonemes, voice, speed, and the harmonic source's noise: off, 
   the waveform of a noise-free case is not a well-posed comparison, so those cases stop at the decoder.
 
 The generator is ~90 % of Kokoro's arithmetic and slow on a CPU Vulkan driver (minutes per second of speech on
-lavapipe), so one short sentence goes all the way to the waveform and the others stop at the decoder.
+lavapipe), so one short sentence goes all the way to the waveform and the others stop at the decoder. Seeds
+(same seed, same noise; another seed, other noise) are checked on the source op (tests/kernels/test_signal.py).
 """
 
 import json
@@ -89,11 +90,16 @@ async def check_case(model, g, case, *, full: bool):
     return audio
 
 
+# Stopped at the decoder: two voices and speeds (the waveform case checks the same for a third). The goldens also
+# hold "story" (af_bella, speed 0.8, 262 frames), passing at 1.4e-6 too: left out of CI for time.
+DECODER_CASES = ("fox", "hello")
+
+
 async def test_durations_prosody_decoder_match_kmodel(kokoro_f32, goldens):
     g, cases = goldens
-    # the longest first: one recording (pipelines and buffers) then serves every case
-    for case in sorted(cases, key=lambda c: -len(g[c[0] + ".audio"])):
-        await check_case(kokoro_f32, g, case, full=False)
+    by_name = {c[0]: c for c in cases}
+    for name in DECODER_CASES:  # fox first: its recording (the larger) then also serves hello
+        await check_case(kokoro_f32, g, by_name[name], full=False)
 
 
 async def test_waveform_matches_kmodel(kokoro_f32, goldens):
@@ -105,15 +111,3 @@ async def test_waveform_matches_kmodel(kokoro_f32, goldens):
     snr = snr_db(audio, want)
     print(f"{WAVEFORM_CASE}: {len(audio) / 24000:.2f} s, waveform SNR {snr:.1f} dB against KModel")
     assert snr >= 30.0, f"waveform SNR {snr:.1f} dB < 30 dB"
-
-
-async def test_seed_repeats_and_differs(kokoro_f32, goldens):
-    """The same seed gives the same audio; another seed other noise (in the unvoiced stretches)."""
-    g, _ = goldens
-    ids, style = np.r_[g["hello.ids"][:6], 0], g["hello.style"]  # five phonemes: the generator run stays short
-    a, _ = await kokoro_f32.synthesize(ids, style, seed=1)
-    b, _ = await kokoro_f32.synthesize(ids, style, seed=1)
-    c, _ = await kokoro_f32.synthesize(ids, style, seed=2)
-    np.testing.assert_array_equal(a, b)
-    assert np.abs(a - c).max() > 1e-4
-    assert np.isfinite(a).all() and 0.001 < np.sqrt(np.mean(a**2)) < 0.5
