@@ -894,13 +894,13 @@ class WebApp:
     async def speech_load(self, kind: str, target, options=None) -> str:
         """Open the Kokoro GGUF (kind "url", "file", "opfs" or "path", as for load()), upload it to the chat
         model's GPU device (emitting "speech-progress") and keep it for speak(). The speaker loaded before stays
-        until the new one is ready: a damaged file changes nothing. `options`: {"name": shown name}."""
+        until the new one is ready: a damaged file changes nothing but the end of a text being read aloud.
+        `options`: {"name": shown name}."""
         if self._speech_loading:
             return _fail("busy", "The speech model is loading already.")
-        if self._speech is not None:
-            return _fail("busy", "Stop reading aloud first.")
         self._speech_loading = True
         try:
+            await self._end_speech()  # a text being read aloud ends here (its next speak_next says stopped)
             return _json({"ok": True, **await self._speech_load(str(kind), target, _loads(options))})
         except Exception as e:  # noqa: BLE001 - every failure becomes a sentence for the page
             return _speech_fail(e, "load")

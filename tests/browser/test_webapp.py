@@ -575,6 +575,19 @@ async def test_a_new_request_replaces_the_one_in_progress():
     assert [(p["run"], p["index"]) for p, _ in rec.speech()] == [(1, 0), (2, 0)]
 
 
+async def test_loading_a_speech_model_ends_the_text_being_read(tmp_path):
+    """Another Kokoro file chosen while a text is read aloud: that text ends (its next speak_next says stopped),
+    also when the new file turns out damaged."""
+    app = _speech_app()
+    await app.speak_start(TWO, "af_heart", 1, 0, 5)
+    assert not json.loads(await app.speak_next(5))["done"]
+    bad = tmp_path / "k.gguf"
+    bad.write_bytes(b"GGUF" + bytes(64))
+    assert json.loads(await app.speech_load("path", str(bad)))["error"]["kind"] == "speech-load"
+    r = json.loads(await app.speak_next(5))
+    assert r["done"] and r["stopped"] and app._speech is None
+
+
 @pytest.mark.parametrize("text, voice, speed, words", [
     ("", "af_heart", 1, "the text is empty"),
     ("   \n\t ", "af_heart", 1, "the text is empty"),
@@ -679,3 +692,46 @@ def test_speech_errors_are_sentences():
     assert e["kind"] == "speech-load" and "cannot hold the speech model" in e["message"]
     e = webapp.describe_speech_error(gpu.DeviceLostError("lost"), "speak")
     assert e["kind"] == "device-lost"
+
+
+def _kokoro_file() -> Path:
+    from conftest import require
+    from rullama_py import assets
+
+    path = assets.kokoro_model_path()
+    require(None if path.is_file() else f"{path} is missing (run tools/setup.sh)", "the speech tests on the real Kokoro")
+    return path
+
+
+async def test_the_real_kokoro_beside_the_chat_model_on_one_device():
+    """The real Kokoro F16 file loads on the chat model's device with its own progress phases; speak() gives the
+    Speaker's own samples; a chat model loaded again afterwards (its buffers freed, the device's bind-group cache
+    cleared) leaves speech working, and chat answers as before."""
+    kokoro = _kokoro_file()
+    rec = SpeechRecorder()
+    app, _ = await _load(rec)
+    hi = [{"role": "user", "content": "hi"}]
+    before = await _chat(app, hi)
+    n = len(rec.events)
+    r = json.loads(await app.speech_load("path", str(kokoro)))
+    assert r["ok"], r
+    assert r["same_device"] is True and app.speaker.model.device is app.engine.device is app.device
+    assert r["voices"] == app.speaker.voices and "af_heart" in r["voices"] and r["sample_rate"] == KOKORO_RATE
+    events = rec.events[n:]
+    phases = [p["phase"] for e, p in events if e == "speech-progress"]
+    assert phases[0] == "kokoro-open" and phases[-1] == "kokoro-ready" and "kokoro-weights" in phases
+    assert not [e for e, _ in events if e == "progress"]  # the chat model's progress is not touched
+    assert r["fetched"] >= r["size"] * 0.9
+
+    # (Kokoro takes minutes a sentence on lavapipe: one short sentence, twice.)
+    out = json.loads(await app.speak("Hi.", "bf_emma", 1.0, 3))
+    assert out["ok"] and out["sentences"] == 1, out
+    [(p, pcm)] = rec.speech()
+    assert p["text"] == "Hi." and len(p["durations"]) == len(_speaker.g2p.tokenize(p["phonemes"], app.speaker.vocab)) + 2 and pcm.size == sum(p["durations"]) * 600
+    assert out["samples"] == pcm.size and np.abs(pcm).max() > 0.01  # sound, not silence
+
+    r = json.loads(await app.load("path", str(TINY), OPTS))
+    assert r["ok"] and app.engine.device is app.speaker.model.device
+    again = json.loads(await app.speak("Hi.", "bf_emma", 1.0, 3))
+    assert again["ok"] and np.array_equal(rec.speech()[-1][1], pcm)  # the same device and kernels: the same samples
+    assert (await _chat(app, hi))["text"] == before["text"]

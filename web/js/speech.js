@@ -45,6 +45,14 @@ let audio = null; // the AudioContext (made on the first use)
 const player = { sources: [], end: 0, timers: [] };
 
 const now = () => performance.now();
+// A loudspeaker drawn inline (headless and minimal systems have no emoji font).
+const SPEAKER_SVG = '<svg class="icon" viewBox="0 0 16 16" aria-hidden="true"><path d="M2 6h3l4-3v10l-4-3H2z" fill="currentColor"/>'
+  + '<path d="M11 5.5a3.5 3.5 0 0 1 0 5M12.5 3.5a6 6 0 0 1 0 9" stroke="currentColor" stroke-width="1.3" fill="none" stroke-linecap="round"/></svg>';
+const STOP_SVG = '<svg class="icon" viewBox="0 0 16 16" aria-hidden="true"><rect x="4" y="4" width="8" height="8" fill="currentColor"/></svg>';
+const buttonLabel = (b, reading) => {
+  b.innerHTML = (reading ? STOP_SVG : SPEAKER_SVG) + `<span>${reading ? 'Stop reading' : 'Read aloud'}</span>`;
+  b.classList.toggle('active', reading);
+};
 const note = (what, extra = {}) => SP.log.push({ what, t: now(), ...extra });
 
 // -- the voice picker ----------------------------------------------------------------------------------------
@@ -236,13 +244,19 @@ function enqueue(cur, index, pcm) {
   src.start(at);
   player.end = at + buf.duration;
   player.sources.push(src);
-  const wait = Math.max(0, (at - ctx.currentTime) * 1000);
-  player.timers.push(setTimeout(() => {
+  // "play" is logged when the audio clock reaches the sentence (not when a timer says it should have).
+  const started = () => {
     if (SP.current !== cur || cur.stopped) return;
-    note('play', { run: cur.run, index });
+    const lag = at - ctx.currentTime;
+    if (lag > 0.005) {
+      player.timers.push(setTimeout(started, lag * 1000 + 5));
+      return;
+    }
+    note('play', { run: cur.run, index, clock: ctx.currentTime, state: ctx.state });
     cur.playing = index;
     playerText(`Reading aloud: sentence ${index + 1}${cur.done ? ` of ${cur.sentences}` : ''} · ${cur.pcm[index] ? fmtDuration(cur.pcm[index].length / RATE) : ''}`);
-  }, wait));
+  };
+  started();
   src.onended = () => {
     if (SP.current !== cur || cur.stopped) return;
     note('ended', { run: cur.run, index });
@@ -365,9 +379,7 @@ function markButton(cur, on) {
   const m = cur && cur.origin;
   if (!m) return;
   for (const b of document.querySelectorAll('#messages .read-aloud')) {
-    if (b._message !== m) continue;
-    b.textContent = on ? '■ Stop reading' : '🔊 Read aloud';
-    b.classList.toggle('active', on);
+    if (b._message === m) buttonLabel(b, on);
   }
 }
 
@@ -378,8 +390,7 @@ function decorate(div, m) {
   b.className = 'read-aloud';
   b._message = m;
   const reading = SP.current && SP.current.origin === m && !SP.current.stopped && !SP.current.finished;
-  b.textContent = reading ? '■ Stop reading' : '🔊 Read aloud';
-  b.classList.toggle('active', !!reading);
+  buttonLabel(b, !!reading);
   b.onclick = () => {
     const cur = SP.current;
     if (cur && cur.origin === m && !cur.stopped && !cur.finished) stopSpeech();
