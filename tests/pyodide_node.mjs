@@ -82,7 +82,7 @@ json.dumps(res)
   console.error('PYODIDE ERROR: ' + (e && e.message ? e.message : String(e)));
   process.exit(1);
 }
-// writeSync, not console.log: a pipe takes console.log's write asynchronously, and process.exit() would cut a
-// long line (the whole suite's results pass 64 KiB) short.
-fs.writeSync(1, 'RESULTS:' + out + '\n');
-process.exit(0);
+// Exit only once the line is written: over a pipe (pytest reads this one) Node writes asynchronously, and both
+// console.log + process.exit and fs.writeSync (which writes what the 64 KiB pipe buffer takes and returns)
+// cut the suite's line short.
+process.stdout.write('RESULTS:' + out + '\n', () => process.exit(0));
