@@ -481,8 +481,12 @@ def describe_speech_error(e: BaseException, during: str = "speak") -> dict:
             return describe_error(e, during)
         return {"kind": "speech-load", "message": msg, "detail": detail}
     if isinstance(e, _speech_request_errors()):
-        return {"kind": "speech", "message": _sentence(str(e)) if str(e) else "This text cannot be read aloud.",
-                "detail": detail}
+        text = " ".join(str(e).split())
+        if "_" in text.split(" ", 1)[0]:  # it starts with a voice's name (af_mine: ...): kept as it is spelt
+            msg = text if text.endswith((".", "!", "?")) else text + "."
+        else:
+            msg = _sentence(text) if text else "This text cannot be read aloud."
+        return {"kind": "speech", "message": msg, "detail": detail}
     return describe_error(e, during)
 
 

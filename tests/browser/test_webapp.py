@@ -688,6 +688,8 @@ def test_speech_errors_are_sentences():
     assert e["kind"] == "speech" and e["message"] == "There is nothing to say in this text."
     e = webapp.describe_speech_error(_speaker.SpeakerError("unknown voice 'x'"))
     assert e["kind"] == "speech" and e["message"] == "Unknown voice 'x'."
+    e = webapp.describe_speech_error(_speaker.SpeakerError("af_mine: a voicepack has shape (510, 256), not (3,)"))
+    assert e["message"] == "af_mine: a voicepack has shape (510, 256), not (3,)."  # the voice's name as spelt
     e = webapp.describe_speech_error(gpu.DeviceLimitError("buffer 'decoder' needs 9 bytes"), "load")
     assert e["kind"] == "speech-load" and "cannot hold the speech model" in e["message"]
     e = webapp.describe_speech_error(gpu.DeviceLostError("lost"), "speak")
