@@ -345,7 +345,7 @@ async function speak({ run, text, voice, speed, seed }) {
   speaking = run;
   await exclusive(() => pyCall('speak_start', String(text ?? ''), String(voice ?? ''), speed ?? 1, seed ?? 0, run));
   for (;;) {
-    if (speaking !== run) app.speech_stop();
+    if (speaking !== run) app.speech_stop(run); // this run only: a newer one may have started already
     const r = await exclusive(() => pyCall('speak_next', run));
     if (r.done) {
       if (speaking === run) speaking = 0;

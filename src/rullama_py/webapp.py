@@ -1097,10 +1097,10 @@ class WebApp:
         return _json({"ok": True, "done": False, "run": sr.run, "index": i, "samples": int(audio.size),
                       "seconds": seconds})
 
-    def speech_stop(self) -> None:
-        """End the speak request in progress after the sentence being synthesised (the next speak_next()
-        reports it stopped)."""
-        if self._speech is not None:
+    def speech_stop(self, run=None) -> None:
+        """End the speak request in progress (or only run `run`) after the sentence being synthesised (the next
+        speak_next() reports it stopped)."""
+        if self._speech is not None and (run is None or int(run) == self._speech.run):
             self._speech.stopped = True
 
     async def _end_speech(self) -> None:

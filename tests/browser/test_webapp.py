@@ -568,6 +568,7 @@ async def test_a_new_request_replaces_the_one_in_progress():
     first = json.loads(await app.speak_next(1))
     assert first["ok"] and not first["done"] and first["index"] == 0
     assert json.loads(await app.speak_start("Hello there.", "bm_george", 1, 0, 2))["run"] == 2
+    app.speech_stop(1)  # what the first request's loop in the worker says: it stops that run only
     old = json.loads(await app.speak_next(1))
     assert old["done"] and old["stopped"]
     new = json.loads(await app.speak_next(2))
