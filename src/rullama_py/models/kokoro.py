@@ -351,11 +351,9 @@ class Kokoro:
         al = "bert.encoder.albert_layer_groups.0.albert_layers.0"
         g = dev.graph()
 
-        # style affines (both halves), once per sentence
+        # the prosody half's affines, once per sentence (the decoder half's open the audio run)
         await ops.matmul(g, self.w["pros_affine.weight"], self.style_pros, self.pros_affine, n_tokens=1)
         await ops.bias_add(g, self.pros_affine, self.w["pros_affine.bias"], n=self.pros.rows)
-        await ops.matmul(g, self.w["dec_affine.weight"], self.style_dec, self.dec_affine, n_tokens=1)
-        await ops.bias_add(g, self.dec_affine, self.w["dec_affine.bias"], n=self.dec.rows)
 
         # PL-BERT
         await ops.embed(g, self.w["bert.word"], ids, e128, n_tokens=Tc)
@@ -402,6 +400,10 @@ class Kokoro:
 
         # ---- audio run ----
         g = dev.graph()
+        # the decoder half's affines here, not in the text run: the voice trainer changes only style_dec
+        # between its candidates and reruns this graph alone
+        await ops.matmul(g, self.w["dec_affine.weight"], self.style_dec, self.dec_affine, n_tokens=1)
+        await ops.bias_add(g, self.dec_affine, self.w["dec_affine.bias"], n=self.dec.rows)
         index = B("index", Fc, 1, "uint32")
         en, xF = B("en", Fc, HIDDEN), B("xF", Fc, HIDDEN)
         coeffs = B("coeffs", 1, 2 * 1090)
@@ -532,6 +534,21 @@ class Kokoro:
         ids: phoneme ids WITH the leading and trailing 0 pads (at most 512); style: the 256 values of the
         voice row for this sentence (voicepack[len(phonemes) - 1]); seed and noise set the harmonic source's
         noise (noise 0: the deterministic source of the parity tests)."""
+        dur = await self.align(ids, style, speed=speed, seed=seed, noise=noise, max_frames=max_frames,
+                               durations=durations)
+        if decoder_only:
+            self.device.submit(self._run.decoder_graph)
+            await self.device.sync()
+            return None, dur
+        audio = await self.device.read(self.submit_audio())
+        return audio.reshape(-1)[: SAMPLES_PER_FRAME * int(dur.sum())].copy(), dur
+
+    async def align(self, ids, style, *, speed: float = 1.0, seed: int = 0, noise: float = 1.0,
+                    max_frames: int = 0, durations=None) -> np.ndarray:
+        """The text run of one sentence and its alignment: writes the inputs, runs PL-BERT, the duration
+        predictor and the text encoder, reads the durations back (T integers) and writes the frame -> token
+        index and the frame counts the audio run reads. Returns the durations; `submit_audio` then makes the
+        audio. `durations` (T positive counts) replaces the predicted ones (the voice trainer's fixed timing)."""
         ids = np.asarray(ids, np.uint32)
         T = len(ids)
         if T > MAX_TOKENS:
@@ -567,13 +584,27 @@ class Kokoro:
         dev.write(run.bufs["index"].buffer, index)
         for name, n in (("F", F), ("2F", 2 * F), ("20F", 20 * F), ("120F", 120 * F + 1), ("600F", 600 * F)):
             dev.write(run.steps[name].buffer, _step(n))
-        dev.submit(run.decoder_graph)
-        if decoder_only:
-            await dev.sync()
-            return None, dur
-        dev.submit(run.generator_graph)
-        audio = (await dev.read(run.bufs["audio"]))
-        return audio.reshape(-1)[: SAMPLES_PER_FRAME * F].copy(), dur
+        return dur
+
+    def submit_audio(self) -> Tensor:
+        """Submit the audio run (decoder and generator) of the sentence `align` prepared, with the style now in
+        style_dec (and pros_affine): returns the audio tensor it writes, f32 [600 * frames capacity], whose real
+        length is the `audio_length` Step uniform's n_tokens (600 F). Nothing is read back."""
+        run = self._run
+        self.device.submit(run.decoder_graph)
+        self.device.submit(run.generator_graph)
+        return run.bufs["audio"]
+
+    @property
+    def audio_length(self) -> Tensor:
+        """The Step uniform holding the current sentence's real sample count (600 F)."""
+        return self._run.steps["600F"]
+
+    def rerun_text(self) -> None:
+        """Submit the current sentence's text run again (after style_pros changed): the prosody affines, the
+        duration encoder's output the prosody predictor reads, and the text encoder. The alignment written by
+        `align` stays (the durations the new style predicts are computed and not used)."""
+        self.device.submit(self._run.text_graph)
 
     def _write_text_inputs(self, run: KokoroRun, ids: np.ndarray) -> None:
         padded = np.zeros(run.tokens, np.uint32)
