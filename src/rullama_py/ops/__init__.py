@@ -20,6 +20,8 @@ never per token. Modules by family:
              nn.durations; rows.gather_rows (the alignment), rows.broadcast_row
 - signal:    harmonic_source, stft, istft (Kokoro's iSTFTNet generator: the hn-NSF source, its STFT, the
              inverse STFT; source_noise, source_params)
+- mel:       log_mel_frames, mel_signature (the voice trainer's timbre signature and loss; mel_tables)
+- search:    style_perturb (the voice trainer's seeded candidate; search_params, search_noise)
 """
 
 from .norm import rms_norm  # noqa: F401
@@ -39,3 +41,5 @@ from .norm import affine_act, instance_norm_coeffs, instance_norm_scratch_size, 
 from .nn import durations, gelu  # noqa: F401
 from .rows import broadcast_row, gather_rows  # noqa: F401
 from .signal import harmonic_source, istft, stft  # noqa: F401
+from .mel import log_mel_frames, mel_signature, mel_tables  # noqa: F401
+from .search import search_noise, search_params, search_params_bytes, style_perturb  # noqa: F401
