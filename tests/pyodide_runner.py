@@ -69,7 +69,7 @@ def _load(path: Path):
 
 
 # Test modules outside tests/kernels whose pyodide-marked tests also run in Pyodide.
-MODULES = ("test_media.py", "test_audio_media.py", "test_g2p.py")
+MODULES = ("test_media.py", "test_audio_media.py", "test_g2p.py", "test_voice_target.py")
 
 
 def test_files(root: Path = HERE) -> list[Path]:

@@ -27,6 +27,7 @@ Audio (numpy; scipy only to resample, imported on first use):
     x = resample(wav, rate)                           # float32 [m] at 16 kHz (scipy.signal.resample_poly)
     feats = log_mel(x)                                # float32 [frames, 128]
     pieces = prepare_audio(data)                      # [PreparedAudio], one per 30 s piece
+    target = prepare_voice_target(samples, rate)      # VoiceTarget: a voice-clone target, trimmed, 24 kHz
 
 `log_mel` is transformers' `Gemma4AudioFeatureExtractor` step by step: 160 zeros in front (semicausal
 padding), frames of 320 samples every 160, the float32 waveform times the float32 periodic Hann window
@@ -49,6 +50,11 @@ scale of their container (int16 / 32768, ...), so they lie in [-1, 1); float sam
 frames, without a word, as libsndfile and transformers-style loaders do. Compressed codecs inside a WAV
 (ADPCM, MP3 in WAV, GSM, ...) are refused by name. The length is checked from the header against
 `MAX_AUDIO_SECONDS` before any sample is converted.
+
+`prepare_voice_target` readies a recording as the target of voice cloning (Kokoro speaks at 24 kHz): the
+silence around the voice trimmed, at most a minute kept, resampled to 24 kHz, scaled to a standard level;
+silent, too short (under 3 s of voice) or clipped recordings are refused with a `VoiceTargetError` (a
+MediaError) that says what to do.
 """
 
 from __future__ import annotations
@@ -685,3 +691,222 @@ def prepare_audio(data, name: str = "audio") -> list[PreparedAudio]:
         raise MediaError(f"{name} is too short: {_duration(x.size / SAMPLE_RATE)} of audio is less than one "
                          f"10 ms frame.")
     return pieces
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Voice-clone target
+
+VOICE_RATE = 24000  # Kokoro speaks at 24 kHz: the target is compared with its output at that rate
+VOICE_MIN_SECONDS = 3.0  # of voice after trimming: fewer frames make a mean spectrum that wanders with the words
+VOICE_KEEP_SECONDS = 60.0  # a mean over frames gains little past a minute; a longer clip keeps its first minute
+VOICE_MAX_INPUT_SECONDS = MAX_AUDIO_SECONDS  # longer input is refused before any work
+VOICE_MIN_RATE = 8000  # telephone audio; below it too little of a voice's spectrum is left to match
+VOICE_SILENT_DB = -50.0  # loudest sound (dBFS, 10 ms RMS) below this: a muted or unplugged microphone
+VOICE_MAX_CLIPPED = 0.01  # fraction of the kept samples cut off at the peaks above which the clip is refused
+VOICE_LEVEL_DB = -20.0  # the voice frames' RMS the target is scaled to (peaks kept at or below 0.99)
+_VOICE_FRAME_SECONDS = 0.01  # frame of the level analysis
+_VOICE_MARGIN_SECONDS = 0.15  # kept around the first and last voice frames: soft onsets and decays
+_VOICE_RANGE_DB = 40.0  # frames this far below the loudest are silence whatever the noise floor
+_VOICE_NOISE_DB = 6.0  # frames within this of the noise floor are noise, not voice...
+_VOICE_NOISE_CAP_DB = 20.0  # ...unless that would call frames this close to the loudest noise
+_VOICE_LOUDEST_FRAMES = 10  # the loudest reference is the 10th loudest frame (100 ms): one click cannot set it
+
+
+class VoiceTargetError(MediaError):
+    """A recording cannot be used as a voice-clone target (silent, too short, clipped, too long, ...); the
+    message is one plain sentence naming the problem and what to do."""
+
+
+@dataclass(frozen=True)
+class VoiceTarget:
+    """A recording prepared as the target of voice cloning.
+
+    pcm: float32 [n] mono at VOICE_RATE (24 kHz): the input from just before its first voice frame to just
+        after its last (a VOICE_KEEP_SECONDS cut at most), resampled, scaled by `gain`.
+    seconds: n / VOICE_RATE.
+    voice_seconds: how much of pcm is voice (10 ms frames above the silence threshold).
+    trimmed: (start, end) in seconds of the input: the part of it that pcm holds.
+    input_seconds, input_rate: the input's length and sample rate.
+    truncated: the voice ran past VOICE_KEEP_SECONDS and only its first VOICE_KEEP_SECONDS are kept.
+    peak: the largest |sample| of the kept part of the input (mono, before scaling); 1.0 is full scale.
+    rms_db: the RMS level of the kept voice frames of the input in dBFS (before scaling).
+    gain: the factor pcm was scaled by: to VOICE_LEVEL_DB, less where the peaks would pass 0.99.
+    clipped: the fraction of the kept input samples that are clipped (in runs at the input's largest or smallest
+        value).
+    bandwidth_hz: half the lower of the input's rate and VOICE_RATE; pcm holds nothing above it.
+    """
+
+    pcm: np.ndarray
+    seconds: float
+    voice_seconds: float
+    trimmed: tuple[float, float]
+    input_seconds: float
+    input_rate: int
+    truncated: bool
+    peak: float
+    rms_db: float
+    gain: float
+    clipped: float
+    bandwidth_hz: float
+
+
+def _voice_rate(rate, name: str) -> int:
+    """The sample rate as an int (a browser's AudioBuffer gives 44100.0), or VoiceTargetError."""
+    try:
+        r = float(rate)
+    except (TypeError, ValueError):
+        raise TypeError(f"the sample rate must be a number, not {type(rate).__name__}") from None
+    if not (math.isfinite(r) and r > 0 and r == int(r)):
+        raise VoiceTargetError(f"{name} has a sample rate of {rate!r} Hz, which is not a usable rate: it must be a "
+                               f"positive whole number of samples per second.")
+    r = int(r)
+    if r < VOICE_MIN_RATE:
+        raise VoiceTargetError(f"{name} has a sample rate of {r} Hz, too low to hold a voice's timbre: record at "
+                               f"{VOICE_MIN_RATE} Hz or more (24 kHz or more is best).")
+    if r > MAX_SOURCE_RATE:
+        raise VoiceTargetError(f"{name} has a sample rate of {r} Hz; rates from {VOICE_MIN_RATE} Hz to "
+                               f"{MAX_SOURCE_RATE} Hz are supported.")
+    return r
+
+
+def _channels(samples, name: str) -> np.ndarray:
+    """float [channels, n] from a 1-D array or a 2-D one with at most 8 channels on either axis (soundfile gives
+    [n, channels], a stack of the browser's per-channel arrays [channels, n])."""
+    x = np.asarray(samples)
+    if x.dtype.kind != "f":
+        raise TypeError(f"audio samples must be a float array (full scale 1.0), not {x.dtype}")
+    if x.ndim == 1:
+        return x[None]
+    if x.ndim == 2 and x.shape[1] <= 8:
+        return x.T
+    if x.ndim == 2 and x.shape[0] <= 8:
+        return x
+    raise VoiceTargetError(f"{name} has samples of shape {x.shape}: give a 1-D mono array, or a 2-D one with at "
+                           f"most 8 channels on one axis.")
+
+
+def _clipped(x: np.ndarray) -> np.ndarray:
+    """bool [n]: the samples of `x` in runs of 2 or more at its largest or its smallest value (to 1e-6 of the
+    peak). A clipped recording is flat there wherever the voice went past the clip level. A clean one reaches
+    its extremes once or a few times, and in runs almost never: two samples equal to 1e-6 at a sine's crest must
+    straddle it to within 1e-6 / (2 pi f / rate) of a sample, a steady tone whose period is a whole number of
+    samples included (its crest sample repeats every period, but alone)."""
+    n = x.size
+    mark = np.zeros(n, bool)
+    if n < 2:
+        return mark
+    hi, lo = float(x.max()), float(x.min())
+    tol = 1e-6 * max(abs(hi), abs(lo))
+    extreme = np.zeros(n, bool)
+    if hi > 0:
+        extreme |= x >= hi - tol
+    if lo < 0:
+        extreme |= x <= lo + tol
+    pair = extreme[1:] & extreme[:-1] & (np.abs(np.diff(x)) <= tol)  # samples i and i + 1, both at one extreme
+    mark[1:] |= pair
+    mark[:-1] |= pair
+    return mark
+
+
+def _frame_db(x: np.ndarray, frame: int) -> np.ndarray:
+    """float64 [ceil(n / frame)]: the RMS level in dBFS of consecutive frames (the last one zero-padded)."""
+    whole = x.size // frame
+    body = x[: whole * frame].reshape(whole, frame)
+    power = np.einsum("ij,ij->i", body, body, dtype=np.float64) / frame
+    if x.size > whole * frame:
+        tail = x[whole * frame:].astype(np.float64)
+        power = np.append(power, np.dot(tail, tail) / frame)
+    return 10.0 * np.log10(power + 1e-12)
+
+
+def prepare_voice_target(samples: np.ndarray, rate, name: str = "recording") -> VoiceTarget:
+    """A recording (float samples at `rate` Hz: [n] mono, or [n, channels] / [channels, n] averaged to mono)
+    prepared as a voice-clone target, or VoiceTargetError with one sentence for the user.
+
+    1. Refused: no samples, NaN or infinity, a rate that is not a whole number from VOICE_MIN_RATE to
+       MAX_SOURCE_RATE, more than VOICE_MAX_INPUT_SECONDS.
+    2. The level of 10 ms frames, at the input's rate. Refused as silent when the 10th loudest frame (so that a
+       click does not count) is below VOICE_SILENT_DB. Voice frames are those above the higher of 40 dB below
+       that loudest level and 6 dB above the noise floor (the 10th percentile frame), the latter capped at 20 dB
+       below the loudest so that a clip with no pauses keeps its quieter syllables.
+    3. Trimmed from 0.15 s before the first voice frame to 0.15 s after the last; a span longer than
+       VOICE_KEEP_SECONDS keeps its first VOICE_KEEP_SECONDS (`truncated`). Refused with under VOICE_MIN_SECONDS
+       of voice frames in it, or more than VOICE_MAX_CLIPPED of its samples clipped (in runs at the channel's largest
+       or smallest value, found per channel before averaging).
+    4. Resampled to 24 kHz (`resample`, scipy's resample_poly; in Pyodide `await load_resampler()` first,
+       unless the input is at 24 kHz) and scaled so the voice frames' RMS is VOICE_LEVEL_DB, the peaks at most
+       0.99: what is played next to Kokoro's voice, and clear of the log-mel floor when the input was quiet.
+    """
+    r = _voice_rate(rate, name)
+    chans = _channels(samples, name)
+    if chans.shape[1] == 0:
+        raise VoiceTargetError(f"{name} has no audio: it holds no samples. Record at least 3 s of voice.")
+    if not np.isfinite(chans).all():
+        raise VoiceTargetError(f"{name} is damaged: some of its samples are not numbers (NaN or infinity).")
+    n = chans.shape[1]
+    if n / r > VOICE_MAX_INPUT_SECONDS:
+        raise VoiceTargetError(str(_too_long(name, n / r)))
+    clipped = np.zeros(n, bool)
+    for c in chans:
+        clipped |= _clipped(c)
+    mono = (chans.mean(axis=0) if chans.shape[0] > 1 else chans[0]).astype(np.float32)
+
+    frame = max(1, round(r * _VOICE_FRAME_SECONDS))
+    db = _frame_db(mono, frame)
+    ranked = np.sort(db)
+    loudest = ranked[-min(_VOICE_LOUDEST_FRAMES, db.size)]
+    if loudest < VOICE_SILENT_DB:
+        raise VoiceTargetError(f"{name} is silent or nearly silent (its level stays below {VOICE_SILENT_DB:g} dBFS): "
+                               f"check that the microphone is on and not muted, and record again closer to it.")
+    floor = ranked[int(0.1 * (db.size - 1))]
+    threshold = max(loudest - _VOICE_RANGE_DB, min(floor + _VOICE_NOISE_DB, loudest - _VOICE_NOISE_CAP_DB))
+    voice = db > threshold
+    first, last = np.flatnonzero(voice)[[0, -1]]  # the 10th loudest frame is above the threshold: never empty
+    margin = round(r * _VOICE_MARGIN_SECONDS)
+    s0 = max(0, int(first) * frame - margin)
+    s1 = min(n, (int(last) + 1) * frame + margin)
+    keep = round(r * VOICE_KEEP_SECONDS)
+    truncated = s1 - s0 > keep
+    if truncated:
+        s1 = s0 + keep
+    kept_voice = voice[s0 // frame: -(-s1 // frame)]
+    voice_seconds = int(kept_voice.sum()) * frame / r
+    if voice_seconds < VOICE_MIN_SECONDS:
+        raise VoiceTargetError(f"{name} has only {_duration(voice_seconds)} of voice; record at least "
+                               f"{VOICE_MIN_SECONDS:g} s (10-30 s is best).")
+    clipped_fraction = float(clipped[s0:s1].mean())
+    if clipped_fraction > VOICE_MAX_CLIPPED:
+        raise VoiceTargetError(f"{name} is clipped: {100 * clipped_fraction:.1f}% of its samples are cut off flat at "
+                               f"full scale, which distorts the voice; record again further from the microphone or "
+                               f"with its input level lower.")
+
+    part = mono[s0:s1]
+    voice_power = np.power(10.0, db[s0 // frame: -(-s1 // frame)][kept_voice] / 10.0).mean()
+    rms_db = float(10.0 * np.log10(voice_power))
+    pcm = resample(part, r, VOICE_RATE)
+    gain = 10.0 ** ((VOICE_LEVEL_DB - rms_db) / 20.0)
+    pcm_peak = float(np.abs(pcm).max())
+    if pcm_peak * gain > 0.99:
+        gain = 0.99 / pcm_peak
+    pcm = (pcm.astype(np.float64) * gain).astype(np.float32)
+    return VoiceTarget(
+        pcm=pcm,
+        seconds=pcm.size / VOICE_RATE,
+        voice_seconds=voice_seconds,
+        trimmed=(s0 / r, s1 / r),
+        input_seconds=n / r,
+        input_rate=r,
+        truncated=bool(truncated),
+        peak=float(np.abs(part).max()),
+        rms_db=rms_db,
+        gain=float(gain),
+        clipped=clipped_fraction,
+        bandwidth_hz=min(r, VOICE_RATE) / 2.0,
+    )
+
+
+def prepare_voice_target_wav(data: bytes, name: str = "recording") -> VoiceTarget:
+    """`prepare_voice_target` of a WAV file's samples (`decode_wav`: any channel count, averaged to mono).
+    Raises MediaError (a WAV file we do not read) or VoiceTargetError."""
+    samples, rate = decode_wav(data, name)
+    return prepare_voice_target(samples, rate, name)
