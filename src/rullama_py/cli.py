@@ -1,4 +1,4 @@
-"""The `rullama` command (native): generate, chat, bench, list, serve, say. `python -m rullama_py` is the same.
+"""The `rullama` command (native): generate, chat, bench, list, serve, say, clone-voice. `python -m rullama_py` is the same.
 
 MODEL is a GGUF path, an Ollama model name (gemma3:270m, gemma4:e2b), an http(s) URL (read with Range
 requests), or "default" for the embedded Gemma 3 270M that the setup installs.
@@ -13,6 +13,8 @@ a llama.cpp projector GGUF holding the tower):
 Speech (Kokoro-82M, the Kokoro GGUF the setup builds):
 
     rullama say "Hello there." --voice af_heart -o hello.wav               # --list-voices, --speed, --voice-file
+    rullama clone-voice me.wav -o me.bin --steps 300 --seed 1              # prints the loss curve
+    rullama say "Hello there." --voice-file me.bin -o me-hello.wav
 """
 
 from __future__ import annotations
@@ -319,8 +321,9 @@ def _sentence_errors() -> tuple:
 
     from .g2p import G2PError
     from .speaker import SpeakerError
+    from .voice import VoiceCloneError
 
-    return (UserError, MediaError, SpeakerError, G2PError) + tuple(getattr(engine, n) for n in ("NoTowerError", "TowerLoadError",
+    return (UserError, MediaError, SpeakerError, G2PError, VoiceCloneError) + tuple(getattr(engine, n) for n in ("NoTowerError", "TowerLoadError",
                                                                         "VisionLoadError") if hasattr(engine, n))
 
 
@@ -673,6 +676,54 @@ async def _say(a) -> int:
     return 0
 
 
+async def _clone_voice(a) -> int:
+    """rullama clone-voice: a recording to a voicepack file, by Kokoro voice training on the GPU."""
+    from pathlib import Path
+
+    from .media import decode_wav, encode_wav, prepare_voice_target
+    from .speaker import SAMPLE_RATE, Speaker, SpeakerError
+    from .voice import TRAIN_TEXTS, VoiceTrainer
+
+    # the recording and the options are checked before the model loads
+    try:
+        data = Path(a.target).read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read {a.target}: {e.strerror or e}") from e
+    samples, rate = decode_wav(data, Path(a.target).name)
+    target = prepare_voice_target(samples, rate, Path(a.target).name)
+    if a.steps < 0:
+        raise UserError(f"--steps {a.steps}: a number of steps, 0 or more")
+    speaker = await Speaker.load(a.kokoro)
+    trainer = VoiceTrainer(speaker, target, texts=a.text or TRAIN_TEXTS, lang=a.lang, start=a.start,
+                           train=a.train, population=a.population, step_size=a.step_size, seed=a.seed)
+    t0 = time.perf_counter()
+    info = await trainer.prepare()
+    for w in info.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    near = ", ".join(f"{v} {d:.4f}" for v, d in list(info.distances.items())[:3])
+    print(f"target: {info.seconds:.1f} s of voice; start voice {info.start_voice} (loss {info.start_loss:.4f}"
+          + (f"; nearest: {near}" if near else "") + f") in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    print("step\tloss\tbest\tstep_size")
+    print(f"0\t{info.start_loss:.6f}\t{info.start_loss:.6f}\t{trainer.step_size:.4f}")
+    t1 = time.perf_counter()
+    for _ in range(a.steps):
+        s = await trainer.step()
+        print(f"{s.step}\t{s.loss:.6f}\t{s.best:.6f}\t{s.step_size:.4f}", flush=s.step % 10 == 0)
+    took = time.perf_counter() - t1
+    pack = await trainer.voicepack()
+    try:
+        Path(a.output).write_bytes(pack.astype("<f4").tobytes())
+        if a.sample:
+            audio = await speaker.say(a.sample_text, voice=pack, seed=a.seed)
+            Path(a.sample).write_bytes(encode_wav(audio, SAMPLE_RATE))
+    except OSError as e:
+        raise SpeakerError(f"cannot write the result: {e.strerror or e}") from e
+    print(f"wrote {a.output}: loss {info.start_loss:.4f} -> {trainer.best_loss:.4f} in {a.steps} steps "
+          f"({a.steps / max(took, 1e-9):.1f} steps/s); use it with: rullama say --voice-file {a.output} TEXT",
+          file=sys.stderr)
+    return 0
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["serve"]:  # the server parses its own options (src/rullama_py/server.py)
@@ -725,12 +776,29 @@ def main(argv=None) -> int:
     sp.add_argument("--kokoro", default=None, help="Kokoro GGUF path or URL (default: the setup's F16 file)")
     sp.add_argument("--list-voices", action="store_true", help="print the voices and exit")
 
+    cv = sub.add_parser("clone-voice", help="train a Kokoro voice on a recording (WAV), written as a voicepack file")
+    cv.add_argument("target", help="a WAV recording of the voice: one speaker, 10-30 s is best (3 s at least)")
+    cv.add_argument("--output", "-o", default="voice.bin", help="voicepack file to write (default voice.bin)")
+    cv.add_argument("--steps", type=int, default=300, help="hill-climb steps (default 300)")
+    cv.add_argument("--seed", type=int, default=0, help="seed of the search's noise (same seed, same voice)")
+    cv.add_argument("--train", choices=("timbre", "all"), default="timbre",
+                    help="timbre: the decoder half of the voice (default); all: the prosody half too")
+    cv.add_argument("--population", type=int, default=1, help="candidates per step (default 1)")
+    cv.add_argument("--step-size", type=float, default=0.25, help="initial step, in stock-voice spreads (default 0.25)")
+    cv.add_argument("--start", default="auto", help="the voice to start from (default: the nearest stock voice)")
+    cv.add_argument("--text", action="append", default=None, help="a training sentence (repeatable)")
+    cv.add_argument("--lang", default="en-us", help="espeak language of the training text (default en-us)")
+    cv.add_argument("--sample", default=None, help="also write a WAV of the clone speaking --sample-text")
+    cv.add_argument("--sample-text", default="Hello! This is my new voice, made on my own GPU.")
+    cv.add_argument("--kokoro", default=None, help="Kokoro GGUF path or URL (default: the setup's F16 file)")
+
     a = ap.parse_args(argv)
     if a.cmd == "list":
         return _list(a)
     sentences = _sentence_errors()
     try:
-        return asyncio.run({"generate": _generate, "chat": _chat, "bench": _bench, "say": _say}[a.cmd](a))
+        return asyncio.run({"generate": _generate, "chat": _chat, "bench": _bench, "say": _say,
+                            "clone-voice": _clone_voice}[a.cmd](a))
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
