@@ -775,6 +775,8 @@ def _channels(samples, name: str) -> np.ndarray:
     x = np.asarray(samples)
     if x.dtype.kind != "f":
         raise TypeError(f"audio samples must be a float array (full scale 1.0), not {x.dtype}")
+    if x.size == 0:
+        raise VoiceTargetError(f"{name} has no audio: it holds no samples. Record at least 3 s of voice.")
     if x.ndim == 1:
         return x[None]
     if x.ndim == 2 and x.shape[1] <= 8:
@@ -802,9 +804,10 @@ def _clipped(x: np.ndarray) -> np.ndarray:
         extreme |= x >= hi - tol
     if lo < 0:
         extreme |= x <= lo + tol
-    pair = extreme[1:] & extreme[:-1] & (np.abs(np.diff(x)) <= tol)  # samples i and i + 1, both at one extreme
-    mark[1:] |= pair
-    mark[:-1] |= pair
+    i = np.flatnonzero(extreme[1:] & extreme[:-1])  # samples i and i + 1 both at an extreme...
+    i = i[np.abs(x[i + 1] - x[i]) <= tol]  # ...the same one
+    mark[i] = True
+    mark[i + 1] = True
     return mark
 
 
@@ -839,8 +842,6 @@ def prepare_voice_target(samples: np.ndarray, rate, name: str = "recording") -> 
     """
     r = _voice_rate(rate, name)
     chans = _channels(samples, name)
-    if chans.shape[1] == 0:
-        raise VoiceTargetError(f"{name} has no audio: it holds no samples. Record at least 3 s of voice.")
     if not np.isfinite(chans).all():
         raise VoiceTargetError(f"{name} is damaged: some of its samples are not numbers (NaN or infinity).")
     n = chans.shape[1]
