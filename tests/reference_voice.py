@@ -1,4 +1,4 @@
-"""numpy reference (float64) of the voice trainer's timbre signature and of its (1+1) hill-climb step.
+"""numpy reference (float64) of the voice trainer's timbre signature and of its (1+1) hill-climb rule.
 
 The signature is a timing-invariant description of a voice: the mean log-mel spectrum over the active frames of
 24 kHz speech, level removed. Two utterances of one voice give close signatures whatever the words and their
@@ -107,18 +107,26 @@ def signature_loss(a, b):
     return float(np.mean(d * d))
 
 
-def hill_climb_step_reference(best, best_loss, step, scale, noise, loss_fn, *, anneal=0.95):
-    """One (1+1) hill-climb step, the seed system's rule, over a given noise vector.
-
-    best: [D] the best vector so far, best_loss its loss; step: the current step size (a scalar); scale: [D] the
-    per-dimension step scales (or a scalar); noise: [D] the step's standard-normal draw; loss_fn(vector) -> float.
-    The candidate is best + step * scale * noise. It replaces best when its loss is strictly lower, and step is
-    kept; otherwise best stays and step is multiplied by `anneal`.
-    Returns (best, best_loss, step, candidate_loss, accepted).
-    """
-    best = np.asarray(best, np.float64)
-    candidate = best + step * np.asarray(scale, np.float64) * np.asarray(noise, np.float64)
-    candidate_loss = float(loss_fn(candidate))
+def hill_climb_step_reference(best_loss, candidate_loss, step, *, anneal=0.95):
+    """The seed system's (1+1) hill-climb rule for one step, on the losses: the candidate replaces the best when
+    its loss is strictly lower, and the step size is kept; otherwise the best stays and the step size is
+    multiplied by `anneal`. Returns (best_loss, step, accepted)."""
     if candidate_loss < best_loss:
-        return candidate, candidate_loss, step, candidate_loss, True
-    return best, best_loss, step * anneal, candidate_loss, False
+        return candidate_loss, step, True
+    return best_loss, step * anneal, False
+
+
+def hill_climb_candidate(best, step, scale, noise):
+    """float64 [D]: the seed's candidate, best + step * scale * noise (best [D]; step a scalar; scale [D] or a
+    scalar, the per-dimension step scales; noise [D], the step's standard-normal draw)."""
+    return np.asarray(best, np.float64) + step * np.asarray(scale, np.float64) * np.asarray(noise, np.float64)
+
+
+def hill_climb_step(best, best_loss, step, scale, noise, loss_fn, *, anneal=0.95):
+    """One whole (1+1) step over a given noise vector: the candidate (hill_climb_candidate), its loss
+    loss_fn(candidate) (called once), and the rule (hill_climb_step_reference).
+    Returns (best, best_loss, step, candidate_loss, accepted)."""
+    candidate = hill_climb_candidate(best, step, scale, noise)
+    candidate_loss = float(loss_fn(candidate))
+    best_loss, step, accepted = hill_climb_step_reference(best_loss, candidate_loss, step, anneal=anneal)
+    return (candidate if accepted else np.asarray(best, np.float64)), best_loss, step, candidate_loss, accepted

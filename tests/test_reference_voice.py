@@ -183,7 +183,15 @@ def test_the_loss_is_the_mean_squared_difference():
 
 # --- the hill-climb step --------------------------------------------------------------------------------
 
-def test_the_hill_climb_step_accepts_only_a_lower_loss_and_anneals_otherwise():
+def test_the_hill_climb_rule_accepts_only_a_strictly_lower_loss_and_anneals_otherwise():
+    assert rv.hill_climb_step_reference(2.0, 1.25, 0.5) == (1.25, 0.5, True)
+    assert rv.hill_climb_step_reference(2.0, 3.0, 0.5) == (2.0, 0.5 * 0.95, False)
+    assert rv.hill_climb_step_reference(2.0, 2.0, 0.5) == (2.0, 0.5 * 0.95, False)  # as good is not better
+    assert rv.hill_climb_step_reference(2.0, 3.0, 0.5, anneal=0.9) == (2.0, 0.45, False)
+    assert rv.hill_climb_step_reference(2.0, float("nan"), 0.5) == (2.0, 0.5 * 0.95, False)  # NaN never wins
+
+
+def test_the_hill_climb_step_on_vectors():
     calls = []
 
     def loss(v):
@@ -193,23 +201,19 @@ def test_the_hill_climb_step_accepts_only_a_lower_loss_and_anneals_otherwise():
     best, best_loss, step = np.array([1.0, 1.0]), 2.0, 1.0
     scale = np.array([0.5, 2.0])
     # noise (-1, 0): candidate (0.5, 1), loss 1.25 < 2: taken, step kept
-    best, best_loss, step, cand_loss, ok = rv.hill_climb_step_reference(best, best_loss, step, scale,
-                                                                       np.array([-1.0, 0.0]), loss)
+    best, best_loss, step, cand_loss, ok = rv.hill_climb_step(best, best_loss, step, scale, np.array([-1.0, 0.0]),
+                                                              loss)
     assert ok and np.array_equal(best, [0.5, 1.0]) and best_loss == 1.25 == cand_loss and step == 1.0
     # noise (1, 1): candidate (1, 3), loss 10: refused, step * 0.95
-    best, best_loss, step, cand_loss, ok = rv.hill_climb_step_reference(best, best_loss, step, scale,
-                                                                       np.array([1.0, 1.0]), loss)
+    best, best_loss, step, cand_loss, ok = rv.hill_climb_step(best, best_loss, step, scale, np.array([1.0, 1.0]),
+                                                              loss)
     assert not ok and np.array_equal(best, [0.5, 1.0]) and best_loss == 1.25 and cand_loss == 10.0
     assert step == 0.95
-    # a candidate exactly as good (zero noise) is refused too: strictly lower only
-    best, best_loss, step, cand_loss, ok = rv.hill_climb_step_reference(best, best_loss, step, scale,
-                                                                       np.zeros(2), loss)
-    assert not ok and cand_loss == best_loss == 1.25 and step == pytest.approx(0.95**2, rel=1e-15)
-    # the step scales the noise: step 0.9025 * scale (0.5, 2) * noise (-1, -0.25) from (0.5, 1)
-    best, best_loss, step, cand_loss, ok = rv.hill_climb_step_reference(best, best_loss, step, scale,
-                                                                       np.array([-1.0, -0.25]), loss)
-    np.testing.assert_allclose(calls[-1], [0.5 - 0.9025 * 0.5, 1.0 - 0.9025 * 0.5], rtol=1e-15)
-    assert ok and len(calls) == 4  # one evaluation per step
+    # the step scales the noise: 0.95 * scale (0.5, 2) * noise (-1, -0.25) from (0.5, 1)
+    best, best_loss, step, cand_loss, ok = rv.hill_climb_step(best, best_loss, step, scale,
+                                                              np.array([-1.0, -0.25]), loss)
+    np.testing.assert_allclose(calls[-1], [0.5 - 0.95 * 0.5, 1.0 - 0.95 * 0.5], rtol=1e-15)
+    assert ok and len(calls) == 3  # one evaluation per step
 
 
 def test_a_seeded_climb_never_rises_and_anneals_once_per_refusal():
@@ -219,8 +223,7 @@ def test_a_seeded_climb_never_rises_and_anneals_once_per_refusal():
     best, step = np.zeros(16), 0.5
     best_loss, curve, refused = loss(best), [], 0
     for _ in range(200):
-        best, best_loss, step, _, ok = rv.hill_climb_step_reference(best, best_loss, step, 1.0,
-                                                                    rng.standard_normal(16), loss)
+        best, best_loss, step, _, ok = rv.hill_climb_step(best, best_loss, step, 1.0, rng.standard_normal(16), loss)
         refused += not ok
         curve.append(best_loss)
     assert np.all(np.diff(curve) <= 0) and curve[-1] < 0.25 * loss(np.zeros(16))
