@@ -4,7 +4,7 @@
 //
 // Protocol with the page (documented in js/worker-client.js). Requests {id, op, ...} are answered by
 // {reply: id, ok, value | error}; events are {event: name, ...} (boot, progress, token, media, download,
-// speech-progress, speech-download, speech). Model work (load, chat, save, restore, new-chat, speech-load, and
+// speech-progress, speech-download, speech, clone-target, clone-audio, clone-progress). Model work (load, chat, save, restore, new-chat, speech-load, and
 // each sentence of speak) runs one request at a time, in order, on the one GPU device both models share;
 // `stop`, `speech-stop` and `pause-download` act at once: between tokens, between a tower's layers, between
 // sentences, or between chunks. A speak request queues one sentence at a time, so a chat request sent while a
@@ -354,6 +354,52 @@ async function speak({ run, text, voice, speed, seed }) {
   }
 }
 
+// ---- Voice cloning (rullama_py.webapp's clone_* methods: voice.VoiceTrainer on the speech model) ----------
+// Training is a loop of short queued requests (clone_step: at most ~0.15 s of work, at least one step), so a
+// chat, a sentence read aloud or a pause waits for one call only. While a text is read aloud the loop waits
+// (Kokoro is busy speaking; the trainer aligns its sentence again by itself afterwards) and then goes on.
+const CLONE_STEP_SECONDS = 0.15;
+let training = null; // {run, paused} while the clone-train loop runs
+
+const sleep = ms => new Promise(resolve => setTimeout(resolve, ms));
+
+// Train until `until` steps in all, or a pause: one 'clone-progress' event per call ({run, steps: [...], step,
+// best, step_size, steps_per_second}), and {run, waiting: 'speech'} while reading aloud holds it. Resolves
+// with the last call's result and why it ended (paused, done).
+async function cloneTrain({ run, until }) {
+  if (training) throw new AppError('busy', 'The voice is being trained already.');
+  const t = (training = { run, paused: false });
+  let last = null;
+  try {
+    for (;;) {
+      if (t.paused) return { ...last, run, paused: true, done: false };
+      if (speaking) {
+        emit('clone-progress', { run, waiting: 'speech' });
+        while (speaking && !t.paused) await sleep(100);
+        if (!t.paused) emit('clone-progress', { run, waiting: null });
+        continue;
+      }
+      const left = Math.max(1, (until || Infinity) - (last ? last.step : 0));
+      last = await exclusive(() => pyCall('clone_step', Math.min(left, 1000), CLONE_STEP_SECONDS));
+      emit('clone-progress', { run, ...last });
+      if (until && last.step >= until) return { ...last, run, paused: false, done: true };
+    }
+  } finally {
+    training = null;
+  }
+}
+
+function pauseTraining() {
+  if (training) training.paused = true;
+}
+
+// A WAV file, or samples at another rate than Kokoro's 24 kHz, is resampled by Python (scipy).
+async function cloneTarget({ bytes, rate, name, format }) {
+  pauseTraining(); // a new target ends the training of the old one
+  if (format === 'wav' || Number(rate) !== 24000) await loadResampler();
+  return exclusive(() => pyCall('clone_target', new Uint8Array(bytes), Number(rate) || 0, String(name || 'recording'), format || 'f32'));
+}
+
 const ops = {
   boot: () => boot(),
   load: msg => exclusive(async () => {
@@ -402,6 +448,15 @@ const ops = {
     if (app) app.speech_stop();
     return true;
   },
+  // voice cloning
+  'clone-target': msg => cloneTarget(msg),
+  'clone-start': msg => { pauseTraining(); return exclusive(() => pyCall('clone_start', JSON.stringify(msg.options || {}))); },
+  'clone-train': msg => cloneTrain(msg),
+  'clone-pause': async () => { pauseTraining(); return true; },
+  'clone-reset': () => { pauseTraining(); return exclusive(() => pyCall('clone_reset')); },
+  'clone-voice': () => exclusive(async () => ({ bytes: await pyCall('clone_voice') })),
+  'clone-preview': msg => exclusive(() => pyCall('clone_preview', String(msg.text ?? ''), msg.speed ?? 1)),
+  'clone-release': () => { pauseTraining(); return exclusive(() => pyCall('clone_release')); },
 };
 
 self.onmessage = async ({ data }) => {

@@ -21,6 +21,14 @@
     app.speech_stop()                        # from the worker's message handler: ends speak() between sentences
     r = app.speech_add_voice("mine", voicepack_bytes)           # a kokoro-js .bin voicepack, [510, 256] float32
 
+    # voice cloning (rullama_py.voice.VoiceTrainer on the loaded speech model; one trainer at a time)
+    r = await app.clone_target(float32_bytes, 48000, "recording")  # or (wav_bytes, 0, "voice.wav", "wav")
+    r = await app.clone_start('{"texts": ["The quick brown fox."], "train": "timbre", "seed": 0}')
+    r = await app.clone_step(50, 0.15)       # steps until 50 or 0.15 s of work; the worker calls it in a loop
+    pack = await app.clone_voice()            # the best voice so far: voicepack bytes, [510, 256] float32
+    r = await app.clone_preview("Hello!")    # a "clone-audio" event with the best voice speaking
+    r = app.clone_reset(); r = app.clone_release()
+
 Structured values cross the JS boundary as JSON strings: no proxies to free on either side, and the same
 calls work natively (tests/browser/test_webapp.py drives this class on wgpu-py). Media bytes are the one
 exception: they come as a list (a JS Array of Uint8Array in the browser, transferred to the worker without
@@ -38,7 +46,8 @@ short, ...), no-audio (the model has no audio tower), resampler (scipy, which re
 missing), audio-load, audio-limit (as for the vision tower); for the projector given at load: mmproj (with
 the sentence saying what); for speech: speech (the text, voice or speed asked for: empty text, nothing to say,
 an unknown voice, a voicepack of the wrong shape, ...), speech-load (the Kokoro file: damaged, not a Kokoro
-model, not found, unreachable, too large for the GPU).
+model, not found, unreachable, too large for the GPU); for voice cloning: clone (the recording: too short,
+silent, clipped, damaged; the options or training text; nothing to train yet).
 
 Streaming events (through `emit`): "progress" while loading (phase, bytes fetched, tensors uploaded, seconds
 left), "media" while a message's images or audio go through a tower (stage "image" or "audio": index and
@@ -53,6 +62,10 @@ fetched and tensors uploaded, "kokoro-ready": names apart from the chat model's 
 samples, sample_rate, seconds, synth_seconds} with the sentence's audio as a third argument of `emit`: the
 little-endian float32 mono samples at 24 kHz as bytes (a Uint8Array in the browser, transferred to the page as
 it is: no base64, no JSON).
+
+Voice-clone events: "clone-target" {name, samples, sample_rate} with the prepared target (trimmed, 24 kHz,
+levelled) as float32 bytes, and "clone-audio" {step, samples, sample_rate} with the current voice speaking the
+sample sentence.
 """
 
 from __future__ import annotations
@@ -90,11 +103,16 @@ VisionLoadError = getattr(_engine, "VisionLoadError", _Never)  # a tower (or the
 
 IN_BROWSER = sys.platform == "emscripten"
 
-__all__ = ["WebApp", "describe_error", "describe_speech_error", "engine_messages", "MediaParts", "CountingSource",
+__all__ = ["WebApp", "describe_error", "describe_speech_error", "describe_clone_error", "engine_messages", "MediaParts", "CountingSource",
            "MmprojError"]
 
 _PARAM_FIELDS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "repetition_last_n", "seed")
 _PROGRESS_EVERY = 0.1  # seconds between progress events (the 270M model has ~240 tensors)
+# Voice cloning: a clone_step call ends after this much work (at least one step), so that the worker's other
+# messages wait little; the sentence "play current voice" says; the waveform's columns.
+CLONE_STEP_SECONDS = 0.15
+CLONE_SAMPLE_TEXT = "Hello! This is my new voice. How does it sound?"
+CLONE_ENVELOPE_COLUMNS = 400
 
 
 class CountingSource(Source):
@@ -564,6 +582,8 @@ class WebApp:
         self._speech: SpeechRun | None = None
         self._speech_runs = 0
         self._speech_loading = False
+        self._clone = None  # voice.VoiceTrainer of the voice-clone panel (one at a time)
+        self._clone_target = None  # media.VoiceTarget the next clone_start trains towards
 
     def emit(self, event: str, payload: dict, data=None) -> None:
         """Post an event to the page; `data` (bytes) goes beside the JSON, as the event's binary payload."""
@@ -1115,3 +1135,218 @@ class WebApp:
         self._speech = None
         if sp is not None:
             sp.release()
+
+    # -- voice cloning (the voice-clone panel: voice.VoiceTrainer on the speech model) -------------------------
+    def _clone_forget(self) -> None:
+        """Free the trainer (its GPU buffers); the target stays."""
+        tr, self._clone = self._clone, None
+        if tr is not None:
+            tr.release()
+
+    async def clone_target(self, data, rate=24000, name="recording", fmt="f32") -> str:
+        """Make a recording the voice-clone target: `data` is little-endian float32 mono samples at `rate` Hz
+        (fmt "f32": what the page decoded or recorded) or a WAV file's bytes (fmt "wav"). It is checked, trimmed
+        of silence, resampled to 24 kHz and levelled (media.prepare_voice_target); a trainer of the previous
+        target is released. Returns {ok, name, seconds, voice_seconds, trimmed: [start, end] (s of the input),
+        input_seconds, input_rate, truncated, warnings, envelope: CLONE_ENVELOPE_COLUMNS [min, max] pairs of the
+        input's waveform}; emits "clone-target" with the prepared samples (24 kHz float32: "play the target").
+        A bad recording is a sentence (kind "clone") and the target before it stays."""
+        name = str(name or "recording")
+        try:
+            raw = _media_bytes(data)
+            if str(fmt) == "wav":
+                samples, rate = _media.decode_wav(raw, name)
+            else:
+                if len(raw) % 4:
+                    raise MediaError(f"{name} cannot be read: float32 samples take 4 bytes each, and {len(raw)} bytes "
+                                     f"are not a whole number of them.")
+                samples = np.frombuffer(raw, "<f4")
+            if rate != _media.VOICE_RATE:
+                await _load_resampler()
+            target = _media.prepare_voice_target(samples, rate, name)
+        except Exception as e:  # noqa: BLE001 - every failure becomes a sentence for the page
+            return _clone_fail(e, "target")
+        self._clone_forget()
+        self._clone_target = target
+        warnings = []
+        if target.truncated:
+            warnings.append(f"Only the first {target.seconds:.0f} s of voice in the recording are used.")
+        if target.bandwidth_hz < _media.VOICE_RATE / 2:
+            warnings.append(f"The recording's sample rate ({target.input_rate} Hz) holds nothing above "
+                            f"{target.bandwidth_hz / 1000:g} kHz: the clone is matched on the lower frequencies only.")
+        self.emit("clone-target", {"name": name, "samples": int(target.pcm.size), "sample_rate": _media.VOICE_RATE},
+                  np.ascontiguousarray(target.pcm, "<f4").tobytes())
+        return _json({"ok": True, "name": name, "seconds": target.seconds, "voice_seconds": target.voice_seconds,
+                      "trimmed": list(target.trimmed), "input_seconds": target.input_seconds,
+                      "input_rate": target.input_rate, "truncated": target.truncated, "warnings": warnings,
+                      "rms_db": target.rms_db, "peak": target.peak, "envelope": _envelope(samples)})
+
+    async def clone_start(self, options=None) -> str:
+        """Start training a voice towards the target on the loaded speech model: a new trainer (the one before is
+        released) prepared (the start voice chosen and its loss measured). `options` (JSON): texts (a list of
+        training sentences, default voice.TRAIN_TEXTS), start ("auto" or a voice), train ("timbre" | "all"),
+        population (candidates per step), step_size, anneal, seed. Returns {ok, start_voice, start_loss,
+        distances, warnings, seconds, phonemes, settings, step: 0, curve: [start_loss]}."""
+        if self.speaker is None:
+            return _fail("clone", "The speech model is not loaded yet.")
+        if self._clone_target is None:
+            return _fail("clone", "There is no recording to clone yet: drop a recording of the voice, or record one.")
+        from .voice import TRAIN_TEXTS, VoiceTrainer
+
+        self._clone_forget()
+        tr = None
+        try:
+            opts = _loads(options)
+            texts = opts.get("texts") or list(TRAIN_TEXTS)
+            tr = VoiceTrainer(self.speaker, self._clone_target, texts=[str(t) for t in texts],
+                              start=str(opts.get("start") or "auto"), train=str(opts.get("train") or "timbre"),
+                              population=_option(opts, "population", 1, int, "candidates per step"),
+                              step_size=_option(opts, "step_size", 0.25, float, "step size"),
+                              anneal=_option(opts, "anneal", 0.95, float, "anneal factor"),
+                              seed=_option(opts, "seed", 0, int, "seed"))
+            p = await tr.prepare()
+        except Exception as e:  # noqa: BLE001
+            if tr is not None:
+                tr.release()
+            return _clone_fail(e)
+        self._clone = tr
+        return _json({"ok": True, "start_voice": p.start_voice, "start_loss": p.start_loss,
+                      "distances": p.distances, "warnings": list(p.warnings), "seconds": p.seconds,
+                      "phonemes": p.phonemes, "settings": tr.settings(), "step": tr.steps, "curve": list(tr.curve)})
+
+    def _trainer(self):
+        """The running trainer, or a failure JSON saying why there is none."""
+        tr = self._clone
+        if tr is None:
+            return None, _fail("clone", "Nothing is being trained: press Train first.")
+        if tr.speaker is not self.speaker:  # another Kokoro file was loaded since: the trainer was for the old one
+            self._clone_forget()
+            return None, _fail("clone", "The speech model changed since this training started; press Train to "
+                                        "start again with it.")
+        return tr, None
+
+    async def clone_step(self, n=1, seconds=CLONE_STEP_SECONDS) -> str:
+        """Run up to `n` steps of the climb, stopping early once `seconds` have passed (at least one step): the
+        worker calls this in a loop, so its other messages (pause, a chat, reading aloud) wait for one short call
+        only. Returns {ok, steps: [TrainStep as dicts], step, best, start_loss, step_size, steps_per_second,
+        seconds}."""
+        tr, failed = self._trainer()
+        if failed:
+            return failed
+        from dataclasses import asdict
+
+        t0 = time.perf_counter()
+        out = []
+        try:
+            while len(out) < max(1, int(n)) and (not out or time.perf_counter() - t0 < float(seconds)):
+                out.append(asdict(await tr.step()))
+        except Exception as e:  # noqa: BLE001 - the steps done so far stay in the trainer
+            return _clone_fail(e)
+        wall = time.perf_counter() - t0
+        return _json({"ok": True, "steps": out, "step": tr.steps, "best": tr.best_loss,
+                      "start_loss": tr.prepared.start_loss, "step_size": tr.step_size,
+                      "steps_per_second": len(out) / wall if wall > 0 else None, "seconds": wall})
+
+    async def clone_voice(self):
+        """The current best voice as voicepack bytes (float32 little-endian [510, 256], a kokoro-js .bin and
+        `rullama say --voice-file`); a Uint8Array in the browser. A failure is a JSON string, as elsewhere."""
+        tr, failed = self._trainer()
+        if failed:
+            return failed
+        try:
+            pack = await tr.voicepack()
+        except Exception as e:  # noqa: BLE001
+            return _clone_fail(e)
+        return _to_page(np.ascontiguousarray(pack, "<f4").tobytes())
+
+    async def clone_preview(self, text=CLONE_SAMPLE_TEXT, speed=1.0) -> str:
+        """Speak `text` with the current best voice (the training's language); the audio comes as a
+        "clone-audio" event (24 kHz float32 samples). The trainer aligns its sentence again by itself at its next
+        step. Returns {ok, samples, seconds, synth_seconds}."""
+        tr, failed = self._trainer()
+        if failed:
+            return failed
+        text = "" if text is None else str(text)
+        if not text.strip():
+            return _fail("clone", "There is nothing to say: the sample sentence is empty.")
+        from .speaker import SAMPLE_RATE
+
+        t0 = time.perf_counter()
+        try:
+            pack = await tr.voicepack()
+            audio = await self.speaker.say(text, pack, speed=float(speed), seed=0, lang=tr.lang)
+        except Exception as e:  # noqa: BLE001
+            return _clone_fail(e)
+        took = time.perf_counter() - t0
+        if audio.size == 0:
+            return _fail("clone", "There is nothing to say in the sample sentence: it has no words.")
+        self.emit("clone-audio", {"step": tr.steps, "samples": int(audio.size), "sample_rate": SAMPLE_RATE},
+                  np.ascontiguousarray(audio, "<f4").tobytes())
+        return _json({"ok": True, "step": tr.steps, "samples": int(audio.size), "seconds": audio.size / SAMPLE_RATE,
+                      "synth_seconds": took})
+
+    def clone_reset(self) -> str:
+        """Back to the start voice (the target, the start voice and the settings are kept)."""
+        tr, failed = self._trainer()
+        if failed:
+            return failed
+        tr.reset()
+        return _json({"ok": True, "step": tr.steps, "best": tr.best_loss, "step_size": tr.step_size,
+                      "curve": list(tr.curve)})
+
+    def clone_release(self) -> str:
+        """Free the trainer's GPU buffers (the target stays: Train starts again from it)."""
+        self._clone_forget()
+        return _json({"ok": True})
+
+
+# -- voice cloning helpers ---------------------------------------------------------------------------------------
+
+def _clone_errors() -> tuple:
+    """What a bad voice-clone request raises: a recording that cannot be used (media.MediaError, and its
+    VoiceTargetError), bad options or training text (voice.VoiceCloneError), an unknown start voice
+    (speaker.SpeakerError), text that cannot be read (g2p's errors)."""
+    from . import voice
+
+    return (MediaError, voice.VoiceCloneError, *_speech_request_errors())
+
+
+def describe_clone_error(e: BaseException, during: str = "clone") -> dict:
+    """describe_error for voice cloning: kind "clone" with the sentence of a request problem (the recording, the
+    options, the training text); a missing resampler or a GPU problem is said as elsewhere."""
+    if isinstance(e, _clone_errors()):
+        return {"kind": "clone", "message": _sentence(str(e)), "detail": f"{type(e).__name__}: {e}"}
+    return describe_error(e, during, "audio")
+
+
+def _clone_fail(e: BaseException, during: str = "clone") -> str:
+    return _json({"ok": False, "error": describe_clone_error(e, during), "trace": traceback.format_exc()[-3000:]})
+
+
+def _option(opts: dict, key: str, default, kind, what: str):
+    """A number of the clone options, or VoiceCloneError naming it."""
+    from .voice import VoiceCloneError
+
+    v = opts.get(key)
+    if v is None or v == "":
+        return default
+    try:
+        x = float(v)
+        if kind is int and x != int(x):
+            raise ValueError
+        return kind(x)
+    except (TypeError, ValueError):
+        raise VoiceCloneError(f"the {what} must be a {'whole ' if kind is int else ''}number, not {v!r}") from None
+
+
+def _envelope(samples, columns: int = CLONE_ENVELOPE_COLUMNS) -> list:
+    """A waveform for drawing: `columns` [min, max] pairs over equal slices of `samples` (fewer for a shorter
+    input), rounded to 1e-4."""
+    x = np.asarray(samples, np.float32).reshape(-1)
+    if x.size == 0:
+        return []
+    cols = min(int(columns), x.size)
+    edges = np.linspace(0, x.size, cols + 1).astype(np.int64)
+    lo = np.minimum.reduceat(x, edges[:-1])
+    hi = np.maximum.reduceat(x, edges[:-1])
+    return [[round(float(a), 4), round(float(b), 4)] for a, b in zip(lo, hi)]

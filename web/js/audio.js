@@ -66,13 +66,16 @@ export function wavBytes(samples, rate, float = false) {
 // Mono 16 kHz float32 samples of any audio file the browser decodes. decodeAudioData in a 16 kHz
 // OfflineAudioContext resamples to 16 kHz (the browser's own resampler); a second OfflineAudioContext at
 // 16 kHz then renders the channels through a splitter and 1/n gains into its one channel: their average.
-// Rejects when the browser cannot decode the file.
-export async function decodeTo16kMono(bytes) {
-  const decoded = await new OfflineAudioContext(1, 1, RATE).decodeAudioData(bytes.slice(0)); // it detaches its input
+// Rejects when the browser cannot decode the file. decodeToMono: the same at another rate (the voice-clone
+// panel's 24 kHz).
+export const decodeTo16kMono = bytes => decodeToMono(bytes, RATE);
+
+export async function decodeToMono(bytes, rate) {
+  const decoded = await new OfflineAudioContext(1, 1, rate).decodeAudioData(bytes.slice(0)); // it detaches its input
   const k = decoded.numberOfChannels;
-  if (k === 1 && decoded.sampleRate === RATE) return decoded.getChannelData(0).slice();
-  const n = Math.ceil(decoded.length * RATE / decoded.sampleRate);
-  const ctx = new OfflineAudioContext(1, Math.max(1, n), RATE);
+  if (k === 1 && decoded.sampleRate === rate) return decoded.getChannelData(0).slice();
+  const n = Math.ceil(decoded.length * rate / decoded.sampleRate);
+  const ctx = new OfflineAudioContext(1, Math.max(1, n), rate);
   const src = ctx.createBufferSource();
   src.buffer = decoded;
   const split = ctx.createChannelSplitter(k);
@@ -126,7 +129,7 @@ export async function audioFromFile(name, type, bytes) {
 let rec = null; // the running recording: {stream, ctx, node, analyser, chunks, n (samples), rate, timer}
 let onRecorded = () => {};
 
-function micSentence(e) {
+export function micSentence(e) {
   const name = e && e.name;
   if (name === 'NotAllowedError' || name === 'SecurityError' || name === 'PermissionDeniedError') {
     return "The microphone was not allowed, so nothing was recorded. Allow it for this page in the browser's site settings, then press Record again.";
@@ -143,9 +146,9 @@ function micSentence(e) {
 // The capture graph: microphone -> analyser (the level meter) and -> a worklet that hands the samples over.
 // A 16 kHz AudioContext lets the browser resample the microphone itself; a browser that cannot connect a
 // microphone to a context of another rate gets one at its own rate, and the samples are resampled when the
-// recording stops (as a float WAV, through decodeTo16kMono).
-async function captureGraph(stream) {
-  for (const opts of [{ sampleRate: RATE }, {}]) {
+// recording stops (as a float WAV, through decodeTo16kMono). The voice-clone panel records at its own `rate`.
+export async function captureGraph(stream, rate = RATE) {
+  for (const opts of [{ sampleRate: rate }, {}]) {
     let ctx = null;
     try {
       ctx = new AudioContext(opts);
@@ -174,15 +177,20 @@ function renderRecorder() {
   $('record').classList.toggle('recording', on);
 }
 
-function tick() {
-  const a = rec.analyser;
+// The microphone's level now: the RMS of the analyser's last block, and its place on the meter (0 at
+// LEVEL_FLOOR_DB, 1 at 0 dBFS).
+export function meterLevel(a) {
   const x = new Float32Array(a.fftSize);
   a.getFloatTimeDomainData(x);
   let sum = 0;
   for (const v of x) sum += v * v;
   const rms = Math.sqrt(sum / x.length);
   const db = rms > 0 ? 20 * Math.log10(rms) : -Infinity;
-  const level = Math.max(0, Math.min(1, (db - LEVEL_FLOOR_DB) / -LEVEL_FLOOR_DB));
+  return { rms, level: Math.max(0, Math.min(1, (db - LEVEL_FLOOR_DB) / -LEVEL_FLOOR_DB)) };
+}
+
+function tick() {
+  const { rms, level } = meterLevel(rec.analyser);
   const seconds = rec.n / rec.rate;
   $('rec-level-bar').style.width = `${(100 * level).toFixed(1)}%`;
   $('rec-level').setAttribute('aria-valuenow', level.toFixed(3));
@@ -194,7 +202,7 @@ function tick() {
   }
 }
 
-const fmtClock = s => `${Math.floor(s / 60)}:${(s % 60).toFixed(1).padStart(4, '0')}`;
+export const fmtClock = s => `${Math.floor(s / 60)}:${(s % 60).toFixed(1).padStart(4, '0')}`;
 
 let starting = false; // between the Record click and the microphone's answer: a second click does nothing
 

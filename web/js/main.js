@@ -9,6 +9,7 @@
 //   attachments.js    images and audio: drop, paste, pick, thumbnails and clips, bytes for the worker
 //   audio.js          audio: decoding in the page, WAV, recording from the microphone (level meter)
 //   speech.js         speech: Read aloud on replies, Speak replies, voices, playback (Kokoro-82M)
+//   voiceclone.js     voice cloning: a recording, training with a live loss curve, my voices (saved, exported)
 
 import { $, S } from './state.js';
 import { showError } from './ui.js';
@@ -20,6 +21,7 @@ import { regenerate, send, setActive, startNewChat, stop } from './chat.js';
 import { addClip, addFiles, setupAttachments } from './attachments.js';
 import { setupRecorder } from './audio.js';
 import { refreshVoices, setupSpeech } from './speech.js';
+import { setupVoiceClone } from './voiceclone.js';
 
 function onDrop(ev) {
   ev.preventDefault();
@@ -52,6 +54,7 @@ async function start() {
   setupAttachments();
   setupRecorder(addClip);
   setupSpeech();
+  setupVoiceClone().catch(e => console.warn('voice cloning:', e));
   onSelect(setActive);
   $('composer').onsubmit = send;
   $('prompt').onkeydown = e => { if (e.key === 'Enter' && !e.shiftKey) send(e); };

@@ -44,6 +44,11 @@ let kokoroFile = null; // a Kokoro .gguf the user picked: loaded instead of the 
 let audio = null; // the AudioContext (made on the first use)
 const player = { sources: [], end: 0, timers: [] };
 
+// The voice-clone panel's saved voices (voiceclone.js): `mine()` names them (the picker lists them under "My
+// voices", before the speech model loads too) and each `loaded` function runs after a speech model loads (it
+// adds them to it), before anything is spoken.
+export const voiceHooks = { mine: () => [], loaded: [] };
+
 const now = () => performance.now();
 // A loudspeaker drawn inline (headless and minimal systems have no emoji font).
 const SPEAKER_SVG = '<svg class="icon" viewBox="0 0 16 16" aria-hidden="true"><path d="M2 6h3l4-3v10l-4-3H2z" fill="currentColor"/>'
@@ -60,6 +65,7 @@ const note = (what, extra = {}) => SP.log.push({ what, t: now(), ...extra });
 // "af_heart" -> {group: "American English · female", label: "Heart"}; a name without Kokoro's prefix (a voice
 // added from a file) goes to "Added voices".
 export function describeVoice(name) {
+  if (voiceHooks.mine().includes(name)) return { group: 'My voices', label: name };
   const m = /^([a-z])([fm])_(.+)$/.exec(name);
   if (!m || !LANGUAGES[m[1]]) return { group: 'Added voices', label: name };
   const label = m[3].replace(/(^|_)([a-z])/g, (_, sep, c) => (sep ? ' ' : '') + c.toUpperCase());
@@ -68,6 +74,8 @@ export function describeVoice(name) {
 
 // `unreadable`: voices whose language this page cannot read (npm phonemizer has English only), shown disabled.
 function fillVoices(names, unreadable = []) {
+  SP.listed = { names: [...names], unreadable: [...unreadable] }; // the model's (or its file's) own list
+  names = [...new Set([...names, ...voiceHooks.mine()])];
   SP.voices = [...names];
   const off = new Set(unreadable);
   const sel = $('voice');
@@ -79,8 +87,8 @@ function fillVoices(names, unreadable = []) {
     if (!groups.has(group)) groups.set(group, []);
     groups.get(group).push({ n, label });
   }
-  // Kokoro's order of languages, then added voices; within a group by name.
-  const order = g => { const i = Object.values(LANGUAGES).indexOf(g.split(' · ')[0]); return i < 0 ? 99 : i; };
+  // My voices, then Kokoro's order of languages, then added voices; within a group by name.
+  const order = g => { const i = Object.values(LANGUAGES).indexOf(g.split(' · ')[0]); return g === 'My voices' ? -1 : i < 0 ? 99 : i; };
   for (const g of [...groups.keys()].sort((a, b) => order(a) - order(b) || a.localeCompare(b))) {
     const og = document.createElement('optgroup');
     const voices = groups.get(g).sort((a, b) => a.n.localeCompare(b.n));
@@ -102,6 +110,18 @@ function fillVoices(names, unreadable = []) {
   }
   const usable = names.filter(n => !off.has(n));
   sel.value = usable.includes(want) ? want : usable.includes(DEFAULT_VOICE) ? DEFAULT_VOICE : usable[0] || '';
+}
+
+// The picker again (the voice-clone panel saved, imported or deleted a voice); `select` becomes the choice.
+// `removed`: a voice deleted there (the speech model may still hold it: it is no longer listed).
+export function redrawVoices({ select = null, removed = null } = {}) {
+  const listed = SP.listed || { names: [], unreadable: [] };
+  fillVoices(listed.names.filter(n => n !== removed), listed.unreadable);
+  if (select && SP.voices.includes(select)) {
+    $('voice').value = select;
+    settings.voice = select;
+    persistSettings();
+  }
 }
 
 // The voices before the speech model is loaded: from the Kokoro file's header (a few ranges, no weights).
@@ -173,6 +193,7 @@ export function ensureSpeech() {
         const src = await speechSource();
         const info = await call('speech-load', { ...src, file: src.file, options: { name: src.name } });
         info.source = src.kind;
+        for (const fn of voiceHooks.loaded) Object.assign(info, await fn(info)); // e.g. {voices} with my voices
         SP.loaded = info;
         fillVoices(info.voices, info.unreadable);
         note('loaded', { seconds: info.load_seconds });
