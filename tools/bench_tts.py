@@ -54,6 +54,7 @@ async def bench(args) -> dict:
     dev = await gpu.default_device()
     if args.random_weights:
         state = random_state()
+        config = None  # Kokoro-82M v1.0's
         source = "random weights (Kokoro-82M shapes)"
     else:
         from rullama_py import assets
@@ -61,10 +62,11 @@ async def bench(args) -> dict:
 
         path = Path(args.model) if args.model else assets.kokoro_model_path("f16")
         gf = await GGUFFile.open(path)
+        config = kokoro_gguf.read_kokoro_config(gf)
         state = await kokoro_gguf.load_state(gf)
         await gf.close()
         source = str(path.name)
-    model = await K.Kokoro.load(dev, state)
+    model = await K.Kokoro.load(dev, state, config)
     rng = np.random.default_rng(1)
     style = rng.standard_normal(256).astype(np.float32) * 0.1
     out = {"device": dev.info, "features": sorted(dev.features), "weights": source, "cases": {}}

@@ -108,7 +108,10 @@ class Speaker:
             if not isinstance(model, GGUFFile):
                 await gf.close()
         device = device or await default_device()
-        net = await Kokoro.load(device, state)
+        try:
+            net = await Kokoro.load(device, state, config)
+        except KokoroError as e:  # widths this runner does not support: a file problem, said with its name
+            raise kokoro_gguf.KokoroLoadError(f"{getattr(gf.source, 'name', 'kokoro')}: {e}") from e
         return cls(net, config, voices, getattr(gf.source, "name", "kokoro"))
 
     # -- voices --------------------------------------------------------------------------------------------
