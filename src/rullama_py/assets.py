@@ -155,6 +155,12 @@ def kokoro_model_path(kind: str = "f16") -> Path:
         raise ValueError(f"kind must be one of {sorted(KOKORO_MODEL_NAMES)}, not {kind!r}") from None
 
 
+def kokoro_tiny_path() -> Path:
+    """The tiny Kokoro of the tests in the cache (random weights, real voicepacks): tools/make_tiny_kokoro.py,
+    which tools/setup.sh runs, writes it."""
+    return cache_dir() / "kokoro-tiny.gguf"
+
+
 def _marker(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
