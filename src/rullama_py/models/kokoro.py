@@ -727,7 +727,8 @@ class Kokoro:
             run = await self._get_run(T, F)
             self._write_text_inputs(run, ids)
             dev.submit(run.text_graph)
-        index = np.repeat(np.arange(T, dtype=np.uint32), dur)
+        # the counts as the platform's index type: Pyodide's numpy (wasm32) does not cast int64 counts to it
+        index = np.repeat(np.arange(T, dtype=np.uint32), dur.astype(np.intp))
         dev.write(run.bufs["index"].buffer, index)
         for name, n in (("F", F), ("2F", 2 * F), ("20F", 20 * F), ("120F", 120 * F + 1), ("600F", 600 * F)):
             dev.write(run.steps[name].buffer, _step(n))
