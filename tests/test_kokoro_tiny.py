@@ -149,12 +149,12 @@ async def test_the_same_seed_gives_the_same_samples(speaker, spoken):
 
 def test_the_spectrum_changes_with_the_voice(spoken):
     """Two voices' mean log-mel spectra (the voice trainer's signature) differ far more than one voice's with
-    two noise seeds (measured: 0.065 and 0.097 against 0.0045, mean squared difference)."""
+    two noise seeds (measured: 0.089 and 0.25 against 0.0017, mean squared difference)."""
     sig = {key: log_mel_signature(u.audio) for key, (u, _) in spoken.items()}
     msd = lambda a, b: float(np.mean((sig[a] - sig[b]) ** 2))  # noqa: E731
     same = msd(("af_heart", 0), ("af_heart", 1))
     for other in ("am_adam", "bm_george"):
-        assert msd(("af_heart", 0), (other, 0)) > 5 * same + 0.01, (other, msd(("af_heart", 0), (other, 0)), same)
+        assert msd(("af_heart", 0), (other, 0)) > 10 * same + 0.02, (other, msd(("af_heart", 0), (other, 0)), same)
 
 
 def test_configs_the_runner_does_not_support_are_sentences(device, state):

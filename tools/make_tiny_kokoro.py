@@ -23,11 +23,13 @@ voice trainer's, which climb on its output) need:
   duration path in numpy), so the phonemes spread over 2 .. 6 frames, about 3.5 to 4 on average;
 - F0 in a voice's range (about 110 to 220 Hz): the F0 head's bias is F0_HZ and its weights are small, so the
   harmonic source is voiced throughout;
-- finite, bounded audio (rms about 0.04, peaks under 0.5): every block normalises its input (AdaIN,
+- finite, bounded audio (rms about 0.03, peaks about 0.2 to 0.3): every block normalises its input (AdaIN,
   LayerNorm), Snake's alphas are 1, and conv_post's log-magnitude channels sit near MAG_BIAS;
+- the same audio on two devices to f32 rounding (the browser's page against native: 60 dB or more): the
+  noise convolutions read the source's STFT magnitudes, not its phases (see tiny_state);
 - output that changes with the voice: the style projections are scaled so that two stock voices' rows move
   AdaIN's gamma and beta by tenths, which changes the spectral envelope (the mean log-mel spectra of two voices
-  differ tens of times more than those of one voice with two noise seeds), the pitch and the timing.
+  differ 50 to 150 times more than those of one voice with two noise seeds), the pitch and the timing.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ DURATION_ON, DURATION_VARIABLE = 2, 4  # bins always on, bins the LSTM output sw
 DURATION_SPREAD = 1.5  # rms over phonemes of the variable bins' logit (their thresholds are -1.5 .. 1.5)
 DURATION_SHIFT = -0.7  # the typical logit below the middle threshold: about 3.5 frames per phoneme (87 ms)
 F0_HZ, F0_SPREAD = 170.0, 30.0  # the F0 head: its bias, and the rms of its weighted sum (Hz)
-MAG_BIAS, MAG_GAIN, PHASE_GAIN = -1.8, 0.25, 2.0  # conv_post: log-magnitudes near -1.8; phases spread wide
+MAG_BIAS, MAG_GAIN, PHASE_GAIN = -1.8, 0.25, 1.0  # conv_post: log-magnitudes near -1.8; phases spread wide
 # Phonemes (espeak-ng IPA as g2p gives them) the duration head is calibrated on, with every voice in VOICES.
 CALIBRATION = (
     "ðə kwˈɪk bɹˈaʊn fˈɑːks dʒˈʌmps ˌoʊvɚ ðə lˈeɪzi dˈɑːɡ.",
@@ -146,11 +148,18 @@ def tiny_state(cfg: KokoroConfig, voices: dict[str, np.ndarray], seed: int = SEE
     state["decoder.F0_conv.weight"][:] = 1.0 / (3 * F0_HZ)
     state["decoder.F0_conv.bias"][:] = -1.0
     state["decoder.N_conv.weight"][:] = 1.0 / 3
+    bins = cfg.n_fft // 2 + 1  # STFT bins: magnitude channels [0, bins), phase channels [bins, 2 bins)
     # the harmonic source: the fundamental strongest
     state["decoder.generator.m_source.l_linear.weight"][:] = 2.0 / np.arange(1, cfg.harmonic_num + 2)
+    # the noise convolutions read the source's STFT magnitudes only. A phase is +-pi at random where a bin's
+    # imaginary part is a rounding error of either sign (a few bins a sentence), and two devices round
+    # differently: read with random weights, such a flip moves the audio far more than f32 rounding does
+    # (lavapipe with and without shader-f16/subgroups: 22 dB apart with the phases read, 67 dB without; the
+    # real model's trained weights keep the browser and native 79 dB apart)
+    for i in range(len(cfg.upsample_rates)):
+        state[f"decoder.generator.noise_convs.{i}.weight"][:, bins:] = 0.0
     # the last convolution: log-magnitudes near MAG_BIAS, varying by a fraction; phases spread over the circle
     post_w, post_b = state["decoder.generator.conv_post.weight"], state["decoder.generator.conv_post.bias"]
-    bins = cfg.n_fft // 2 + 1
     post_w[:bins] *= MAG_GAIN
     post_w[bins:] *= PHASE_GAIN
     post_b[:bins] = MAG_BIAS
