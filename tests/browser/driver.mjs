@@ -753,6 +753,152 @@ const scenarios = {
     return out;
   },
 
+  // Speech with the tiny Kokoro (tools/make_tiny_kokoro.py: Kokoro's kernels at small widths, seconds a
+  // sentence here) beside the tiny chat model: the voice picker from the Kokoro file's header; a greedy reply
+  // read aloud (Kokoro loads on that first use, with its progress); "Speak replies" reading the next reply as
+  // soon as it is written; a typed text of several sentences (the first plays before the last is synthesised)
+  // and its WAV download; a 20,000-character paste stopped after its first sentence while the page keeps
+  // drawing frames; the error sentences. The PCM of every sentence is written beside the screenshots for the
+  // test to compare with native.
+  async speech() {
+    const { ctx, page } = await launch();
+    const out = {};
+    await open(page, cfg.url);
+    await until(page, () => document.querySelectorAll('#voice option').length > 1, null, 120000);
+    out.picker = await app(page, () => [...document.querySelectorAll('#voice optgroup')].map(g => ({ label: g.label,
+      voices: [...g.children].map(o => ({ value: o.value, text: o.textContent })) })));
+    out.picker_before_load = await app(page, () => ({ loaded: !!window.rullamaApp.speech.loaded, selected: document.getElementById('voice').value }));
+    out.load = await loadFromServer(page, 'default');
+    await page.selectOption('#voice', cfg.voice);
+    await shot(page, 'voices');
+
+    const speechDone = () => until(page, () => { const c = window.rullamaApp.speech.current; return c && (c.done || c.error || c.stopped); });
+    const firstSentence = async (before = 0) => {
+      await until(page, r => { const c = window.rullamaApp.speech.current; return c && c.run > r && (c.received >= 1 || c.error || c.done); }, before);
+      const e = await app(page, () => { const c = window.rullamaApp.speech.current; return c.error ? `${c.error.kind}: ${c.error.message} ${c.error.detail || ''}` : null; });
+      if (e) throw new Error('speech failed: ' + e);
+    };
+    const currentRun = () => app(page, () => (window.rullamaApp.speech.current ? window.rullamaApp.speech.current.run : 0));
+    const speechRun = async (name) => {
+      const r = await app(page, () => {
+        const SP = window.rullamaApp.speech, c = SP.current;
+        const b64 = a => { const u = new Uint8Array(a.buffer, a.byteOffset, a.byteLength); let s = ''; for (let i = 0; i < u.length; i += 32768) s += String.fromCharCode(...u.subarray(i, i + 32768)); return btoa(s); };
+        return { run: c.run, text: c.text, texts: c.texts, durations: c.durations, received: c.received, sentences: c.sentences, samples: c.samples,
+          done: c.done, stopped: c.stopped, result: c.result || null, error: c.error ? { kind: c.error.kind, message: c.error.message } : null,
+          log: SP.log.filter(e => e.run === c.run), loaded: SP.loaded, pcm: c.pcm.map(p => (p ? b64(p) : null)),
+          now: document.getElementById('speech-now').textContent };
+      });
+      r.pcm = r.pcm.map((b, i) => {
+        if (!b) return null;
+        const file = path.join(cfg.artifacts, `${cfg.scenario}-${name}-${i + 1}.f32`);
+        fs.writeFileSync(file, Buffer.from(b, 'base64'));
+        return file;
+      });
+      log(name, JSON.stringify({ sentences: r.sentences, received: r.received, stopped: r.stopped, error: r.error, texts: r.texts }));
+      return r;
+    };
+    const heard = () => until(page, () => window.rullamaApp.speech.current.finished, null, 120000); // played to the end
+
+    // Read aloud a greedy reply: Kokoro loads now, with its own progress.
+    out.r1 = await chat(page, cfg.prompts[0], { temperature: 0, max_tokens: cfg.read_tokens });
+    const lastReply = '#messages .msg.assistant:last-child';
+    out.button = await page.textContent(`${lastReply} .read-aloud`);
+    await page.click(`${lastReply} .read-aloud`);
+    try {
+      await until(page, () => /Loading the speech model: \d/.test(document.getElementById('speech-progress-text').textContent), null, 60000);
+      await shot(page, 'speech-loading');
+    } catch { /* loaded before we looked */ }
+    await firstSentence();
+    out.reading_button = await page.textContent(`${lastReply} .read-aloud`);
+    await shot(page, 'first-sentence');
+    await speechDone();
+    out.read = await speechRun('read');
+    await heard();
+    out.read.button_after = await page.textContent(`${lastReply} .read-aloud`);
+    out.speech_log = await app(page, () => window.rullamaApp.speech.log);
+    out.speech_progress = await app(page, () => window.rullamaApp.speech.progress);
+    await page.waitForTimeout(300);
+    await shot(page, 'read-aloud');
+
+    // Speak replies: the next reply is read as soon as it is written.
+    let before = await currentRun();
+    await page.check('#speak-replies');
+    await page.click('#new-chat');
+    out.r2 = await chat(page, cfg.prompts[1], { temperature: 0, max_tokens: cfg.replies_tokens });
+    await firstSentence(before);
+    await shot(page, 'speak-replies');
+    await speechDone();
+    out.replied = await speechRun('replied');
+    await heard();
+    out.settings = await app(page, () => JSON.parse(localStorage.getItem('rullama.settings')));
+    await page.uncheck('#speak-replies');
+
+    // A typed text of several sentences: each is played as it arrives, the first before the last is made;
+    // then the whole text's audio as a WAV file.
+    await page.click('#speech-more summary');
+    before = await currentRun();
+    await page.fill('#speech-text', cfg.sentences_text);
+    await page.click('#speech-say');
+    await firstSentence(before);
+    await speechDone();
+    out.sentences = await speechRun('sentences');
+    await heard();
+    await shot(page, 'sentences');
+    const [dl] = await Promise.all([page.waitForEvent('download'), page.click('#speech-download')]);
+    out.download = { name: dl.suggestedFilename(), path: path.join(cfg.artifacts, `${cfg.scenario}-download.wav`) };
+    await dl.saveAs(out.download.path);
+
+    // A 20,000-character paste: the first sentence arrives and plays; the page keeps drawing frames; Stop.
+    await page.fill('#speech-text', cfg.long_text);
+    await app(page, () => {
+      const m = window.__frames = { gaps: [], last: performance.now(), on: true };
+      const tick = () => { const t = performance.now(); m.gaps.push(t - m.last); m.last = t; if (m.on) requestAnimationFrame(tick); };
+      requestAnimationFrame(tick);
+    });
+    before = await currentRun();
+    await page.click('#speech-say');
+    await firstSentence(before);
+    await shot(page, 'long-paste-reading');
+    out.long = { typed: (await page.inputValue('#speech-text')).length };
+    await page.click('#speech-stop');
+    const stoppedRun = await currentRun();
+    await until(page, r => window.rullamaApp.speech.log.some(e => e.what === 'done' && e.run === r), stoppedRun);
+    await page.waitForTimeout(500);
+    Object.assign(out.long, await speechRun('long'));
+    out.long.frames = await app(page, () => { const m = window.__frames; m.on = false; const g = m.gaps.slice(1); return { n: g.length, max: Math.max(...g), p99: g.sort((a, b) => a - b)[Math.floor(g.length * 0.99)] }; });
+    await shot(page, 'long-paste-stopped');
+
+    // Errors: each a sentence under the chat.
+    const speechError = async () => {
+      await until(page, () => !document.getElementById('speech-error').hidden && !window.rullamaApp.speech.loading, null, LONG);
+      return app(page, () => ({ kind: document.getElementById('speech-error').dataset.kind, message: document.getElementById('speech-error-message').textContent }));
+    };
+    out.errors = {};
+    for (const [name, text] of [['empty', ''], ['punctuation', '?!... ---']]) {
+      await page.fill('#speech-text', text);
+      await page.click('#speech-say');
+      out.errors[name] = await speechError();
+      await shot(page, 'error-' + name);
+    }
+    await app(page, () => { const o = document.createElement('option'); o.value = o.textContent = 'xx_nobody'; document.getElementById('voice').append(o); });
+    await page.selectOption('#voice', 'xx_nobody');
+    await page.fill('#speech-text', 'Hello there.');
+    await page.click('#speech-say');
+    out.errors.unknown_voice = await speechError();
+    await shot(page, 'error-unknown-voice');
+    await page.selectOption('#voice', cfg.voice);
+    await page.setInputFiles('#voice-file', { name: 'af_wrong.bin', mimeType: 'application/octet-stream', buffer: Buffer.alloc(1000) });
+    out.errors.voicepack = await speechError();
+    await shot(page, 'error-voicepack');
+    await page.setInputFiles('#kokoro-file', { name: 'damaged-kokoro.gguf', mimeType: 'application/octet-stream', buffer: Buffer.from(cfg.damaged_b64, 'base64') });
+    out.errors.damaged = await speechError();
+    out.errors.still_loaded = await app(page, () => window.rullamaApp.speech.loaded && window.rullamaApp.speech.loaded.name);
+    await shot(page, 'error-damaged-kokoro');
+
+    await ctx.close();
+    return out;
+  },
+
   // The real model: load it and reproduce the first tokens of a greedy reply.
   async real() {
     const { ctx, page } = await launch();
