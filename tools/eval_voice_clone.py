@@ -22,12 +22,14 @@ Two phases, so that the GPU part needs neither torch nor resemblyzer:
     # 2. anywhere, in an environment with the `eval` extra (pip install -e '.[eval]': resemblyzer, CPU is enough)
     python tools/eval_voice_clone.py score voice_clone.npz --json docs/bench/voice_clone_eval.json
 
-`synth` writes one .npz: per target (key prefix "<voice>/"), 24 kHz float32 audio of target_A, target_C,
-clone_C, start_C, nearest_C and the clone's voicepack ([510, 256]); "meta" holds the figures as a JSON string
-(device, options, texts, and per target: start and nearest voice, the loss curve, steps per second, signature
-distances). `score` embeds each clip (preprocess_wav from 24 kHz to its 16 kHz, trimmed of long silences),
-adds the similarities to the figures, writes them as JSON and prints a markdown table with the summary: for how
-many targets the clone is closer to the target than both the start voice and the nearest stock voice.
+`synth` writes one .npz (about 6 MB per target with the full texts; where the files that come back from a GPU
+machine are limited in size, run subsets of --voices into several files and give them all to `score`): per
+target (key prefix "<voice>/"), 24 kHz float32 audio of target_A, target_C, clone_C, start_C, nearest_C and the
+clone's voicepack ([510, 256]); "meta" holds the figures as a JSON string (device, options, texts, and per
+target: start and nearest voice, the loss curve, steps per second, signature distances). `score` embeds each
+clip (preprocess_wav from 24 kHz to its 16 kHz, trimmed of long silences), adds the similarities to the
+figures, writes them as JSON and prints a markdown table with the summary: for how many targets the clone is
+closer to the target than both the start voice and the nearest stock voice.
 
 All clips of one target are spoken with the target voice's language (en-us or en-gb), so on one text they hold
 the same phonemes and differ only in voice; one noise seed for all.
@@ -243,9 +245,7 @@ def score(args) -> dict:
         warnings.simplefilter("ignore")
         from resemblyzer import VoiceEncoder, preprocess_wav
 
-    with np.load(args.npz, allow_pickle=False) as data:
-        meta = json.loads(str(data["meta"]))
-        clips = {k: data[k] for k in data.files if k != "meta"}
+    meta, clips = _load_runs(args.npz)
     encoder = VoiceEncoder("cpu", verbose=False)
 
     def embedding(target: str, clip: str) -> np.ndarray:
@@ -266,6 +266,28 @@ def score(args) -> dict:
         Path(args.json).write_text(json.dumps(meta, indent=1) + "\n")
         print(f"\nwrote {args.json}")
     return meta
+
+
+def _load_runs(paths: list[str]) -> tuple[dict, dict]:
+    """The figures and clips of one or more synth runs of the same setting (targets split over several files,
+    e.g. to bring them back from a machine that returns files of limited size), as one run."""
+    meta, clips = None, {}
+    for path in paths:
+        with np.load(path, allow_pickle=False) as data:
+            run = json.loads(str(data["meta"]))
+            clips.update({k: data[k] for k in data.files if k != "meta"})
+        if meta is None:
+            meta = run
+            continue
+        for key in ("device", "kokoro", "options", "texts"):
+            if run[key] != meta[key]:
+                sys.exit(f"{path}: its {key} differ from those of {paths[0]}; score runs of one setting together")
+        twice = sorted(set(run["targets"]) & set(meta["targets"]))
+        if twice:
+            sys.exit(f"{path}: {', '.join(twice)} also in an earlier file; give each target once")
+        meta["targets"].update(run["targets"])
+    meta["signature_summary"] = _summary(meta["targets"], "signature_distance_C", lower_is_closer=True)
+    return meta, clips
 
 
 def _summary(targets: dict, key: str, *, lower_is_closer: bool) -> dict:
@@ -326,7 +348,7 @@ def main() -> None:
                    help="speak only the first N sentences of texts A and C (a quick run on a slow device)")
     s.add_argument("--json", default=None, help="also write the figures as JSON")
     c = sub.add_parser("score", help="embed the clips with resemblyzer; write the figures with similarities")
-    c.add_argument("npz")
+    c.add_argument("npz", nargs="+", help="synth's .npz, or several of one setting (targets split over files)")
     c.add_argument("--json", default=str(ROOT / "docs" / "bench" / "voice_clone_eval.json"))
     args = ap.parse_args()
     if args.phase == "synth":
