@@ -47,10 +47,11 @@ from .speaker import VOICE_DIM, Speaker, SpeakerError
 # The default training text: about four seconds of varied English sounds (vowels, fricatives, nasals, stops).
 TRAIN_TEXTS = ("The quick brown fox jumps over the lazy dog.",
                "She sells sea shells, and a wise old owl hums a tune.")
-# Two signatures of one speaker on different words are nearer than this (mean squared difference over the bands);
-# thirds of a recording further apart than this sound like different people (see MULTI_SPEAKER in
-# docs/PERFORMANCE.md's voice-cloning section for the measurement behind it).
-MULTI_SPEAKER_LOSS = 0.25
+# Thirds of a recording whose signatures are further apart than this (mean squared difference over the bands)
+# sound like different people. Measured on Kokoro's real voices (docs/PERFORMANCE.md, voice cloning): one voice
+# on two different 15 s texts 0.006 to 0.025; two different stock voices 0.31 (the closest pair of ten) to
+# 0.76; a third of a recording (3 s and more) is noisier than a whole text, hence the margin both ways.
+MULTI_SPEAKER_LOSS = 0.15
 MULTI_SPEAKER_MIN_SECONDS = 9.0  # three parts of at least 3 s each
 TIMBRE = "timbre"
 ALL = "all"
@@ -94,11 +95,13 @@ class VoiceTrainer:
     texts: the training sentences (spoken together, at most 510 phonemes); start: "auto" (the nearest of
     `start_voices`, by default the stock voices of the texts' language) or a voice name; train: "timbre" or
     "all"; population: candidates per step; step_size, anneal: the search's step and its decay on a step that
-    finds nothing better; seed: the noise stream."""
+    finds nothing better; seed: the noise stream; multi_speaker_loss: the distance between the signatures of a
+    long recording's thirds above which it is said to sound like more than one speaker."""
 
     def __init__(self, speaker: Speaker, target, rate: int = SAMPLE_RATE, *, texts=TRAIN_TEXTS, lang: str = "en-us",
                  start: str = "auto", start_voices=None, train: str = TIMBRE, population: int = 1,
-                 step_size: float = 0.25, anneal: float = 0.95, seed: int = 0):
+                 step_size: float = 0.25, anneal: float = 0.95, seed: int = 0,
+                 multi_speaker_loss: float = MULTI_SPEAKER_LOSS):
         if train not in (TIMBRE, ALL):
             raise VoiceCloneError(f"train {train!r}: choose 'timbre' (the decoder half) or 'all' (the whole voice)")
         if not 1 <= int(population) <= 64:
@@ -125,6 +128,7 @@ class VoiceTrainer:
         self.initial_step = float(step_size)
         self.anneal = float(anneal)
         self.seed = int(seed)
+        self.multi_speaker_loss = float(multi_speaker_loss)
         self.prepared: PreparedTraining | None = None
         self.curve: list[float] = []  # the best loss after each step; curve[0] is the start voice's loss
         self.steps = 0
@@ -168,7 +172,8 @@ class VoiceTrainer:
             thirds = np.array_split(target.pcm, 3)
             sigs = [await self._signature_of(p) for p in thirds]
             far = max(float(np.mean((a - b) ** 2)) for i, a in enumerate(sigs) for b in sigs[i + 1:])
-            if far > MULTI_SPEAKER_LOSS:
+            self.thirds_distance = far
+            if far > self.multi_speaker_loss:
                 warnings.append("The recording sounds like more than one speaker (its parts differ in timbre as "
                                 "much as different voices do); the clone will be a blend. Use a recording of "
                                 "one voice.")
