@@ -112,13 +112,13 @@ def test_the_climb_is_deterministic_and_never_rises(speaker, target):
         tr.release()
         return pack, curve
 
-    a_pack, a = run(climb(7, steps=6))
-    b_pack, b = run(climb(7, steps=6))
+    a_pack, a = run(climb(7, steps=8))
+    b_pack, b = run(climb(7, steps=8))
     assert a == b and np.array_equal(a_pack, b_pack)
     assert all(y <= x for x, y in zip(a, a[1:])) and a[-1] < a[0]
     c_pack, _ = run(climb(8, steps=2))
     assert not np.array_equal(c_pack, a_pack)  # another seed, another climb
-    _, p = run(climb(7, steps=2, population=4))
+    _, p = run(climb(7, steps=3, population=4))
     assert all(y <= x for x, y in zip(p, p[1:])) and p[-1] < p[0]
 
 
