@@ -192,25 +192,25 @@ def test_train_steps_voicepack_preview_and_reset(tiny_app):
     assert z["ok"] and z["step"] == 0 and z["curve"] == [start] and z["step_size"] == 0.25
     assert np.array_equal(np.frombuffer(run(app.clone_voice()), "<f4").reshape(VOICE_ROWS, VOICE_DIM),
                           app.speaker.voice(START))
-    again = call(app.clone_step(3, 1e9))  # the same seed climbs the same way (the trainer aligned its sentence again)
-    assert [x["loss"] for x in again["steps"]] == pytest.approx(first, rel=1e-5, abs=1e-7)
+    again = call(app.clone_step(1, 1e9))  # the same seed climbs the same way (the trainer aligned its sentence again)
+    assert again["steps"][0]["loss"] == pytest.approx(first[0], rel=1e-5, abs=1e-7)
 
-    assert json.loads(app.clone_release())["ok"] and app._clone is None and app._clone_target is not None
-    assert call(app.clone_step(1))["error"]["message"] == "Nothing is being trained: press Train first."
-
-
-def test_a_new_target_or_speech_model_ends_the_training(tiny_app):
-    app, _ = tiny_app
-    assert call(app.clone_target(f32(voice_like(4.0)), RATE, "rec"))["ok"]
-    assert call(app.clone_start(json.dumps(OPTIONS)))["ok"]
-    assert call(app.clone_target(f32(voice_like(5.0, seed=1)), RATE, "another"))["ok"]
-    assert app._clone is None  # a new recording: Train starts again from it
-    assert call(app.clone_start(json.dumps(OPTIONS)))["ok"]
     speaker = app.speaker
     try:
         app.speaker = object()  # what another speech_load leaves: a new speaker
         r = call(app.clone_step(1))
         assert r["error"]["message"] == ("The speech model changed since this training started; press Train to start "
                                          "again with it.")
+        assert app._clone is None
     finally:
         app.speaker = speaker
+
+
+def test_a_new_target_ends_the_training_and_release_keeps_the_target(tiny_app):
+    app, _ = tiny_app
+    assert call(app.clone_target(f32(voice_like(4.0)), RATE, "rec"))["ok"]
+    assert call(app.clone_start(json.dumps(OPTIONS)))["ok"] and app._clone is not None
+    assert call(app.clone_target(f32(voice_like(5.0, seed=1)), RATE, "another"))["ok"]
+    assert app._clone is None and app._clone_target.seconds == pytest.approx(5.0, abs=0.05)  # Train starts anew
+    assert json.loads(app.clone_release())["ok"] and app._clone_target is not None
+    assert call(app.clone_step(1))["error"]["message"] == "Nothing is being trained: press Train first."

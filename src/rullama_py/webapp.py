@@ -1218,11 +1218,11 @@ class WebApp:
         """The running trainer, or a failure JSON saying why there is none."""
         tr = self._clone
         if tr is None:
-            return None, _fail("clone", "Nothing is being trained: press Train first.")
+            return None, _fail("clone", "Nothing is being trained: press Train first.", "no trainer")
         if tr.speaker is not self.speaker:  # another Kokoro file was loaded since: the trainer was for the old one
             self._clone_forget()
             return None, _fail("clone", "The speech model changed since this training started; press Train to "
-                                        "start again with it.")
+                                        "start again with it.", "no trainer")
         return tr, None
 
     async def clone_step(self, n=1, seconds=CLONE_STEP_SECONDS) -> str:
@@ -1346,7 +1346,7 @@ def _envelope(samples, columns: int = CLONE_ENVELOPE_COLUMNS) -> list:
     if x.size == 0:
         return []
     cols = min(int(columns), x.size)
-    edges = np.linspace(0, x.size, cols + 1).astype(np.int64)
+    edges = np.linspace(0, x.size, cols + 1).astype(np.intp)  # reduceat takes the platform index (32-bit in wasm)
     lo = np.minimum.reduceat(x, edges[:-1])
     hi = np.maximum.reduceat(x, edges[:-1])
     return [[round(float(a), 4), round(float(b), 4)] for a, b in zip(lo, hi)]

@@ -912,6 +912,143 @@ const scenarios = {
     await ctx.close();
     return out;
   },
+
+  // The voice-clone panel with the tiny Kokoro (no chat model): a too-short recording refused; the target WAV
+  // dropped (its waveform); 20 steps from af_heart with a one-word training text while the page keeps drawing
+  // frames (the loss curve's canvas read back); the current voice played; saved under a name (the picker's My
+  // voices) and reading typed text aloud; exported, imported back, a wrong-size import refused; a reload keeps
+  // the saved voices.
+  async voiceclone() {
+    const { ctx, page } = await launch();
+    const out = {};
+    const C = () => app(page, () => { const c = window.rullamaApp.clone; return { status: c.status, steps: c.steps, curve: c.curve, losses: c.losses,
+      target: c.target && { ...c.target, envelope: c.target.envelope.length }, saved: c.saved, lastError: c.lastError,
+      started: c.started, stepsPerSecond: c.stepsPerSecond, stepSize: c.stepSize, log: c.log.map(e => ({ what: e.what, t: e.t, step: e.step })) }; });
+    const cloneError = async () => {
+      await until(page, () => !document.getElementById('clone-error').hidden, null, 120000);
+      const e = await app(page, () => ({ kind: document.getElementById('clone-error').dataset.kind, message: document.getElementById('clone-error-message').textContent }));
+      log('clone error', JSON.stringify(e));
+      return e;
+    };
+    const wav = (name, file) => ({ name, mimeType: 'audio/wav', path: file });
+    // The panel is in the settings column, below the speech panel: each screenshot shows the part it is about.
+    const see = async (sel, step) => { await page.$eval(sel, e => e.scrollIntoView({ block: 'center' })); await shot(page, step); };
+    await open(page, cfg.url);
+    await until(page, () => document.querySelectorAll('#voice option').length > 1, null, 120000);
+    await page.click('#clone-panel > summary');
+    out.errors = {};
+    await dropFiles(page, '#clone-drop', [wav('short.wav', cfg.short_path)]);
+    out.errors.short = await cloneError();
+    await see('#clone-error', 'error-short');
+
+    // The target: dropped on the panel (not attached to the chat).
+    await dropFiles(page, '#clone-drop', [wav(cfg.target_name, cfg.target_path)]);
+    await until(page, n => (window.rullamaApp.clone.target && window.rullamaApp.clone.target.name === n) || !document.getElementById('clone-error').hidden, cfg.target_name, 120000);
+    out.target = (await C()).target;
+    if (!out.target) throw new Error('the target was refused: ' + JSON.stringify((await C()).lastError));
+    out.error_after_target = await app(page, () => document.getElementById('clone-error').hidden);
+    out.attachments = await app(page, () => window.rullamaApp.pending.length);
+    out.wave = await app(page, () => { const c = document.getElementById('clone-wave'); const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+      let blue = 0, grey = 0; for (let i = 0; i < d.length; i += 4) { if (d[i + 3] > 0 && d[i + 2] > 200 && d[i] < 80) blue++; else if (d[i + 3] > 0 && d[i] > 180 && d[i] < 210) grey++; } return { blue, grey }; });
+    await see('#clone-target', 'target');
+
+    // Options, then Train: Kokoro loads, the start voice is measured, 20 steps.
+    await page.click('#clone-options > summary');
+    await page.fill('#clone-text', cfg.text);
+    await page.selectOption('#clone-start-voice', cfg.start);
+    await page.fill('#clone-steps', String(cfg.steps));
+    await page.fill('#clone-seed', String(cfg.seed));
+    await page.fill('#clone-sample', cfg.sample);
+    await see('#clone-options', 'options');
+    await app(page, () => {
+      const m = window.__frames = { gaps: [], last: performance.now(), on: true };
+      const tick = () => { const t = performance.now(); m.gaps.push(t - m.last); m.last = t; if (m.on) requestAnimationFrame(tick); };
+      requestAnimationFrame(tick);
+    });
+    const t0 = Date.now();
+    out.train_clicked = await app(page, () => performance.now());
+    await page.click('#clone-train-button');
+    await until(page, () => window.rullamaApp.clone.steps >= 3 || window.rullamaApp.clone.lastError);
+    out.button_while_training = await page.textContent('#clone-train-button');
+    await see('#clone-curve', 'training');
+    // Pause, then Resume: the climb goes on from where it was.
+    await page.click('#clone-train-button');
+    await until(page, () => window.rullamaApp.clone.status === 'paused' || window.rullamaApp.clone.lastError);
+    out.paused = { ...(await C()), button: await page.textContent('#clone-train-button'), text: await page.textContent('#clone-status') };
+    delete out.paused.target;
+    await page.waitForTimeout(1000);
+    out.paused.steps_a_second_later = (await C()).steps;
+    await see('#clone-curve', 'paused');
+    await page.click('#clone-train-button');
+    await until(page, () => ['done', 'paused'].includes(window.rullamaApp.clone.status) || window.rullamaApp.clone.lastError);
+    out.train_seconds = (Date.now() - t0) / 1000;
+    out.frames = await app(page, () => { const m = window.__frames; m.on = false; const g = m.gaps.slice(1); return { n: g.length, max: Math.max(...g), p99: g.sort((a, b) => a - b)[Math.floor(g.length * 0.99)] }; });
+    out.trained = await C();
+    out.status_text = await page.textContent('#clone-status');
+    out.button_after = await page.textContent('#clone-train-button');
+    log('trained', JSON.stringify({ steps: out.trained.steps, curve: out.trained.curve, seconds: out.train_seconds, error: out.trained.lastError }));
+    // The curve as drawn: the canvas's blue pixels per column, top to bottom.
+    out.curve_pixels = await app(page, () => { const c = document.getElementById('clone-curve'); const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+      const cols = []; for (let x = 0; x < c.width; x++) { const ys = []; for (let y = 0; y < c.height; y++) { const i = 4 * (y * c.width + x); if (d[i + 2] > 200 && d[i] < 80 && d[i + 1] < 150) ys.push(y); } cols.push(ys); } return { width: c.width, height: c.height, cols }; });
+    await see('#clone-curve', 'trained');
+
+    // Play the current voice.
+    await page.click('#clone-play-voice');
+    await until(page, () => window.rullamaApp.clone.log.some(e => e.what === 'preview') || window.rullamaApp.clone.lastError);
+    out.preview = await app(page, () => { const p = window.rullamaApp.clone.preview; return p && { step: p.step, samples: p.samples, peak: Math.max(...p.pcm.map(Math.abs)) }; });
+
+    // Save: the picker lists it under My voices, selected; typed text is read aloud with it.
+    await page.fill('#clone-name', cfg.name);
+    await page.click('#clone-save');
+    await until(page, n => window.rullamaApp.clone.saved.some(v => v.name === n) || window.rullamaApp.clone.lastError, cfg.name);
+    const picker = () => app(page, () => ({ selected: document.getElementById('voice').value, groups: [...document.querySelectorAll('#voice optgroup')].map(g => ({ label: g.label, voices: [...g.children].map(o => o.value) })),
+      saved: [...document.querySelectorAll('#clone-saved .name')].map(e => e.textContent) }));
+    out.picker_saved = await picker();
+    await see('#clone-saved-box', 'saved');
+    await page.click('#speech-more summary');
+    await page.fill('#speech-text', cfg.say);
+    await page.click('#speech-say');
+    await until(page, () => { const c = window.rullamaApp.speech.current; return c && (c.done || c.error); });
+    out.spoken = await app(page, () => { const c = window.rullamaApp.speech.current; return { voice: document.getElementById('voice').value, sentences: c.sentences, received: c.received, samples: c.samples,
+      error: c.error ? c.error.message : null, log: window.rullamaApp.speech.log.filter(e => e.run === c.run).map(e => ({ what: e.what, voice: e.voice })) }; });
+    await see('#speech-panel', 'read-aloud');
+
+    // Export, import it back under another name, and a file of the wrong size.
+    const [dl] = await Promise.all([page.waitForEvent('download'), page.click('#clone-export')]);
+    out.exported = { name: dl.suggestedFilename(), path: path.join(cfg.artifacts, `${cfg.scenario}-exported.bin`) };
+    await dl.saveAs(out.exported.path);
+    await page.setInputFiles('#clone-import', { name: `${cfg.imported}.bin`, mimeType: 'application/octet-stream', buffer: fs.readFileSync(out.exported.path) });
+    await until(page, n => window.rullamaApp.clone.saved.some(v => v.name === n) || window.rullamaApp.clone.lastError, cfg.imported);
+    out.picker_imported = await picker();
+    await page.setInputFiles('#clone-import', { name: 'wrong.bin', mimeType: 'application/octet-stream', buffer: Buffer.alloc(1000) });
+    out.errors.wrong_size = await cloneError();
+    out.saved_after_wrong = (await C()).saved.map(v => v.name);
+    await see('#clone-error', 'error-import');
+
+    // A silent recording: refused, the target and the training stay.
+    await dropFiles(page, '#clone-drop', [wav('silent.wav', cfg.silent_path)]);
+    await until(page, () => window.rullamaApp.clone.log.filter(e => e.what === 'error').length >= 3);
+    out.errors.silent = await app(page, () => ({ kind: document.getElementById('clone-error').dataset.kind, message: document.getElementById('clone-error-message').textContent }));
+    out.after_silent = await C();
+    await see('#clone-error', 'error-silent');
+
+    // Reset: back to the start voice (the saved voice stays as it was).
+    await page.click('#clone-reset');
+    await until(page, () => window.rullamaApp.clone.log.some(e => e.what === 'reset') || window.rullamaApp.clone.lastError);
+    out.reset = { ...(await C()), button: await page.textContent('#clone-train-button'), text: await page.textContent('#clone-status') };
+    delete out.reset.target;
+    await see('#clone-curve', 'reset');
+
+    // A reload: the saved voices are still there, in the panel and in the picker.
+    await page.reload();
+    await until(page, () => window.rullamaApp && window.rullamaApp.started && window.rullamaApp.python);
+    await until(page, n => window.rullamaApp.clone.saved.length >= n && document.querySelectorAll('#voice option').length > n, 2, 120000);
+    await page.click('#clone-panel > summary');
+    out.picker_reload = await picker();
+    await see('#clone-saved-box', 'reloaded');
+    await ctx.close();
+    return out;
+  },
 };
 
 let result;

@@ -245,7 +245,10 @@ async function train() {
       VC.stepSize = r.settings.step_size;
       resetCurve(r.curve);
       note('start', { start_voice: r.start_voice, start_loss: r.start_loss });
-      if (r.warnings.length) $('clone-warnings').hidden = false, $('clone-warnings').textContent = r.warnings.join(' ');
+      if (r.warnings.length) {
+        $('clone-warnings').hidden = false;
+        $('clone-warnings').textContent = [...(VC.target.warnings || []), ...r.warnings].join(' ');
+      }
     } else if (VC.steps >= budget()) {
       return status(`Done: ${VC.steps} steps. Raise "Steps" under Options to train further, or Reset.`);
     }
@@ -270,6 +273,7 @@ async function run() {
     note(r.done ? 'done' : 'paused', { step: VC.steps });
   } catch (e) {
     VC.status = 'paused';
+    if (e.detail === 'no trainer') VC.started = null; // the speech model changed: Train starts over
     showError(e);
   } finally {
     training = null;
@@ -297,8 +301,11 @@ on('clone-progress', e => {
   render();
 });
 
+// Pause: the step in progress finishes (on a slow GPU, seconds), then the loop ends.
 async function pause() {
   if (!training) return;
+  VC.status = 'pausing';
+  render();
   await call('clone-pause');
   await training.catch(() => {});
 }
@@ -364,6 +371,8 @@ function drawCurve() {
 }
 
 const fmtLoss = v => (v >= 0.01 ? v.toFixed(4) : v.toExponential(2));
+// Steps per second; on a slow GPU (under one a second) also the seconds a step takes.
+const fmtRate = r => (r >= 10 ? `${r.toFixed(0)} steps/s` : r >= 1 ? `${r.toFixed(1)} steps/s` : `${r.toPrecision(2)} steps/s (${Math.round(1 / r)} s a step)`);
 
 function status(text) {
   $('clone-status').textContent = text;
@@ -373,20 +382,22 @@ function status(text) {
 function render() {
   const st = VC.status, has = !!VC.target, started = !!VC.started;
   const b = $('clone-train-button');
-  b.textContent = st === 'training' ? 'Pause' : started && st === 'paused' && VC.steps > 0 ? 'Resume' : 'Train';
-  b.disabled = !has || st === 'starting';
-  b.classList.toggle('primary', st !== 'training');
+  b.textContent = st === 'training' ? 'Pause' : st === 'pausing' ? 'Pausing…' : started && st === 'paused' && VC.steps > 0 ? 'Resume' : 'Train';
+  b.disabled = !has || st === 'starting' || st === 'pausing';
+  b.classList.toggle('primary', st !== 'training' && st !== 'pausing');
   $('clone-reset').disabled = !started || st === 'starting' || VC.steps === 0;
   for (const id of ['clone-play-voice', 'clone-save', 'clone-export']) $(id).disabled = !started || st === 'starting';
   $('clone-play-target').disabled = !VC.targetPcm;
   if (st === 'starting') return;
-  if (!started) return status(has ? 'Press Train to start from the nearest stock voice.' : '');
+  const from = $('clone-start-voice').value;
+  if (!started) return status(has ? `Press Train to start from ${from && from !== 'auto' ? from : 'the nearest stock voice'}.` : '');
   const first = VC.curve[0], last = VC.curve[VC.curve.length - 1];
   const parts = [`Step ${VC.steps} of ${budget()}`, `loss ${fmtLoss(last)}` + (VC.steps ? ` (start ${fmtLoss(first)}, ${Math.round(100 * (last / first - 1))}%)` : '')];
-  if (VC.stepsPerSecond != null && st === 'training') parts.push(`${VC.stepsPerSecond >= 10 ? VC.stepsPerSecond.toFixed(0) : VC.stepsPerSecond.toFixed(2)} steps/s`);
+  if (VC.stepsPerSecond > 0 && (st === 'training' || st === 'pausing')) parts.push(fmtRate(VC.stepsPerSecond));
   if (VC.stepSize != null) parts.push(`step size ${VC.stepSize.toFixed(3)}`);
   let text = `From ${VC.started.start_voice}. ` + parts.join(' · ');
   if (st === 'training' && VC.waiting === 'speech') text += ' · waiting while text is read aloud';
+  if (st === 'pausing') text += ' · pausing after this step';
   if (st === 'paused') text += ' · paused';
   if (st === 'done') text += ' · done';
   status(text);
@@ -530,8 +541,10 @@ async function importFile(file) {
   try {
     const bytes = await file.arrayBuffer();
     checkPack(file.name, bytes);
-    let name = file.name.replace(/\.[^.]+$/, '').trim() || 'imported';
-    checkName(name);
+    const base = file.name.replace(/\.[^.]+$/, '').trim() || 'imported';
+    checkName(base);
+    let name = base;
+    for (let k = 2; packs.has(name); k++) name = `${base} (${k})`; // a saved voice is never replaced by an import
     await keep({ name, pack: bytes, curve: [], steps: 0, loss: null, start_voice: null, settings: null, target: null,
       imported: file.name, created: Date.now() });
     note('imported', { name });
@@ -612,6 +625,7 @@ export async function setupVoiceClone() {
   $('clone-export').onclick = exportCurrent;
   $('clone-import').onchange = () => { const f = $('clone-import').files[0]; if (f) importFile(f); };
   $('clone-steps').onchange = render;
+  $('clone-start-voice').onchange = render;
   $('clone-options').addEventListener('toggle', fillStartVoices);
   $('clone-start-voice').addEventListener('focus', fillStartVoices);
   if (!$('clone-text').value) $('clone-text').value = DEFAULT_TEXT;

@@ -47,6 +47,24 @@
 //   speech-stop                           end the speak request now: the sentence being synthesised finishes
 //                                         (its event still comes: the page drops events of a stopped run), no
 //                                         further sentence starts
+//
+// Voice cloning (rullama_py.voice.VoiceTrainer on the loaded speech model; one trainer at a time):
+//   clone-target {bytes, rate, name, format}
+//                                         the recording: float32 mono samples at `rate` (format 'f32') or a WAV
+//                                         file (format 'wav', rate 0), transferred. Resolves with {name, seconds,
+//                                         voice_seconds, trimmed: [start, end] s, input_seconds, input_rate,
+//                                         truncated, warnings, envelope: [[min, max], ...]} after a clone-target
+//                                         event; a recording too short, silent, clipped or damaged rejects with
+//                                         kind 'clone' (the target before stays)
+//   clone-start {options: {texts, train: 'timbre' | 'all', population, start: 'auto' | voice, seed}}
+//                                         a new trainer (the speech model must be loaded): {start_voice,
+//                                         start_loss, distances, warnings, settings, step: 0, curve: [start_loss]}
+//   clone-train {run, until}              train until `until` steps in all or clone-pause: clone-progress events;
+//                                         resolves with {step, best, step_size, paused, done}
+//   clone-pause | clone-reset | clone-release
+//                                         pause the loop; back to the start voice ({curve, step: 0}); free it
+//   clone-voice                           the best voice so far: {bytes} (float32 [510, 256] voicepack)
+//   clone-preview {text}                  the best voice speaking `text`: a clone-audio event; {samples, seconds}
 // Sharing the GPU: speech-load and each sentence of a speak request are model work, queued with load and
 // chat one request at a time. A message sent while a text is read aloud waits for the sentence being
 // synthesised (a few seconds at most on a real GPU), then its reply streams; the rest of the text is
@@ -69,6 +87,14 @@
 //   speech {run, index, text, phonemes, durations, samples, sample_rate, seconds, synth_seconds, pcm}
 //                                         one sentence read aloud: pcm is an ArrayBuffer (transferred, never
 //                                         base64) of `samples` little-endian float32 mono samples at sample_rate
+//   clone-target {name, samples, sample_rate, pcm}
+//                                         the prepared target (trimmed, 24 kHz, levelled): what "Play target" plays
+//   clone-audio {step, samples, sample_rate, pcm}
+//                                         clone-preview's audio
+//   clone-progress {run, steps: [{step, loss, best, accepted, step_size, seconds}], step, best, start_loss,
+//                   step_size, steps_per_second} | {run, waiting: 'speech' | null}
+//                                         one per clone_step call (a few steps, ~0.15 s of work); waiting while
+//                                         a text is read aloud
 
 import { S } from './state.js';
 import { showError } from './ui.js';
