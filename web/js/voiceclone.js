@@ -467,6 +467,14 @@ async function loadSaved() {
   redrawVoices();
 }
 
+// Saves and imports one at a time (two quick imports of one file must not both take the same free name).
+let keeping = Promise.resolve();
+function serial(fn) {
+  const p = keeping.then(fn, fn);
+  keeping = p.catch(() => {});
+  return p;
+}
+
 // Keep a voice (IndexedDB), add it to the speech model if one is loaded, and list it in the picker.
 async function keep(record) {
   await store('readwrite', s => s.put(record));
@@ -551,8 +559,6 @@ async function importFile(file) {
     status(`Imported "${name}": it is in the voice picker under My voices.`);
   } catch (e) {
     showError(e);
-  } finally {
-    $('clone-import').value = '';
   }
 }
 
@@ -621,9 +627,9 @@ export async function setupVoiceClone() {
   $('clone-train-button').onclick = () => (VC.status === 'training' ? pause() : train());
   $('clone-reset').onclick = reset;
   $('clone-play-voice').onclick = playVoice;
-  $('clone-save').onclick = save;
+  $('clone-save').onclick = () => serial(save);
   $('clone-export').onclick = exportCurrent;
-  $('clone-import').onchange = () => { const f = $('clone-import').files[0]; if (f) importFile(f); };
+  $('clone-import').onchange = () => { const f = $('clone-import').files[0]; $('clone-import').value = ''; if (f) serial(() => importFile(f)); };
   $('clone-steps').onchange = render;
   $('clone-start-voice').onchange = render;
   $('clone-options').addEventListener('toggle', fillStartVoices);
