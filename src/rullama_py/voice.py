@@ -140,9 +140,17 @@ class VoiceTrainer:
 
     # -- preparing -----------------------------------------------------------------------------------------
     async def prepare(self) -> PreparedTraining:
-        """Check and measure the target, choose the start voice, evaluate it. Called by the first `step`."""
+        """Check and measure the target, choose the start voice, evaluate it. Called by the first `step`. On an
+        error (a bad target or text) the GPU buffers made so far are freed again."""
         if self.prepared is not None:
             return self.prepared
+        try:
+            return await self._prepare()
+        except BaseException:
+            self._free()
+            raise
+
+    async def _prepare(self) -> PreparedTraining:
         from . import media
 
         target, rate = self._target_in
@@ -382,15 +390,21 @@ class VoiceTrainer:
 
     def release(self) -> None:
         """Free the trainer's GPU buffers (the speaker stays loaded)."""
-        if self.prepared is None:
-            return
-        for t in (self._tables.tables, self._tables.filterbank, self._tables.bands, self._params, self._losses,
-                  self._signatures, self._goal, self._best, self._cand, self._base, self._scale):
-            t.buffer.destroy()
+        self._free()
+
+    def _free(self) -> None:
+        tables = getattr(self, "_tables", None)
+        names = ("_params", "_losses", "_signatures", "_goal", "_best", "_cand", "_base", "_scale")
+        owned = [getattr(self, n) for n in names if getattr(self, n, None) is not None]
+        if tables is not None:
+            owned += [tables.tables, tables.filterbank, tables.bands]
         if self._graphs is not None:
-            for t in self._graphs[3]:
-                t.buffer.destroy()
-            self._graphs = None
+            owned += list(self._graphs[3])
+        for t in owned:
+            t.buffer.destroy()
+        for n in ("_tables", *names):
+            setattr(self, n, None)
+        self._graphs = None
         self.prepared = None
 
 
