@@ -90,15 +90,16 @@ async def check_case(model, g, case, *, full: bool):
     return audio
 
 
-# Stopped at the decoder: two voices and speeds (the waveform case checks the same for a third). The goldens also
-# hold "story" (af_bella, speed 0.8, 262 frames), passing at 1.4e-6 too: left out of CI for time.
-DECODER_CASES = ("fox", "hello")
+# Stopped at the decoder: another voice and speed (bm_george at 1.2) than the waveform case (af_heart at 1.0, which
+# checks the same up to the decoder first). The goldens also hold "hello" (the waveform case's text and voice
+# without noise) and "story" (af_bella, speed 0.8, 262 frames), passing at ~1e-6 too: left out of CI for time.
+DECODER_CASES = ("fox",)
 
 
 async def test_durations_prosody_decoder_match_kmodel(kokoro_f32, goldens):
     g, cases = goldens
     by_name = {c[0]: c for c in cases}
-    for name in DECODER_CASES:  # fox first: its recording (the larger) then also serves hello
+    for name in DECODER_CASES:  # fox first: its recording (the larger) then also serves the waveform case
         await check_case(kokoro_f32, g, by_name[name], full=False)
 
 
