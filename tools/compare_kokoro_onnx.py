@@ -87,7 +87,8 @@ async def compare(args) -> dict:
     session = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     speaker = await Speaker.load(args.kokoro)
-    out = {"kokoro": str(args.kokoro or assets.kokoro_model_path()), "onnx": str(onnx_path), "cases": []}
+    out = {"kokoro": Path(str(args.kokoro or assets.kokoro_model_path())).name, "onnx": Path(str(onnx_path)).name,
+           "cases": []}
     for voice, text in CASES:
         ps = await g2p.phonemize(text, g2p.lang_for_voice(voice))
         ids = g2p.tokenize(ps, speaker.vocab)
