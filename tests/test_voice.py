@@ -64,7 +64,8 @@ async def _reference_loss(speaker, trainer, style):
     """The loss of `style` on the trainer's sentence and durations, from `synthesize` and the float64 signature."""
     ids = [0, *trainer._ids, 0]
     audio, _ = await speaker.model.synthesize(ids, style, seed=trainer.seed, noise=1.0, durations=trainer._durations)
-    return ref.signature_loss(ref.signature(audio.astype(np.float64)), ref.signature(trainer.target.pcm.astype(np.float64)))
+    target = ref.signature(trainer.target.pcm.astype(np.float64))
+    return ref.signature_loss(ref.signature(audio.astype(np.float64)), target)
 
 
 def test_steps_follow_the_seed_rule(speaker, target):

@@ -39,7 +39,8 @@ async def bench(args) -> dict:
     target_voice, start_voice = args.target_voice, args.start_voice
     pcm = await speaker.say(TARGET_TEXT, voice=target_voice, seed=1)
     target = media.prepare_voice_target(pcm, 24000, target_voice)
-    out = {"device": dev.info, "kokoro": Path(str(args.kokoro)).name if args.kokoro else "setup F16", "train_text": TRAIN_TEXT,
+    out = {"device": dev.info, "kokoro": Path(str(args.kokoro)).name if args.kokoro else "setup F16",
+           "train_text": TRAIN_TEXT,
            "target": target_voice, "start": start_voice, "cases": []}
     for train in ("timbre", "all"):
         for population in (1, 4):
