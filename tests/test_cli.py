@@ -842,3 +842,67 @@ def test_say_lists_voices_and_names_an_unknown_one(capsys):
     assert cli.main(["say", "Hello.", "--voice", "zz_nobody", "--kokoro", str(path)]) == 1
     err = capsys.readouterr().err
     assert "unknown voice 'zz_nobody'; available: af_alloy" in err, err
+
+
+# -- rullama clone-voice -------------------------------------------------------------------------------------------
+
+
+def test_clone_voice_refuses_before_loading(tmp_path, capsys, monkeypatch):
+    """A missing file, a file that is not WAV and a recording that is too short are sentences, before the model
+    loads."""
+    import numpy as np
+
+    from rullama_py import speaker
+
+    async def no_load(*a, **k):
+        raise AssertionError("the model must not load")
+
+    monkeypatch.setattr(speaker.Speaker, "load", classmethod(lambda cls, *a, **k: no_load()))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not audio")
+    short = tmp_path / "short.wav"
+    t = np.arange(24000) / 24000
+    short.write_bytes(media.encode_wav((0.3 * np.sin(2 * np.pi * 150 * t)).astype(np.float32), 24000))
+    for argv, sentence in ((["clone-voice", str(tmp_path / "nope.wav")], "cannot read"),
+                           (["clone-voice", str(notes)], "notes.txt"),
+                           (["clone-voice", str(short)], "record at least 3 s")):
+        assert cli.main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and sentence in err, err
+
+
+def test_clone_voice_writes_a_voicepack_and_prints_the_curve(tmp_path, capsys):
+    """Two steps on the tiny Kokoro: the curve is printed a line a step and the file is a voicepack that
+    `say --voice-file` reads."""
+    import asyncio
+
+    import numpy as np
+
+    from rullama_py import assets
+    from rullama_py.speaker import VOICE_BYTES, Speaker, load_voice_file
+
+    tiny = assets.kokoro_tiny_path()
+    require(None if tiny.is_file() else f"{tiny} is missing (run tools/setup.sh)", "the clone-voice test")
+
+    async def target():
+        s = await Speaker.load(tiny)
+        try:
+            return await s.say("A warm voice reads a story about the sea and the stars.", voice="bm_george")
+        finally:
+            s.release()
+
+    wav = tmp_path / "me.wav"
+    wav.write_bytes(media.encode_wav(asyncio.run(target()), 24000))
+    out = tmp_path / "me.bin"
+    rc = cli.main(["clone-voice", str(wav), "-o", str(out), "--steps", "2", "--text", "Ah.", "--start", "af_heart",
+                   "--kokoro", str(tiny)])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    lines = cap.out.strip().splitlines()
+    assert lines[0] == "step\tloss\tbest\tstep_size" and [ln.split("\t")[0] for ln in lines[1:]] == ["0", "1", "2"]
+    best = [float(ln.split("\t")[2]) for ln in lines[1:]]
+    assert best[0] >= best[1] >= best[2] > 0
+    assert "start voice af_heart" in cap.err and f"wrote {out}" in cap.err
+    assert out.stat().st_size == VOICE_BYTES
+    pack = load_voice_file(out)
+    assert np.isfinite(pack).all()

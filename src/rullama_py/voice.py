@@ -38,11 +38,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import g2p, ops
-from .gpu import UNIFORM, Tensor
+from .gpu import UNIFORM
 from .models.kokoro import SAMPLE_RATE
 from .ops.mel import MELS, mel_frames
 from .ops.search import search_params_bytes
-from .speaker import VOICE_DIM, Speaker, SpeakerError
+from .speaker import VOICE_DIM, Speaker
 
 # The default training text: about four seconds of varied English sounds (vowels, fricatives, nasals, stops).
 TRAIN_TEXTS = ("The quick brown fox jumps over the lazy dog.",
@@ -413,5 +413,4 @@ def voice_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
 
 
-__all__ = ["VoiceTrainer", "VoiceCloneError", "TrainStep", "PreparedTraining", "TRAIN_TEXTS", "voice_distance",
-           "SpeakerError", "Tensor"]
+__all__ = ["VoiceTrainer", "VoiceCloneError", "TrainStep", "PreparedTraining", "TRAIN_TEXTS", "voice_distance"]
