@@ -67,42 +67,18 @@ CLIPS = ("target_A", "target_C", "clone_C", "start_C", "nearest_C")
 
 # -- phase 1: synth (GPU) ------------------------------------------------------------------------------------
 class SignatureMeter:
-    """The timbre signature of a recording on the GPU with the trainer's front end (ops.log_mel_frames and
-    ops.mel_signature), read back as float32 [80]."""
+    """The trainer's own signature of a clip (voice.recording_signature), the mel tables made once."""
 
     def __init__(self, device):
         from rullama_py import ops
-        from rullama_py.ops.mel import MELS
 
         self.device = device
         self.tables = ops.mel_tables(device)
-        self.params = ops.search_params(device, "eval.params")  # slot 0: where the signature is written
-        self.goal = device.tensor((MELS,), "float32", "eval.goal")  # unused: only the signature is read
-        self.signature = device.tensor((1, MELS), "float32", "eval.signature")
-        self.loss = device.tensor((1,), "float32", "eval.loss")
 
     async def __call__(self, pcm: np.ndarray) -> np.ndarray:
-        from rullama_py import ops
-        from rullama_py.gpu import UNIFORM
-        from rullama_py.ops.mel import MELS, mel_frames
+        from rullama_py.voice import recording_signature
 
-        dev = self.device
-        pcm = np.ascontiguousarray(pcm, np.float32)
-        x = dev.upload(pcm, "eval.audio")
-        # the Step uniform the front end reads: n_tokens (the real samples) in its second word
-        length = dev.tensor((8,), "uint32", "eval.length", usage=UNIFORM)
-        dev.write(length.buffer, np.array([0, pcm.size, pcm.size, 0, 0, 0, 0, 0], np.uint32))
-        frames = mel_frames(pcm.size)
-        logmel = dev.tensor((frames, MELS), "float32", "eval.logmel")
-        energy = dev.tensor((frames,), "float32", "eval.energy")
-        g = dev.graph()
-        await ops.log_mel_frames(g, x, length, self.tables, logmel, energy)
-        await ops.mel_signature(g, logmel, energy, length, self.goal, self.params, self.signature, self.loss)
-        dev.submit(g)
-        sig = (await dev.read(self.signature)).reshape(-1)[:MELS].copy()
-        for t in (x, length, logmel, energy):
-            t.buffer.destroy()
-        return sig
+        return await recording_signature(self.device, pcm, self.tables)
 
 
 def _names(text: str | None) -> list[str]:

@@ -255,24 +255,7 @@ class VoiceTrainer:
 
     # -- GPU work ------------------------------------------------------------------------------------------
     async def _signature_of(self, pcm: np.ndarray) -> np.ndarray:
-        """The signature of a recording (the same front end as the loss), read back."""
-        dev = self.device
-        pcm = np.ascontiguousarray(pcm, np.float32)
-        x = dev.upload(pcm, "voice.target")
-        length = dev.tensor((8,), "uint32", "voice.target_length", usage=UNIFORM)
-        dev.write(length.buffer, np.array([0, pcm.size, pcm.size, 0, 0, 0, 0, 0], np.uint32))
-        frames = mel_frames(pcm.size)
-        logmel = dev.tensor((frames, MELS), "float32", "voice.target_logmel")
-        energy = dev.tensor((frames,), "float32", "voice.target_energy")
-        g = dev.graph()
-        await ops.log_mel_frames(g, x, length, self._tables, logmel, energy)
-        await ops.mel_signature(g, logmel, energy, length, self._goal, self._params, self._signatures, self._losses)
-        dev.write(self._params.buffer, search_params_bytes(self.seed, 0, 0, 0.0))
-        dev.submit(g)
-        sig = (await dev.read(self._signatures)).reshape(-1, MELS)[0].copy()
-        for t in (x, length, logmel, energy):
-            t.buffer.destroy()
-        return sig
+        return await recording_signature(self.device, pcm, self._tables)
 
     async def _align(self, style, durations=None) -> np.ndarray:
         dur = await self.model.align([0, *self._ids, 0], style, noise=1.0, seed=self.seed, durations=durations)
@@ -408,9 +391,39 @@ class VoiceTrainer:
         self.prepared = None
 
 
+async def recording_signature(device, pcm: np.ndarray, tables=None) -> np.ndarray:
+    """The timbre signature (float32 [80]) of a recording (float32, 24 kHz) with the trainer's front end on the GPU
+    (ops/mel.py), read back. `tables`: ops.mel_tables(device), made once by a caller that measures many."""
+    own_tables = tables is None
+    tables = ops.mel_tables(device) if own_tables else tables
+    pcm = np.ascontiguousarray(pcm, np.float32).reshape(-1)
+    x = device.upload(pcm, "signature.audio")
+    length = device.tensor((8,), "uint32", "signature.length", usage=UNIFORM)  # a Step: n_tokens = the samples
+    device.write(length.buffer, np.array([0, pcm.size, pcm.size, 0, 0, 0, 0, 0], np.uint32))
+    frames = mel_frames(pcm.size)
+    logmel = device.tensor((frames, MELS), "float32", "signature.logmel")
+    energy = device.tensor((frames,), "float32", "signature.energy")
+    params = ops.search_params(device, "signature.params")  # slot 0
+    goal = device.tensor((MELS,), "float32", "signature.goal")  # the loss is not read here
+    sig = device.tensor((1, MELS), "float32", "signature")
+    loss = device.tensor((1,), "float32", "signature.loss")
+    g = device.graph()
+    await ops.log_mel_frames(g, x, length, tables, logmel, energy)
+    await ops.mel_signature(g, logmel, energy, length, goal, params, sig, loss)
+    device.submit(g)
+    out = (await device.read(sig)).reshape(-1)[:MELS].copy()
+    temporaries = [x, length, logmel, energy, params, goal, sig, loss]
+    if own_tables:
+        temporaries += [tables.tables, tables.filterbank, tables.bands]
+    for t in temporaries:
+        t.buffer.destroy()
+    return out
+
+
 def voice_distance(a: np.ndarray, b: np.ndarray) -> float:
     """The loss between two signatures: the mean squared difference over the bands."""
     return float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
 
 
-__all__ = ["VoiceTrainer", "VoiceCloneError", "TrainStep", "PreparedTraining", "TRAIN_TEXTS", "voice_distance"]
+__all__ = ["VoiceTrainer", "VoiceCloneError", "TrainStep", "PreparedTraining", "TRAIN_TEXTS", "voice_distance",
+           "recording_signature"]
