@@ -240,9 +240,11 @@ class VoiceTrainer:
         return self.prepared
 
     def _language_voices(self) -> list[str]:
-        prefix = {"en-us": "a", "en-gb": "b"}.get(self.lang)
-        voices = [v for v in self.speaker.voices if prefix is None or v[:1] in "ab"]
-        return voices or self.speaker.voices
+        """The stock voices that speak the training text's language: US and UK voices (a*, b*) for English
+        (either accent: timbre is what is matched), every voice otherwise."""
+        if not self.lang.startswith("en"):
+            return self.speaker.voices
+        return [v for v in self.speaker.voices if v[:1] in "ab"] or self.speaker.voices
 
     def _start_candidates(self) -> list[str]:
         if self.start != "auto":
