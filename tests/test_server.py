@@ -98,7 +98,7 @@ def test_readme_first_command_serves_the_app_and_the_real_model():
         assert status == 200 and any(w.startswith("rullama_py-") for w in json.loads(body)["wheels"])
         assert c.get("/pyodide/pyodide.mjs", "HEAD")[0] == 200
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=90)  # a loaded 2-core CI machine took over 15 s to exit == 0
+        assert proc.wait(timeout=90) == 0  # a loaded 2-core CI machine took over 15 s to exit
     finally:
         if proc.poll() is None:
             proc.kill()
