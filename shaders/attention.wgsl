@@ -3,7 +3,8 @@
 //   out[t, h] = softmax_k(SCALE * q[t, h] . K[k] + mask) . V[k],   queries at positions step.pos + t
 // mask (CAUSAL): key k is allowed iff k <= p and (WINDOW == 0 or p - k < WINDOW), p the query's position.
 // Without CAUSAL (a vision tower's patches see each other): every key 0 .. step.pos + n_tokens - 1 is allowed
-// for every query, and WINDOW must be 0 (the host checks); the cache must then hold all of them (CAP >= keys).
+// for every query; the cache must then hold all of them (CAP >= keys). With a WINDOW too (DiffusionGemma's
+// canvas on a sliding layer), the keys before the run start at step.pos - (WINDOW - 1).
 //   q, out: f32 [n_tokens, NH, HD];   cache: f16 [NKV][CAP][HD] packed in u32 (kv_store.wgsl), key k at k % CAP.
 //
 // Work split. A "row" is one (token, q head); the G = NH / NKV q heads that share a kv head are laid out
@@ -99,9 +100,12 @@ fn q_row(rr: u32, kvh: u32) -> u32 {
 fn key_range(x: u32, z: u32) -> vec2<u32> {
   let t0 = (x * R) / G;
   let t1 = (min(x * R + R, n_rows()) - 1u) / G;
+  // The oldest key in use: causal with a window, the first row's; bidirectional with a window (a diffusion
+  // canvas over a sliding layer), the WINDOW - 1 keys before the run, all that a sliding cache keeps of them.
+  let edge = step.pos + select(0u, t0, CAUSAL) + 1u;
   var lo = 0u;
-  if (CAUSAL && WINDOW > 0u && step.pos + t0 + 1u > WINDOW) {
-    lo = step.pos + t0 + 1u - WINDOW;
+  if (WINDOW > 0u && edge > WINDOW) {
+    lo = edge - WINDOW;
   }
   // Bidirectional: every row sees the whole run, up to the last key this run stored.
   let hi = select(step.pos + min(step.n_tokens, MAXT), step.pos + t1 + 1u, CAUSAL);

@@ -46,7 +46,9 @@ def rope_2d(x, positions, *, base):
 def attention(q, k, v, pos0, *, scale, window=0, causal=True):
     """softmax(scale * q k^T + mask) v. q [T, H, D] at positions pos0 + t; k, v [n_kv, KVH, D] at positions
     0..n_kv-1. GQA: head h uses kv head h // (H / KVH). Causal; window > 0: key j visible iff p - j < window.
-    causal=False: no mask, every query sees all n_kv keys (HF's bidirectional mask of the vision tower)."""
+    causal=False: no mask, every query sees all n_kv keys (HF's bidirectional mask of the vision tower); with a
+    window too, only keys from pos0 - (window - 1) on (DiffusionGemma's canvas over a sliding layer's cache,
+    which transformers trims to its last window - 1 keys)."""
     q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
     n_tok, n_heads, _ = q.shape
     n_kv, n_kv_heads, _ = k.shape
@@ -58,6 +60,8 @@ def attention(q, k, v, pos0, *, scale, window=0, causal=True):
         visible &= keys <= p
         if window:
             visible &= p - keys < window
+    elif window:
+        visible &= keys >= pos0 - (window - 1)
     out = np.zeros_like(q)
     for h in range(n_heads):
         kh = h // group

@@ -3,7 +3,9 @@
     cfg = ModelConfig.from_metadata(gf.metadata)
     cfg.is_sliding[l], cfg.head_dim[l], cfg.n_kv_heads[l], cfg.ffn_dim[l], cfg.rope_base[l], cfg.kv_donor[l]
 
-Supported architectures: `gemma3` and `gemma4`. The derived rules follow llama.cpp, which is what produced
+Supported architectures: `gemma3`, `gemma4` (dense E2B/E4B and the 26B-A4B mixture of experts) and
+`diffusion-gemma` (DiffusionGemma: Gemma 4 26B-A4B layers run as an encoder and a denoising decoder; its
+`diffusion.*` keys become `cfg.diffusion`). The derived rules follow llama.cpp, which is what produced
 (or runs) the GGUF files we open:
 
 - gemma3: layer i is sliding iff (i + 1) % 6 != 0 (`set_swa_pattern(6)`), unless the file has a
@@ -26,7 +28,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from gguf import Keys
 
-SUPPORTED_ARCHITECTURES = ("gemma3", "gemma4")
+SUPPORTED_ARCHITECTURES = ("gemma3", "gemma4", "diffusion-gemma")
+GEMMA4_FAMILY = ("gemma4", "diffusion-gemma")  # same layers, same metadata rules
 
 _GEMMA3_SWA_PERIOD = 6
 _GEMMA3_27B_LAYERS = 62  # llama.cpp's LLM_TYPE_27B for gemma3, the one size whose scale is not head_dim
@@ -70,6 +73,23 @@ class AudioConfig:
 
 
 @dataclass(frozen=True)
+class DiffusionConfig:
+    """DiffusionGemma's block-diffusion sampler defaults (transformers' generation defaults where the file is
+    silent): a canvas of `canvas_length` positions denoised in at most `max_steps` steps, the temperature
+    falling linearly from t_max to t_min, positions accepted while the entropy of the lower-entropy ones sums to
+    at most `entropy_bound`, stopping once the argmax canvas was stable for `stability_threshold` steps and the
+    mean entropy is under `confidence_threshold`."""
+
+    canvas_length: int = 256
+    max_steps: int = 48
+    t_min: float = 0.4
+    t_max: float = 0.8
+    entropy_bound: float = 0.1
+    stability_threshold: int = 1
+    confidence_threshold: float = 0.005
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     arch: str
     n_layers: int
@@ -94,13 +114,28 @@ class ModelConfig:
     rope_dim: tuple  # rotated dimensions per head
     rope_scale: tuple  # position multiplier (1 / linear scaling factor); 1.0 when unscaled
     kv_donor: tuple  # layer whose K/V this layer attends over; == l when the layer has its own
+    # Mixture of experts (Gemma 4 26B-A4B): every layer has the dense MLP plus `n_experts` experts of width
+    # `expert_ffn_dim`, `n_experts_used` per token; 0 when the model is dense.
+    n_experts: int = 0
+    n_experts_used: int = 0
+    expert_ffn_dim: int = 0
     vision: VisionConfig | None = None
     audio: AudioConfig | None = None
+    diffusion: DiffusionConfig | None = None  # DiffusionGemma only
 
     @property
     def embed_scale(self) -> float:
         """Token embeddings are multiplied by sqrt(d_model) in both Gemma generations."""
         return math.sqrt(self.d_model)
+
+    @property
+    def is_gemma4(self) -> bool:
+        """Gemma 4 layers (value norm, layer output scale, proportional RoPE): gemma4 and diffusion-gemma."""
+        return self.arch in GEMMA4_FAMILY
+
+    @property
+    def is_moe(self) -> bool:
+        return self.n_experts > 0
 
     @property
     def has_kv(self) -> tuple:
@@ -247,7 +282,7 @@ def audio_config(meta: dict) -> AudioConfig | None:
 
 def _build(m: _Meta) -> ModelConfig:
     arch = m.arch
-    gemma4 = arch == "gemma4"
+    gemma4 = arch in GEMMA4_FAMILY
     n_layers = m.get(Keys.LLM.BLOCK_COUNT)
     d_model = m.get(Keys.LLM.EMBEDDING_LENGTH)
     _positive(m.key(Keys.LLM.BLOCK_COUNT), n_layers)
@@ -307,6 +342,14 @@ def _build(m: _Meta) -> ModelConfig:
     else:
         attn_scale = float(head_dim[0]) ** -0.5
 
+    n_experts = m.get(Keys.LLM.EXPERT_COUNT, 0)
+    n_used = m.get(Keys.LLM.EXPERT_USED_COUNT, 0)
+    expert_ff = m.get(Keys.LLM.EXPERT_FEED_FORWARD_LENGTH, 0)
+    if n_experts:
+        if not 1 <= n_used <= n_experts:
+            raise ConfigError(f"{m.key(Keys.LLM.EXPERT_USED_COUNT)} = {n_used}: must be 1..{n_experts} experts")
+        _positive(m.key(Keys.LLM.EXPERT_FEED_FORWARD_LENGTH), expert_ff)
+
     vocab = m.meta.get(m.key(Keys.LLM.VOCAB_SIZE))
     if vocab is None:
         tokens = m.meta.get(Keys.Tokenizer.LIST)
@@ -335,9 +378,32 @@ def _build(m: _Meta) -> ModelConfig:
         rope_dim=rope_dim,
         rope_scale=rope_scale,
         kv_donor=kv_donor,
+        n_experts=n_experts,
+        n_experts_used=n_used if n_experts else 0,
+        expert_ffn_dim=expert_ff if n_experts else 0,
         vision=_vision(m),
         audio=_audio(m),
+        diffusion=_diffusion(m) if arch == "diffusion-gemma" else None,
     )
+
+
+def _diffusion(m: _Meta) -> DiffusionConfig:
+    d = DiffusionConfig()
+    g = lambda key, default, cast: m.get("{arch}.diffusion." + key, default, cast)  # noqa: E731
+    cfg = DiffusionConfig(
+        canvas_length=g("canvas_length", d.canvas_length, int),
+        max_steps=g("eb_max_steps", d.max_steps, int),
+        t_min=g("eb_t_min", d.t_min, float),
+        t_max=g("eb_t_max", d.t_max, float),
+        entropy_bound=g("entropy_bound", d.entropy_bound, float),
+        stability_threshold=g("stability_threshold", d.stability_threshold, int),
+        confidence_threshold=g("confidence_threshold", d.confidence_threshold, float),
+    )
+    _positive(m.key("{arch}.diffusion.canvas_length"), cfg.canvas_length)
+    _positive(m.key("{arch}.diffusion.eb_max_steps"), cfg.max_steps)
+    if not 0 < cfg.t_min <= cfg.t_max:
+        raise ConfigError(f"diffusion temperatures t_min {cfg.t_min} and t_max {cfg.t_max} must be 0 < t_min <= t_max")
+    return cfg
 
 
 def _kv_donors(is_sliding: tuple, n_shared: int) -> tuple:

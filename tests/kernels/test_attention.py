@@ -149,7 +149,7 @@ async def test_dispatch_counts(device):
     assert prefill["dispatches"] == 1
 
 
-async def run_bidirectional(device, *, heads, kv_heads, hd, maxt, runs, scale, splits=None, seed=0):
+async def run_bidirectional(device, *, heads, kv_heads, hd, maxt, runs, scale, splits=None, seed=0, window=0):
     """One graph recorded for a capacity of `maxt` tokens (kv_store into a cache of maxt slots, then attention
     with causal=False), replayed for each (pos, n_tokens) of `runs`; every run's output is compared with
     softmax attention over all keys 0..pos + n_tokens - 1, and rows past n_tokens must stay as they were."""
@@ -166,7 +166,7 @@ async def run_bidirectional(device, *, heads, kv_heads, hd, maxt, runs, scale, s
     await ops.kv_store(g, bufs["k"], bufs["v"], cache_k, cache_v, step, n_kv_heads=kv_heads, head_dim=hd,
                        max_ctx=maxt)
     await ops.attention(g, bufs["q"], cache_k, cache_v, bufs["out"], step, n_heads=heads, n_kv_heads=kv_heads,
-                        head_dim=hd, scale=scale, max_ctx=maxt, causal=False, splits=splits)
+                        head_dim=hd, scale=scale, max_ctx=maxt, causal=False, splits=splits, window=window)
     sentinel = np.full((maxt, heads, hd), 7.0, np.float32)
     for pos, n in runs:
         for name, src in (("q", q), ("k", k), ("v", v)):
@@ -177,7 +177,8 @@ async def run_bidirectional(device, *, heads, kv_heads, hd, maxt, runs, scale, s
         set_step(device, step, pos, n)
         await device.run(g)
         got = await device.read(bufs["out"])
-        want = ref.attention(q[pos : pos + n], f16(k[: pos + n]), f16(v[: pos + n]), pos, scale=scale, causal=False)
+        want = ref.attention(q[pos : pos + n], f16(k[: pos + n]), f16(v[: pos + n]), pos, scale=scale, causal=False,
+                             window=window)
         err = float(np.abs(got[:n] - want).max())
         np.testing.assert_allclose(got[:n], want, rtol=0, atol=2e-4 * np.abs(v).max(),
                                    err_msg=f"run at pos {pos}, {n} tokens")
@@ -231,9 +232,10 @@ def test_bidirectional_plan_10080(device):
     assert r * 64 * 4 + r * wg * 4 + wg * 4 + 64 <= 16384
 
 
-async def test_bidirectional_rejects_window(device):
-    t = device.tensor((4, 2, 16))
-    ck, cv = ops.kv_cache(device, n_kv_heads=2, head_dim=16, slots=4)
-    with pytest.raises(ValueError, match="causal"):
-        await ops.attention(device.graph(), t, ck, cv, t, new_step(device), n_heads=2, n_kv_heads=2, head_dim=16,
-                            scale=1.0, window=2, max_ctx=4, causal=False)
+@pytest.mark.parametrize("splits", [None, 3])
+async def test_bidirectional_window(device, splits):
+    """DiffusionGemma's canvas on a sliding layer: a 6-token run at pos 13 with window 8 sees keys 6..18 (the 7
+    before the run and its own), none of keys 0..5; a run at pos 4 (fewer keys before it than the window) sees
+    them all."""
+    await run_bidirectional(device, heads=4, kv_heads=2, hd=32, maxt=24, runs=((0, 13), (13, 6), (4, 5)),
+                            scale=0.5, splits=splits, seed=3, window=8)

@@ -256,7 +256,7 @@ class Gemma:
                 await ops.matmul(g, L.wv, x, v_lin, n_tokens=cap)
                 await ops.rms_norm(g, k_lin, L.k_norm, k, n=hd, eps=eps)
                 await ops.rope(g, k, step, n_heads=nkv, head_dim=hd, **rope)
-                if c.arch == "gemma4":  # Gemma 4 normalises V too (no weight)
+                if c.is_gemma4:  # Gemma 4 normalises V too (no weight)
                     await ops.rms_norm(g, v_lin, None, v, n=hd, eps=eps)
                 else:
                     v = v_lin

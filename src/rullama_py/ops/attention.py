@@ -204,8 +204,10 @@ async def attention(g: Graph, q: Tensor, cache_k: Tensor, cache_v: Tensor, out: 
     Output rows of tokens past step.n_tokens are not written.
 
     causal=False (a vision tower): every query of the run sees every key 0..step.pos + n_tokens - 1, with no
-    mask; window must be 0, and the caches must hold all those keys (max_ctx >= step.pos + n_tokens, e.g. a
-    cache of max_ctx = the token capacity, written by kv_store at pos 0).
+    mask, and the caches must hold all those keys (max_ctx >= step.pos + n_tokens, e.g. a cache of max_ctx = the
+    token capacity, written by kv_store at pos 0). causal=False with window > 0 (DiffusionGemma's canvas on a
+    sliding layer): the run's own keys and the window - 1 keys before it, step.pos - (window - 1) on, as
+    transformers' sliding-window cache keeps them.
 
     Dispatches: 1 when there are enough (token, head) rows to fill the GPU without cutting the keys (prefill),
     else 2 (flash-decoding: key splits, then a combine), or 3 for decode over a cache that can hold more than
@@ -213,8 +215,6 @@ async def attention(g: Graph, q: Tensor, cache_k: Tensor, cache_v: Tensor, out: 
     length returns at once). `splits`, `wg` (threads per workgroup), `kt` (keys per tile) and `short` override
     the plan, for tests and tuning."""
     max_t = _tokens(q, n_heads * head_dim, "q")
-    if not causal and window:
-        raise ValueError(f"window {window}: a sliding window needs causal attention")
     plan = attention_plan(g.device, n_tokens=max_t, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim,
                           window=window, max_ctx=max_ctx, splits=splits, wg=wg, kt=kt, short=short)
     nsplit = plan["splits"]
