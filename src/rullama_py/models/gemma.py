@@ -13,6 +13,9 @@ The Gemma 4 specifics, all driven by the GGUF metadata through config.ModelConfi
 - KV sharing: the last `shared_kv_layers` layers attend over the cache of an earlier layer (`kv_donor`);
 - the value norm (RMSNorm without weight), `layer_output_scale`, proportional RoPE (`rope_freqs`), and the
   final logit soft-cap.
+- mixture of experts (26B-A4B): beside the dense MLP, a router picks `n_experts_used` of `n_experts` experts per
+  token on the GPU (ops/moe.py), and the experts' kernels read the chosen experts' rows through the indices the
+  router wrote; global layers may lack attn_v (the value is the key projection, value-normed).
 Norm weights are used as stored (x * w): llama.cpp's converters fold Gemma 3's (1 + w) into the file.
 """
 
@@ -37,6 +40,22 @@ class ModelLoadError(RuntimeError):
 
 
 @dataclass
+class Experts:
+    """A mixture-of-experts layer's own weights (Gemma 4 26B-A4B; llama.cpp's tensor names in comments)."""
+
+    router_norm: Tensor  # ffn_gate_inp.scale * d_model^-0.5: the weight of the router's input RMSNorm
+    router: Tensor  # ffn_gate_inp [n_experts, d]
+    expert_scale: Tensor  # ffn_down_exps.scale [n_experts]: multiplies each chosen expert's routing weight
+    gate_up: Tensor | None  # ffn_gate_up_exps [n_experts * 2ff, d]: each expert's gate rows, then its up rows
+    gate: Tensor | None  # ffn_gate_exps / ffn_up_exps [n_experts * ff, d], when the file keeps them apart
+    up: Tensor | None
+    down: Tensor  # ffn_down_exps [n_experts * d, ff]
+    pre_norm: Tensor  # pre_ffw_norm_2: the experts' input norm
+    post_norm_dense: Tensor  # post_ffw_norm_1: after the dense MLP
+    post_norm: Tensor  # post_ffw_norm_2: after the experts
+
+
+@dataclass
 class Layer:
     attn_norm: Tensor
     wq: Tensor
@@ -56,6 +75,7 @@ class Layer:
     proj: Tensor | None = None
     post_norm: Tensor | None = None
     out_scale: Tensor | None = None
+    moe: Experts | None = None  # 26B-A4B
 
 
 @dataclass
@@ -132,12 +152,32 @@ class Gemma:
                                                   "post_attention_norm", "ffn_norm", "ffn_gate", "ffn_up",
                                                   "ffn_down", "post_ffw_norm")}
             if c.has_kv[l]:
-                names |= {p + "attn_k.weight", p + "attn_v.weight", p + "attn_k_norm.weight"}
+                names |= {p + "attn_k.weight", p + "attn_k_norm.weight"}
+                # Gemma 4's global layers may have no value projection: the value is the key projection
+                if not c.is_gemma4 or p + "attn_v.weight" in self.gguf:
+                    names.add(p + "attn_v.weight")
             if c.ple_dim:
                 names |= {p + "inp_gate.weight", p + "proj.weight", p + "post_norm.weight"}
-            if p + "layer_output_scale.weight" in self.gguf:
-                names.add(p + "layer_output_scale.weight")
+            if c.is_moe:
+                names |= {p + "ffn_gate_inp.weight", p + "ffn_gate_inp.scale", p + "ffn_down_exps.weight",
+                          p + "ffn_down_exps.scale", p + "pre_ffw_norm_2.weight", p + "post_ffw_norm_1.weight",
+                          p + "post_ffw_norm_2.weight"}
+                if p + "ffn_gate_up_exps.weight" in self.gguf:
+                    names.add(p + "ffn_gate_up_exps.weight")
+                else:
+                    names |= {p + "ffn_gate_exps.weight", p + "ffn_up_exps.weight"}
+            names |= {p + n for n in self._layer_scalars() if p + n in self.gguf}
         return names
+
+    def _layer_scalars(self) -> tuple:
+        """The per-layer output scalars this model reads (DiffusionGemma adds its encoder's)."""
+        return ("layer_output_scale.weight",)
+
+    def _expert_rows(self, name: str) -> int:
+        """Rows of one expert of a 3-D expert tensor (0 for other tensors): uploads keep experts whole per
+        buffer part."""
+        info = self.gguf.info(name)
+        return info.n_rows // info.shape[0] if len(info.shape) == 3 else 0
 
     async def _upload(self, progress) -> None:
         gf, dev = self.gguf, self.device
@@ -149,23 +189,36 @@ class Gemma:
         total = sum(gf.info(n).nbytes for n in names)
         done = 0
         w = {}
+        c = self.cfg
         for name in names:
             info = gf.info(name)
             raw = await gf.tensor_bytes(name)
             if info.type_name == "f32" and len(info.shape) == 1:
-                w[name] = dev.upload(np.frombuffer(raw, np.float32), label=name)
+                values = np.frombuffer(raw, np.float32)
+                if name.endswith("ffn_gate_inp.scale"):
+                    # The router's input is rms_norm(r) * scale * d^-0.5: one RMSNorm with this weight.
+                    values = (values.astype(np.float64) / math.sqrt(c.d_model)).astype(np.float32)
+                w[name] = dev.upload(values, label=name)
             else:
                 shape = (info.n_rows, info.shape[-1])
-                w[name] = dev.upload_rows(raw, info.n_rows, info.row_bytes, shape, info.type_name, name)
+                expert = self._expert_rows(name)
+                w[name] = dev.upload_rows(raw, info.n_rows, info.row_bytes, shape, info.type_name, name,
+                                          **({"align_rows": expert} if expert else {}))
             del raw
             done += info.nbytes
             if progress is not None:
                 progress(done, total, name)
         self.w = w
-        c = self.cfg
         for l in range(c.n_layers):
             p = f"blk.{l}."
             g = w.get
+            moe = None
+            if c.is_moe:
+                moe = Experts(router_norm=w[p + "ffn_gate_inp.scale"], router=w[p + "ffn_gate_inp.weight"],
+                              expert_scale=w[p + "ffn_down_exps.scale"], gate_up=g(p + "ffn_gate_up_exps.weight"),
+                              gate=g(p + "ffn_gate_exps.weight"), up=g(p + "ffn_up_exps.weight"),
+                              down=w[p + "ffn_down_exps.weight"], pre_norm=w[p + "pre_ffw_norm_2.weight"],
+                              post_norm_dense=w[p + "post_ffw_norm_1.weight"], post_norm=w[p + "post_ffw_norm_2.weight"])
             self.layers.append(Layer(
                 attn_norm=w[p + "attn_norm.weight"], wq=w[p + "attn_q.weight"], wk=g(p + "attn_k.weight"),
                 wv=g(p + "attn_v.weight"), wo=w[p + "attn_output.weight"], q_norm=w[p + "attn_q_norm.weight"],
@@ -173,7 +226,7 @@ class Gemma:
                 ffn_norm=w[p + "ffn_norm.weight"], w_gate=w[p + "ffn_gate.weight"], w_up=w[p + "ffn_up.weight"],
                 w_down=w[p + "ffn_down.weight"], post_ffw_norm=w[p + "post_ffw_norm.weight"],
                 inp_gate=g(p + "inp_gate.weight"), proj=g(p + "proj.weight"), post_norm=g(p + "post_norm.weight"),
-                out_scale=g(p + "layer_output_scale.weight"),
+                out_scale=g(p + "layer_output_scale.weight"), moe=moe,
             ))
         if c.ple_dim:
             # The PLE identity term is E_ple[t] * sqrt(ple_dim), and the sum with the projected term is scaled
@@ -208,28 +261,43 @@ class Gemma:
         return True
 
     # -- the forward pass ----------------------------------------------------------------------------------
-    async def _record(self, cap: int) -> Run:
-        """Record the forward pass of a run of up to `cap` tokens, ending with the last token's logits."""
+    def _buffers(self, cap: int) -> dict:
+        """The activation buffers of a run of up to `cap` tokens."""
         c, dev = self.cfg, self.device
-        d = c.d_model
         T = lambda *shape, name: dev.tensor(shape, "float32", f"{name}[{cap}]")  # noqa: E731
+        d = c.d_model
         max_q = max(h * hd for h, hd in zip(c.n_heads, c.head_dim))
         max_kv = max(h * hd for h, hd in zip(c.n_kv_heads, c.head_dim))
         max_ffn = max(c.ffn_dim)
-        run = Run(cap, dev.tensor((cap,), "uint32", f"ids[{cap}]"), dev.graph())
-        b = run.bufs
+        b = {}
         b["h"], b["x"], b["o"] = T(cap, d, name="h"), T(cap, d, name="x"), T(cap, d, name="o")
         b["q_lin"], b["q"], b["attn"] = T(cap, max_q, name="q_lin"), T(cap, max_q, name="q"), T(cap, max_q, name="attn")
         b["k_lin"], b["k"] = T(cap, max_kv, name="k_lin"), T(cap, max_kv, name="k")
         b["v_lin"], b["v"] = T(cap, max_kv, name="v_lin"), T(cap, max_kv, name="v")
         b["gate"], b["up"], b["act"] = T(cap, max_ffn, name="gate"), T(cap, max_ffn, name="up"), T(cap, max_ffn, name="act")
-        g = run.graph
-        step = self.step
-        h, x, o = b["h"], b["x"], b["o"]
+        if c.is_moe:
+            E, K, ff = c.n_experts, c.n_experts_used, c.expert_ffn_dim
+            b["mix"] = T(cap, d, name="mix")  # the dense MLP's and the experts' normed outputs, summed
+            b["router_logits"] = T(cap, E, name="router_logits")
+            b["expert_ids"] = dev.tensor((cap, K), "uint32", f"expert_ids[{cap}]")
+            b["expert_weights"] = T(cap, K, name="expert_weights")
+            b["expert_gate_up"] = T(cap, K, 2 * ff, name="expert_gate_up")
+            b["expert_act"] = T(cap, K, ff, name="expert_act")
+            if any(L.moe is not None and L.moe.gate_up is None for L in self.layers):
+                b["expert_up"] = T(cap, K, ff, name="expert_up")  # files with separate gate and up experts
+        return b
+
+    async def _record(self, cap: int) -> Run:
+        """Record the forward pass of a run of up to `cap` tokens, ending with the last token's logits."""
+        c, dev = self.cfg, self.device
+        d = c.d_model
+        run = Run(cap, dev.tensor((cap,), "uint32", f"ids[{cap}]"), dev.graph(), bufs=self._buffers(cap))
+        b, g, h = run.bufs, run.graph, run.bufs["h"]
         eps = c.norm_eps
 
         await ops.embed(g, self.w["token_embd.weight"], run.ids, h, n_tokens=cap, scale=c.embed_scale)
         if c.ple_dim:
+            T = lambda *shape, name: dev.tensor(shape, "float32", f"{name}[{cap}]")  # noqa: E731
             run.ple = T(cap, c.n_layers * c.ple_dim, name="ple")
             b["ple_proj"] = T(cap, c.n_layers * c.ple_dim, name="ple_proj")
             b["ple_gate"], b["ple_act"] = T(cap, c.ple_dim, name="ple_gate"), T(cap, c.ple_dim, name="ple_act")
@@ -237,62 +305,104 @@ class Gemma:
                              scale=1.0 / math.sqrt(d))
             await ops.rms_norm(g, b["ple_proj"], self.w["per_layer_proj_norm.weight"], run.ple, n=c.ple_dim,
                                eps=eps, accumulate=True)
-
         for l, L in enumerate(self.layers):
-            nh, nkv, hd = c.n_heads[l], c.n_kv_heads[l], c.head_dim[l]
-            q_lin, q, attn = (b[n].view((cap, nh * hd)) for n in ("q_lin", "q", "attn"))
-            ffn = c.ffn_dim[l]
-            gate, up, act = (b[n].view((cap, ffn)) for n in ("gate", "up", "act"))
-            rope = dict(n_rot=c.rope_dim[l], freq_scale=c.rope_scale[l], base=c.rope_base[l],
-                        freq_factors=None if c.is_sliding[l] else self.w.get("rope_freqs.weight"))
-            # attention
-            await ops.rms_norm(g, h, L.attn_norm, x, n=d, eps=eps)
-            await ops.matmul(g, L.wq, x, q_lin, n_tokens=cap)
-            await ops.rms_norm(g, q_lin, L.q_norm, q, n=hd, eps=eps)
-            await ops.rope(g, q, step, n_heads=nh, head_dim=hd, **rope)
-            if c.has_kv[l]:
-                k_lin, k, v_lin, v = (b[n].view((cap, nkv * hd)) for n in ("k_lin", "k", "v_lin", "v"))
-                await ops.matmul(g, L.wk, x, k_lin, n_tokens=cap)
-                await ops.matmul(g, L.wv, x, v_lin, n_tokens=cap)
-                await ops.rms_norm(g, k_lin, L.k_norm, k, n=hd, eps=eps)
-                await ops.rope(g, k, step, n_heads=nkv, head_dim=hd, **rope)
-                if c.is_gemma4:  # Gemma 4 normalises V too (no weight)
-                    await ops.rms_norm(g, v_lin, None, v, n=hd, eps=eps)
-                else:
-                    v = v_lin
-                kc, vc, slots = self.kv[l]
-                await ops.kv_store(g, k, v, kc, vc, step, n_kv_heads=nkv, head_dim=hd, max_ctx=slots)
-            kc, vc, slots = self.kv[c.kv_donor[l]]
-            await ops.attention(g, q, kc, vc, attn, step, n_heads=nh, n_kv_heads=nkv, head_dim=hd,
-                                scale=c.attn_scale, window=c.sliding_window if c.is_sliding[l] else 0,
-                                max_ctx=slots)
-            await ops.matmul(g, L.wo, attn, o, n_tokens=cap)
-            await ops.rms_norm(g, o, L.post_attn_norm, h, n=d, eps=eps, accumulate=True)
-            # feed-forward (GeGLU)
-            await ops.rms_norm(g, h, L.ffn_norm, x, n=d, eps=eps)
-            await ops.matmul(g, L.w_gate, x, gate, n_tokens=cap)
-            await ops.matmul(g, L.w_up, x, up, n_tokens=cap)
-            await ops.gelu_mul(g, gate, up, act, n=ffn)
-            await ops.matmul(g, L.w_down, act, o, n_tokens=cap)
-            last_scale = L.out_scale if not c.ple_dim else None
-            await ops.rms_norm(g, o, L.post_ffw_norm, h, n=d, eps=eps, accumulate=True, scale=last_scale)
-            # per-layer embedding (Gemma 4 E2B/E4B), then the layer's output scale over the whole stream
-            if c.ple_dim:
-                await ops.matmul(g, L.inp_gate, h, b["ple_gate"], n_tokens=cap)
-                await ops.ple_gate(g, b["ple_gate"], run.ple, b["ple_act"], layer=l, n_layers=c.n_layers, dim=c.ple_dim)
-                await ops.matmul(g, L.proj, b["ple_act"], o, n_tokens=cap)
-                await ops.rms_norm(g, o, L.post_norm, h, n=d, eps=eps, accumulate=True, scale=L.out_scale)
+            await self._layer(g, b, cap, l, L, out_scale=L.out_scale, ple=run.ple)
 
         # head: the last token only
         src = h
         if cap > 1:
-            await ops.select_row(g, h, step, self.head_in, n=d)
+            await ops.select_row(g, h, self.step, self.head_in, n=d)
             src = self.head_in
         await ops.rms_norm(g, src, self.w["output_norm.weight"], self.head_norm, n=d, eps=eps)
         await ops.matmul(g, self.w["token_embd.weight"], self.head_norm, self.logits, n_tokens=1)
         if c.final_logit_softcap:
             await ops.softcap(g, self.logits, cap=c.final_logit_softcap)
         return run
+
+    async def _layer(self, g: Graph, b: dict, cap: int, l: int, L: Layer, *, out_scale: Tensor | None,
+                     causal: bool = True, ple: Tensor | None = None) -> None:
+        """One decoder layer over the run's stream b["h"]. causal=False: every token of the run sees every key
+        stored so far and the run's own (DiffusionGemma's canvas); its K/V still go to the cache slots of its
+        positions, past the prompt's."""
+        c, step, eps = self.cfg, self.step, self.cfg.norm_eps
+        d = c.d_model
+        h, x, o = b["h"], b["x"], b["o"]
+        nh, nkv, hd = c.n_heads[l], c.n_kv_heads[l], c.head_dim[l]
+        q_lin, q, attn = (b[n].view((cap, nh * hd)) for n in ("q_lin", "q", "attn"))
+        ffn = c.ffn_dim[l]
+        gate, up, act = (b[n].view((cap, ffn)) for n in ("gate", "up", "act"))
+        rope = dict(n_rot=c.rope_dim[l], freq_scale=c.rope_scale[l], base=c.rope_base[l],
+                    freq_factors=None if c.is_sliding[l] else self.w.get("rope_freqs.weight"))
+        # attention
+        await ops.rms_norm(g, h, L.attn_norm, x, n=d, eps=eps)
+        await ops.matmul(g, L.wq, x, q_lin, n_tokens=cap)
+        await ops.rms_norm(g, q_lin, L.q_norm, q, n=hd, eps=eps)
+        await ops.rope(g, q, step, n_heads=nh, head_dim=hd, **rope)
+        if c.has_kv[l]:
+            k_lin, k, v_lin, v = (b[n].view((cap, nkv * hd)) for n in ("k_lin", "k", "v_lin", "v"))
+            await ops.matmul(g, L.wk, x, k_lin, n_tokens=cap)
+            if L.wv is not None:
+                await ops.matmul(g, L.wv, x, v_lin, n_tokens=cap)
+            else:  # Gemma 4 26B's global layers: the value is the key projection (before the key norm)
+                v_lin = k_lin
+            await ops.rms_norm(g, k_lin, L.k_norm, k, n=hd, eps=eps)
+            await ops.rope(g, k, step, n_heads=nkv, head_dim=hd, **rope)
+            if c.is_gemma4:  # Gemma 4 normalises V too (no weight)
+                await ops.rms_norm(g, v_lin, None, v, n=hd, eps=eps)
+            else:
+                v = v_lin
+            kc, vc, slots = self.kv[l]
+            await ops.kv_store(g, k, v, kc, vc, step, n_kv_heads=nkv, head_dim=hd, max_ctx=slots)
+        kc, vc, slots = self.kv[c.kv_donor[l]]
+        await ops.attention(g, q, kc, vc, attn, step, n_heads=nh, n_kv_heads=nkv, head_dim=hd,
+                            scale=c.attn_scale, window=c.sliding_window if c.is_sliding[l] else 0,
+                            max_ctx=slots, causal=causal)
+        await ops.matmul(g, L.wo, attn, o, n_tokens=cap)
+        await ops.rms_norm(g, o, L.post_attn_norm, h, n=d, eps=eps, accumulate=True)
+        # feed-forward (GeGLU)
+        await ops.rms_norm(g, h, L.ffn_norm, x, n=d, eps=eps)
+        await ops.matmul(g, L.w_gate, x, gate, n_tokens=cap)
+        await ops.matmul(g, L.w_up, x, up, n_tokens=cap)
+        await ops.gelu_mul(g, gate, up, act, n=ffn)
+        await ops.matmul(g, L.w_down, act, o, n_tokens=cap)
+        last_scale = out_scale if not c.ple_dim else None
+        if L.moe is not None:
+            # h += post_ffw_norm(post_ffw_norm_1(dense) + post_ffw_norm_2(experts)), the experts' input and the
+            # router's both taken from the stream after attention
+            await ops.rms_norm(g, o, L.moe.post_norm_dense, b["mix"], n=d, eps=eps)
+            await self._experts(g, b, cap, L.moe)
+            await ops.rms_norm(g, o, L.moe.post_norm, b["mix"], n=d, eps=eps, accumulate=True)
+            o = b["mix"]
+        await ops.rms_norm(g, o, L.post_ffw_norm, h, n=d, eps=eps, accumulate=True, scale=last_scale)
+        # per-layer embedding (Gemma 4 E2B/E4B), then the layer's output scale over the whole stream
+        if c.ple_dim:
+            await ops.matmul(g, L.inp_gate, h, b["ple_gate"], n_tokens=cap)
+            await ops.ple_gate(g, b["ple_gate"], ple, b["ple_act"], layer=l, n_layers=c.n_layers, dim=c.ple_dim)
+            await ops.matmul(g, L.proj, b["ple_act"], o, n_tokens=cap)
+            await ops.rms_norm(g, o, L.post_norm, h, n=d, eps=eps, accumulate=True, scale=out_scale)
+
+    async def _experts(self, g: Graph, b: dict, cap: int, M: Experts) -> None:
+        """b["o"] = the experts' mixture for the stream b["h"]: the router picks n_experts_used experts per
+        token and their weights on the GPU; the expert kernels read the picked experts' rows through them."""
+        c, eps = self.cfg, self.cfg.norm_eps
+        d, E, K, ff = c.d_model, c.n_experts, c.n_experts_used, c.expert_ffn_dim
+        h, x = b["h"], b["x"]
+        ids, weights = b["expert_ids"], b["expert_weights"]
+        route = dict(n_tokens=cap, n_experts=E, top_k=K)
+        await ops.rms_norm(g, h, M.router_norm, x, n=d, eps=eps)
+        await ops.matmul(g, M.router, x, b["router_logits"], n_tokens=cap)
+        await ops.moe_route(g, b["router_logits"], M.expert_scale, ids, weights, **route)
+        await ops.rms_norm(g, h, M.pre_norm, x, n=d, eps=eps)
+        gate_up, act = b["expert_gate_up"], b["expert_act"]
+        if M.gate_up is not None:
+            await ops.expert_matmul(g, M.gate_up, x, ids, gate_up, **route)
+            await ops.gelu_mul(g, gate_up, None, act, n=ff, fused=True)
+        else:
+            gate, up = gate_up.view((cap, K, ff)), b["expert_up"]
+            await ops.expert_matmul(g, M.gate, x, ids, gate, **route)
+            await ops.expert_matmul(g, M.up, x, ids, up, **route)
+            await ops.gelu_mul(g, gate, up, act, n=ff)
+        await ops.expert_matmul_sum(g, M.down, act, ids, weights, b["o"], **route)
 
     # -- running -------------------------------------------------------------------------------------------
     def write_step(self, pos: int, n_tokens: int, seed: int = 0, counter: int = 0) -> None:
