@@ -511,6 +511,15 @@ class Device:
                 enc.copy_buffer_to_buffer(src, src_off, dst, dst_off, size)
             self.queue.submit([enc.finish()])
 
+    def clear(self, tensor_or_buffer) -> None:
+        """Zero a whole tensor (every part) or buffer on the GPU, queued after the work submitted before."""
+        bufs = [p[0] for p in tensor_or_buffer.parts] if isinstance(tensor_or_buffer, Tensor) else [tensor_or_buffer]
+        with _translate_errors("clearing a buffer", self):
+            enc = self.raw.create_command_encoder()
+            for buf in bufs:
+                enc.clear_buffer(buf, 0, buf.size)
+            self.queue.submit([enc.finish()])
+
     def submit_encoded(self, command_buffer) -> None:
         with _translate_errors("submitting work"):
             self.queue.submit([command_buffer])

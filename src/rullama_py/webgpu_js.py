@@ -203,6 +203,12 @@ class GPUCommandEncoder(_Wrapper):
     def copy_buffer_to_buffer(self, source, source_offset, destination, destination_offset, size):
         self.js.copyBufferToBuffer(source.js, source_offset, destination.js, destination_offset, size)
 
+    def clear_buffer(self, buffer, offset=0, size=None):
+        if size is None:
+            self.js.clearBuffer(buffer.js, offset)
+        else:
+            self.js.clearBuffer(buffer.js, offset, size)
+
     def finish(self):
         return _Wrapper(self.js.finish())
 

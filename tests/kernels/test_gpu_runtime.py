@@ -144,3 +144,20 @@ async def test_lost_device_is_named():
     d.raw.destroy()
     with pytest.raises(gpu.DeviceLostError):
         await d.read(t)
+
+
+async def test_clear_zeroes_every_part(device):
+    """Device.clear zeroes a whole multi-part tensor on the GPU, after the writes queued before it."""
+    rows = np.arange(1, 49, dtype=np.float32).reshape(12, 4)
+    saved = device.limits["max-storage-buffer-binding-size"]
+    device.limits["max-storage-buffer-binding-size"] = 64  # 4 rows per part
+    try:
+        t = device.upload_rows(rows.tobytes(), 12, 16, (12, 4), "f32", "parts")
+    finally:
+        device.limits["max-storage-buffer-binding-size"] = saved
+    assert len(t.parts) == 3
+    device.clear(t)
+    for buf, _, n in t.parts:
+        assert not (await device.read(buf, np.float32)).any()
+    device.write(t.parts[0][0], rows[:1])
+    assert (await device.read(t.parts[0][0], np.float32))[:4].tolist() == [1, 2, 3, 4]
