@@ -37,6 +37,7 @@ from .sources import Source
 from .tokenizer import Tokenizer
 
 __all__ = ["Engine", "Token", "HostTimes", "SnapshotError", "ContextOverflowError", "open_model_file", "Cancelled",
+           "DiffusionModelError",
            "NoTowerError", "TowerLoadError", "VisionLoadError", "MediaSpan"]
 
 SNAPSHOT_MAGIC = b"RLMSNAP\x00"
@@ -45,6 +46,10 @@ SNAPSHOT_VERSION = 2  # 2: the media spans of the context; version 1 blobs (text
 
 class SnapshotError(ValueError):
     """A state blob that does not belong to the loaded model (or is damaged)."""
+
+
+class DiffusionModelError(ValueError):
+    """A diffusion model (DiffusionGemma) opened for token-by-token chat."""
 
 
 class NoTowerError(ValueError):
@@ -200,6 +205,9 @@ class Engine:
         carry the tower themselves. Towers are uploaded on the first image, not here. `text_only` ignores
         them. `progress(done, total, name)` is called per tensor."""
         gf = await open_model_file(model)
+        if gf.metadata.get("general.architecture") == "diffusion-gemma":
+            raise DiffusionModelError(f"{gf.source.name} is a diffusion model (DiffusionGemma): it writes a whole "
+                                      "canvas at a time; use the diffusion mode (`rullama diffuse`) to run it")
         device = device or await default_device()
         tok = Tokenizer.from_gguf_metadata(gf.metadata)
         m = await Gemma.load(gf, device, max_context=max_context, prefill_chunk=prefill_chunk, progress=progress)
