@@ -323,19 +323,26 @@ class Device:
         self.write(t.buffer, array)
         return t
 
-    def upload_rows(self, data, n_rows: int, row_bytes: int, shape, dtype: str, label: str = "") -> Tensor:
+    def upload_rows(self, data, n_rows: int, row_bytes: int, shape, dtype: str, label: str = "",
+                    align_rows: int = 1) -> Tensor:
         """Upload a row-major matrix given as raw bytes (e.g. a GGUF tensor, still quantised), split by rows
-        into parts that each fit the device's binding limit."""
+        into parts that each fit the device's binding limit. Part boundaries fall on multiples of
+        `align_rows` (the rows of one expert of a mixture-of-experts weight, so that no expert straddles two
+        parts)."""
         mv = memoryview(data).cast("B")
         if mv.nbytes != n_rows * row_bytes:
             raise ValueError(f"{label}: {mv.nbytes} bytes, expected {n_rows} rows x {row_bytes} bytes")
+        if align_rows < 1:
+            raise ValueError(f"{label}: align_rows must be at least 1, not {align_rows}")
         limit = self.limits["max-storage-buffer-binding-size"]
-        rows_per_part = max(1, limit // row_bytes)
-        if row_bytes > limit:
-            raise DeviceLimitError(f"{label}: one row is {row_bytes:,} bytes, over the binding limit {limit:,}")
+        if row_bytes * align_rows > limit:
+            what = "one row" if align_rows == 1 else f"a group of {align_rows} rows"
+            raise DeviceLimitError(f"{label}: {what} is {row_bytes * align_rows:,} bytes, over the binding limit "
+                                   f"{limit:,}")
+        rows_per_part = limit // (row_bytes * align_rows) * align_rows
         # Keep part boundaries on 4-byte multiples so every part starts word-aligned.
-        while rows_per_part > 1 and (rows_per_part * row_bytes) % 4:
-            rows_per_part -= 1
+        while rows_per_part > align_rows and (rows_per_part * row_bytes) % 4:
+            rows_per_part -= align_rows
         parts = []
         for first in range(0, n_rows, rows_per_part):
             n = min(rows_per_part, n_rows - first)

@@ -22,6 +22,7 @@ never per token. Modules by family:
              inverse STFT; source_noise, source_params)
 - mel:       log_mel_frames, mel_signature (the voice trainer's timbre signature and loss; mel_tables)
 - search:    style_perturb (the voice trainer's seeded candidate; search_params, search_noise)
+- moe:       moe_route, moe_group, expert_matmul, expert_matmul_sum (Gemma 4 26B-A4B's mixture of experts)
 """
 
 from .norm import rms_norm  # noqa: F401
@@ -43,3 +44,4 @@ from .rows import broadcast_row, gather_rows  # noqa: F401
 from .signal import harmonic_source, istft, stft  # noqa: F401
 from .mel import log_mel_frames, mel_signature, mel_tables  # noqa: F401
 from .search import search_noise, search_params, search_params_bytes, style_perturb  # noqa: F401
+from .moe import expert_matmul, expert_matmul_sum, moe_group, moe_groups_size, moe_route  # noqa: F401
