@@ -906,3 +906,119 @@ def test_clone_voice_writes_a_voicepack_and_prints_the_curve(tmp_path, capsys):
     assert out.stat().st_size == VOICE_BYTES
     pack = load_voice_file(out)
     assert np.isfinite(pack).all()
+
+
+# -- diffuse: a diffusion model (DiffusionGemma) -------------------------------------------------------------
+
+TINY_DIFFUSION = FIXTURES / "diffusion_gemma_tiny.gguf"
+STEP_LINE = re.compile(r"^canvas (\d+)  step +(\d+)/(\d+)  t ([\d.]+)  entropy (\S+)  accepted +(\d+)/(\d+)"
+                       r"(  stable)?(  converged)?$")
+DIFFUSION_STATS = re.compile(r"^\[(\d+) tokens in (\d+) forwards: ([\d.]+) tokens per forward, (\d+) canvas(es)?, "
+                             r"[\d.]+ s\]$")
+
+
+def _need_tiny_diffusion():
+    require(None if TINY_DIFFUSION.exists() else f"{TINY_DIFFUSION.name} is not generated yet", "the diffuse tests")
+
+
+def test_diffusion_max_steps_is_the_drivers():
+    from rullama_py import diffusion
+
+    assert cli.DIFFUSION_MAX_STEPS == diffusion.MAX_STEPS
+
+
+@pytest.mark.parametrize("value", ["0", "1001", "-3", "ten", "2.5"])
+def test_bad_diffuse_steps_are_refused_by_the_parser(value, capsys, no_engine):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["diffuse", "model.gguf", "-p", "x", "--steps", value])
+    assert e.value.code == 2
+    assert f"argument --steps: {value} is not a number of steps: give 1 to 1000." in capsys.readouterr().err
+
+
+def test_diffuse_on_a_chat_model_is_refused_from_its_header(capsys, monkeypatch):
+    from rullama_py import diffusion
+
+    async def load(*args, **kwargs):
+        raise AssertionError("the weights were loaded although the header says this is no diffusion model")
+
+    monkeypatch.setattr(diffusion.Diffusion, "load", staticmethod(load))
+    assert cli.main(["diffuse", str(TINY_TEXT), "-p", "x"]) == 1
+    assert capsys.readouterr().err == (f"error: {TINY_TEXT} is a gemma4 model, not a diffusion model: use "
+                                       "`rullama generate` or `rullama chat` with it.\n")
+
+
+def test_diffuse_settings_out_of_range_are_a_sentence_before_loading(capsys, monkeypatch):
+    _need_tiny_diffusion()
+    from rullama_py import diffusion
+
+    async def load(*args, **kwargs):
+        raise AssertionError("the weights were loaded although the settings were refused")
+
+    monkeypatch.setattr(diffusion.Diffusion, "load", staticmethod(load))
+    for args, sentence in [(["--t-min", "0.9", "--t-max", "0.5"], "temperatures must satisfy 0 < t_min <= t_max"),
+                           (["--entropy-bound", "-1"], "entropy_bound must be 0 or more, got -1.0"),
+                           (["--max-tokens", "0"], "max_tokens must be at least 1, got 0")]:
+        assert cli.main(["diffuse", str(TINY_DIFFUSION), "-p", "x", *args]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: " + sentence) and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("command", ["chat", "generate"])
+def test_chat_on_a_diffusion_model_points_to_diffuse(command, capsys, monkeypatch):
+    _need_tiny_diffusion()
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n"))
+    args = [command, str(TINY_DIFFUSION)] + (["-p", "x"] if command == "generate" else [])
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {TINY_DIFFUSION.name} is a diffusion model") and "`rullama diffuse`" in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_diffuse_prints_each_step_then_the_drivers_text(capsys):
+    """`rullama diffuse` on the tiny model: a line per step on stderr (the canvas, the step of the cap, the
+    temperature, the mean entropy, positions accepted) as diffusion.Diffusion itself steps with the same seed,
+    the text on stdout, the totals last. Another seed gives other steps (the seed reaches the sampler)."""
+    _need_tiny_diffusion()
+    from conftest import run
+    from rullama_py.diffusion import Diffusion, DiffusionParams
+
+    prompt, steps, seed, n = "hello there", 4, 1, 24
+
+    async def direct(seed):
+        diff = await Diffusion.load(str(TINY_DIFFUSION), max_context=4096)
+        await diff.start([{"role": "user", "content": prompt}],
+                         DiffusionParams(steps=steps, seed=seed, max_new_tokens=n))
+        return [s async for s in diff.steps()], diff.text, diff.stats
+
+    def cli_run(seed):
+        rc = cli.main(["diffuse", str(TINY_DIFFUSION), "-p", prompt, "--steps", str(steps), "--seed", str(seed),
+                       "--max-tokens", str(n)])
+        out, err = capsys.readouterr()
+        assert rc == 0, err
+        return out, err.splitlines()
+
+    want_steps, want_text, want_stats = run(direct(seed))
+    out, err = cli_run(seed)
+    assert out == want_text + "\n"
+    lines = [STEP_LINE.match(line) for line in err[:-1]]
+    assert all(lines) and len(lines) == len(want_steps), err
+    for m, s in zip(lines, want_steps):
+        assert (int(m[1]), int(m[2]), int(m[3])) == (s.block + 1, s.step, steps)
+        assert float(m[4]) == pytest.approx(s.temperature, abs=5e-4)
+        assert float(m[5]) == pytest.approx(s.mean_entropy, rel=1e-3)  # printed to 5 digits
+        assert (int(m[6]), int(m[7])) == (s.n_accepted, len(s.argmax))
+        assert bool(m[8]) == s.stable and bool(m[9]) == s.converged
+    totals = DIFFUSION_STATS.match(err[-1])
+    assert totals, err[-1]
+    assert (int(totals[1]), int(totals[2])) == (want_stats["tokens"], want_stats["forwards"])
+    assert int(totals[4]) == want_steps[-1].block + 1
+    other = [STEP_LINE.match(line)[5] for line in cli_run(seed + 1)[1][:-1]]
+    assert other != [m[5] for m in lines]
+
+
+def test_diffuse_quiet_prints_the_text_only(capsys):
+    _need_tiny_diffusion()
+    assert cli.main(["diffuse", str(TINY_DIFFUSION), "-p", "hi", "--steps", "2", "--quiet", "--raw", "-n", "8"]) == 0
+    out, err = capsys.readouterr()
+    assert out.endswith("\n") and not any(STEP_LINE.match(line) for line in err.splitlines())
+    assert DIFFUSION_STATS.match(err.splitlines()[-1]), err

@@ -3,8 +3,8 @@
 // GPU submissions never block the page.
 //
 // Protocol with the page (documented in js/worker-client.js). Requests {id, op, ...} are answered by
-// {reply: id, ok, value | error}; events are {event: name, ...} (boot, progress, token, media, download,
-// speech-progress, speech-download, speech, clone-target, clone-audio, clone-progress). Model work (load, chat, save, restore, new-chat, speech-load, and
+// {reply: id, ok, value | error}; events are {event: name, ...} (boot, progress, token, media, diffusion, download,
+// speech-progress, speech-download, speech, clone-target, clone-audio, clone-progress). Model work (load, chat, diffuse, save, restore, new-chat, speech-load, and
 // each sentence of speak) runs one request at a time, in order, on the one GPU device both models share;
 // `stop`, `speech-stop` and `pause-download` act at once: between tokens, between a tower's layers, between
 // sentences, or between chunks. A speak request queues one sentence at a time, so a chat request sent while a
@@ -417,6 +417,12 @@ const ops = {
       await loadResampler();
     }
     return pyCall('chat', json, JSON.stringify(msg.request || {}), media);
+  }),
+  // a diffusion model: one 'diffusion' event per denoising step; `stop` ends it after the step running.
+  // Attachments go along so that Python can say in a sentence that this model reads text only.
+  diffuse: msg => exclusive(() => {
+    const { json, media } = chatArgs(msg.messages);
+    return pyCall('diffuse', json, JSON.stringify(msg.request || {}), media);
   }),
   'prepare-images': () => loadImageDecoder(),
   'prepare-audio': () => loadResampler(),

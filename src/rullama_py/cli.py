@@ -1,4 +1,4 @@
-"""The `rullama` command (native): generate, chat, bench, list, serve, say, clone-voice. `python -m rullama_py` is the same.
+"""The `rullama` command (native): generate, chat, diffuse, bench, list, serve, say, clone-voice. `python -m rullama_py` is the same.
 
 MODEL is a GGUF path, an Ollama model name (gemma3:270m, gemma4:e2b), an http(s) URL (read with Range
 requests), or "default" for the embedded Gemma 3 270M that the setup installs.
@@ -9,6 +9,10 @@ a llama.cpp projector GGUF holding the tower):
     rullama generate MODEL --image photo.jpg -p "Describe this image."     # --image repeats
     rullama generate MODEL --audio clip.wav -p "Transcribe this."          # --audio repeats; WAV files
     rullama chat MODEL                                                     # then: /image photo.jpg, /audio clip.wav
+
+A diffusion model (DiffusionGemma) writes a whole canvas of tokens at a time and sharpens it step by step:
+
+    rullama diffuse MODEL -p "Write a haiku." --steps 48 --seed 1          # a line per step, then the text
 
 Speech (Kokoro-82M, the Kokoro GGUF the setup builds):
 
@@ -323,7 +327,12 @@ def _sentence_errors() -> tuple:
     from .speaker import SpeakerError
     from .voice import VoiceCloneError
 
-    return (UserError, MediaError, SpeakerError, G2PError, VoiceCloneError) + tuple(getattr(engine, n) for n in ("NoTowerError", "TowerLoadError",
+    diffusion = ()
+    if hasattr(engine, "DiffusionModelError"):  # a diffusion model given to chat or generate; bad diffuse settings
+        from .diffusion import DiffusionError, NotDiffusionModelError
+
+        diffusion = (engine.DiffusionModelError, DiffusionError, NotDiffusionModelError, engine.ContextOverflowError)
+    return (UserError, MediaError, SpeakerError, G2PError, VoiceCloneError) + diffusion + tuple(getattr(engine, n) for n in ("NoTowerError", "TowerLoadError",
                                                                         "VisionLoadError") if hasattr(engine, n))
 
 
@@ -337,25 +346,35 @@ def _params(a) -> SamplerParams:
                          repetition_penalty=a.repeat_penalty, seed=a.seed)
 
 
-async def _load(a, params=None, quiet=False):
-    from tqdm import tqdm
+class WeightsBar:
+    """The weights' upload as a tqdm bar on stderr (none when quiet, or when stderr is not a terminal: a log file
+    gets no stream of redraws). Pass as a loader's `progress(done, total, name)`; close() when loaded."""
 
+    def __init__(self, quiet=False):
+        self.quiet = quiet
+        self.bar = None
+
+    def __call__(self, done, total, name):
+        if self.quiet:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="B", unit_scale=True, desc="loading weights", file=sys.stderr,
+                            leave=False, disable=None)
+        if total != self.bar.total or done < self.bar.n:  # the projector's weights after the model's
+            self.bar.reset(total=total)
+        self.bar.update(done - self.bar.n)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+async def _load(a, params=None, quiet=False):
     from .engine import Engine
 
-    bar = None
-
-    def progress(done, total, name):
-        nonlocal bar
-        if quiet:
-            return
-        if bar is None:
-            # disable=None: no bar when stderr is not a terminal (a log file gets no stream of redraws).
-            bar = tqdm(total=total, unit="B", unit_scale=True, desc="loading weights", file=sys.stderr, leave=False,
-                       disable=None)
-        if total != bar.total or done < bar.n:  # the projector's weights after the model's
-            bar.reset(total=total)
-        bar.update(done - bar.n)
-
+    progress = WeightsBar(quiet)
     kwargs = {}
     if getattr(a, "mmproj", None):
         kwargs["mmproj"] = _path_or_url(a.mmproj)
@@ -363,8 +382,7 @@ async def _load(a, params=None, quiet=False):
         eng = await Engine.load(a.model, max_context=a.ctx, prefill_chunk=a.prefill_chunk, params=params,
                                 progress=progress, **kwargs)
     finally:
-        if bar is not None:
-            bar.close()
+        progress.close()
     if getattr(a, "image_tokens", None) is not None:
         eng.image_tokens = a.image_tokens
     return eng
@@ -626,6 +644,65 @@ async def _bench(a) -> int:
     return 0
 
 
+DIFFUSION_MAX_STEPS = 1000  # diffusion.MAX_STEPS (kept here: --help stays light)
+
+
+def _steps(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = None
+    if n is None or not 1 <= n <= DIFFUSION_MAX_STEPS:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of steps: give 1 to {DIFFUSION_MAX_STEPS}.")
+    return n
+
+
+async def _diffuse(a) -> int:
+    """rullama diffuse: a DiffusionGemma writes the reply a canvas at a time; each denoising step is a line on
+    stderr (its mean entropy and how many positions it accepted), the text goes to stdout."""
+    from .config import ModelConfig
+    from .diffusion import Diffusion, DiffusionParams
+    from .engine import open_model_file
+
+    params = DiffusionParams(steps=a.steps, t_min=a.t_min, t_max=a.t_max, entropy_bound=a.entropy_bound,
+                             max_new_tokens=a.max_tokens, seed=a.seed)
+    # From the header alone, before any weight is read: a model that is not a diffusion model, bad settings.
+    gf = await open_model_file(a.model)
+    try:
+        cfg = ModelConfig.from_metadata(gf.metadata)
+    finally:
+        await gf.close()
+    if cfg.diffusion is None:
+        raise UserError(f"{a.model} is a {cfg.arch} model, not a diffusion model: use `rullama generate` or "
+                        "`rullama chat` with it.")
+    params.resolved(cfg)  # DiffusionError (a sentence) for settings out of range, such as t_min above t_max
+    progress = WeightsBar(a.quiet)
+    try:
+        diff = await Diffusion.load(a.model, max_context=a.ctx, prefill_chunk=a.prefill_chunk, progress=progress)
+    finally:
+        progress.close()
+    prompt = a.prompt if a.raw else [{"role": "user", "content": a.prompt}]
+    with Interrupts(diff) as intr:
+        await diff.start(prompt, params)
+        if intr.hit:  # Ctrl-C while the prompt was read: start() began afresh, so cancel again
+            diff.cancel()
+        async for s in diff.steps():
+            if not a.quiet:
+                print(f"canvas {s.block + 1}  step {s.step:3d}/{s.steps}  t {s.temperature:.3f}  "
+                      f"entropy {s.mean_entropy:.4e}  accepted {s.n_accepted:4d}/{len(s.argmax)}"
+                      + ("  stable" if s.stable else "") + ("  converged" if s.converged else ""),
+                      file=sys.stderr, flush=True)
+    print(diff.text)
+    st = diff.stats
+    canvases = diff.block + 1
+    print(f"[{st['tokens']} tokens in {st['forwards']} forwards: {st['tokens_per_forward']:.2f} tokens per forward, "
+          f"{canvases} canvas{'' if canvases == 1 else 'es'}, {st['seconds']:.1f} s]", file=sys.stderr)
+    if intr.hit:
+        print("[stopped]", file=sys.stderr)
+        return 130
+    return 0
+
+
 def _list(a) -> int:
     from . import ollama
 
@@ -760,6 +837,20 @@ def main(argv=None) -> int:
     b.add_argument("--gen-tokens", type=int, default=64)
     b.add_argument("--repeats", type=int, default=3)
 
+    d = sub.add_parser("diffuse", help="a diffusion model (DiffusionGemma) writes the reply a canvas at a time")
+    _model_args(d)
+    d.add_argument("--prompt", "-p", required=True)
+    d.add_argument("--steps", type=_steps, default=None, metavar="N",
+                   help=f"denoising steps per canvas at most, 1 to {DIFFUSION_MAX_STEPS} (default: the model's, 48)")
+    d.add_argument("--seed", type=int, default=0, help="seed of the canvas noise and draws (same seed, same text)")
+    d.add_argument("--max-tokens", "-n", type=int, default=256)
+    d.add_argument("--t-min", type=float, default=None, help="temperature of the last step (default: the model's)")
+    d.add_argument("--t-max", type=float, default=None, help="temperature of the first step (default: the model's)")
+    d.add_argument("--entropy-bound", type=float, default=None,
+                   help="a step accepts positions while the entropies before them sum to at most this")
+    d.add_argument("--raw", action="store_true", help="the prompt as it is, without the chat template")
+    d.add_argument("--quiet", "-q", action="store_true", help="no line per step (and no load bar): the text only")
+
     li = sub.add_parser("list", help="models in the Ollama store")
     li.add_argument("--ollama", default=None, help="store root (default $OLLAMA_MODELS or ~/.ollama/models)")
 
@@ -798,7 +889,7 @@ def main(argv=None) -> int:
     sentences = _sentence_errors()
     try:
         return asyncio.run({"generate": _generate, "chat": _chat, "bench": _bench, "say": _say,
-                            "clone-voice": _clone_voice}[a.cmd](a))
+                            "clone-voice": _clone_voice, "diffuse": _diffuse}[a.cmd](a))
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130

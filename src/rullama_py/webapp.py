@@ -12,6 +12,10 @@
     app.stop()                               # from the worker's message handler, while chat() is running
     blob = await app.save_state(); await app.restore_state(blob)
 
+    # a diffusion model (DiffusionGemma): load() takes it like any model (its header says so); then
+    r = await app.diffuse('[{"role": "user", "content": "Hi"}]', '{"steps": 48, "seed": 1, "max_tokens": 256}')
+                                             # one "diffusion" event per denoising step; app.stop() ends it
+
     # speech (Kokoro-82M), beside the chat model on the same GPU device
     r = await app.speech_load("url", "http://127.0.0.1:8800/models/kokoro.gguf", '{"name": "kokoro-v1.0-f16.gguf"}')
     r = await app.speech_voices()                              # the loaded model's voices (or a file's, from its header)
@@ -47,7 +51,9 @@ missing), audio-load, audio-limit (as for the vision tower); for the projector g
 the sentence saying what); for speech: speech (the text, voice or speed asked for: empty text, nothing to say,
 an unknown voice, a voicepack of the wrong shape, ...), speech-load (the Kokoro file: damaged, not a Kokoro
 model, not found, unreachable, too large for the GPU); for voice cloning: clone (the recording: too short,
-silent, clipped, damaged; the options or training text; nothing to train yet).
+silent, clipped, damaged; the options or training text; nothing to train yet); for diffusion: diffusion-model
+(chat() with a diffusion model loaded), not-diffusion (diffuse() with a chat model), diffusion-media (images or
+audio in a conversation for the diffusion model, which reads text only), diffusion (a setting out of range).
 
 Streaming events (through `emit`): "progress" while loading (phase, bytes fetched, tensors uploaded, seconds
 left), "media" while a message's images or audio go through a tower (stage "image" or "audio": index and
@@ -55,6 +61,10 @@ count of the images, or of the 30 s audio blocks, read in this turn, 1-based, la
 "token" per generated token (id, text, running counts). Stop is a flag checked between tokens, and
 engine.cancel() for the towers, which stop between layers: each token and each layer awaits the GPU, so the
 worker's event loop runs and delivers the page's stop message in time.
+
+Diffusion events: "diffusion" per denoising step (diffusion_event: the step counter, the temperature, the mean
+entropy, the argmax canvas as ids and text pieces, which positions were accepted and which kept their argmax, and
+the finished canvases' text when one ends). Stop cancels between steps, as between tokens.
 
 Speech events: "speech-progress" while the Kokoro file loads (phase "kokoro-open", "kokoro-weights" with bytes
 fetched and tensors uploaded, "kokoro-ready": names apart from the chat model's "progress" phases), and one
@@ -82,7 +92,7 @@ import numpy as np
 from . import engine as _engine
 from . import gpu
 from .config import ConfigError
-from .engine import ContextOverflowError, Engine, HostTimes, SnapshotError
+from .engine import ContextOverflowError, DiffusionModelError, Engine, HostTimes, SnapshotError
 from .gguf_file import GGUFError, GGUFFile
 from .models.gemma import ModelLoadError
 from .chat import ChatError
@@ -103,7 +113,7 @@ VisionLoadError = getattr(_engine, "VisionLoadError", _Never)  # a tower (or the
 
 IN_BROWSER = sys.platform == "emscripten"
 
-__all__ = ["WebApp", "describe_error", "describe_speech_error", "describe_clone_error", "engine_messages", "MediaParts", "CountingSource",
+__all__ = ["WebApp", "diffusion_event", "describe_error", "describe_speech_error", "describe_clone_error", "engine_messages", "MediaParts", "CountingSource",
            "MmprojError"]
 
 _PARAM_FIELDS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "repetition_last_n", "seed")
@@ -435,6 +445,29 @@ def _buffers_of(root) -> list:
     return out
 
 
+def diffusion_event(s, prev_argmax, eos_ids, seconds: float) -> dict:
+    """The "diffusion" event of one denoising step (diffusion.DiffusionStep), small enough to post every step:
+    the canvas as text pieces and masks, never logits.
+
+    {block (canvas index from 0), step (1-based in this canvas), steps (the cap), temperature, mean_entropy,
+    n_accepted, canvas_length, stable (the whole argmax canvas as the step before), converged, block_done, done,
+    seconds (since the first step), ids (the argmax canvas), pieces (its tokens as text), accepted (1 where the
+    step kept its draw), settled (1 where the argmax is the previous step's: all 0 on a canvas's first step),
+    end (the first end-of-sequence position, or null), text (on block_done only: every finished canvas's text)}"""
+    ids = [int(x) for x in s.argmax]
+    settled = ([0] * len(ids) if prev_argmax is None
+               else [int(a == b) for a, b in zip(ids, (int(x) for x in prev_argmax))])
+    ev = {"block": s.block, "step": s.step, "steps": s.steps, "temperature": float(s.temperature),
+          "mean_entropy": float(s.mean_entropy), "n_accepted": int(s.n_accepted), "canvas_length": len(ids),
+          "stable": bool(s.stable), "converged": bool(s.converged), "block_done": bool(s.block_done),
+          "done": bool(s.done), "seconds": seconds, "ids": ids, "pieces": list(s.pieces),
+          "accepted": [int(bool(a)) for a in s.accepted], "settled": settled,
+          "end": next((i for i, x in enumerate(ids) if x in eos_ids), None)}
+    if s.block_done:
+        ev["text"] = s.text
+    return ev
+
+
 # -- speech ---------------------------------------------------------------------------------------------------
 
 def _speech_request_errors() -> tuple:
@@ -569,6 +602,8 @@ class WebApp:
     def __init__(self, emit=None):
         self._emit = emit
         self.engine: Engine | None = None
+        self.diffusion = None  # diffusion.Diffusion when the loaded model is a DiffusionGemma (engine is None then)
+        self._diffusing = False
         self.device: gpu.Device | None = None
         self.source: CountingSource | None = None
         self.model_name = ""
@@ -625,8 +660,11 @@ class WebApp:
         return self.device
 
     def _release(self) -> None:
-        """Forget the loaded model and destroy its GPU buffers."""
+        """Forget the loaded model (a chat engine or a diffusion model) and destroy its GPU buffers."""
         eng, self.engine = self.engine, None
+        diff, self.diffusion = self.diffusion, None
+        if diff is not None:
+            self._destroy_buffers(diff)
         if eng is None:
             return
         release = getattr(eng, "release_towers", None)
@@ -635,15 +673,19 @@ class WebApp:
                 release()
             except Exception:  # noqa: BLE001 - freeing is best effort (a lost device frees everything anyway)
                 pass
-        for buf in _buffers_of(eng):
+        self._destroy_buffers(eng)
+
+    @staticmethod
+    def _destroy_buffers(root) -> None:
+        """Destroy the GPU buffers of a model being forgotten (an Engine or a Diffusion)."""
+        for buf in _buffers_of(root):
             try:
                 buf.destroy()
             except Exception:  # noqa: BLE001 - the device may be lost already: nothing left to free
                 pass
-        dev = eng.device
         # Bind groups of the old buffers would go with the buffers' wrappers (gpu.Device.bind_group); drop
         # them now so that the GPU memory they reference is freed before the next model uploads.
-        dev._bind_groups.clear()
+        root.device._bind_groups.clear()
 
     async def load(self, kind: str, target, options=None, mmproj_kind=None, mmproj_target=None) -> str:
         """Open the model, upload its weights (emitting "progress") and get ready to chat. `mmproj_kind` and
@@ -713,6 +755,18 @@ class WebApp:
             if msrc is not None:
                 raise MmprojError(e) from e
             raise
+        except DiffusionModelError:  # a DiffusionGemma (seen in its header): loaded for the diffusion mode
+            if msrc is not None:
+                raise MmprojError(ValueError("a diffusion model reads text only: it takes no projector")) from None
+            info = await self._load_diffusion(src, opts, dev, progress)
+            info.update(load_seconds=time.perf_counter() - t0,
+                        seconds={"header": (state["t_up"] or t0) - t0,
+                                 "weights": (state["t_done"] or t0) - (state["t_up"] or t0),
+                                 "kernels": time.perf_counter() - (state["t_done"] or t0)},
+                        tensors=state["tensors"])
+            self.emit("progress", {"phase": "ready", "text": "Ready", "fetched": src.fetched,
+                                   "file_size": src.size, "tensors": state["tensors"]})
+            return info
         self.engine = eng
         cfg = eng.config
         info = {
@@ -731,6 +785,7 @@ class WebApp:
             "has_audio": eng.has_audio,
             "identity": eng.layout_hash().hex(),
             "dispatches_per_token": len(eng.model.decode.graph) + len(eng.sample_graph),
+            "diffusion": None,
             "adapter": dev.info,
             "load_seconds": time.perf_counter() - t0,
             # where the load time went: opening + header, weights (read + upload), kernels (compile + record)
@@ -761,6 +816,9 @@ class WebApp:
         parts, see engine_messages); `media` holds the bytes the image and audio parts refer to; `request`
         holds the sampling settings, max_tokens and image_tokens. Returns the final stats; finish_reason
         "stopped" after stop(), also when it came while the media were read (then no token was generated)."""
+        if self.engine is None and self.diffusion is not None:
+            return _fail("diffusion-model", f"{self.model_name} is a diffusion model: it writes a whole canvas at a "
+                                            "time, not token by token. Switch the mode to Diffusion to run it.")
         if self.engine is None:
             return _fail("no-model", "Load a model first.")
         if self.busy:
@@ -852,6 +910,8 @@ class WebApp:
         """Ask the running chat() to end: after the current token, or between a tower's layers while the
         message's images or audio are read (engine.cancel())."""
         self._stop = True
+        if self._diffusing and self.diffusion is not None:
+            self.diffusion.cancel()
         if self._chatting and self.engine is not None:
             cancel = getattr(self.engine, "cancel", None)
             if cancel is not None:
@@ -865,9 +925,122 @@ class WebApp:
         return _json({"ok": True, "context": 0})
 
     def stats(self) -> str:
-        return _json({"ok": True, "loaded": self.engine is not None, "busy": self.busy, **self.last_stats,
-                      "context": self.context_used(),
-                      "max_context": self.engine.max_context if self.engine is not None else 0})
+        model = self.engine if self.engine is not None else self.diffusion
+        return _json({"ok": True, "loaded": model is not None, "diffusion": self.diffusion is not None,
+                      "busy": self.busy, **self.last_stats, "context": self.context_used(),
+                      "max_context": model.max_context if model is not None else 0})
+
+    # -- diffusion (DiffusionGemma: a whole canvas at a time, sharpening step by step) ---------------------------
+    async def _load_diffusion(self, src: Source, opts: dict, dev: gpu.Device, progress) -> dict:
+        """Load a DiffusionGemma for diffuse() (load() found one in the file's header); what load() returns."""
+        from .diffusion import Diffusion
+
+        diff = await Diffusion.load(src, max_context=int(opts.get("max_context", 2048)),
+                                    prefill_chunk=int(opts.get("prefill_chunk", 64)), device=dev, progress=progress)
+        self.diffusion = diff
+        cfg, d = diff.config, diff.config.diffusion
+        return {
+            "name": self.model_name,
+            "size": src.size,
+            "fetched": src.fetched,
+            "mmproj": None,
+            "image_tokens": None,
+            "reads": src.reads,
+            "arch": cfg.arch,
+            "vocab_size": cfg.vocab_size,
+            "n_layers": cfg.n_layers,
+            "max_context": diff.max_context,
+            "has_vision": False,
+            "has_audio": False,
+            "identity": "",  # nothing to snapshot: a diffusion reply reads its whole conversation again
+            "dispatches_per_token": None,
+            # the sampler's defaults, which the page's empty settings stand for
+            "diffusion": {"canvas_length": diff.canvas_length, "steps": d.max_steps, "t_min": d.t_min,
+                          "t_max": d.t_max, "entropy_bound": d.entropy_bound},
+            "adapter": dev.info,
+        }
+
+    def _diffusion_params(self, req: dict):
+        """diffusion.DiffusionParams from the page's request: steps, t_min, t_max, entropy_bound (empty: the
+        model's), max_tokens, seed. A value that is not a number raises DiffusionError naming it."""
+        from .diffusion import DiffusionError, DiffusionParams
+
+        def number(key: str, kind, what: str, default=None):
+            v = req.get(key)
+            if v is None or v == "":
+                return default
+            try:
+                x = float(v)
+                if kind is int and x != int(x):
+                    raise ValueError
+                return kind(x)
+            except (TypeError, ValueError, OverflowError):
+                raise DiffusionError(f"the {what} must be a {'whole ' if kind is int else ''}number, not {v!r}") from None
+
+        return DiffusionParams(steps=number("steps", int, "number of steps"), t_min=number("t_min", float, "t_min"),
+                               t_max=number("t_max", float, "t_max"),
+                               entropy_bound=number("entropy_bound", float, "entropy bound"),
+                               max_new_tokens=number("max_tokens", int, "max tokens", 256),
+                               seed=number("seed", int, "seed", 0))
+
+    async def diffuse(self, messages, request=None, media=None) -> str:
+        """Write the reply to `messages` (as for chat()) with the loaded diffusion model, a canvas at a time: one
+        "diffusion" event per denoising step (see diffusion_event), Stop ending it after the step running (what
+        the canvas shows then is kept). `request`: steps, t_min, t_max, entropy_bound (absent: the model's
+        defaults), max_tokens (default 256), seed (default 0). Returns {ok, text, tokens, forwards,
+        tokens_per_forward, steps, canvases, seconds, finish_reason: "stop" (end of sequence) | "length" |
+        "context" | "stopped"}."""
+        from .diffusion import DiffusionError
+
+        diff = self.diffusion
+        if diff is None and self.engine is not None:
+            return _fail("not-diffusion", f"{self.model_name} is not a diffusion model: it writes token by token, "
+                                          "so it cannot run in diffusion mode. Switch the mode to Chat.")
+        if diff is None:
+            return _fail("no-model", "Load a model first.")
+        if self.busy:
+            return _fail("busy", "The model is busy with another request.")
+        self.busy = True
+        self._stop = False
+        self._diffusing = True
+        try:
+            msgs, found = engine_messages(_loads(messages), media)
+            if found.image or found.audio:
+                return _fail("diffusion-media", "The diffusion model reads text only, and this conversation has "
+                                                "images or audio. Take them out of the message, or start a new chat.")
+            params = self._diffusion_params(_loads(request))
+            await diff.start(msgs, params)
+            if self._stop:  # Stop came while the prompt was read: the canvas shows its first step, then ends
+                diff.cancel()
+            prev, s, steps, t0 = None, None, 0, time.perf_counter()
+            while s is None or not s.done:
+                s = await diff.step()
+                steps += 1
+                self.emit("diffusion", diffusion_event(s, prev, diff.eos_ids, time.perf_counter() - t0))
+                prev = None if s.block_done else s.argmax
+            st = diff.stats
+            if self._stop:
+                why = "stopped"
+            elif any(int(x) in diff.eos_ids for x in s.argmax):
+                why = "stop"
+            elif st["tokens"] >= diff.params.max_new_tokens:
+                why = "length"
+            else:
+                why = "context"
+            self.last_stats = {"tokens": st["tokens"], "forwards": st["forwards"],
+                               "tokens_per_forward": st["tokens_per_forward"], "seconds": st["seconds"],
+                               "steps": steps, "canvases": s.block + 1, "finish_reason": why,
+                               "prompt_tokens": getattr(diff, "prompt_len", None), "max_context": diff.max_context}
+            return _json({"ok": True, "text": diff.text, "ids": [int(x) for x in diff.output], **self.last_stats})
+        except DiffusionError as e:
+            return _json({"ok": False, "error": {"kind": "diffusion", "message": _sentence(str(e)),
+                                                 "detail": f"{type(e).__name__}: {e}"}})
+        except Exception as e:  # noqa: BLE001 - every failure becomes a sentence for the page
+            return _json({"ok": False, "error": describe_error(e, "chat"), "trace": traceback.format_exc()[-3000:]})
+        finally:
+            self.busy = False
+            self._stop = False
+            self._diffusing = False
 
     # -- snapshots -----------------------------------------------------------------------------------------
     @property

@@ -12,14 +12,19 @@ import { isRecording, stopRecording } from './audio.js';
 
 // Errors about a message's images or audio (see rullama_py.webapp.describe_error): the message goes back
 // into the composer, text and attachments, so that the user can take one out or send it to another model.
+// A diffusion model asked to chat (diffusion-model) is refused before anything runs too: the message goes back.
 const MEDIA_ERRORS = new Set(['image', 'no-vision', 'image-decoder', 'vision-load', 'vision-limit',
-  'audio', 'no-audio', 'resampler', 'audio-load', 'audio-limit']);
+  'audio', 'no-audio', 'resampler', 'audio-load', 'audio-limit', 'diffusion-model']);
 
 const attachmentsOf = m => [...(m.images || []), ...(m.audio || [])];
 
 // Hooks for other panels (speech.js: the Read aloud button, Speak replies): decorate(div, m) runs on every
 // message element rendered; replied(m, stats) after a reply is shown and saved.
 export const messageHooks = { decorate: [], replied: [] };
+
+// Other ways of writing a reply, by generation mode (diffusion.js: 'diffusion'); S.mode picks one, and a mode
+// without an entry here ('chat') streams tokens below.
+export const replyModes = {};
 
 export function messageElement(m) {
   const div = document.createElement('div');
@@ -128,6 +133,7 @@ async function ensureContext(c) {
 }
 
 async function reply() {
+  if (replyModes[S.mode]) return replyModes[S.mode]();
   const c = S.active;
   c.system = $('system').value;
   const history = (c.system.trim() ? [{ role: 'system', content: c.system }] : []).concat(c.messages);
@@ -216,7 +222,7 @@ async function reply() {
 }
 
 // A message whose reply failed goes back to the composer: its text before anything typed since.
-function backToComposer(msg) {
+export function backToComposer(msg) {
   const now = $('prompt').value;
   $('prompt').value = msg.content + (now && msg.content ? '\n' : '') + (now || '');
   restorePending(attachmentsOf(msg));

@@ -6,6 +6,7 @@
 //   conversations.js  IndexedDB (conversations with their images, KV snapshots) and the sidebar
 //   models.js         the models panel (server, URL, file, browser cache; projector (mmproj))
 //   chat.js           messages, sending, streaming, stop, regenerate, snapshots
+//   diffusion.js      the diffusion mode (DiffusionGemma): the canvas sharpening in the reply, its settings
 //   attachments.js    images and audio: drop, paste, pick, thumbnails and clips, bytes for the worker
 //   audio.js          audio: decoding in the page, WAV, recording from the microphone (level meter)
 //   speech.js         speech: Read aloud on replies, Speak replies, voices, playback (Kokoro-82M)
@@ -22,6 +23,7 @@ import { addClip, addFiles, setupAttachments } from './attachments.js';
 import { setupRecorder } from './audio.js';
 import { refreshVoices, setupSpeech } from './speech.js';
 import { setupVoiceClone } from './voiceclone.js';
+import { setupDiffusion } from './diffusion.js';
 
 function onDrop(ev) {
   ev.preventDefault();
@@ -55,6 +57,7 @@ async function start() {
   setupRecorder(addClip);
   setupSpeech();
   setupVoiceClone().catch(e => console.warn('voice cloning:', e));
+  setupDiffusion();
   onSelect(setActive);
   $('composer').onsubmit = send;
   $('prompt').onkeydown = e => { if (e.key === 'Enter' && !e.shiftKey) send(e); };

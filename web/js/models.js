@@ -9,6 +9,9 @@ import { call, on } from './worker-client.js';
 import { saveSettings, settings } from './settings.js';
 import { renderMessages } from './chat.js';
 
+// Hooks for other panels: loaded(info) runs after a model is loaded (diffusion.js picks the generation mode).
+export const modelHooks = { loaded: [] };
+
 export function selectTab(tab) {
   settings.tab = tab;
   for (const b of document.querySelectorAll('[role=tab]')) b.setAttribute('aria-selected', String(b.dataset.tab === tab));
@@ -216,13 +219,15 @@ export async function loadModel(source) {
     S.model = info;
     S.lastLoad = info;
     localStorage.setItem('rullama.lastSource', JSON.stringify({ ...source, file: undefined, mmproj: mm && { ...mm, file: undefined } }));
-    const media = (info.has_vision ? ' · reads images' : '') + (info.has_audio ? ' · hears audio' : '');
+    const media = (info.has_vision ? ' · reads images' : '') + (info.has_audio ? ' · hears audio' : '')
+      + (info.diffusion ? ` · diffusion, canvas ${info.diffusion.canvas_length}` : '');
     $('model-pill').textContent = `${info.name} · ${info.arch} · context ${info.max_context}${media}`;
     $('model-pill').classList.remove('muted');
     $('model-pill').title = `identity ${info.identity}\nGPU ${info.adapter.vendor} ${info.adapter.device} ${info.adapter.description}`
       + (info.mmproj ? `\nprojector ${info.mmproj}` : '');
     setProgress(1, `Ready: ${info.name}${info.mmproj ? ' with ' + info.mmproj : ''} loaded in ${info.wall_seconds.toFixed(1)} s (${mb(info.fetched)} read, ${info.tensors} tensors)`);
     $('loader').hidden = true;
+    for (const fn of modelHooks.loaded) fn(info);
     $('prompt').focus();
   } catch (e) {
     $('model-pill').textContent = 'no model';

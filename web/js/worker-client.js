@@ -7,7 +7,10 @@
 //   boot                                  start Pyodide and install rullama_py (the page calls it at start)
 //   load {kind, url|file|key, mmproj?, options}
 //                                         kind: 'url' | 'file' | 'opfs'; mmproj: the same shape (a projector,
-//                                         vision and/or audio, for a llama.cpp model file), or absent
+//                                         vision and/or audio, for a llama.cpp model file), or absent.
+//                                         Resolves with the model's info; its `diffusion` is null for a chat
+//                                         model, {canvas_length, steps, t_min, t_max, entropy_bound} (the
+//                                         sampler's defaults) for a diffusion model (DiffusionGemma)
 //   chat {messages, request}              messages: [{role, content: str, images?: [{name, type, bytes}],
 //                                         audio?: [{name, format: 'wav' | 'f32', bytes}]}] where bytes is an
 //                                         ArrayBuffer, transferred (never base64): an image file; a WAV file
@@ -18,7 +21,17 @@
 //                                         text. request: sampling settings, max_tokens, image_tokens.
 //                                         Resolves with the reply's stats (images_read, image_seconds,
 //                                         audio_read (30 s blocks), audio_seconds when media were read) and text.
-//   stop                                  end the running reply (or image or audio reading) now
+//   diffuse {messages, request}           a diffusion model's reply (DiffusionGemma: a canvas of tokens at a
+//                                         time, sharpened step by step): messages as for chat (text only: a
+//                                         conversation with media is refused, kind 'diffusion-media');
+//                                         request: {steps, seed, max_tokens, t_min?, t_max?, entropy_bound?}
+//                                         (absent: the model's defaults). One diffusion event per step; resolves
+//                                         with {text, ids, tokens, forwards, tokens_per_forward, steps, canvases,
+//                                         seconds, finish_reason: 'stop' | 'length' | 'context' | 'stopped'}.
+//                                         chat with a diffusion model rejects with kind 'diffusion-model',
+//                                         diffuse with a chat model with kind 'not-diffusion'
+//   stop                                  end the running reply (or image or audio reading, or diffusion after
+//                                         the step running) now
 //   prepare-images                        load the image decoder (Pillow) ahead of the first image
 //   prepare-audio                         load the resampler (scipy) ahead of the first WAV file
 //   new-chat | stats | save | restore {bytes}
@@ -79,6 +92,12 @@
 //                                         decoder or the resampler loading, then image (or 30 s audio block)
 //                                         index of count (1-based, per kind), layers done
 //   token {id, text, n, context, max_context, ...}
+//   diffusion {block, step, steps, temperature, mean_entropy, n_accepted, canvas_length, stable, converged,
+//              block_done, done, seconds, ids, pieces, accepted, settled, end, text?}
+//                                         one denoising step: the argmax canvas (ids, and pieces: each token as
+//                                         text), accepted / settled (0/1 per position: the step kept its draw /
+//                                         the argmax is the previous step's), end (first end-of-sequence position
+//                                         or null); text (when a canvas ends) is every finished canvas's text
 //   speech-progress {phase: 'kokoro-open' | 'kokoro-weights' | 'kokoro-ready', fetched, file_size, done,
 //                    total, tensors, seconds_left, text}
 //                                         the speech model loading (phases named apart from load's progress)
