@@ -162,7 +162,7 @@ async def test_group(device):
     groups = await _groups(device, g, device.upload(ids), n_tokens, n_experts, top_k)
     await device.run(g)
     got = await device.read(groups)
-    flat = ids.reshape(-1)
+    flat = ids.reshape(-1).astype(np.intp)  # bincount wants the platform int (32-bit in Pyodide)
     assert (np.bincount(flat, minlength=n_experts) == 0).any()  # the skew leaves some experts without tokens
     for e in range(n_experts):
         want = np.flatnonzero(flat == e)
