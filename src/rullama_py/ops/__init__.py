@@ -23,6 +23,8 @@ never per token. Modules by family:
 - mel:       log_mel_frames, mel_signature (the voice trainer's timbre signature and loss; mel_tables)
 - search:    style_perturb (the voice trainer's seeded candidate; search_params, search_noise)
 - moe:       moe_route, moe_group, expert_matmul, expert_matmul_sum (Gemma 4 26B-A4B's mixture of experts)
+- denoise:   DiffusionGemma's sampler step (Denoiser; denoise_noise, denoise_probs, denoise_accept and their
+             uniform, report and host-side noise) and mix_rows (the self-conditioning input, P @ E)
 """
 
 from .norm import rms_norm  # noqa: F401
@@ -45,3 +47,5 @@ from .signal import harmonic_source, istft, stft  # noqa: F401
 from .mel import log_mel_frames, mel_signature, mel_tables  # noqa: F401
 from .search import search_noise, search_params, search_params_bytes, style_perturb  # noqa: F401
 from .moe import expert_matmul, expert_matmul_sum, moe_group, moe_groups_size, moe_route  # noqa: F401
+from .denoise import Denoiser, DenoiseReport, denoise_accept, denoise_noise, denoise_noise_host  # noqa: F401
+from .denoise import denoise_params_bytes, denoise_probs, mix_rows, parse_report  # noqa: F401
