@@ -31,7 +31,7 @@ import numpy as np
 
 from . import ops
 from .chat import chat_template_for
-from .gpu import Device, Readback, default_device
+from .gpu import Device, default_device
 from .models.diffusion_gemma import DiffusionGemma, NotDiffusionModelError
 from .models.gemma import ContextOverflowError
 from .tokenizer import Tokenizer
@@ -126,9 +126,11 @@ class Diffusion:
             {tokenizer.eos_id} if tokenizer.eos_id is not None else set())
         self.pad_id = tokenizer.pad_id if getattr(tokenizer, "pad_id", None) is not None else 0
         self.params = DiffusionParams().resolved(cfg)
-        self.sampler = None  # ops.denoise state, made in load
-        self.sample_graph = None
-        self.replay = None  # tests: per step (uniforms [C], renoise [C]) and initial canvases, see start()
+        self.denoiser: ops.Denoiser | None = None  # made in load
+        self.sample_graph = self.init_graph = None
+        # Tests: an object with initial() -> a canvas and step_noise() -> (uniforms [C], renoise tokens [C]),
+        # replaying recorded draws instead of the seeded generator's.
+        self.replay = None
         self._reset_generation()
 
     def _reset_generation(self) -> None:
@@ -170,13 +172,11 @@ class Diffusion:
     # -- the sampler's GPU state ---------------------------------------------------------------------------
     async def _record_sampler(self) -> None:
         m, dev = self.model, self.device
-        C, V = self.canvas_length, m.cfg.vocab_size
-        self.sampler = await ops.denoise_state(dev, canvas=C, vocab=V)
-        self.sample_graph = dev.graph()
-        await ops.denoise_step(self.sample_graph, self.sampler, m.logits, m.decoder.ids)
-        self.noise_graph = dev.graph()
-        await ops.denoise_noise(self.noise_graph, self.sampler)
-        self._readback = Readback(dev, self.sampler.report.nbytes, "denoise report")
+        self.denoiser = ops.Denoiser(dev, self.canvas_length, m.cfg.vocab_size)
+        self.sample_graph = dev.graph()  # after the decoder: probabilities, entropies, draws, acceptance
+        await self.denoiser.record(self.sample_graph, m.logits, m.decoder.ids)
+        self.init_graph = dev.graph()  # a new random canvas straight into the decoder's input
+        await self.denoiser.record_init(self.init_graph, m.decoder.ids)
 
     # -- generating ----------------------------------------------------------------------------------------
     def prompt_ids(self, prompt) -> list[int]:
@@ -204,47 +204,41 @@ class Diffusion:
 
     def _new_canvas(self) -> None:
         """A canvas of uniform random tokens at the positions after the cache; no self-conditioning yet."""
-        m = self.model
-        self.cur_step = self.params.steps
+        m, p = self.model, self.params
+        self.cur_step = p.steps
+        self.history_stable = 0
+        self.new_canvas = True
         m.set_canvas_step(self.pos)
         m.clear_self_conditioning()
-        ops.denoise_reset(self.device, self.sampler)
-        self._noise(initial=True)
-
-    def _noise(self, initial: bool = False) -> None:
-        """This step's draws: from the seeded generator, or the recorded ones when replaying."""
-        s = self.sampler
-        if self.replay is not None:
-            init, uniforms, renoise = self.replay.next(initial)
-            if initial:
-                ops.denoise_write_canvas(self.device, s, init, self.model.decoder.ids)
-            else:
-                ops.denoise_write_noise(self.device, s, uniforms, renoise)
+        if self.replay is not None:  # tests: transformers' own initial canvas
+            self.device.write(m.decoder.ids.buffer, np.asarray(self.replay.initial(), np.uint32))
             return
-        ops.denoise_set_params(self.device, s, seed=self.params.seed, counter=self._draw,
-                               temperature=self.params.temperature(max(self.cur_step, 1)),
-                               entropy_bound=self.params.entropy_bound)
+        self.denoiser.set_step(temperature=1.0, entropy_bound=0.0, seed=p.seed, counter=self._next_counter(),
+                               init_canvas=True)
+        self.device.submit(self.init_graph)
+
+    def _next_counter(self) -> int:
+        """The noise generator's counter for the next draw: every canvas and every step draws afresh."""
         self._draw += 1
-        self.device.submit(self.noise_graph)
-        if initial:
-            ops.denoise_init_canvas(self.device, s, self.model.decoder.ids)
+        return self._draw
 
     async def step(self) -> DiffusionStep:
         """One denoising step of the current canvas (and, when it finishes, the encoder over it and the next
         canvas's start)."""
         if self.finished:
             raise DiffusionError("no generation in progress: call start() first")
-        p, m, s = self.params, self.model, self.sampler
+        p, m, dn = self.params, self.model, self.denoiser
         t0 = time.perf_counter()
         cur = self.cur_step
         t = p.temperature(cur)
-        self._noise()
-        ops.denoise_set_params(self.device, s, seed=p.seed, counter=self._draw, temperature=t,
-                               entropy_bound=p.entropy_bound)
-        data = await self.device.run([m.decoder.graph, self.sample_graph], self._readback,
-                                     (s.report.buffer, 0, s.report.nbytes))
+        if self.replay is not None:  # tests: transformers' recorded uniforms and renoise tokens for this step
+            dn.write_noise(*self.replay.step_noise())
+        dn.set_step(temperature=t, entropy_bound=p.entropy_bound, seed=p.seed, counter=self._next_counter(),
+                    new_canvas=self.new_canvas, host_noise=self.replay is not None)
+        self.new_canvas = False
+        data = await self.device.run([m.decoder.graph, self.sample_graph], dn.readback, dn.report_source)
         self.forwards += 1
-        rep = ops.denoise_read_report(s, data)
+        rep = dn.parse(data)
         self.history_stable = self.history_stable + 1 if rep.stable else 0
         converged = self.history_stable >= p.stability_threshold and rep.mean_entropy < p.confidence_threshold
         self.cur_step -= 1

@@ -108,7 +108,7 @@ class DiffusionGemma(Gemma):
         gate, up, act = (dev.tensor((C, sc_ff), "float32", f"self_cond_{n}") for n in ("gate", "up", "act"))
         # x = E[canvas] * sqrt(d) + MLP(rms_norm(p @ E * sqrt(d)) * w_pre); h = rms_norm_noweight(x)
         await ops.embed(g, E, run.ids, x, n_tokens=C, scale=c.embed_scale)
-        await ops.mix_rows(g, E, self.logits, o, n_tokens=C, scale=c.embed_scale)
+        await ops.mix_rows(g, self.logits, E, o, n_rows=C, scale=c.embed_scale)
         await ops.rms_norm(g, o, w["self_cond_pre_norm.weight"], h, n=d, eps=eps)
         await ops.matmul(g, w["self_cond_gate.weight"], h, gate, n_tokens=C)
         await ops.matmul(g, w["self_cond_up.weight"], h, up, n_tokens=C)

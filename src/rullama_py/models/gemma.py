@@ -283,6 +283,9 @@ class Gemma:
             b["expert_weights"] = T(cap, K, name="expert_weights")
             b["expert_gate_up"] = T(cap, K, 2 * ff, name="expert_gate_up")
             b["expert_act"] = T(cap, K, ff, name="expert_act")
+            if cap > 1:  # many tokens: the expert kernels run tiled over each expert's tokens (ops/moe.py)
+                b["expert_groups"] = dev.tensor((ops.moe_groups_size(cap, E),), "uint32", f"expert_groups[{cap}]")
+                b["expert_partial"] = T(cap, K, d, name="expert_partial")
             if any(L.moe is not None and L.moe.gate_up is None for L in self.layers):
                 b["expert_up"] = T(cap, K, ff, name="expert_up")  # files with separate gate and up experts
         return b
@@ -392,17 +395,21 @@ class Gemma:
         await ops.rms_norm(g, h, M.router_norm, x, n=d, eps=eps)
         await ops.matmul(g, M.router, x, b["router_logits"], n_tokens=cap)
         await ops.moe_route(g, b["router_logits"], M.expert_scale, ids, weights, **route)
+        groups = b.get("expert_groups")
+        if groups is not None:
+            await ops.moe_group(g, ids, groups, **route)
         await ops.rms_norm(g, h, M.pre_norm, x, n=d, eps=eps)
         gate_up, act = b["expert_gate_up"], b["expert_act"]
         if M.gate_up is not None:
-            await ops.expert_matmul(g, M.gate_up, x, ids, gate_up, **route)
+            await ops.expert_matmul(g, M.gate_up, x, ids, gate_up, groups=groups, **route)
             await ops.gelu_mul(g, gate_up, None, act, n=ff, fused=True)
         else:
             gate, up = gate_up.view((cap, K, ff)), b["expert_up"]
-            await ops.expert_matmul(g, M.gate, x, ids, gate, **route)
-            await ops.expert_matmul(g, M.up, x, ids, up, **route)
+            await ops.expert_matmul(g, M.gate, x, ids, gate, groups=groups, **route)
+            await ops.expert_matmul(g, M.up, x, ids, up, groups=groups, **route)
             await ops.gelu_mul(g, gate, up, act, n=ff)
-        await ops.expert_matmul_sum(g, M.down, act, ids, weights, b["o"], **route)
+        await ops.expert_matmul_sum(g, M.down, act, ids, weights, b["o"], groups=groups,
+                                    partial=b.get("expert_partial"), **route)
 
     # -- running -------------------------------------------------------------------------------------------
     def write_step(self, pos: int, n_tokens: int, seed: int = 0, counter: int = 0) -> None:
