@@ -73,12 +73,15 @@ def draw_margin(raw, t: float, chunk: int) -> np.ndarray:
     - x_j: the product rounds by 2u |proc_j| (with 1/t's rounding), the subtraction by u |x_j|; the shared error of
       the max cancels between numerator and denominator, so each e_j is off by 4u M relative (M = max |proc|);
     - exp: WGSL allows 3 + 2|x| ULP, an ULP being at most 2u relative: (6 + 8M) u since |x| <= 2M;
-    - the sums: a lane's chunk of `chunk` terms in sequence, then 16 + 16 more additions in the lanes' scan:
-      (chunk + 32) u relative to the sum, for every partial sum and for Z; u * Z rounds once more.
+    - the sums: a lane's chunk of `chunk` terms in sequence, then 16 + 16 more additions in the lanes' scan;
+      inside the crossing's chunk, its sub-chunks of ceil(chunk / 256) terms and their scan (32 more): at most
+      chunk + ceil(chunk / 256) + 64 additions deep, relative to the sum, for every partial sum and for Z; u * Z
+      rounds once more.
     A running sum over Z is then off by twice each relative error (numerator and denominator)."""
     m = np.abs(np.asarray(raw, np.float64) / t).max(-1)
     per_term = (6 + 12 * m) * U
-    return 2 * per_term + 2 * (chunk + 32) * U + 2 * U
+    depth = chunk + -(-chunk // 256) + 64
+    return 2 * per_term + 2 * depth * U + 2 * U
 
 
 def prob_tolerance(raw, t: float, chunk: int) -> np.ndarray:

@@ -229,6 +229,29 @@ async def test_draw_at_and_away_from_bucket_boundaries(device):
         assert ref.draw_candidates(p64, float(u[k]), margin) == {hot[k]}
 
 
+async def test_draws_around_boundaries_skip_empty_tokens(device):
+    """u a few f32 steps either side of each boundary between likely tokens separated by tokens of p = 0: the
+    kernel's sums may put u Z just past a boundary by rounding, and must then draw the next likely token, never
+    one of the empty ones between (a chunk of only empty tokens has nothing to cross). The trap: u Z can fall
+    between the exact sum through a likely token and its f32 rounding (the prefix of the next, empty chunk), so
+    that the likely token's chunk fails its comparison by rounding while the empty chunk's u Z - prefix is
+    negative. These logits and offsets fall into that window for several rows (found by simulating the kernel's
+    f32 sums; a kernel without the e > 0 guards drew token 42 for row 13 on lavapipe)."""
+    V = 300
+    hot = np.array([4, 40, 63, 70, 95, 100, V - 4])
+    base = np.full(V, -200.0)
+    base[hot] = [-0.45, 1.5, 1.59, 1.84, 0.95, 0.11, 0.76]
+    raw = np.tile(base, (48, 1)).astype(np.float32)
+    cdf = np.cumsum(ref.softmax(raw[0], 1.0))
+    u = np.array([np.float32(cdf[hot[k]]) + np.float32(j) * np.spacing(np.float32(cdf[hot[k]]))
+                  for k in range(6) for j in range(-4, 4)], np.float32)
+    rig = await Rig.make(device, 48, V)
+    _, stats, p = await rig.step(raw, noise=(u, np.zeros(48)), temperature=1.0, entropy_bound=0.0, new_canvas=True)
+    check_probs(raw, 1.0, stats, p, u)
+    for r, k in enumerate(np.repeat(range(6), 8)):
+        assert stats[r, 2] in (hot[k], hot[k + 1]), (r, stats[r, 2], hot[k], hot[k + 1])
+
+
 # -- acceptance ----------------------------------------------------------------------------------------------------
 
 async def _accept_only(device, capacity, h, argmax, draws, renoise, bound, *, prev=None, new_canvas=False):

@@ -32,8 +32,9 @@ CAP is the capacity the buffers were made for; entries of positions >= n_pos are
 
 Precision (f32): the draw equals the float64 inverse CDF of softmax(raw / t) whenever u lies farther from every
 bucket boundary than tests/reference_denoise.draw_margin, about (12 M + chunk) 2^-23 with M the largest |raw / t|
-and chunk = ceil(V / 256) (2.3e-4 for M = 75, V = 262144, from WGSL's worst-case exp and the sums' rounding;
-typical errors are orders of magnitude smaller); at a boundary it is one of the two neighbouring tokens.
+and chunk = ceil(V / 256) (2.4e-4 for M = 75, V = 262144, from WGSL's worst-case exp and the sums' rounding;
+typical errors are orders of magnitude smaller); at a boundary it is one of the two neighbouring tokens with
+p > 0 (a token whose p is 0 in f32 is never drawn).
 
 mix_rows (shaders/mix_rows.wgsl, mix_rows_reduce.wgsl): soft[c, :] = scale * sum_v P[c, v] * E[v, :] with the
 token-embedding table E kept as raw GGUF bytes (any ops.matmul.QUANT_TYPES, possibly split into parts), a tiled
