@@ -9,6 +9,7 @@
 const MAX_CHUNKS: u32 = (WG + 3u) / 4u;  // chunks of m >= 4 lanes: WebGPU subgroups have at least 4
 
 var<workgroup> red: array<vec4<f32>, MAX_CHUNKS>;
+var<workgroup> groups: array<vec4<f32>, G>;  // `sum`: each row group's total
 
 // Sum of each row group's lanes; valid in the group's first lane (li == 0).
 fn reduce_group(acc_in: vec4<f32>, lid: u32, li: u32, sg_size: u32) -> vec4<f32> {
@@ -51,14 +52,14 @@ fn slots(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
 fn sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
        @builtin(subgroup_size) sg_size: u32) {
   let tok = wid.y;
-  let wrow = wid.x * (G * R);
-  if (wrow >= RPE) {
+  let row0 = wid.x * R;
+  if (row0 >= RPE) {
     return;
   }
   let li = lid % LPR;
-  let row0 = wrow + (lid / LPR) * R;
+  let gi = lid / LPR;
   var acc = vec4<f32>(0.0);
-  for (var k = 0u; k < TOP_K; k++) {
+  for (var k = gi; k < TOP_K; k += G) {
     let s = tok * TOP_K + k;
     let e = IDS[s];
     if (e >= E0 && e < E0 + NE) {
@@ -66,7 +67,15 @@ fn sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l
     }
   }
   let t = reduce_group(acc, lid, li, sg_size);
-  if (li == 0u && row0 < RPE) {
-    store_rows(tok * RPE + row0, row0, t);
+  if (li == 0u) {
+    groups[gi] = t;
+  }
+  workgroupBarrier();
+  if (lid == 0u) {
+    var y = groups[0];
+    for (var g = 1u; g < G; g++) {
+      y += groups[g];  // the groups in a fixed order: deterministic
+    }
+    store_rows(tok * RPE + row0, row0, y);
   }
 }

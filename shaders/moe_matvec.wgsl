@@ -6,8 +6,11 @@
 //                  slot's token's row of X (X_PER_SLOT: the slot's own row). Slots whose expert is in another
 //                  part are left to that part's dispatch.
 //   entry `sum`:   Y[t, r] (+)= sum_k WTS[t, k] * W[IDS[t, k]][r, :] . X[t * TOP_K + k, :], one workgroup row
-//                  per token (grid y): each lane sums its units over the token's experts of this part, and
-//                  the workgroup reduces once. The weighted combine of the experts is this sum.
+//                  per token (grid y) and R rows per workgroup (grid x). The G = WG / LPR row groups take
+//                  the experts k = g, g + G, ... of the token, so the experts' weights are read in parallel
+//                  rather than one after another (a chain of TOP_K memory latencies per lane); each lane sums
+//                  its units over its experts, each group reduces, and the first lane adds the groups in
+//                  order. The weighted combine of the experts is this sum.
 // The reduction here goes through workgroup memory; moe_matvec.subgroups.wgsl uses subgroup shuffles. Both
 // share moe_matvec_lib.wgsl.
 //
@@ -53,22 +56,26 @@ fn slots(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
 @compute @workgroup_size(WG)
 fn sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let tok = wid.y;
-  let wrow = wid.x * (G * R);
-  if (wrow >= RPE) {
+  let row0 = wid.x * R;
+  if (row0 >= RPE) {
     return;
   }
   let li = lid % LPR;
-  let row0 = wrow + (lid / LPR) * R;
+  let gi = lid / LPR;
   var acc = vec4<f32>(0.0);
-  for (var k = 0u; k < TOP_K; k++) {
+  for (var k = gi; k < TOP_K; k += G) {
     let s = tok * TOP_K + k;
     let e = IDS[s];
     if (e >= E0 && e < E0 + NE) {
       acc += WTS[s] * lane_rows(s, e - E0, row0, li);
     }
   }
-  let t = reduce_group(acc, lid, li);
-  if (li == 0u && row0 < RPE) {
+  _ = reduce_group(acc, lid, li);  // group gi's total in red[gi * LPR]
+  if (lid == 0u) {
+    var t = red[0];
+    for (var g = 1u; g < G; g++) {
+      t += red[g * LPR];  // the groups in a fixed order: deterministic
+    }
     store_rows(tok * RPE + row0, row0, t);
   }
 }

@@ -214,9 +214,10 @@ async def test_expert_fallback(device_fallback, qt):
 
 @pytest.mark.parametrize("wg,r,lpr", [(64, 2, 64), (256, 1, 256), (128, 4, 32), (64, 4, 16), (32, 1, 4)])
 async def test_matvec_workgroup_shapes(device, device_fallback, wg, r, lpr):
-    """Every matrix-vector layout the shape heuristic may pick (rows per group, lanes per workgroup and per
-    row group, groups smaller and larger than a subgroup), on both kernel sets; 37 rows per expert leave the
-    last row group of each expert partly empty."""
+    """Every matrix-vector layout the shape heuristics may pick (rows per group, lanes per workgroup and per
+    row group, groups smaller and larger than a subgroup; for the sums, 1 to 8 groups sharing a token's 3
+    experts, some groups idle), on both kernel sets; 37 rows per expert leave the last row group of each
+    expert partly empty."""
     mm = _mm_module()
     mm.MATVEC_SHAPE_OVERRIDE = (wg, r, lpr)
     try:
@@ -225,13 +226,15 @@ async def test_matvec_workgroup_shapes(device, device_fallback, wg, r, lpr):
             await _check_sum(dev, "q8_0", 2, grouped=False, seed=61, accumulate=r == 2)
     finally:
         mm.MATVEC_SHAPE_OVERRIDE = None
+    # The sums' own pick: 8 groups of 32 lanes for the 26B-A4B down projection (704 columns of Q5_0).
+    assert moe._sum_shape(704, "q5_0", 8) == (256, 1, 32)
 
 
 @pytest.mark.parametrize("tn,tk", [(16, 8), (16, 32), (32, 16), (64, 4), (64, 32)])
 async def test_grouped_tiles(device, tn, tk):
     """Every tile shape of the grouped kernel (16, 32, 64 list entries per tile, k-steps of 4 to 32; 20 tokens
     x 3 slots over 8 skewed experts fill some tiles, part-fill others and need two tiles for some experts);
-    and the picks: 16 entries for 256 tokens of 26B-A4B, 64 for 512 tokens of a top-8-of-16 router."""
+    and the picks: 16 entries for 64 tokens of 26B-A4B, 32 for 256, 64 for 512 tokens of a top-8-of-16 router."""
     if moe._grouped_storage(tn, tk) > device.limits["max-compute-workgroup-storage-size"]:
         pytest.skip(f"TN {tn}, TK {tk} needs more workgroup memory than this device has (never picked here)")
     moe.GROUPED_TILE_OVERRIDE = (tn, tk)
@@ -240,7 +243,8 @@ async def test_grouped_tiles(device, tn, tk):
         await _check_sum(device, "f16", 20, grouped=True, seed=71)
     finally:
         moe.GROUPED_TILE_OVERRIDE = None
-    assert moe._grouped_tile(device, 256, 128, 8)[0] == 16
+    assert moe._grouped_tile(device, 64, 128, 8)[0] == 16
+    assert moe._grouped_tile(device, 256, 128, 8)[0] == 32
     assert moe._grouped_tile(device, 512, 16, 8)[0] == 64
 
 

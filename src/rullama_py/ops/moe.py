@@ -30,9 +30,14 @@ Without `groups` the matrix-vector kernels serve any number of tokens, reading a
 
 from __future__ import annotations
 
+import importlib
+
 from ..gpu import Graph, Tensor
 from ._util import WG
-from .matmul import _grid, _libs, _matvec_shape, qtype, row_bytes
+from .matmul import QUANT_TYPES, _grid, _libs, _matvec_shape, qtype, row_bytes
+
+_matmul_module = importlib.import_module(".matmul", __package__)  # the package's `matmul` is the function
+
 
 def _count(t: Tensor) -> int:
     n = 1
@@ -122,14 +127,17 @@ GROUPED_TILE_OVERRIDE: tuple | None = None
 
 def _grouped_tile(device, n_tokens: int, n_experts: int, top_k: int) -> tuple[int, int]:
     """(TN, TK): list entries per tile and the k-step of moe_matmul.wgsl. TN follows the expected tokens per
-    expert (n_tokens * top_k / n_experts: 16 for 256 tokens of Gemma 4 26B-A4B) so that tiles are mostly
-    full; TK is the largest of 32, 16, 8 whose tiles fit the workgroup memory."""
+    expert, n_tokens * top_k / n_experts; TK is 16, or less where the tiles would not fit the workgroup memory.
+    Measured on an H200 (tools/bench_moe.py, 256 tokens of Gemma 4 26B-A4B: 16 per expert on average, random
+    routing): the gate_up product took 2.52 ms with TN 32, TK 16; 2.94-2.97 ms with TN 16 (about half of the
+    experts get more than 16 tokens and a second, nearly empty tile); 3.06 ms with TN 32, TK 32; 4.6 ms with
+    TN 64."""
     if GROUPED_TILE_OVERRIDE is not None:
         return GROUPED_TILE_OVERRIDE
     per_expert = n_tokens * top_k / n_experts
-    tn = 16 if per_expert <= 16 else 32 if per_expert <= 32 else 64
+    tn = 16 if per_expert <= 8 else 32 if per_expert <= 32 else 64
     limit = device.limits.get("max-compute-workgroup-storage-size", 16384)
-    for tk in (32, 16, 8):
+    for tk in (16, 8):
         if _grouped_storage(tn, tk) <= limit:
             return tn, tk
     return tn, 4
@@ -160,6 +168,23 @@ async def _grouped(g: Graph, w: Tensor, x: Tensor, groups: Tensor, out: Tensor, 
         g.add(k, [buf, x, groups, out], (-(-rpe // tm), ne * tiles))
 
 
+def _sum_shape(cols: int, qt: str, top_k: int) -> tuple[int, int, int]:
+    """(WG, R, LPR) of the `sum` entry: R rows per workgroup, and WG / LPR row groups of LPR lanes that take a
+    token's experts in parallel (group g: experts g, g + WG / LPR, ...). LPR gives each lane a few units of a
+    row (the down projection's 704 columns of Q5_0 are 88 units: 32 lanes); up to 8 groups, one per expert
+    of Gemma 4's top 8, within 256 lanes."""
+    if _matmul_module.MATVEC_SHAPE_OVERRIDE is not None:  # the tests' and tools/bench_moe.py's
+        return _matvec_shape(cols, 1, qt)
+    blk = QUANT_TYPES[qt][0]
+    per_block = {"f32": 1, "f16": 1, "bf16": 1, "q8_0": 4, "q4_0": 4, "q5_0": 4}.get(qt, 16)
+    units = cols // max(blk, 8) * per_block
+    lpr = 16 if units <= 48 else 32 if units <= 192 else 64
+    groups = 1
+    while groups * 2 <= top_k and groups * 2 * lpr <= 256:
+        groups *= 2
+    return groups * lpr, 1, lpr
+
+
 async def _matvec(g: Graph, w: Tensor, x: Tensor, ids: Tensor, weights: Tensor | None, out: Tensor, *, n_tokens,
                   n_experts, top_k, x_per_slot, accumulate) -> None:
     """moe_matvec.wgsl: entry `slots` (weights None: one output row per slot) or `sum` (weighted sum per token)."""
@@ -170,10 +195,13 @@ async def _matvec(g: Graph, w: Tensor, x: Tensor, ids: Tensor, weights: Tensor |
     if cols % 8:
         raise ValueError(f"expert weight {w.label!r}: the matrix-vector kernel needs a multiple of 8 columns, not "
                          f"{cols}; pass groups= (moe_group) to use the tiled kernel")
-    total = rpe * (n_tokens * top_k if weights is None else n_tokens)
-    wg, r, lpr = _matvec_shape(cols, total, qt)
+    if weights is None:
+        wg, r, lpr = _matvec_shape(cols, rpe * n_tokens * top_k, qt)
+        grid = (-(-rpe // (r * wg // lpr)), n_tokens * top_k)  # row groups of one expert x slots
+    else:
+        wg, r, lpr = _sum_shape(cols, qt, top_k)
+        grid = (-(-rpe // r), n_tokens)  # each workgroup: R rows of one token, its experts over the groups
     assert r in (1, 2, 4) and wg & (wg - 1) == 0 and lpr & (lpr - 1) == 0 and 4 <= lpr <= wg, (wg, r, lpr)
-    grid = (-(-rpe // (r * wg // lpr)), n_tokens * top_k if weights is None else n_tokens)
     for i, (buf, e0, ne) in enumerate(parts):
         acc = weights is not None and (accumulate or i > 0)  # later parts add to the first's sums
         k = await g.device.kernel("moe_matvec", libs=_libs(qt) + ("moe_matvec_lib",),
