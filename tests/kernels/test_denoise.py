@@ -474,10 +474,11 @@ async def replay_oracle(device, z) -> dict:
     prev_argmax = None
     for i in range(steps):
         first = i == 0 or blocks[i] != blocks[i - 1]
-        j = i - int(np.nonzero(blocks == blocks[i])[0][0])
+        start = int(np.nonzero(blocks == blocks[i])[0][0])
         t = float(z["step_temperature"][i])
         u = np.minimum(z["step_uniform"][i].astype(np.float32), np.float32(1 - U))
-        n = z["randint_draws"][int(blocks[i]) * 49 + 1 + j].astype(np.uint32)
+        # the uniform canvases in call order: per block its initial canvas, then one per step
+        n = z["randint_draws"][start + int(blocks[i]) + 1 + (i - start)].astype(np.uint32)
         rep, stats, p = await rig.step(raw_all[i], noise=(u, n), temperature=t, entropy_bound=0.1, new_canvas=first)
         h = stats[:, 0].view(np.float32)
         tol = ref.entropy_tolerance(raw_all[i], t, chunk(V)) + 4 * U * np.abs(z["step_entropy"][i])
