@@ -657,6 +657,16 @@ def _steps(text: str) -> int:
     return n
 
 
+def _tokens(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = None
+    if n is None or n < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of tokens: give 1 or more.")
+    return n
+
+
 async def _diffuse(a) -> int:
     """rullama diffuse: a DiffusionGemma writes the reply a canvas at a time; each denoising step is a line on
     stderr (its mean entropy and how many positions it accepted), the text goes to stdout."""
@@ -843,7 +853,7 @@ def main(argv=None) -> int:
     d.add_argument("--steps", type=_steps, default=None, metavar="N",
                    help=f"denoising steps per canvas at most, 1 to {DIFFUSION_MAX_STEPS} (default: the model's, 48)")
     d.add_argument("--seed", type=int, default=0, help="seed of the canvas noise and draws (same seed, same text)")
-    d.add_argument("--max-tokens", "-n", type=int, default=256)
+    d.add_argument("--max-tokens", "-n", type=_tokens, default=256, metavar="N", help="the reply's length at most")
     d.add_argument("--t-min", type=float, default=None, help="temperature of the last step (default: the model's)")
     d.add_argument("--t-max", type=float, default=None, help="temperature of the first step (default: the model's)")
     d.add_argument("--entropy-bound", type=float, default=None,

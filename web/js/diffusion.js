@@ -20,7 +20,7 @@ import { $, S, visible } from './state.js';
 import { clearChatError, clearError, notice, showChatError, updateButtons } from './ui.js';
 import { call, on } from './worker-client.js';
 import { persistSettings, samplingRequest, settings } from './settings.js';
-import { backToComposer, messageElement, renderMessages, replyModes } from './chat.js';
+import { backToComposer, messageElement, messageHooks, renderMessages, replyModes } from './chat.js';
 import { saveConversation } from './conversations.js';
 import { withMediaBytes } from './attachments.js';
 import { modelHooks } from './models.js';
@@ -195,6 +195,7 @@ async function diffuseReply() {
     $('status').textContent = `${st.steps} steps in ${st.seconds.toFixed(1)} s · ${st.tokens_per_forward.toFixed(2)} tokens per forward`;
     note('done', { finish: st.finish_reason });
     await saveConversation(c);
+    for (const fn of messageHooks.replied) fn(m, st); // Speak replies reads it aloud as any reply
   } catch (e) {
     el.remove();
     S.lastReply = { ids: [], text: '', error: e };
