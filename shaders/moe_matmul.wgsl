@@ -5,20 +5,22 @@
 //
 // The tiling of matmul.wgsl (see there), over one expert's tokens: a workgroup owns a TM x TN tile of (rows of
 // expert e, entries of e's list) and walks the columns TK at a time, dequantising each TM x TK tile of the
-// weight once into workgroup memory for all TN of its tokens. Each of the 256 lanes accumulates 4 rows x 4
-// tokens; TN (16, 32 or 64 tokens) follows the expected tokens per expert, and TM = 4096 / TN keeps 256
-// lanes. Grid: x = row tiles of an expert, y = (expert of this part) x (tile of its list); a tile past the end
+// weight once into workgroup memory for all TN of its tokens. Each of the 256 lanes accumulates RPT rows x 4
+// tokens (RPT 8: two blocks of 4 rows, TM / 2 apart, as in matmul.wgsl: 3 workgroup loads per 32 multiply-adds
+// instead of 2 per 16); TN (16, 32 or 64 tokens) follows the expected tokens per expert, and TM = RPT * 1024 /
+// TN keeps 256 lanes. Grid: x = row tiles of an expert, y = (expert of this part) x (tile of its list); a tile past the end
 // of its expert's list returns at once, so the grid can cover the worst case (one expert taking every token).
 //
 // Constants: RPE, COLS, ROW_BYTES (see matvec.wgsl), N_EXP and N_TOK (the GROUPS layout), TOP_K, E0, NE,
-// X_PER_SLOT, TN, TK (a multiple of 4).
+// X_PER_SLOT, TN, TK (a multiple of 4), RPT (4 or 8).
 @group(0) @binding(0) var<storage, read> W: array<u32>;
 @group(0) @binding(1) var<storage, read> X: array<f32>;
 @group(0) @binding(2) var<storage, read> GROUPS: array<u32>;
 @group(0) @binding(3) var<storage, read_write> Y: array<f32>;
 
 const LX: u32 = TN / 4u;  // lanes along tokens
-const TM: u32 = 4u * (256u / LX);
+const LY: u32 = 256u / LX;  // lanes along rows
+const TM: u32 = RPT * LY;
 const TILES: u32 = (N_TOK + TN - 1u) / TN;  // list tiles per expert (worst case)
 
 var<workgroup> ws: array<vec4<f32>, TK * TM / 4u>;  // ws[k * TM/4 + r/4][r % 4] = W[r0 + r, k0 + k]
@@ -43,11 +45,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   }
   let wrow0 = (e - E0) * RPE + r0;  // the tile's first row in this part
   let tx = lid % LX;  // this lane's entries: 4 tx .. 4 tx + 3
-  let ty = lid / LX;  // this lane's rows: 4 ty .. 4 ty + 3
+  let ty = lid / LX;  // this lane's rows: 4 ty .. 4 ty + 3, and TM / 2 + 4 ty .. when RPT == 8
+  // aI[j]: row 4 ty + I, entry 4 tx + j; bI: row TM / 2 + 4 ty + I (named vectors, not an array: see matmul.wgsl)
   var a0 = vec4<f32>(0.0);
   var a1 = vec4<f32>(0.0);
   var a2 = vec4<f32>(0.0);
   var a3 = vec4<f32>(0.0);
+  var b0 = vec4<f32>(0.0);
+  var b1 = vec4<f32>(0.0);
+  var b2 = vec4<f32>(0.0);
+  var b3 = vec4<f32>(0.0);
   workgroupBarrier();
   for (var k0 = 0u; k0 < COLS; k0 += TK) {
     // W tile: TM rows x TK/4 runs; consecutive lanes take consecutive rows (distinct banks on the stores).
@@ -86,6 +93,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       a1 += w.y * x;
       a2 += w.z * x;
       a3 += w.w * x;
+      if (RPT == 8u) {
+        let w2 = ws[kk * (TM / 4u) + LY + ty];
+        b0 += w2.x * x;
+        b1 += w2.y * x;
+        b2 += w2.z * x;
+        b3 += w2.w * x;
+      }
     }
     workgroupBarrier();
   }
@@ -94,6 +108,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   store_row(row + 1u, tx, nt, a1);
   store_row(row + 2u, tx, nt, a2);
   store_row(row + 3u, tx, nt, a3);
+  if (RPT == 8u) {
+    store_row(row + TM / 2u, tx, nt, b0);
+    store_row(row + TM / 2u + 1u, tx, nt, b1);
+    store_row(row + TM / 2u + 2u, tx, nt, b2);
+    store_row(row + TM / 2u + 3u, tx, nt, b3);
+  }
 }
 
 // Outputs of one row for list entries 4 tx .. 4 tx + 3 (skipping rows past the expert and entries past nt).

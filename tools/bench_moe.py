@@ -16,7 +16,7 @@ its 8 experts in the L2 cache from the previous layer.
 
     python tools/bench_moe.py                        # decode and 256 tokens
     python tools/bench_moe.py --tokens 1,64,256,512 --down-type q8_0
-    python tools/bench_moe.py --sweep-matvec 128x4x128,256x1x256 --sweep-tiles 16x16,32x16
+    python tools/bench_moe.py --sweep-matvec 128x4x128,256x1x256 --sweep-tiles 32x16x4,32x16x8
 """
 
 from __future__ import annotations
@@ -143,11 +143,14 @@ async def bench_tokens(dev, a, raw, n_tokens: int, rng) -> dict:
     await dev.run(g)
     await dev.sync()
     probe = shared["out"].buffer
-    n = max(a.reps, a.layers)
     # GPUs idle at low clocks; a few heavy runs first bring them up.
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < a.warmup_s:
         await per_layer(dev, layers, STAGES, a.layers, 1, probe)
+    # Enough layers per graph that one run takes --graph-ms: the jitter of a submit and its readback (tens of
+    # microseconds) must be small next to the difference measured.
+    rough = await per_layer(dev, layers, STAGES, a.layers, 2, probe)
+    n = max(a.reps, a.layers, min(4000, int(a.graph_ms * 1e-3 / rough)))
     stages = {st: await per_layer(dev, layers, (st,), n, a.tries, probe) for st in STAGES
               if not (st == "group" and n_tokens == 1)}
     total = await per_layer(dev, layers, STAGES, n, a.tries, probe)
@@ -163,6 +166,7 @@ async def bench_tokens(dev, a, raw, n_tokens: int, rng) -> dict:
         "gb_per_s_experts": round(per_expert * experts_read / (stages["gate_up"] + stages["down"]) / 1e9, 1),
         "us_per_token": round(total * 1e6 / n_tokens, 3),
         "layer_copies": a.layers,
+        "layers_per_graph": n,
         "parts": [len(layers[0].gate_up.parts), len(layers[0].down.parts)],
     }
     print(f"{n_tokens:4} tokens: {result['us_per_layer']:9.1f} us/layer  "
@@ -185,13 +189,15 @@ async def main() -> None:
     ap.add_argument("--gate-up-type", default="q4_k")
     ap.add_argument("--down-type", default="q5_0")
     ap.add_argument("--layers", type=int, default=6, help="weight copies cycled (each about 460 MB at the defaults)")
-    ap.add_argument("--reps", type=int, default=40, help="layers per timed graph (N; the second has 2N)")
+    ap.add_argument("--reps", type=int, default=40, help="at least this many layers per timed graph (N; the "
+                    "second has 2N)")
+    ap.add_argument("--graph-ms", type=float, default=30.0, help="N is raised until a graph of N layers takes this")
     ap.add_argument("--tries", type=int, default=8)
     ap.add_argument("--warmup-s", type=float, default=1.0)
     ap.add_argument("--max-binding-mb", type=float, default=None, help="pretend a smaller binding limit (parts)")
     ap.add_argument("--disable", default="", help="features to turn off, e.g. subgroups")
     ap.add_argument("--sweep-matvec", default=None, help="WGxRxLPR,...: time decode with each matvec shape")
-    ap.add_argument("--sweep-tiles", default=None, help="TNxTK,...: time many tokens with each grouped tile")
+    ap.add_argument("--sweep-tiles", default=None, help="TNxTKxRPT,...: time many tokens with each grouped tile")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     a = ap.parse_args()
     dev = await gpu.Device.open(disable_features=[f for f in a.disable.split(",") if f])

@@ -230,14 +230,16 @@ async def test_matvec_workgroup_shapes(device, device_fallback, wg, r, lpr):
     assert moe._sum_shape(704, "q5_0", 8) == (256, 1, 32)
 
 
-@pytest.mark.parametrize("tn,tk", [(16, 8), (16, 32), (32, 16), (64, 4), (64, 32)])
-async def test_grouped_tiles(device, tn, tk):
-    """Every tile shape of the grouped kernel (16, 32, 64 list entries per tile, k-steps of 4 to 32; 20 tokens
-    x 3 slots over 8 skewed experts fill some tiles, part-fill others and need two tiles for some experts);
+@pytest.mark.parametrize("tn,tk,rpt", [(16, 8, 4), (16, 32, 4), (32, 16, 4), (64, 4, 4), (64, 32, 4), (16, 8, 8),
+                                       (32, 16, 8), (64, 16, 8)])
+async def test_grouped_tiles(device, tn, tk, rpt):
+    """Every tile shape of the grouped kernel (16, 32, 64 list entries per tile, k-steps of 4 to 32, 4 or 8
+    rows per lane; 20 tokens x 3 slots over 8 skewed experts fill some tiles, part-fill others and need two
+    tiles for some experts; 300 rows per expert end inside a row tile);
     and the picks: 16 entries for 64 tokens of 26B-A4B, 32 for 256, 64 for 512 tokens of a top-8-of-16 router."""
-    if moe._grouped_storage(tn, tk) > device.limits["max-compute-workgroup-storage-size"]:
-        pytest.skip(f"TN {tn}, TK {tk} needs more workgroup memory than this device has (never picked here)")
-    moe.GROUPED_TILE_OVERRIDE = (tn, tk)
+    if moe._grouped_storage(tn, tk, rpt) > device.limits["max-compute-workgroup-storage-size"]:
+        pytest.skip(f"TN {tn}, TK {tk}, RPT {rpt} needs more workgroup memory than this device has (never picked)")
+    moe.GROUPED_TILE_OVERRIDE = (tn, tk, rpt)
     try:
         await _check_matmul(device, "q4_k", 20, grouped=True, seed=70, rpe=300)
         await _check_sum(device, "f16", 20, grouped=True, seed=71)

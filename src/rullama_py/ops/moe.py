@@ -121,30 +121,31 @@ def _expert_parts(w: Tensor, n_experts: int) -> tuple[int, list]:
     return rpe, parts
 
 
-# (TN, TK) forced for every grouped expert product, or None: for the tests only.
+# (TN, TK, RPT) forced for every grouped expert product, or None: for the tests and tools/bench_moe.py only.
 GROUPED_TILE_OVERRIDE: tuple | None = None
 
 
-def _grouped_tile(device, n_tokens: int, n_experts: int, top_k: int) -> tuple[int, int]:
-    """(TN, TK): list entries per tile and the k-step of moe_matmul.wgsl. TN follows the expected tokens per
-    expert, n_tokens * top_k / n_experts; TK is 16, or less where the tiles would not fit the workgroup memory.
+def _grouped_tile(device, n_tokens: int, n_experts: int, top_k: int) -> tuple[int, int, int]:
+    """(TN, TK, RPT): list entries per tile, the k-step and rows per lane of moe_matmul.wgsl. TN follows the
+    expected tokens per expert, n_tokens * top_k / n_experts; RPT 8 where its tiles fit the workgroup memory
+    with TK 16, else 4; TK is 16, or less where the tiles would not fit.
     Measured on an H200 (tools/bench_moe.py, 256 tokens of Gemma 4 26B-A4B: 16 per expert on average, random
-    routing): the gate_up product took 2.52 ms with TN 32, TK 16; 2.94-2.97 ms with TN 16 (about half of the
-    experts get more than 16 tokens and a second, nearly empty tile); 3.06 ms with TN 32, TK 32; 4.6 ms with
+    routing), RPT 4: the gate_up product took 2.52 ms with TN 32, TK 16; 2.94-2.97 ms with TN 16 (about half of
+    the experts get more than 16 tokens and a second, nearly empty tile); 3.06 ms with TN 32, TK 32; 4.6 ms with
     TN 64."""
     if GROUPED_TILE_OVERRIDE is not None:
         return GROUPED_TILE_OVERRIDE
     per_expert = n_tokens * top_k / n_experts
     tn = 16 if per_expert <= 8 else 32 if per_expert <= 32 else 64
     limit = device.limits.get("max-compute-workgroup-storage-size", 16384)
-    for tk in (16, 8):
-        if _grouped_storage(tn, tk) <= limit:
-            return tn, tk
-    return tn, 4
+    for rpt, tk in ((8, 16), (4, 16), (4, 8), (4, 4)):
+        if _grouped_storage(tn, tk, rpt) <= limit:
+            return tn, tk, rpt
+    return tn, 4, 4
 
 
-def _grouped_storage(tn: int, tk: int) -> int:
-    tm = 4 * (256 // (tn // 4))
+def _grouped_storage(tn: int, tk: int, rpt: int) -> int:
+    tm = rpt * (256 // (tn // 4))
     return (tm + tn) * tk * 4 + 2 * tn * 4
 
 
@@ -156,15 +157,15 @@ async def _grouped(g: Graph, w: Tensor, x: Tensor, groups: Tensor, out: Tensor, 
     qt = qtype(w)
     rb = row_bytes(qt, cols)
     _need(groups, moe_groups_size(n_tokens, n_experts), "uint32", "expert groups")
-    tn, tk = _grouped_tile(g.device, n_tokens, n_experts, top_k)
-    assert tn in (16, 32, 64) and tk % 4 == 0, (tn, tk)
-    _wg_storage(g.device, _grouped_storage(tn, tk), f"the grouped expert kernel (TN {tn}, TK {tk})")
-    tm = 4 * (256 // (tn // 4))
+    tn, tk, rpt = _grouped_tile(g.device, n_tokens, n_experts, top_k)
+    assert tn in (16, 32, 64) and tk % 4 == 0 and rpt in (4, 8), (tn, tk, rpt)
+    _wg_storage(g.device, _grouped_storage(tn, tk, rpt), f"the grouped expert kernel (TN {tn}, TK {tk}, RPT {rpt})")
+    tm = rpt * (256 // (tn // 4))
     tiles = -(-n_tokens // tn)
     for buf, e0, ne in parts:
         k = await g.device.kernel("moe_matmul", libs=_libs(qt), RPE=rpe, COLS=cols, ROW_BYTES=rb,
                                   N_EXP=n_experts, N_TOK=n_tokens, TOP_K=top_k, E0=e0, NE=ne,
-                                  X_PER_SLOT=bool(x_per_slot), TN=tn, TK=tk)
+                                  X_PER_SLOT=bool(x_per_slot), TN=tn, TK=tk, RPT=rpt)
         g.add(k, [buf, x, groups, out], (-(-rpe // tm), ne * tiles))
 
 
