@@ -61,6 +61,12 @@ class Gemma4Dims:
     partial_rotary_full: float = 0.25  # global layers rotate only the first quarter of the frequencies
     final_logit_softcap: float = 30.0
     rms_eps: float = 1e-6
+    # 26B-A4B-style layers (all off for E2B/E4B):
+    n_kv_head_full: int | None = None  # KV heads of the global layers when they differ (26B: 8 sliding, 2 global)
+    k_eq_v: bool = False  # global layers have no attn_v: V is the K projection, RMS-normalised without a weight
+    n_expert: int = 0  # > 0: every layer adds a routed mixture of experts next to its dense FFN
+    n_expert_used: int = 0
+    n_ff_exp: int = 0  # each expert's FFN width
     tower_keys: dict = field(default_factory=dict, compare=False)  # extra gemma4.vision.* / gemma4.audio.* keys
 
     @property
@@ -76,6 +82,12 @@ class Gemma4Dims:
     def head_dim(self, il: int) -> int:
         return self.head_dim_swa if self.is_swa(il) else self.head_dim_full
 
+    def n_kv_head_layer(self, il: int) -> int:
+        return self.n_kv_head if self.is_swa(il) or self.n_kv_head_full is None else self.n_kv_head_full
+
+    def has_v_proj(self, il: int) -> bool:
+        return self.is_swa(il) or not self.k_eq_v
+
     def check(self) -> None:
         """The constraints llama.cpp's loader asserts (and HF's config forces): the last layer is global, and the
         K/V donors of the shared layers are first_shared-2 (sliding) and first_shared-1 (global)."""
@@ -84,6 +96,8 @@ class Gemma4Dims:
             fs = self.first_shared
             assert fs >= 2 and not self.is_swa(fs - 1) and self.is_swa(fs - 2), (
                 f"first shared layer {fs} must follow a global layer that follows a sliding one (llama.cpp donor rule)")
+        if self.n_expert:
+            assert 0 < self.n_expert_used <= self.n_expert and self.n_ff_exp > 0, "expert count, used count, width"
 
 
 E2B_TOWER_KEYS = {
@@ -118,17 +132,25 @@ def add_u32_array(w: GGUFWriter, key: str, values) -> None:
     w.add_key_value(key, [int(v) for v in values], GGUFValueType.ARRAY, sub_type=GGUFValueType.UINT32)
 
 
-def add_gemma4_metadata(w: GGUFWriter, dims: Gemma4Dims) -> None:
+def add_gemma4_metadata(w: GGUFWriter, dims: Gemma4Dims, arch: str = ARCH) -> None:
     """The `gemma4.*` keys in Ollama's single-file layout (gemma4.md section 2.1), spelled out one by one so the list
-    can be checked against that table."""
+    can be checked against that table. `attention.head_count_kv` is a per-layer UINT32 array when the global layers
+    have their own KV head count (26B-A4B), a scalar otherwise; MoE models add the three `expert_*` keys.
+
+    arch "diffusion-gemma" writes the same text keys under its own prefix, without the two keys of E2B/E4B's
+    per-layer embeddings and KV sharing (`shared_kv_layers`, `embedding_length_per_layer_input`), which Ollama's
+    gemma4 converter writes even when they are 0."""
     dims.check()
-    k = f"{ARCH}."
+    k = f"{arch}."
     w.add_uint32(k + "context_length", dims.context_length)
     w.add_uint32(k + "block_count", dims.n_layer)
     w.add_uint32(k + "embedding_length", dims.d_model)
     add_u32_array(w, k + "feed_forward_length", [dims.n_ff_layer(il) for il in range(dims.n_layer)])
     w.add_uint32(k + "attention.head_count", dims.n_head)
-    w.add_uint32(k + "attention.head_count_kv", dims.n_kv_head)
+    if dims.n_kv_head_full is None or dims.n_kv_head_full == dims.n_kv_head:
+        w.add_uint32(k + "attention.head_count_kv", dims.n_kv_head)
+    else:
+        add_u32_array(w, k + "attention.head_count_kv", [dims.n_kv_head_layer(il) for il in range(dims.n_layer)])
     w.add_uint32(k + "attention.key_length", dims.head_dim_full)
     w.add_uint32(k + "attention.value_length", dims.head_dim_full)
     w.add_uint32(k + "attention.key_length_swa", dims.head_dim_swa)
@@ -137,7 +159,8 @@ def add_gemma4_metadata(w: GGUFWriter, dims: Gemma4Dims) -> None:
     w.add_uint32(k + "attention.sliding_window", dims.sliding_window)
     w.add_key_value(k + "attention.sliding_window_pattern", [dims.is_swa(il) for il in range(dims.n_layer)],
                     GGUFValueType.ARRAY, sub_type=GGUFValueType.BOOL)
-    w.add_uint32(k + "attention.shared_kv_layers", dims.n_kv_shared)
+    if arch == ARCH:
+        w.add_uint32(k + "attention.shared_kv_layers", dims.n_kv_shared)
     w.add_float32(k + "rope.freq_base", dims.rope_base_full)
     w.add_float32(k + "rope.freq_base_swa", dims.rope_base_swa)
     # llama.cpp rotates all head_dim_full dims of the global layers and switches the upper 3/4 of the frequencies off
@@ -145,7 +168,12 @@ def add_gemma4_metadata(w: GGUFWriter, dims: Gemma4Dims) -> None:
     w.add_uint32(k + "rope.dimension_count", dims.head_dim_full)
     w.add_uint32(k + "rope.dimension_count_swa", dims.head_dim_swa)
     w.add_float32(k + "final_logit_softcapping", dims.final_logit_softcap)
-    w.add_uint32(k + "embedding_length_per_layer_input", dims.ple_dim)
+    if arch == ARCH:
+        w.add_uint32(k + "embedding_length_per_layer_input", dims.ple_dim)
+    if dims.n_expert:
+        w.add_uint32(k + "expert_count", dims.n_expert)
+        w.add_uint32(k + "expert_used_count", dims.n_expert_used)
+        w.add_uint32(k + "expert_feed_forward_length", dims.n_ff_exp)
     for key, value in dims.tower_keys.items():
         (w.add_float32 if isinstance(value, float) else w.add_uint32)(k + key, value)
 
@@ -267,7 +295,9 @@ def add_tokenizer(w: GGUFWriter, vocab: FakeVocab, model: str = "gemma4") -> Non
 class TensorSpec:
     name: str
     ne: tuple[int, ...]  # GGUF order: ne[0] is the contiguous (input) dimension
-    kind: str  # "matrix", "norm", "scalar", "rope_freqs", "ple" (per_layer_token_embd), "embd" (token_embd)
+    # "matrix", "norm", "scalar", "rope_freqs", "ple" (per_layer_token_embd), "embd" (token_embd); MoE: "router"
+    # (ffn_gate_inp), "router_scale" (ffn_gate_inp.scale), "experts" (3-D), "expert_scale" (ffn_down_exps.scale)
+    kind: str
     layer: int = -1
 
     @property
@@ -277,18 +307,27 @@ class TensorSpec:
 
 
 def tensor_specs(dims: Gemma4Dims) -> list[TensorSpec]:
-    """Every text tensor of Ollama's Gemma 4 E2B/E4B layout, in a fixed order. KV-shared layers have no attn_k,
-    attn_v or attn_k_norm (HF does not create them and the converters write none)."""
+    """Every text tensor of Ollama's Gemma 4 layout, in a fixed order. KV-shared layers have no attn_k, attn_v or
+    attn_k_norm (HF does not create them and the converters write none); with k_eq_v, global layers have no attn_v.
+    Models without per-layer embeddings (ple_dim 0, 26B-A4B) have no PLE tensors.
+
+    MoE layers (n_expert > 0) add, next to the dense FFN, the names of Ollama's and llama.cpp's converters, with
+    HF's values unchanged: ffn_gate_inp [E x D] (router.proj), ffn_gate_inp.scale [D] (router.scale),
+    ffn_gate_up_exps, numpy [E, 2 n_ff_exp, D] (experts.gate_up_proj: each expert's gate rows, then its up rows),
+    ffn_down_exps, numpy [E, D, n_ff_exp] (experts.down_proj), ffn_down_exps.scale [E] (router.per_expert_scale),
+    and the norms pre_ffw_norm_2, post_ffw_norm_1, post_ffw_norm_2."""
     d, p, n_l = dims.d_model, dims.ple_dim, dims.n_layer
-    specs = [
-        TensorSpec("token_embd.weight", (d, dims.n_vocab), "embd"),
-        TensorSpec("per_layer_token_embd.weight", (n_l * p, dims.n_vocab), "ple"),
-        TensorSpec("per_layer_model_proj.weight", (d, n_l * p), "matrix"),
-        TensorSpec("per_layer_proj_norm.weight", (p,), "norm"),
-        TensorSpec("rope_freqs.weight", (dims.head_dim_full // 2,), "rope_freqs"),
-    ]
+    specs = [TensorSpec("token_embd.weight", (d, dims.n_vocab), "embd")]
+    if p:
+        specs += [
+            TensorSpec("per_layer_token_embd.weight", (n_l * p, dims.n_vocab), "ple"),
+            TensorSpec("per_layer_model_proj.weight", (d, n_l * p), "matrix"),
+            TensorSpec("per_layer_proj_norm.weight", (p,), "norm"),
+        ]
+    specs.append(TensorSpec("rope_freqs.weight", (dims.head_dim_full // 2,), "rope_freqs"))
     for il in range(n_l):
         hd, ff, b = dims.head_dim(il), dims.n_ff_layer(il), f"blk.{il}."
+        n_kv = dims.n_kv_head_layer(il)
         shared = il >= dims.first_shared
         specs += [
             TensorSpec(b + "attn_norm.weight", (d,), "norm", il),
@@ -297,10 +336,11 @@ def tensor_specs(dims: Gemma4Dims) -> list[TensorSpec]:
         ]
         if not shared:
             specs += [
-                TensorSpec(b + "attn_k.weight", (d, dims.n_kv_head * hd), "matrix", il),
+                TensorSpec(b + "attn_k.weight", (d, n_kv * hd), "matrix", il),
                 TensorSpec(b + "attn_k_norm.weight", (hd,), "norm", il),
-                TensorSpec(b + "attn_v.weight", (d, dims.n_kv_head * hd), "matrix", il),
             ]
+            if dims.has_v_proj(il):
+                specs.append(TensorSpec(b + "attn_v.weight", (d, n_kv * hd), "matrix", il))
         specs += [
             TensorSpec(b + "attn_output.weight", (dims.n_head * hd, d), "matrix", il),
             TensorSpec(b + "post_attention_norm.weight", (d,), "norm", il),
@@ -308,12 +348,27 @@ def tensor_specs(dims: Gemma4Dims) -> list[TensorSpec]:
             TensorSpec(b + "ffn_gate.weight", (d, ff), "matrix", il),
             TensorSpec(b + "ffn_up.weight", (d, ff), "matrix", il),
             TensorSpec(b + "ffn_down.weight", (ff, d), "matrix", il),
-            TensorSpec(b + "post_ffw_norm.weight", (d,), "norm", il),
-            TensorSpec(b + "inp_gate.weight", (d, p), "matrix", il),
-            TensorSpec(b + "proj.weight", (p, d), "matrix", il),
-            TensorSpec(b + "post_norm.weight", (d,), "norm", il),
-            TensorSpec(b + "layer_output_scale.weight", (1,), "scalar", il),
         ]
+        if dims.n_expert:
+            e, ff_e = dims.n_expert, dims.n_ff_exp
+            specs += [
+                TensorSpec(b + "post_ffw_norm_1.weight", (d,), "norm", il),
+                TensorSpec(b + "ffn_gate_inp.weight", (d, e), "router", il),
+                TensorSpec(b + "ffn_gate_inp.scale", (d,), "router_scale", il),
+                TensorSpec(b + "pre_ffw_norm_2.weight", (d,), "norm", il),
+                TensorSpec(b + "ffn_gate_up_exps.weight", (d, 2 * ff_e, e), "experts", il),
+                TensorSpec(b + "ffn_down_exps.weight", (ff_e, d, e), "experts", il),
+                TensorSpec(b + "ffn_down_exps.scale", (e,), "expert_scale", il),
+                TensorSpec(b + "post_ffw_norm_2.weight", (d,), "norm", il),
+            ]
+        specs.append(TensorSpec(b + "post_ffw_norm.weight", (d,), "norm", il))
+        if p:
+            specs += [
+                TensorSpec(b + "inp_gate.weight", (d, p), "matrix", il),
+                TensorSpec(b + "proj.weight", (p, d), "matrix", il),
+                TensorSpec(b + "post_norm.weight", (d,), "norm", il),
+            ]
+        specs.append(TensorSpec(b + "layer_output_scale.weight", (1,), "scalar", il))
     specs.append(TensorSpec("output_norm.weight", (d,), "norm"))
     return specs
 
@@ -329,13 +384,20 @@ def q4_k_m_types(specs: list[TensorSpec]) -> dict[str, Q]:
     ollama_layout.py): 1-D tensors F32; the PLE table stays BF16 (Ollama never quantizes it); the tied embedding
     (which is also the LM head) Q6_K; attn_v and ffn_down Q6_K where use_more_bits says so, counted over the
     tensors that exist (attn_v only in non-shared layers); every other matrix Q4_K. A row length that is not a
-    multiple of 256 falls back to Q5_0 / Q8_0 as in llama.cpp, and to BF16 if not even a multiple of 32."""
+    multiple of 256 falls back to Q5_0 / Q8_0 as in llama.cpp, and to BF16 if not even a multiple of 32.
+
+    MoE tensors: the router ffn_gate_inp stays F32 (llama.cpp's converter writes it F32 and neither quantizer
+    touches it), its two scale vectors are 1-D; ffn_gate_up_exps is Q4_K, and ffn_down_exps gets Q6_K in the layers
+    where use_more_bits(layer, n_layer) holds (llama.cpp reads an expert tensor's layer from its name), Q4_K
+    elsewhere. 26B-A4B's expert rows (704) and dense ffn_down rows (2112) are not multiples of 256, so there the
+    fallback gives Q5_0 / Q8_0. (llama.cpp's extra rules for 8-expert models, from Mixtral, are not applied: the
+    real model has 128 experts.)"""
     n_attn_v = sum(s.name.endswith("attn_v.weight") for s in specs)
     n_ffn_down = sum(s.name.endswith("ffn_down.weight") for s in specs)
     i_v = i_down = 0
     types: dict[str, Q] = {}
     for s in specs:
-        if s.kind in ("norm", "scalar", "rope_freqs"):
+        if s.kind in ("norm", "scalar", "rope_freqs", "router", "router_scale", "expert_scale"):
             types[s.name] = Q.F32
             continue
         if s.kind == "ple":
@@ -350,6 +412,8 @@ def q4_k_m_types(specs: list[TensorSpec]) -> dict[str, Q]:
         elif s.name.endswith("ffn_down.weight"):
             t = Q.Q6_K if use_more_bits(i_down, n_ffn_down) else Q.Q4_K
             i_down += 1
+        elif s.name.endswith("ffn_down_exps.weight"):
+            t = Q.Q6_K if use_more_bits(s.layer, n_ffn_down) else Q.Q4_K
         if s.ne[0] % 256:
             t = {Q.Q4_K: Q.Q5_0, Q.Q6_K: Q.Q8_0}[t]
         if s.ne[0] % 32:
@@ -434,6 +498,8 @@ def small_tensor_values(spec: TensorSpec, dims: Gemma4Dims, rng: np.random.Gener
         return rng.uniform(0.8, 1.0, spec.ne).astype(np.float32)
     if spec.name.endswith(("attn_q_norm.weight", "attn_k_norm.weight")):
         return rng.uniform(0.1, 0.3, spec.ne).astype(np.float32)
+    if spec.kind == "router":  # F32 in every file type: router logits of std ~1.5 over the experts
+        return rng.normal(0.0, 1.5, tuple(reversed(spec.ne))).astype(np.float32)
     return rng.uniform(0.5, 1.5, spec.ne).astype(np.float32)
 
 

@@ -70,6 +70,24 @@ CONFIGS = {c.name: c for c in [
                            sliding_window=8), "q4_k_m", seed=4, n_tokens=32),
 ]}
 
+# Gemma 4 26B-A4B-like layers: no PLE, no KV sharing, GQA with fewer KV heads on the global layers, whose V is the K
+# projection (no attn_v), and a routed mixture of experts next to every layer's dense FFN. Kept apart from CONFIGS
+# (whose fixtures tests/reference_gemma4.py reproduces); tests/test_fixtures_moe.py checks these.
+MOE = replace(TINY, double_wide_shared_ffn=False, n_kv_shared=0, ple_dim=0, n_kv_head=2, n_kv_head_full=1,
+              head_dim_swa=32, head_dim_full=64, k_eq_v=True)
+MOE_CONFIGS = {c.name: c for c in [
+    # 26B's 5:1 layer pattern, 8 experts top-2. d_model 32 keeps a float32 file under 1 MB (q/k heads are wider
+    # than the model, which HF allows).
+    Tiny("moe_f32", replace(MOE, n_layer=6, d_model=32, n_head=4, n_ff=32, swa_per_period=5, sliding_window=8,
+                            n_expert=8, n_expert_used=2, n_ff_exp=16), "f32", seed=20, n_tokens=24),
+    # Ollama's Q4_K_M recipe on 26B's width ratios: d_model 256 (K-quant rows), dense FFN d/2 and experts d/4 wide,
+    # which (like 26B's 2112 and 704) are not multiples of 256, so ffn_down and ffn_down_exps fall back to
+    # Q5_0 / Q8_0 while ffn_gate_up_exps is Q4_K. One sliding and one global layer, 8 experts top-3.
+    Tiny("moe_q4_k", replace(MOE, n_layer=2, d_model=256, n_head=4, n_ff=128, swa_per_period=1, sliding_window=8,
+                             n_expert=8, n_expert_used=3, n_ff_exp=64), "q4_k_m", seed=13, n_tokens=32),
+]}
+ALL_CONFIGS = {**CONFIGS, **MOE_CONFIGS}
+
 
 # --------------------------------------------------------------------------------------------------------------------
 # Quantizers the gguf package lacks (it can only dequantize k-quants). Simple min/max fits, not llama.cpp's
@@ -151,8 +169,10 @@ def roundtrip(x: np.ndarray, qtype: Q) -> tuple[np.ndarray, np.ndarray]:
 
 
 def weight_type(policy: str, spec: layout.TensorSpec, q4_k_m: dict[str, Q]) -> Q:
-    if spec.kind in ("norm", "scalar", "rope_freqs"):
+    if spec.kind in ("norm", "scalar", "rope_freqs", "router_scale", "expert_scale"):
         return Q.F32  # every converter keeps 1-D tensors in F32
+    if spec.kind == "router":
+        return Q.F32  # llama.cpp's converter writes ffn_gate_inp in F32 and no quantizer touches it
     if policy == "f32":
         return Q.F32
     if policy == "f16":
@@ -183,13 +203,27 @@ def hf_config(dims: layout.Gemma4Dims):
         use_double_wide_mlp=dims.double_wide_shared_ffn, hidden_size_per_layer_input=dims.ple_dim,
         final_logit_softcapping=dims.final_logit_softcap, rms_norm_eps=dims.rms_eps,
         max_position_embeddings=dims.context_length, tie_word_embeddings=True,
-        hidden_activation="gelu_pytorch_tanh", attention_k_eq_v=False, enable_moe_block=False,
+        hidden_activation="gelu_pytorch_tanh", attention_k_eq_v=dims.k_eq_v, enable_moe_block=dims.n_expert > 0,
+        **moe_config(dims),
         rope_parameters={
             "sliding_attention": {"rope_type": "default", "rope_theta": dims.rope_base_swa},
             "full_attention": {"rope_type": "proportional", "partial_rotary_factor": dims.partial_rotary_full,
                                "rope_theta": dims.rope_base_full}},
         # SDPA (HF's default) keeps float64 throughout; the eager path runs its softmax in float32.
         attn_implementation="sdpa")
+
+
+def moe_config(dims: layout.Gemma4Dims) -> dict:
+    """The Gemma4TextConfig fields of 26B-A4B-style layers (none for E2B/E4B, so their configs stay as they were).
+    HF gives the global layers their own KV head count only together with attention_k_eq_v."""
+    extra = {}
+    if dims.n_kv_head_full is not None:
+        assert dims.k_eq_v, "HF reads num_global_key_value_heads only when attention_k_eq_v is set"
+        extra["num_global_key_value_heads"] = dims.n_kv_head_full
+    if dims.n_expert:
+        extra.update(num_experts=dims.n_expert, top_k_experts=dims.n_expert_used,
+                     moe_intermediate_size=dims.n_ff_exp)
+    return extra
 
 
 def hf_name(gguf_name: str) -> str:
@@ -212,7 +246,14 @@ def hf_name(gguf_name: str) -> str:
                  "ffn_up.weight": "mlp.up_proj.weight", "ffn_down.weight": "mlp.down_proj.weight",
                  "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
                  "inp_gate.weight": "per_layer_input_gate.weight", "proj.weight": "per_layer_projection.weight",
-                 "post_norm.weight": "post_per_layer_input_norm.weight", "layer_output_scale.weight": "layer_scalar"}
+                 "post_norm.weight": "post_per_layer_input_norm.weight", "layer_output_scale.weight": "layer_scalar",
+                 # MoE (26B-A4B), as Ollama's converter names them; llama.cpp's uses the same names
+                 "ffn_gate_inp.weight": "router.proj.weight", "ffn_gate_inp.scale": "router.scale",
+                 "ffn_down_exps.scale": "router.per_expert_scale", "ffn_gate_up_exps.weight": "experts.gate_up_proj",
+                 "ffn_down_exps.weight": "experts.down_proj",
+                 "pre_ffw_norm_2.weight": "pre_feedforward_layernorm_2.weight",
+                 "post_ffw_norm_1.weight": "post_feedforward_layernorm_1.weight",
+                 "post_ffw_norm_2.weight": "post_feedforward_layernorm_2.weight"}
     return f"model.layers.{il}.{per_layer[rest]}"
 
 
@@ -230,8 +271,12 @@ def random_weights(spec: layout.TensorSpec, dims: layout.Gemma4Dims, rng: np.ran
         return rng.normal(0, 3.5 / np.sqrt(dims.d_model), shape)  # logit std ~3.5
     if spec.kind == "ple":
         return rng.normal(0, 1 / np.sqrt(dims.ple_dim), shape)  # x sqrt(ple_dim) in the model -> std ~1
-    if spec.kind == "matrix":
+    if spec.kind in ("matrix", "experts"):
         return rng.normal(0, 1 / np.sqrt(spec.ne[0]), shape)  # keeps activations at unit scale
+    if spec.kind == "router":
+        # The router's input has norm ~1 (RMSNorm without weight, x router.scale / sqrt(d_model)): logits of std
+        # ~1.5 make the top-k choice differ from token to token without near-ties everywhere.
+        return rng.normal(0, 1.5, shape)
     if spec.kind == "scalar":
         return rng.uniform(0.8, 1.0, shape)
     if spec.kind == "rope_freqs":
@@ -253,6 +298,9 @@ def build(cfg: Tiny):
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
     model = Gemma4ForCausalLM(hf_config(dims)).eval()
+    if dims.n_expert:
+        # HF's plain per-expert loop (its default, grouped_mm, computes the same function with other kernels)
+        model.set_experts_implementation("eager")
     state = model.state_dict()
     expected = {k for k in state if k != "lm_head.weight"}  # tied to token_embd
     entries, loaded = [], set()
@@ -280,7 +328,8 @@ def make_float64_exact(model, dims: layout.Gemma4Dims) -> None:
 
     - Gemma4RMSNorm casts its input to float32 (meant as an upcast from bf16; for float64 it is a downcast);
     - rope: inv_freq is built in float32 and forward casts positions and inv_freq to float32;
-    - the embedding scales sqrt(d_model) and sqrt(ple_dim) are float32 buffers.
+    - the embedding scales sqrt(d_model) and sqrt(ple_dim) are float32 buffers;
+    - MoE layers (26B-A4B): the router's softmax (make_router_float64_exact).
 
     Each replacement computes HF's own formula in float64; the asserts against HF's values make sure that only
     the precision changes, not the function."""
@@ -298,13 +347,29 @@ def make_float64_exact(model, dims: layout.Gemma4Dims) -> None:
             module.forward = types.MethodType(rms_norm_forward, module)
 
     inner = model.model
-    for emb, scale in ((inner.embed_tokens, dims.d_model ** 0.5), (inner.embed_tokens_per_layer, dims.ple_dim ** 0.5)):
+    embeddings = [(inner.embed_tokens, dims.d_model ** 0.5)]
+    if dims.ple_dim:
+        embeddings.append((inner.embed_tokens_per_layer, dims.ple_dim ** 0.5))
+    for emb, scale in embeddings:
         assert abs(float(emb.embed_scale) - scale) < 1e-6 * scale
         emb.embed_scale = torch.tensor(scale, dtype=torch.float64)
+    for layer in inner.layers:
+        if getattr(layer, "router", None) is not None:
+            make_router_float64_exact(layer.router)
 
-    rot = inner.rotary_emb
+    make_rope_float64_exact(inner.rotary_emb, model.config.rope_parameters, dims)
+
+
+def make_rope_float64_exact(rot, rope_parameters: dict, dims: layout.Gemma4Dims) -> None:
+    """HF's text rope (Gemma 4's and DiffusionGemma's rotary modules) with inv_freq and the angles in float64: the
+    same inv_freq formula (default rope over the sliding head, 'proportional' over the global one), asserted
+    against HF's float32 buffers."""
+    import types
+
+    import torch
+
     for layer_type in rot.layer_types:
-        params = model.config.rope_parameters[layer_type]
+        params = rope_parameters[layer_type]
         hd = dims.head_dim_swa if layer_type == "sliding_attention" else dims.head_dim_full
         n_rot = hd // 2
         if params["rope_type"] == "proportional":
@@ -325,6 +390,35 @@ def make_float64_exact(model, dims: layout.Gemma4Dims) -> None:
     rot.forward = types.MethodType(rope_forward, rot)
 
 
+def make_router_float64_exact(router) -> None:
+    """The MoE router's softmax runs in float32 in HF (`dtype=torch.float32`, "for numerical stability"); this is
+    the same router in the model's dtype: RMSNorm without weight, x router.scale x d_model^-0.5, the projection,
+    softmax over the experts, the top k (largest first), renormalised to sum 1, x per_expert_scale of the chosen
+    expert. Checked against HF's own forward on the first call: the same experts, weights to float32 rounding.
+    Works for Gemma 4's and DiffusionGemma's routers (the same module)."""
+    import types
+
+    import torch
+
+    hf_forward = router.forward
+    checked = []
+
+    def forward(self, hidden_states):
+        x = self.norm(hidden_states) * self.scale * self.scalar_root_size
+        probs = torch.softmax(self.proj(x), dim=-1)
+        weights, index = torch.topk(probs, k=self.config.top_k_experts, dim=-1)
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+        weights = weights * self.per_expert_scale[index]
+        if not checked:
+            _, hf_weights, hf_index = hf_forward(hidden_states)
+            assert torch.equal(index, hf_index), "float32 routing picks other experts: a near-tie, change the seed"
+            assert torch.allclose(weights, hf_weights.to(weights.dtype), rtol=1e-5, atol=1e-6)
+            checked.append(True)
+        return probs, weights, index
+
+    router.forward = types.MethodType(forward, router)
+
+
 def prompt_tokens(cfg: Tiny, vocab: layout.FakeVocab) -> np.ndarray:
     """A chat-shaped start (<bos><|turn>user\\n ... <turn|>\\n<|turn>model\\n) with random ids in between and
     after, so all rows of the small vocabulary can appear."""
@@ -341,16 +435,19 @@ def goldens(model, ids: np.ndarray, prefix: int) -> dict[str, np.ndarray]:
     import torch
 
     inner = model.model
-    captured: dict[str, list] = {"layer_out": [], "final_norm": []}
+    captured: dict[str, list] = {"layer_out": [], "final_norm": [], "router": []}
     hooks = [layer.register_forward_hook(lambda m, a, out: captured["layer_out"].append(out)) for layer in inner.layers]
     hooks.append(inner.norm.register_forward_hook(lambda m, a, out: captured["final_norm"].append(out)))
+    routers = [layer.router for layer in inner.layers if getattr(layer, "router", None) is not None]
+    hooks += [r.register_forward_hook(lambda m, a, out: captured["router"].append((a[0], out))) for r in routers]
     x = torch.from_numpy(ids.astype(np.int64))[None]
     with torch.no_grad():
         logits = model(input_ids=x, use_cache=False).logits[0]
         for h in hooks:
             h.remove()
         embed = inner.embed_tokens(x)
-        per_layer_inputs = inner.project_per_layer_inputs(embed, inner.get_per_layer_inputs(x))[0]
+        if inner.hidden_size_per_layer_input:
+            per_layer_inputs = inner.project_per_layer_inputs(embed, inner.get_per_layer_inputs(x))[0]
 
         # The same tokens through HF's KV cache: prefill `prefix` tokens, then one token per call. HF keeps only the
         # last sliding_window-1 keys of sliding layers in this cache, like a ring-buffer engine would.
@@ -365,14 +462,89 @@ def goldens(model, ids: np.ndarray, prefix: int) -> dict[str, np.ndarray]:
     def f32(t):
         return t.detach().to(torch.float32).numpy()
 
-    return {
+    gold = {
         "logits": f32(logits),
         "decode_logits": f32(decode_logits),
         "embed": f32(embed[0]),
-        "per_layer_inputs": f32(per_layer_inputs),
         "layer_out": np.stack([f32(t[0]) for t in captured["layer_out"]]),
         "final_norm": f32(captured["final_norm"][0][0]),
     }
+    if inner.hidden_size_per_layer_input:
+        gold["per_layer_inputs"] = f32(per_layer_inputs)
+    if routers:
+        # the router's input is the residual stream after attention, the MoE's input its pre_ffw_norm_2
+        gold["attn_residual"] = np.stack([f32(a) for a, _ in captured["router"]])
+        gold["expert_ids"] = np.stack([out[2].numpy().astype(np.int32) for _, out in captured["router"]])
+        gold["expert_weights"] = np.stack([f32(out[1]) for _, out in captured["router"]])
+        gold["router_probs"] = np.stack([out[0].detach().to(torch.float64).numpy() for _, out in captured["router"]])
+    return gold
+
+
+def routing_summary(gold: dict, n_expert: int) -> dict:
+    """How the prompt's tokens spread over the experts (counts over layers, tokens and slots) and the smallest gap
+    between the k-th and (k+1)-th router probability: an engine whose router is off by less than that picks the
+    same experts. Pops router_probs (float64, not stored)."""
+    probs = gold.pop("router_probs")
+    k = gold["expert_ids"].shape[-1]
+    ranked = -np.sort(-probs, axis=-1)
+    gap = ranked[..., k - 1] - ranked[..., k] if k < n_expert else np.full(ranked.shape[:-1], np.inf)
+    histogram = np.bincount(gold["expert_ids"].reshape(-1), minlength=n_expert)
+    return {"expert_histogram": histogram.tolist(),
+            "expert_histogram_per_layer": [np.bincount(l.reshape(-1), minlength=n_expert).tolist()
+                                           for l in gold["expert_ids"]],
+            "min_topk_prob_gap": float(gap.min())}
+
+
+def moe_mistakes(model, ids: np.ndarray) -> dict[str, float]:
+    """How far each classic MoE porting mistake moves HF's full-prefill logits (float64): each is applied to a copy
+    of the model. Recorded in info so a test tolerance can be judged against them."""
+    import copy
+    import types
+
+    import torch
+
+    x = torch.from_numpy(ids.astype(np.int64))[None]
+    with torch.no_grad():
+        base = model(input_ids=x, use_cache=False).logits[0]
+
+    def unnormalised_router(self, hidden_states):
+        h = self.norm(hidden_states) * self.scale * self.scalar_root_size
+        probs = torch.softmax(self.proj(h), dim=-1)
+        weights, index = torch.topk(probs, k=self.config.top_k_experts, dim=-1)
+        return probs, weights * self.per_expert_scale[index], index
+
+    def mutate(m, what):
+        for layer in m.model.layers:
+            r, e = layer.router, layer.experts
+            if what == "gate and up halves swapped":
+                gate, up = e.gate_up_proj.data.chunk(2, dim=1)
+                e.gate_up_proj.data = torch.cat([up, gate], dim=1)
+            elif what == "no per_expert_scale":
+                r.per_expert_scale.data.fill_(1.0)
+            elif what == "no router.scale":
+                r.scale.data.fill_(1.0)
+            elif what == "top-k weights not renormalised":
+                r.forward = types.MethodType(unnormalised_router, r)
+            elif what == "router reads the pre_ffw_norm_2 output":
+                r.forward = types.MethodType(lambda self, h, f=r.forward, n=layer.pre_feedforward_layernorm_2: f(n(h)), r)
+            elif what == "experts skipped":
+                e.forward = types.MethodType(lambda self, h, idx, w: torch.zeros_like(h), e)
+            elif what == "global V with k_norm and rope (as K)":
+                attn = layer.self_attn
+                if attn.v_proj is None:
+                    attn.v_norm = copy.deepcopy(attn.k_norm)
+            else:
+                raise ValueError(what)
+
+    result = {}
+    for what in ["gate and up halves swapped", "no per_expert_scale", "no router.scale",
+                 "top-k weights not renormalised", "router reads the pre_ffw_norm_2 output", "experts skipped",
+                 "global V with k_norm and rope (as K)"]:
+        m = copy.deepcopy(model)
+        mutate(m, what)
+        with torch.no_grad():
+            result[what] = float((m(input_ids=x, use_cache=False).logits[0] - base).abs().max())
+    return result
 
 
 def make(cfg: Tiny, out_dir: str) -> None:
@@ -414,6 +586,12 @@ def make(cfg: Tiny, out_dir: str) -> None:
     noise = {k: float(np.abs(gold32[k] - gold[k]).max()) for k in ("logits", "decode_logits")}
     info["hf_float32_max_abs_diff"] = noise
     info["decode_vs_prefill_max_abs_diff"] = float(np.abs(gold["decode_logits"] - gold["logits"]).max())
+    if cfg.dims.n_expert:
+        gold32.pop("router_probs")
+        info["hf_float32_same_experts"] = bool(np.array_equal(gold32["expert_ids"], gold["expert_ids"]))
+        info["routing"] = routing_summary(gold, cfg.dims.n_expert)
+        info["mistakes_logits_max_abs_diff"] = moe_mistakes(model, ids)
+        print(f"{cfg.name}: routing {info['routing']}, mistakes {info['mistakes_logits_max_abs_diff']}")
     np.savez_compressed(base + ".npz", tokens=ids, decode_prefix=np.int32(cfg.decode_prefix),
                         info=np.array(json.dumps(info)), **gold)
     print(f"{cfg.name}: {size / 1e6:.2f} MB gguf, {os.path.getsize(base + '.npz') / 1e6:.2f} MB npz, "
@@ -431,12 +609,12 @@ def hide_torchvision() -> None:
 def main(argv: list[str] | None = None) -> None:
     hide_torchvision()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("names", nargs="*", help=f"configs to build (default all): {', '.join(CONFIGS)}")
+    ap.add_argument("names", nargs="*", help=f"configs to build (default all): {', '.join(ALL_CONFIGS)}")
     ap.add_argument("--out", default=FIXTURES, help="output folder (default tests/fixtures)")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    for name in args.names or CONFIGS:
-        make(CONFIGS[name], args.out)
+    for name in args.names or ALL_CONFIGS:
+        make(ALL_CONFIGS[name], args.out)
 
 
 if __name__ == "__main__":
