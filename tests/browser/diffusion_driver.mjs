@@ -70,7 +70,7 @@ const watch = page => app(page, () => {
     w.last = t;
     const d = document.querySelector('#messages .msg.diffusing');
     const counter = d && d.querySelector('.diff-counter').textContent;
-    if (counter && counter !== w.counter) {
+    if (counter && counter !== w.counter && window.rullamaApp.diffusion.steps.length) { // a step is painted
       w.counter = counter;
       const cells = [...d.querySelectorAll('.diff-grid .tok')];
       const s = window.rullamaApp.diffusion.steps;
@@ -92,12 +92,24 @@ const unwatch = page => app(page, () => {
 });
 
 async function send(page, text) {
-  await app(page, () => { window.rullamaApp.lastReply = null; window.rullamaApp.lastError = null; });
+  // Forget the previous reply's state, so that waits below see only this one.
+  await app(page, () => { const S = window.rullamaApp; S.lastReply = null; S.lastError = null; S.diffusion.steps = []; S.diffusion.last = null; });
   await page.fill('#prompt', text);
   await page.click('#send');
 }
 
 const replied = page => until(page, () => window.rullamaApp.lastReply && !window.rullamaApp.busy);
+
+// The reply once it is done: what the page kept (lastReply, every step's event) and what the bubble shows.
+async function finished(page) {
+  await replied(page);
+  const r = await app(page, () => { const S = window.rullamaApp; const e = S.lastReply.error;
+    return { reply: { ...S.lastReply, error: e && { kind: e.kind, message: e.message } }, steps: S.diffusion.steps }; });
+  r.shown = (await shown(page)).slice(-1)[0];
+  r.status = await page.textContent('#status');
+  log('replied', JSON.stringify({ steps: r.steps.length, text: r.reply.text, error: r.reply.error }));
+  return r;
+}
 
 const shown = page => app(page, () => [...document.querySelectorAll('#messages .msg')].map(d => ({
   role: d.classList.contains('user') ? 'user' : 'assistant', text: d.querySelector('.body').textContent,
@@ -138,18 +150,25 @@ async function scenario() {
     const b = await bubble(page);
     if (!b) break; // the reply ended before this step was shown
     await shot(page, `step-${k}`);
+    try { // the bubble alone, larger: the cells and the chart
+      shotNo += 1;
+      await page.locator('#messages .msg.diffusing').screenshot({ path: path.join(cfg.artifacts, `diffusion-${String(shotNo).padStart(2, '0')}-step-${k}-bubble.png`) });
+    } catch { /* the reply ended in between */ }
     out.shots.push({ k, ...b });
   }
-  await replied(page);
-  out.reply_seconds = (Date.now() - tSend) / 1000;
+  out.sharpen = await finished(page);
+  out.sharpen.seconds = (Date.now() - tSend) / 1000;
   Object.assign(out, await unwatch(page));
-  out.reply = await app(page, () => ({ ...window.rullamaApp.lastReply, error: window.rullamaApp.lastReply.error && { kind: window.rullamaApp.lastReply.error.kind, message: window.rullamaApp.lastReply.error.message } }));
-  out.steps = await app(page, () => window.rullamaApp.diffusion.steps);
-  out.shown = await shown(page);
-  out.status = await page.textContent('#status');
   await shot(page, 'replied');
-  log('replied', JSON.stringify({ steps: out.steps.length, text: out.reply.text, seconds: out.reply_seconds, error: out.reply.error }));
 
+  // The same prompt and seed with one step a canvas, in a new chat (the history is the prompt): each canvas is
+  // its first step's argmax (see the test).
+  await page.click('#new-chat');
+  await page.fill('#diff-steps', String(cfg.same_steps));
+  await page.fill('#max_tokens', String(cfg.same_max_tokens));
+  await send(page, cfg.prompt);
+  out.same = await finished(page);
+  await shot(page, 'replied-one-step');
   // Stop: a long run stopped after a few steps; the text of the step running stays.
   await page.fill('#diff-steps', String(cfg.stop_steps));
   await send(page, cfg.prompt);

@@ -31,6 +31,7 @@ S.mode = 'chat';
 // Errors about the request itself, before the model ran: the message goes back into the composer.
 const BEFORE_RUN = new Set(['not-diffusion', 'diffusion-media', 'diffusion']);
 const MODE_ERROR = 'mode';
+const MODE_ERRORS = new Set([MODE_ERROR, 'diffusion-model', 'not-diffusion']); // said in the page or by Python
 
 const note = (what, extra = {}) => D.log.push({ what, t: performance.now(), ...extra });
 
@@ -53,12 +54,12 @@ export function setMode(mode) {
   const m = S.model;
   const d = m && m.diffusion;
   $('mode-hint').textContent = S.mode === 'diffusion'
-    ? (d ? `a canvas of ${d.canvas_length} tokens at a time, at most ${d.steps} steps each` : 'for diffusion models (DiffusionGemma)')
+    ? (d ? `a canvas of ${d.canvas_length} tokens at a time, sharpened step by step` : 'for diffusion models (DiffusionGemma)')
     : 'token by token';
   document.body.classList.toggle('diffusion-mode', S.mode === 'diffusion');
   const why = mismatch(S.mode);
   if (why) showChatError({ kind: MODE_ERROR, message: why, detail: '' });
-  else if ($('chat-error').dataset.kind === MODE_ERROR) clearChatError();
+  else if (MODE_ERRORS.has($('chat-error').dataset.kind)) clearChatError(); // the mode fits now
   note('mode', { mode: S.mode, refused: !!why });
 }
 
@@ -136,10 +137,12 @@ function counterText(e) {
   return `step ${e.step}/${e.steps}, canvas ${e.block + 1} · ${e.n_accepted} of ${e.canvas_length} accepted · t ${e.temperature.toFixed(2)}`;
 }
 
+const plural = (n, one, many = one + 's') => `${n} ${n === 1 ? one : many}`;
+
 function metaLine(st) {
   const why = { stop: 'finished', length: 'max tokens reached', context: 'context full', stopped: 'stopped' }[st.finish_reason] || st.finish_reason;
   const per = st.forwards ? ` (${st.tokens_per_forward.toFixed(2)} per forward)` : '';
-  return `${st.tokens} tokens in ${st.forwards} forwards${per} · ${st.canvases} canvas${st.canvases === 1 ? '' : 'es'} · ${why}`;
+  return `${plural(st.tokens, 'token')} in ${plural(st.forwards, 'forward')}${per} · ${plural(st.canvases, 'canvas', 'canvases')} · ${why}`;
 }
 
 function request() {
@@ -192,7 +195,7 @@ async function diffuseReply() {
     m.meta = metaLine(st);
     el.replaceWith(messageElement(m));
     c.messages.push(m);
-    $('status').textContent = `${st.steps} steps in ${st.seconds.toFixed(1)} s · ${st.tokens_per_forward.toFixed(2)} tokens per forward`;
+    $('status').textContent = `${plural(st.steps, 'step')} in ${st.seconds.toFixed(1)} s · ${st.tokens_per_forward.toFixed(2)} tokens per forward`;
     note('done', { finish: st.finish_reason });
     await saveConversation(c);
     for (const fn of messageHooks.replied) fn(m, st); // Speak replies reads it aloud as any reply
