@@ -12,7 +12,7 @@ from rullama_py.gguf_file import GGUFFile
 from rullama_py.models.gemma import Gemma
 
 FIXTURES = Path(__file__).parent / "fixtures"
-NAMES = ["e2b_f32", "e4b_q8_0", "gqa4_f16", "q4_k_m"]
+NAMES = ["e2b_f32", "e4b_q8_0", "gqa4_f16", "q4_k_m", "moe_f32", "moe_q4_k"]
 # Logits reach 13-26 here. The KV cache is f16 (about 5e-4 relative per stored value) while the goldens are
 # float64; the measured worst case is 0.012. 0.03 leaves room for other GPUs' float rounding, and is still far
 # below what any real mistake (a wrong norm, mask or rope) produces (>= 0.5; see test_fixtures' mutations).
