@@ -180,7 +180,12 @@ class Diffusion:
 
     # -- generating ----------------------------------------------------------------------------------------
     def prompt_ids(self, prompt) -> list[int]:
-        """A chat (list of messages) in the model's chat format, or a raw string, as token ids."""
+        """A chat (list of messages) in the model's chat format, a raw string, or token ids as they are."""
+        if isinstance(prompt, (list, tuple, np.ndarray)) and all(isinstance(t, (int, np.integer)) for t in prompt):
+            ids = [int(t) for t in prompt]
+            if ids and not 0 <= min(ids) <= max(ids) < self.model.cfg.vocab_size:
+                raise DiffusionError(f"prompt token ids must be in 0..{self.model.cfg.vocab_size - 1}")
+            return ids
         if isinstance(prompt, str):
             return self.tokenizer.encode(prompt, add_bos=self.tokenizer.bos_id is not None)
         return list(self.chat_template.render(prompt, add_generation_prompt=True))
