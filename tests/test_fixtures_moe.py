@@ -214,7 +214,8 @@ def test_moe_tensors(fx):
         assert (b + "attn_v.weight" in w.tensors) == d.is_swa(il)
         n_kv = d.n_kv_head if d.is_swa(il) else d.n_kv_head_full
         assert w(b + "attn_k.weight").shape == (n_kv * d.head_dim(il), D)
-        assert w(b + "ffn_gate_inp.weight").shape == (E, D) and w.tensors[b + "ffn_gate_inp.weight"].tensor_type == Q.F32
+        assert w(b + "ffn_gate_inp.weight").shape == (E, D)
+        assert w.tensors[b + "ffn_gate_inp.weight"].tensor_type == Q.F32
         assert w(b + "ffn_gate_up_exps.weight").shape == (E, 2 * ff, D)
         assert w(b + "ffn_down_exps.weight").shape == (E, D, ff)
         assert w(b + "ffn_gate_inp.scale").shape == (D,) and w(b + "ffn_down_exps.scale").shape == (E,)
@@ -306,7 +307,8 @@ def test_diffusion_metadata(dgf):
     check_keys(w, dg.DIMS, "diffusion-gemma")
     k = "diffusion-gemma."
     assert w.reader.fields[k + "attention.causal"].types == [V.BOOL] and w.field(k + "attention.causal") is False
-    diffusion = {key[len(k + "diffusion."):]: w.field(key) for key in w.reader.fields if key.startswith(k + "diffusion.")}
+    diffusion = {key[len(k + "diffusion."):]: w.field(key)
+                 for key in w.reader.fields if key.startswith(k + "diffusion.")}
     assert diffusion == {"canvas_length": 16, "eb_max_steps": 48, "eb_t_min": pytest.approx(0.4),
                          "eb_t_max": pytest.approx(0.8), "entropy_bound": pytest.approx(0.1),
                          "stability_threshold": 1, "confidence_threshold": pytest.approx(0.005)}

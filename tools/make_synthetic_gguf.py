@@ -14,8 +14,9 @@ well under a minute on a machine with a fast disk:
     python tools/make_synthetic_gguf.py /tmp/gemma4-e2b-synthetic.gguf            # full size (~5.9 GB)
     python tools/make_synthetic_gguf.py /tmp/small.gguf --vocab 1024 --layers 10  # scaled down (~330 MB)
 
-This module is also the single place that knows the Gemma 4 GGUF layout (metadata keys, tensor names, the fake
-tokenizer, Ollama's Q4_K_M type rule); tools/make_tiny_gemma4.py imports it. Needs only numpy and gguf.
+This module is also the single place that knows the Gemma 4 GGUF layout (metadata keys, tensor names including
+26B-A4B's mixture of experts, the fake tokenizer, Ollama's Q4_K_M type rule); tools/make_tiny_gemma4.py imports
+it. Needs only numpy and gguf.
 """
 
 from __future__ import annotations

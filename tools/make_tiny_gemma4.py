@@ -1,7 +1,7 @@
 """Build the tiny random Gemma 4 fixtures: tests/fixtures/gemma4_tiny_<name>.gguf + .npz.
 
-Each fixture is a small random Gemma 4 text model (E2B- or E4B-like layer pattern, KV sharing, PLE, sliding
-window smaller than the prompt) written as a GGUF in Ollama's single-file layout (the same metadata keys, tensor
+Each fixture is a small random Gemma 4 text model (E2B-, E4B- or 26B-A4B-like layer pattern, sliding window
+smaller than the prompt) written as a GGUF in Ollama's single-file layout (the same metadata keys, tensor
 names and fake tokenizer as tools/make_synthetic_gguf.py), plus goldens from Hugging Face transformers' own
 Gemma 4 implementation run on exactly the weights the GGUF holds: quantized tensors are dequantized and loaded
 back into the HF model before anything is computed, so the goldens test our engine, not the quantization.
@@ -11,12 +11,14 @@ and stored as float32: the full-prefill logits, the logits of the same tokens fe
 short prefill, and the intermediate activations (embedding, per-layer inputs, every layer's output, the final norm)
 for layer-by-layer debugging. See tests/fixtures/README.md for the exact contents.
 
-Needs torch and transformers, which the project does not depend on; run it from a scratch venv outside the repo:
+Needs torch and transformers, which the project does not depend on; run it from a scratch venv outside the repo
+with torch==2.13.0 transformers==5.23.0 gguf==0.19.0 numpy:
 
-    python -m venv /work/scratch/hf-venv
-    /work/scratch/hf-venv/bin/pip install torch==2.13.0 transformers==5.23.0 gguf==0.19.0 numpy
-    /work/scratch/hf-venv/bin/python tools/make_tiny_gemma4.py            # all configs into tests/fixtures/
-    /work/scratch/hf-venv/bin/python tools/make_tiny_gemma4.py e2b_f32    # just one
+    python tools/make_tiny_gemma4.py                      # all configs into tests/fixtures/
+    python tools/make_tiny_gemma4.py e2b_f32 moe_q4_k     # some
+
+The moe_* configs (MOE_CONFIGS) are Gemma 4 26B-A4B-like: no per-layer embeddings, no KV sharing, fewer KV heads
+on the global layers, whose V is the K projection, and a routed mixture of experts in every layer.
 """
 
 from __future__ import annotations
@@ -526,7 +528,8 @@ def moe_mistakes(model, ids: np.ndarray) -> dict[str, float]:
             elif what == "top-k weights not renormalised":
                 r.forward = types.MethodType(unnormalised_router, r)
             elif what == "router reads the pre_ffw_norm_2 output":
-                r.forward = types.MethodType(lambda self, h, f=r.forward, n=layer.pre_feedforward_layernorm_2: f(n(h)), r)
+                norm_2 = layer.pre_feedforward_layernorm_2
+                r.forward = types.MethodType(lambda self, h, f=r.forward, n=norm_2: f(n(h)), r)
             elif what == "experts skipped":
                 e.forward = types.MethodType(lambda self, h, idx, w: torch.zeros_like(h), e)
             elif what == "global V with k_norm and rope (as K)":
