@@ -32,10 +32,56 @@ def model(device):
     return run(Gemma.load(gf, device, max_context=256, prefill_chunk=32))
 
 
+# On lavapipe a prompt's prefill costs as much as several decode steps, so each case's prompt is read once:
+# the greedy run below keeps the prompt's logits for the first-step comparison.
+_prompt_logits: dict[int, np.ndarray] = {}
+
+
+async def _read_prompt(model, case: int) -> np.ndarray:
+    logits = await model.forward(CASES[case]["prompt_ids"], 0)
+    _prompt_logits[case] = logits
+    return logits
+
+
+# Greedy decoding is judged step by step with llama.cpp's own tokens fed back (teacher forcing): at every step
+# our argmax must be llama.cpp's token, except at near-ties, where llama.cpp's 8-bit activation noise
+# (measured std 0.15-0.3 of the logits) decides. Measured over the goldens' five prompts: cases 2 and 3-in-part
+# agree everywhere; the disagreements are at margins 0.013 (case 0, step 15), 0.05 and 0.60 (case 1, flat logits
+# near 0), 0.11 (case 3) and 0.20 (case 4). With every step agreeing, teacher forcing equals free-running
+# greedy, so case 2 checks that 32 free-running greedy tokens reproduce llama.cpp's exactly.
+# Three prompts are run (each costs a prefill and 32 decode steps, minutes on lavapipe), one per kind:
+# 0, plain prose, with the tightest near-tie (0.013); 1, the chat template, with the widest (0.60) among flat
+# logits; 2, code, the exact free-running case. Cases 3 (chat template) and 4 (prose) are the same kinds with
+# ties in between, and run through the same kernels and positions (all under the 512-token sliding window).
+TIE_MARGIN = 0.75
+EXACT_CASES = {2}
+GREEDY_CASES = (0, 1, 2)
+
+
+@pytest.mark.parametrize("case", GREEDY_CASES)
+async def test_greedy_matches_llamacpp(model, case):
+    c = CASES[case]
+    want = c["greedy_ids"][:N_GREEDY]
+    logits = await _read_prompt(model, case)
+    pos, mismatches = len(c["prompt_ids"]), []
+    for i, tok in enumerate(want):
+        ours = int(logits.argmax())
+        if ours != tok:
+            mismatches.append((i, ours, tok, float(logits[ours] - logits[tok])))
+        logits = await model.forward([tok], pos)
+        pos += 1
+    if case in EXACT_CASES:
+        assert mismatches == []
+    assert len(mismatches) <= max(1, len(want) // 10), mismatches
+    assert all(margin < TIE_MARGIN for *_, margin in mismatches), mismatches
+
+
 @pytest.mark.parametrize("case", [0, 1, 2])
 async def test_first_step_logits_match_llamacpp(model, case):
     ref = np.load(GOLDENS / "gemma3_270m_llamacpp_logits.npz")[f"case{case}"].astype(np.float32)
-    got = await model.forward(CASES[case]["prompt_ids"], 0)
+    got = _prompt_logits.get(case)
+    if got is None:  # run alone (-k): read the prompt here
+        got = await _read_prompt(model, case)
     assert got.shape == ref.shape
     # llama.cpp's CPU matmuls quantise activations to 8 bits (Q8_0/Q8_K) and the goldens are stored as f16,
     # while our kernels dequantise weights exactly and keep activations in f32. Measured: correlation
@@ -51,32 +97,3 @@ async def test_first_step_logits_match_llamacpp(model, case):
     kl = float((p * (np.log(p + 1e-30) - log_q)).sum())
     assert kl < 0.02, kl
     assert len(set(np.argsort(ref)[-10:]) & set(np.argsort(got)[-10:])) >= 9
-
-
-# Greedy decoding is judged step by step with llama.cpp's own tokens fed back (teacher forcing): at every step
-# our argmax must be llama.cpp's token, except at near-ties, where llama.cpp's 8-bit activation noise
-# (measured std 0.15-0.3 of the logits) decides. Measured: cases 2 and 3-in-part agree everywhere; the
-# disagreements are at margins 0.013 (case 0, step 15), 0.05 and 0.60 (case 1, flat logits near 0), 0.11
-# (case 3) and 0.20 (case 4). With every step agreeing, teacher forcing equals free-running greedy, so case 2
-# checks that 32 free-running greedy tokens reproduce llama.cpp's exactly.
-TIE_MARGIN = 0.75
-EXACT_CASES = {2}
-
-
-@pytest.mark.parametrize("case", range(len(CASES)))
-async def test_greedy_matches_llamacpp(model, case):
-    c = CASES[case]
-    want = c["greedy_ids"][:N_GREEDY]
-    ids = list(c["prompt_ids"])
-    logits = await model.forward(ids, 0)
-    pos, mismatches = len(ids), []
-    for i, tok in enumerate(want):
-        ours = int(logits.argmax())
-        if ours != tok:
-            mismatches.append((i, ours, tok, float(logits[ours] - logits[tok])))
-        logits = await model.forward([tok], pos)
-        pos += 1
-    if case in EXACT_CASES:
-        assert mismatches == []
-    assert len(mismatches) <= max(1, len(want) // 10), mismatches
-    assert all(margin < TIE_MARGIN for *_, margin in mismatches), mismatches
