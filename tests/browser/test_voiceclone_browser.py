@@ -5,9 +5,13 @@ The target is the tiny Kokoro itself speaking in a stock voice (bm_george), synt
 climb from another stock voice (af_heart) has somewhere to go; training speaks a one-word text, so that a step is
 a short sentence on this software GPU. Screenshots of every step land in test-artifacts/browser/voiceclone-*.png.
 
-On SwiftShader (2 CPU cores, with a CI-like test run beside it) the whole scenario took 5.2 minutes: Kokoro's
-load and the start about 2 minutes (compiling its pipelines), the 20 steps about 2 (a step is the one-word
-sentence through the tiny model's decoder and generator, the signature and the loss), the rest under a minute.
+On SwiftShader (2 CPU cores, with a CI-like test run beside it) the scenario took 5.2 minutes with 20 steps:
+Kokoro's load and the start about 2 minutes (compiling its pipelines), the steps about 6.5 s each (a step is the
+one-word sentence through the tiny model's decoder and generator, the signature and the loss), the rest under a
+minute. STEPS is 10: enough for a pause after the third step and a resume, and for the curve to fall (with this
+seed the best loss improves at steps 1, 2, 6 and 9), and the page draws at least 10 steps across the canvas's
+width, so the drawn curve still spans it; how far a long climb gets is the native trainer's test
+(tests/test_voice.py).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ pytestmark = pytest.mark.browser
 TARGET_VOICE, START_VOICE = "bm_george", "af_heart"
 TARGET_TEXT = "Hello there, this is a test of a cloned voice speaking."
 TRAIN_TEXT = "Ah."
-STEPS, SEED = 20, 1
+STEPS, SEED = 10, 1
 NAME, IMPORTED = "my_clone", "imported_voice"
 SAY = "Hi."
 SAMPLE = "Oh."  # "Play current voice" speaks it
@@ -81,7 +85,7 @@ def test_a_dropped_recording_becomes_the_target_with_its_waveform(clone_run, tar
     assert clone_run["error_after_target"] is True  # the too-short recording's sentence went away
 
 
-def test_twenty_steps_draw_a_falling_loss_curve(clone_run):
+def test_training_draws_a_falling_loss_curve(clone_run):
     tr = clone_run["trained"]
     assert tr["lastError"] is None and tr["status"] == "done" and tr["steps"] == STEPS, tr
     assert tr["started"]["start_voice"] == START_VOICE and tr["started"]["settings"]["texts"] == [TRAIN_TEXT]
