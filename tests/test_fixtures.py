@@ -69,7 +69,8 @@ def fx(request) -> Fixture:
 
 
 def test_fixture_set_is_complete():
-    towers = ("gemma4_tiny_vision_", "gemma4_tiny_audio_")  # made by make_tiny_gemma4_vision.py / _audio.py
+    # made by make_tiny_gemma4_vision.py / _audio.py, and the MoE configs (tests/test_fixtures_moe.py checks those)
+    towers = ("gemma4_tiny_vision_", "gemma4_tiny_audio_", "gemma4_tiny_moe_")
     files = {f for f in os.listdir(FIXTURES) if f.startswith("gemma4_tiny_") and not f.startswith(towers)}
     assert files == {f"gemma4_tiny_{n}.{ext}" for n in tiny.CONFIGS for ext in ("gguf", "npz")}
     for f in files:
