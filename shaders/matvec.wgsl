@@ -11,7 +11,7 @@
 // (vec4 reads) and their sums are reused R times. The R partial sums live in one vec4 and the rows are
 // written out without arrays or loops over R: private arrays indexed in loops end up in local memory.
 // Partial sums are reduced across the workgroup at the end: here through workgroup memory;
-// matvec.subgroups.wgsl does it with subgroupAdd. Both share unit_rows and store (matvec_lib.wgsl).
+// matvec.subgroups.wgsl does it with subgroupAdd. Both share unit_rows and store (matvec_lib.wgsl, over matvec_units.wgsl).
 //
 // Constants: ROWS (rows of this part), ROW0 (its first row in the whole weight: parts are separate buffers,
 // so the part's data starts at byte 0 and only the output index moves), COLS (a multiple of QK, and of 8 for

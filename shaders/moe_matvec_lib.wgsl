@@ -4,35 +4,6 @@
 const UPR: u32 = (COLS / QK) * UPB;  // units per row
 const G: u32 = WG / LPR;  // row groups per workgroup
 
-// The partial dot products of unit u with the rows at byte offsets b0..b3 (only the first R are used), the
-// activation starting at vec4 xo: matvec_lib.wgsl's unit_rows for an activation that is one of many.
-fn slot_unit_rows(xo: u32, u: u32, b0: u32, b1: u32, b2: u32, b3: u32) -> vec4<f32> {
-  let blk = u / UPB;
-  let k = u % UPB;
-  let xb = xo + blk * (QK / 4u);
-  let x0 = X[xb + unit_run(k, 0u)];
-  let x1 = X[xb + unit_run(k, 1u)];
-  var x2 = vec4<f32>(0.0);
-  var x3 = vec4<f32>(0.0);
-  if (UNIT_RUNS > 2u) {
-    x2 = X[xb + unit_run(k, 2u)];
-    x3 = X[xb + unit_run(k, 3u)];
-  }
-  let one = vec4<f32>(1.0);
-  let xs = vec4<f32>(dot(x0, one), dot(x1, one), dot(x2, one), dot(x3, one));
-  let off = blk * BLOCK_BYTES;
-  var s = vec4<f32>(0.0);
-  s.x = unit_dot(b0 + off, k, x0, x1, x2, x3, xs);
-  if (R > 1u) {
-    s.y = unit_dot(b1 + off, k, x0, x1, x2, x3, xs);
-  }
-  if (R > 2u) {
-    s.z = unit_dot(b2 + off, k, x0, x1, x2, x3, xs);
-    s.w = unit_dot(b3 + off, k, x0, x1, x2, x3, xs);
-  }
-  return s;
-}
-
 // This lane's share (units li, li + LPR, ...) of rows row0 .. row0 + R - 1 of expert e of this part (its
 // rows start at e * RPE) against slot s's activation. Rows past the expert's end recompute its last row.
 fn lane_rows(s: u32, e: u32, row0: u32, li: u32) -> vec4<f32> {
@@ -48,7 +19,7 @@ fn lane_rows(s: u32, e: u32, row0: u32, li: u32) -> vec4<f32> {
   let b3 = (base + min(row0 + 3u, RPE - 1u)) * ROW_BYTES;
   var acc = vec4<f32>(0.0);
   for (var u = li; u < UPR; u += LPR) {
-    acc += slot_unit_rows(xo, u, b0, b1, b2, b3);
+    acc += unit_rows_at(xo, u, b0, b1, b2, b3);
   }
   return acc;
 }

@@ -138,7 +138,7 @@ async def matmul(g: Graph, w: Tensor, x: Tensor, out: Tensor, *, n_tokens: int, 
             # R: the kernel's vec4 of rows; powers of two: tree and butterfly reductions.
             assert r in (1, 2, 4) and wg & (wg - 1) == 0 and lpr & (lpr - 1) == 0 and 4 <= lpr <= wg, (wg, r, lpr)
             grid = _grid(-(-n // (r * wg // lpr)))
-            k = await dev.kernel("matvec", libs=libs + ("matvec_lib",), ROWS=n, ROW0=first, COLS=cols, ROW_BYTES=rb,
+            k = await dev.kernel("matvec", libs=libs + ("matvec_units", "matvec_lib"), ROWS=n, ROW0=first, COLS=cols, ROW_BYTES=rb,
                                  R=r, WG=wg, LPR=lpr, GRID_X=grid[0], ACC=accumulate, SCALE=float(scale))
             g.add(k, [buf, x, out], grid)
         return

@@ -210,7 +210,7 @@ async def _matvec(g: Graph, w: Tensor, x: Tensor, ids: Tensor, weights: Tensor |
     assert r in (1, 2, 4) and wg & (wg - 1) == 0 and lpr & (lpr - 1) == 0 and 4 <= lpr <= wg, (wg, r, lpr)
     for i, (buf, e0, ne) in enumerate(parts):
         acc = weights is not None and (accumulate or i > 0)  # later parts add to the first's sums
-        k = await g.device.kernel("moe_matvec", libs=_libs(qt) + ("moe_matvec_lib",),
+        k = await g.device.kernel("moe_matvec", libs=_libs(qt) + ("matvec_units", "moe_matvec_lib"),
                                   entry="slots" if weights is None else "sum", RPE=rpe, COLS=cols, ROW_BYTES=rb,
                                   R=r, WG=wg, LPR=lpr, E0=e0, NE=ne, TOP_K=top_k, X_PER_SLOT=bool(x_per_slot),
                                   ACC=acc)
