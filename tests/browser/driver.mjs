@@ -229,10 +229,94 @@ async function loadWithMmproj(page, modelUrl, mmprojUrl) {
   return waitLoaded(page);
 }
 
+// Images with a text-only model (loaded, in an empty conversation): refused in a sentence (drop, paste, pick)
+// with the typed text kept; the composer's thumbnails (the page told the model reads images) are removable, go to
+// Python with the message and come back to the composer with its text when Python says the model has no vision
+// tower; a clip gets the engine's sentence; the vision projector field and its errors (last: they are failed loads).
+async function imagesWithATextModel(page, prompt) {
+  const out = {};
+  const [png, jpg, tall] = cfg.images;
+  await page.fill('#prompt', prompt);
+  out.refused = {};
+  await dropFiles(page, '#prompt', [png]);
+  out.refused.drop = await page.textContent('#notice');
+  await pasteFiles(page, '#prompt', [jpg]);
+  out.refused.paste = await page.textContent('#notice');
+  await pickFiles(page, [tall]);
+  out.refused.pick = await page.textContent('#notice');
+  out.refused.prompt = await page.inputValue('#prompt');
+  out.refused.thumbs = await composerThumbs(page);
+  await shot(page, 'refused');
+
+  // As if the model read images: the page attaches them, and Python has the last word.
+  await app(page, () => { window.rullamaApp.model.has_vision = true; });
+  await dropFiles(page, '#prompt', [png]);
+  await thumbsAre(page, 1);
+  await pasteFiles(page, '#prompt', [jpg]);
+  await thumbsAre(page, 2);
+  await pickFiles(page, [tall]);
+  out.attached = await thumbsAre(page, 3);
+  await shot(page, 'three-attached');
+  await page.click(`#attachments .thumb:nth-child(2) .remove`);
+  out.after_remove = await thumbsAre(page, 2);
+  await shot(page, 'one-removed');
+  await page.click('#attachments .thumb:first-child img');
+  await until(page, () => document.getElementById('viewer').open && document.getElementById('viewer-img').naturalWidth > 0, null, 10000);
+  await shot(page, 'viewer');
+  await page.click('#viewer');
+  await setSampling(page, { temperature: 0, max_tokens: cfg.max_tokens });
+  await app(page, () => { window.rullamaApp.lastReply = null; });
+  await page.click('#send');
+  await until(page, () => window.rullamaApp.lastReply && !window.rullamaApp.busy);
+  out.sent = await app(page, () => {
+    const S = window.rullamaApp;
+    return { error: { kind: S.lastReply.error.kind, message: S.lastReply.error.message },
+      restoredToComposer: !!S.lastReply.restoredToComposer, shownError: document.getElementById('chat-error-message').textContent,
+      loaderOpened: !document.getElementById('loader').hidden };
+  });
+  out.sent.prompt = await page.inputValue('#prompt');
+  out.sent.thumbs = await composerThumbs(page);
+  out.sent.shown = await shownWithImages(page);
+  out.sent.stored = await storedConversation(page);
+  await shot(page, 'no-vision-error');
+
+  // The same text, without the images, is answered as usual.
+  await app(page, () => { for (const b of document.querySelectorAll('#attachments .remove')) b.click(); });
+  await thumbsAre(page, 0);
+  out.text_reply = await chat(page, prompt, { temperature: 0, max_tokens: cfg.max_tokens });
+  await shot(page, 'text-reply');
+
+  // A clip for this model (as if it heard audio): the engine's sentence; the text and the clip stay.
+  await app(page, () => { window.rullamaApp.model.has_audio = true; });
+  await forgetError(page);
+  await dropFiles(page, '#prompt', [cfg.clip]);
+  await clipsAre(page, 1);
+  await page.fill('#prompt', prompt);
+  await app(page, () => { window.rullamaApp.lastReply = null; });
+  await page.click('#send');
+  await until(page, () => window.rullamaApp.lastReply && !window.rullamaApp.busy);
+  out.no_audio = { ...(await shownChatError(page)), prompt: await page.inputValue('#prompt'),
+    clips: (await clipsAre(page, 1)).map(c => c.name), shown: (await shownMessages(page)).length };
+  await shot(page, 'no-audio-error');
+  await page.click('#attachments .clip .remove');
+  await clipsAre(page, 0);
+  out.no_audio.error_cleared = await page.isHidden('#chat-error');
+
+  // The vision projector: missing, then a file that is not one.
+  out.mmproj = {};
+  for (const [name, url] of [['missing', 'models/missing.mmproj.gguf'], ['not_projector', 'models/default.gguf']]) {
+    await loadWithMmproj(page, 'models/default.gguf', url);
+    out.mmproj[name] = await shownError(page);
+    await shot(page, 'mmproj-' + name);
+  }
+  return out;
+}
+
 // ---------------------------------------------------------------------------------------------------------
 
 const scenarios = {
-  // Load the tiny model over Range, greedy reply, attachments, stop, then reload and resume.
+  // Load the tiny model over Range, greedy reply, attachments, stop, then reload and resume; then images and a
+  // clip with this text-only model.
   async tiny() {
     const { ctx, page } = await launch();
     const out = {};
@@ -267,6 +351,11 @@ const scenarios = {
     out.load2 = await loadFromServer(page, 'default');
     out.r3 = await chat(page, cfg.prompts[2], { temperature: 0, max_tokens: cfg.max_tokens });
     await shot(page, 'resumed');
+
+    // Images and a clip for this text-only model, in a new conversation on the same page: the model is loaded
+    // already (a load costs a minute of kernel compiling on this software GPU).
+    await page.click('#new-chat');
+    out.images_text = await imagesWithATextModel(page, cfg.prompts[0]);
     await ctx.close();
     return out;
   },
@@ -383,95 +472,6 @@ const scenarios = {
     await page.fill('#system', cfg.system_prompt);
     out.r_system = await chat(page, cfg.prompts[0], { temperature: 0, max_tokens: cfg.max_tokens });
     await shot(page, 'system-prompt');
-    await ctx.close();
-    return out;
-  },
-
-  // Images with a text-only model: refused in a sentence (drop, paste, pick) with the typed text kept; the
-  // composer's thumbnails (the page told the model reads images) are removable, go to Python with the message
-  // and come back to the composer with its text when Python says the model has no vision tower; the vision
-  // projector field and its errors.
-  async images_text() {
-    const { ctx, page } = await launch();
-    const out = {};
-    await open(page, cfg.url);
-    out.load = await loadFromServer(page, 'default');
-    const [png, jpg, tall] = cfg.images;
-    await page.fill('#prompt', cfg.prompt);
-    out.refused = {};
-    await dropFiles(page, '#prompt', [png]);
-    out.refused.drop = await page.textContent('#notice');
-    await pasteFiles(page, '#prompt', [jpg]);
-    out.refused.paste = await page.textContent('#notice');
-    await pickFiles(page, [tall]);
-    out.refused.pick = await page.textContent('#notice');
-    out.refused.prompt = await page.inputValue('#prompt');
-    out.refused.thumbs = await composerThumbs(page);
-    await shot(page, 'refused');
-
-    // As if the model read images: the page attaches them, and Python has the last word.
-    await app(page, () => { window.rullamaApp.model.has_vision = true; });
-    await dropFiles(page, '#prompt', [png]);
-    await thumbsAre(page, 1);
-    await pasteFiles(page, '#prompt', [jpg]);
-    await thumbsAre(page, 2);
-    await pickFiles(page, [tall]);
-    out.attached = await thumbsAre(page, 3);
-    await shot(page, 'three-attached');
-    await page.click(`#attachments .thumb:nth-child(2) .remove`);
-    out.after_remove = await thumbsAre(page, 2);
-    await shot(page, 'one-removed');
-    await page.click('#attachments .thumb:first-child img');
-    await until(page, () => document.getElementById('viewer').open && document.getElementById('viewer-img').naturalWidth > 0, null, 10000);
-    await shot(page, 'viewer');
-    await page.click('#viewer');
-    await setSampling(page, { temperature: 0, max_tokens: cfg.max_tokens });
-    await app(page, () => { window.rullamaApp.lastReply = null; });
-    await page.click('#send');
-    await until(page, () => window.rullamaApp.lastReply && !window.rullamaApp.busy);
-    out.sent = await app(page, () => {
-      const S = window.rullamaApp;
-      return { error: { kind: S.lastReply.error.kind, message: S.lastReply.error.message },
-        restoredToComposer: !!S.lastReply.restoredToComposer, shownError: document.getElementById('chat-error-message').textContent,
-        loaderOpened: !document.getElementById('loader').hidden };
-    });
-    out.sent.prompt = await page.inputValue('#prompt');
-    out.sent.thumbs = await composerThumbs(page);
-    out.sent.shown = await shownWithImages(page);
-    out.sent.stored = await storedConversation(page);
-    await shot(page, 'no-vision-error');
-
-    // The same text, without the images, is answered as usual.
-    await app(page, () => { for (const b of document.querySelectorAll('#attachments .remove')) b.click(); });
-    await thumbsAre(page, 0);
-    out.text_reply = await chat(page, cfg.prompt, { temperature: 0, max_tokens: cfg.max_tokens });
-    await shot(page, 'text-reply');
-
-    // A clip for this model (as if it heard audio): the engine's sentence; the text and the clip stay.
-    if (cfg.clip) {
-      await app(page, () => { window.rullamaApp.model.has_audio = true; });
-      await forgetError(page);
-      await dropFiles(page, '#prompt', [cfg.clip]);
-      await clipsAre(page, 1);
-      await page.fill('#prompt', cfg.prompt);
-      await app(page, () => { window.rullamaApp.lastReply = null; });
-      await page.click('#send');
-      await until(page, () => window.rullamaApp.lastReply && !window.rullamaApp.busy);
-      out.no_audio = { ...(await shownChatError(page)), prompt: await page.inputValue('#prompt'),
-        clips: (await clipsAre(page, 1)).map(c => c.name), shown: (await shownMessages(page)).length };
-      await shot(page, 'no-audio-error');
-      await page.click('#attachments .clip .remove');
-      await clipsAre(page, 0);
-      out.no_audio.error_cleared = await page.isHidden('#chat-error');
-    }
-
-    // The vision projector: missing, then a file that is not one.
-    out.mmproj = {};
-    for (const [name, url] of [['missing', 'models/missing.mmproj.gguf'], ['not_projector', 'models/default.gguf']]) {
-      await loadWithMmproj(page, 'models/default.gguf', url);
-      out.mmproj[name] = await shownError(page);
-      await shot(page, 'mmproj-' + name);
-    }
     await ctx.close();
     return out;
   },
@@ -914,10 +914,10 @@ const scenarios = {
   },
 
   // The voice-clone panel with the tiny Kokoro (no chat model): a too-short recording refused; the target WAV
-  // dropped (its waveform); 20 steps from af_heart with a one-word training text while the page keeps drawing
-  // frames (the loss curve's canvas read back); the current voice played; saved under a name (the picker's My
-  // voices) and reading typed text aloud; exported, imported back, a wrong-size import refused; a reload keeps
-  // the saved voices.
+  // dropped (its waveform); cfg.steps steps from af_heart with a one-word training text, paused and resumed,
+  // while the page keeps drawing frames (the loss curve's canvas read back); the current voice played; saved
+  // under a name (the picker's My voices) and reading typed text aloud; exported, imported back, a wrong-size
+  // import refused; a reload keeps the saved voices.
   async voiceclone() {
     const { ctx, page } = await launch();
     const out = {};
@@ -941,9 +941,13 @@ const scenarios = {
     out.errors.short = await cloneError();
     await see('#clone-error', 'error-short');
 
-    // The target: dropped on the panel (not attached to the chat).
+    // The target: dropped on the panel (not attached to the chat). Waits for it or for a new error: the short
+    // recording's sentence is still shown until the target is taken.
+    const errorsLogged = () => window.rullamaApp.clone.log.filter(e => e.what === 'error').length;
+    const errorsBefore = await app(page, errorsLogged);
     await dropFiles(page, '#clone-drop', [wav(cfg.target_name, cfg.target_path)]);
-    await until(page, n => (window.rullamaApp.clone.target && window.rullamaApp.clone.target.name === n) || !document.getElementById('clone-error').hidden, cfg.target_name, 120000);
+    await until(page, ([n, k]) => (window.rullamaApp.clone.target && window.rullamaApp.clone.target.name === n)
+      || window.rullamaApp.clone.log.filter(e => e.what === 'error').length > k, [cfg.target_name, errorsBefore], 120000);
     out.target = (await C()).target;
     if (!out.target) throw new Error('the target was refused: ' + JSON.stringify((await C()).lastError));
     out.error_after_target = await app(page, () => document.getElementById('clone-error').hidden);
@@ -952,7 +956,7 @@ const scenarios = {
       let blue = 0, grey = 0; for (let i = 0; i < d.length; i += 4) { if (d[i + 3] > 0 && d[i + 2] > 200 && d[i] < 80) blue++; else if (d[i + 3] > 0 && d[i] > 180 && d[i] < 210) grey++; } return { blue, grey }; });
     await see('#clone-target', 'target');
 
-    // Options, then Train: Kokoro loads, the start voice is measured, 20 steps.
+    // Options, then Train: Kokoro loads, the start voice is measured, cfg.steps steps.
     await page.click('#clone-options > summary');
     await page.fill('#clone-text', cfg.text);
     await page.selectOption('#clone-start-voice', cfg.start);
