@@ -707,14 +707,12 @@ def _kokoro_file() -> Path:
 
 
 async def test_the_real_kokoro_beside_the_chat_model_on_one_device():
-    """The real Kokoro F16 file loads on the chat model's device with its own progress phases; speak() gives the
-    Speaker's own samples; a chat model loaded again afterwards (its buffers freed, the device's bind-group cache
-    cleared) leaves speech working, and chat answers as before."""
+    """The real Kokoro F16 file loads on the chat model's device with its own progress phases, and speaks: a
+    sentence with a duration per token and sound. (It takes minutes a sentence on lavapipe, so it speaks once;
+    loading the chat model again beside it is the next test's, on the tiny Kokoro.)"""
     kokoro = _kokoro_file()
     rec = SpeechRecorder()
     app, _ = await _load(rec)
-    hi = [{"role": "user", "content": "hi"}]
-    before = await _chat(app, hi)
     n = len(rec.events)
     r = json.loads(await app.speech_load("path", str(kokoro)))
     assert r["ok"], r
@@ -726,15 +724,36 @@ async def test_the_real_kokoro_beside_the_chat_model_on_one_device():
     assert not [e for e, _ in events if e == "progress"]  # the chat model's progress is not touched
     assert r["fetched"] >= r["size"] * 0.9
 
-    # (Kokoro takes minutes a sentence on lavapipe: one short sentence, twice.)
     out = json.loads(await app.speak("Hi.", "bf_emma", 1.0, 3))
     assert out["ok"] and out["sentences"] == 1, out
     [(p, pcm)] = rec.speech()
     assert p["text"] == "Hi." and len(p["durations"]) == len(_speaker.g2p.tokenize(p["phonemes"], app.speaker.vocab)) + 2 and pcm.size == sum(p["durations"]) * 600
     assert out["samples"] == pcm.size and np.abs(pcm).max() > 0.01  # sound, not silence
 
+
+async def test_a_chat_model_loaded_again_leaves_speech_as_it_was():
+    """A chat model loaded again beside the speech model (the old one's buffers freed, the device's bind-group
+    cache cleared) leaves speech on the same device giving the same samples, and chat answers as before. On the
+    tiny Kokoro (tools/make_tiny_kokoro.py: the real model's kernels at small widths, seconds a sentence)."""
+    from conftest import require
+    from rullama_py import assets
+
+    kokoro = assets.kokoro_tiny_path()
+    require(None if kokoro.is_file() else f"the tiny Kokoro {kokoro} is not built (tools/setup.sh)", "the speech tests")
+    rec = SpeechRecorder()
+    app, _ = await _load(rec)
+    hi = [{"role": "user", "content": "hi"}]
+    before = await _chat(app, hi)
+    r = json.loads(await app.speech_load("path", str(kokoro)))
+    assert r["ok"] and r["same_device"] is True, r
+    out = json.loads(await app.speak("Hi.", "bf_emma", 1.0, 3))
+    assert out["ok"] and out["sentences"] == 1, out
+    [(_, pcm)] = rec.speech()
+    assert pcm.size > 0 and np.abs(pcm).max() > 0  # samples worth comparing
+
     r = json.loads(await app.load("path", str(TINY), OPTS))
     assert r["ok"] and app.engine.device is app.speaker.model.device
     again = json.loads(await app.speak("Hi.", "bf_emma", 1.0, 3))
-    assert again["ok"] and np.array_equal(rec.speech()[-1][1], pcm)  # the same device and kernels: the same samples
+    [_, (_, pcm_again)] = rec.speech()
+    assert again["ok"] and np.array_equal(pcm_again, pcm)  # the same device and kernels: the same samples
     assert (await _chat(app, hi))["text"] == before["text"]
