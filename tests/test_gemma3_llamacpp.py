@@ -16,7 +16,6 @@ from rullama_py.models.gemma import Gemma
 
 GOLDENS = Path(__file__).parent / "goldens"
 CASES = json.loads((GOLDENS / "gemma3_270m_llamacpp.json").read_text())["cases"]
-N_GREEDY = 32
 
 pytestmark = pytest.mark.slow
 
@@ -45,23 +44,26 @@ async def _read_prompt(model, case: int) -> np.ndarray:
 
 # Greedy decoding is judged step by step with llama.cpp's own tokens fed back (teacher forcing): at every step
 # our argmax must be llama.cpp's token, except at near-ties, where llama.cpp's 8-bit activation noise
-# (measured std 0.15-0.3 of the logits) decides. Measured over the goldens' five prompts: cases 2 and 3-in-part
-# agree everywhere; the disagreements are at margins 0.013 (case 0, step 15), 0.05 and 0.60 (case 1, flat logits
-# near 0), 0.11 (case 3) and 0.20 (case 4). With every step agreeing, teacher forcing equals free-running
-# greedy, so case 2 checks that 32 free-running greedy tokens reproduce llama.cpp's exactly.
-# Three prompts are run (each costs a prefill and 32 decode steps, minutes on lavapipe), one per kind:
-# 0, plain prose, with the tightest near-tie (0.013); 1, the chat template, with the widest (0.60) among flat
-# logits; 2, code, the exact free-running case. Cases 3 (chat template) and 4 (prose) are the same kinds with
-# ties in between, and run through the same kernels and positions (all under the 512-token sliding window).
+# (measured std 0.15-0.3 of the logits) decides. Measured over 32 steps of the goldens' five prompts: cases 2
+# and 3-in-part agree everywhere; the disagreements are at margins 0.013 (case 0, step 15), 0.60 and 0.05
+# (case 1, steps 8 and 10, flat logits near 0), 0.11 (case 3) and 0.20 (case 4). With every step agreeing,
+# teacher forcing equals free-running greedy, so case 2 checks that 32 free-running greedy tokens reproduce
+# llama.cpp's exactly.
+# A decode step costs seconds on lavapipe and a prefill several times that, so three prompts are run, one per
+# kind, each as far as its measured near-ties: 0, plain prose, with the tightest near-tie (step 15, margin
+# 0.013); 1, the chat template, with the widest (0.60) among flat logits; 2, code, the exact free-running case,
+# over all 32 steps. Cases 3 (chat template) and 4 (prose) are the same kinds with ties in between, through the
+# same kernels and positions (all well under the 512-token sliding window).
 TIE_MARGIN = 0.75
 EXACT_CASES = {2}
-GREEDY_CASES = (0, 1, 2)
+# case -> llama.cpp tokens fed back; case 1 runs to 20, where the allowance of one disagreement in ten covers its two
+GREEDY_STEPS = {0: 16, 1: 20, 2: 32}
 
 
-@pytest.mark.parametrize("case", GREEDY_CASES)
+@pytest.mark.parametrize("case", list(GREEDY_STEPS))
 async def test_greedy_matches_llamacpp(model, case):
     c = CASES[case]
-    want = c["greedy_ids"][:N_GREEDY]
+    want = c["greedy_ids"][:GREEDY_STEPS[case]]
     logits = await _read_prompt(model, case)
     pos, mismatches = len(c["prompt_ids"]), []
     for i, tok in enumerate(want):
