@@ -11,8 +11,8 @@
 //
 // The same kernel serves one token when a float weight's rows are not a multiple of 8 long (the matvec
 // kernel needs whole 8-element units); rows, tokens and columns that do not fill a tile are masked.
-// Constants: ROWS, ROW0, COLS, ROW_BYTES (see matvec.wgsl), N_TOK, OUT_STRIDE (rows of the whole weight:
-// the row length of Y), ACC, SCALE, RPT and TPT (4 or 8), TK (a multiple of 4 dividing 8 * RPT: the
+// Constants: ROWS, ROW0, COLS, ROW_BYTES (see matvec.wgsl), N_TOK, OUT_STRIDE (the row length of Y:
+// the rows of the whole weight, or more when products share an output), ACC, SCALE, RPT and TPT (4 or 8), TK (a multiple of 4 dividing 8 * RPT: the
 // workgroup memory is (TM + TN) * TK * 4 bytes, 16 KiB for 8 x 8 blocks with TK 16).
 @group(0) @binding(0) var<storage, read> W: array<u32>;
 @group(0) @binding(1) var<storage, read> X: array<f32>;

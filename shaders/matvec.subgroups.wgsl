@@ -9,6 +9,7 @@
 @group(0) @binding(0) var<storage, read> W: array<u32>;
 @group(0) @binding(1) var<storage, read> X: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> Y: array<f32>;
+@group(0) @binding(3) var<storage, read> P: array<f32>;  // EPI 2 only; any read-only buffer otherwise
 
 const UPR: u32 = (COLS / QK) * UPB;
 const G: u32 = WG / LPR;
@@ -19,19 +20,16 @@ var<workgroup> red: array<vec4<f32>, MAX_CHUNKS>;
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
         @builtin(subgroup_size) sg_size: u32) {
-  let wrow = (wid.x + wid.y * GRID_X) * (G * R);
-  if (wrow >= ROWS) {
+  let wrow = (wid.x + wid.y * GRID_X) * (G * RPG);
+  if (wrow >= OUT_ROWS) {
     return;
   }
   let li = lid % LPR;
-  let row0 = wrow + (lid / LPR) * R;
-  let b0 = min(row0, ROWS - 1u) * ROW_BYTES;
-  let b1 = min(row0 + 1u, ROWS - 1u) * ROW_BYTES;
-  let b2 = min(row0 + 2u, ROWS - 1u) * ROW_BYTES;
-  let b3 = min(row0 + 3u, ROWS - 1u) * ROW_BYTES;
+  let row0 = wrow + (lid / LPR) * RPG;
+  let b = row_offsets(row0);
   var acc = vec4<f32>(0.0);
   for (var u = li; u < UPR; u += LPR) {
-    acc += unit_rows(u, b0, b1, b2, b3);
+    acc += unit_rows(u, b);
   }
   // Butterfly over chunks of m lanes (a whole row group when it fits in a subgroup).
   let m = min(LPR, sg_size);
@@ -42,7 +40,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     red[lid / m] = acc;
   }
   workgroupBarrier();
-  if (li == 0u && row0 < ROWS) {
+  if (li == 0u && row0 < OUT_ROWS) {
     var t = red[lid / m];
     for (var i = 1u; i < LPR / m; i++) {
       t += red[lid / m + i];

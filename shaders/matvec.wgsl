@@ -13,13 +13,16 @@
 // Partial sums are reduced across the workgroup at the end: here through workgroup memory;
 // matvec.subgroups.wgsl does it with subgroupAdd. Both share unit_rows and store (matvec_lib.wgsl, over matvec_units.wgsl).
 //
-// Constants: ROWS (rows of this part), ROW0 (its first row in the whole weight: parts are separate buffers,
-// so the part's data starts at byte 0 and only the output index moves), COLS (a multiple of QK, and of 8 for
+// Constants: ROWS (rows of this part), ROW0 (where its first row is stored in Y: the part's first row in the
+// whole weight, plus the caller's output offset; parts are separate buffers, so the part's data starts at
+// byte 0 and only the output index moves), COLS (a multiple of QK, and of 8 for
 // float types: the host uses the tiled kernel otherwise), ROW_BYTES, R, WG and LPR (powers of two, LPR <= WG),
-// GRID_X (workgroups along x; more than 65535 workgroups wrap into y), ACC (add into y), SCALE.
+// GRID_X (workgroups along x; more than 65535 workgroups wrap into y), ACC (add into y), SCALE, EPI and P_OFF
+// (the epilogue, matvec_lib.wgsl).
 @group(0) @binding(0) var<storage, read> W: array<u32>;
 @group(0) @binding(1) var<storage, read> X: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> Y: array<f32>;
+@group(0) @binding(3) var<storage, read> P: array<f32>;  // EPI 2 only; any read-only buffer otherwise
 
 const UPR: u32 = (COLS / QK) * UPB;  // units per row
 const G: u32 = WG / LPR;  // row groups per workgroup
@@ -28,20 +31,16 @@ var<workgroup> red: array<vec4<f32>, WG>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let wrow = (wid.x + wid.y * GRID_X) * (G * R);
-  if (wrow >= ROWS) {
+  let wrow = (wid.x + wid.y * GRID_X) * (G * RPG);
+  if (wrow >= OUT_ROWS) {
     return;  // padding workgroup of a wrapped grid (uniform: depends on the workgroup id only)
   }
   let li = lid % LPR;
-  let row0 = wrow + (lid / LPR) * R;
-  // Rows past the end recompute the last row; their sums are not stored.
-  let b0 = min(row0, ROWS - 1u) * ROW_BYTES;
-  let b1 = min(row0 + 1u, ROWS - 1u) * ROW_BYTES;
-  let b2 = min(row0 + 2u, ROWS - 1u) * ROW_BYTES;
-  let b3 = min(row0 + 3u, ROWS - 1u) * ROW_BYTES;
+  let row0 = wrow + (lid / LPR) * RPG;
+  let b = row_offsets(row0);
   var acc = vec4<f32>(0.0);
   for (var u = li; u < UPR; u += LPR) {
-    acc += unit_rows(u, b0, b1, b2, b3);
+    acc += unit_rows(u, b);
   }
   red[lid] = acc;
   workgroupBarrier();
@@ -51,7 +50,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     workgroupBarrier();
   }
-  if (li == 0u && row0 < ROWS) {
+  if (li == 0u && row0 < OUT_ROWS) {
     store(row0, red[lid]);
   }
 }

@@ -143,3 +143,90 @@ async def test_matmul_register_blocks(device, device_fallback, qt, block):
     assert mm._matmul_block(device, 768, 2394)[:2] == (8, 8)  # 114 tiles
     assert mm._matmul_block(device, 1024, 750)[:2] == (4, 4)  # 48 tiles: the audio tower
     assert mm._matmul_block(device, 1536, 64)[:2] == (4, 4)
+
+
+@pytest.mark.parametrize("n_tokens", [1, 4])
+async def test_matmul_output_columns(device, device_fallback, n_tokens):
+    """out_offset / out_stride: three products of different types fill the column ranges of one wider output
+    ([q | k | v] when the weights cannot be one upload); the columns around each range stay untouched."""
+    for dev in (device, device_fallback):
+        rng = np.random.default_rng(20 + n_tokens)
+        parts = [("q4_k", 40), ("q6_k", 24), ("q8_0", 8)]
+        cols, width = 256, 40 + 24 + 8 + 3
+        x = rng.standard_normal((n_tokens, cols)).astype(np.float32)
+        sentinel = np.full((n_tokens, width), 7.0, np.float32)
+        out, xt = dev.upload(sentinel), dev.upload(x)
+        g = dev.graph()
+        want, tol, off = sentinel.astype(np.float64), np.zeros((n_tokens, width)), 1
+        for qt, rows in parts:
+            raw = ref.random_weight(qt, rows, cols, rng)
+            w = _upload_weight(dev, qt, raw, rows, cols)
+            await ops.matmul(g, w, xt, out, n_tokens=n_tokens, out_offset=off, out_stride=width)
+            wd = ref.dequantize(raw, qt, cols)
+            want[:, off: off + rows] = ref.matmul(wd, x)
+            tol[:, off: off + rows] = ref.matmul_tolerance(wd, x)
+            off += rows
+        await dev.run(g)
+        got = await dev.read(out)
+        assert np.all(np.abs(got - want) <= tol), np.abs(got - want).max()
+        with pytest.raises(ValueError, match="do not fit"):
+            await ops.matmul(g, w, xt, out, n_tokens=n_tokens, out_offset=width - 2, out_stride=width)
+
+
+def _gelu(x):
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
+
+
+def _gated_tolerance(a, ta, b, tb):
+    """A bound on |gelu(a~) b~ - gelu(a) b| for |a~ - a| <= ta, |b~ - b| <= tb: gelu's slope is at most 1.13,
+    plus the kernel's gelu (exp, WGSL: 3 + 2|x| ulp) and the product's rounding, under 1e-5 relative here."""
+    return 1.13 * ta * (np.abs(b) + tb) + np.abs(_gelu(a)) * tb + 1e-5 * np.abs(_gelu(a) * b) + 1e-6
+
+
+@pytest.mark.parametrize("qt", ["q4_k", "q5_0", "q6_k", "f16"])
+@pytest.mark.parametrize("n_tokens", [1, 3])
+async def test_matmul_geglu(device, device_fallback, qt, n_tokens):
+    """matmul_geglu: out = gelu(gate . x) * (up . x) from one [gate; up] weight. One token: the matrix-vector
+    kernel's GeGLU epilogue (subgroups and plain); more tokens, and a weight in parts: matmul + gelu_mul."""
+    F, cols = 37, COLS[qt] if qt != "f16" else 256
+    for dev in (device, device_fallback):
+        rng = np.random.default_rng(30 + n_tokens)
+        raw = ref.random_weight(qt, 2 * F, cols, rng)
+        x = (rng.standard_normal((n_tokens, cols)) * 0.3).astype(np.float32)
+        wd = ref.dequantize(raw, qt, cols)
+        y = ref.matmul(wd, x)
+        tol = ref.matmul_tolerance(wd, x)
+        want = _gelu(y[:, :F]) * y[:, F:]
+        bound = _gated_tolerance(y[:, :F], tol[:, :F], y[:, F:], tol[:, F:])
+        for max_binding in (None, ref.row_bytes(qt, cols) * 40):
+            w = _upload_weight(dev, qt, raw, 2 * F, cols, max_binding)
+            out, scratch = dev.tensor((n_tokens, F)), dev.tensor((n_tokens, 2 * F))
+            g = dev.graph()
+            await ops.matmul_geglu(g, w, dev.upload(x), out, n_tokens=n_tokens, scratch=scratch)
+            assert len(g) == (1 if n_tokens == 1 and max_binding is None else len(w.parts) + 1)
+            await dev.run(g)
+            got = await dev.read(out)
+            assert np.all(np.abs(got - want) <= bound), (qt, max_binding, np.abs(got - want).max())
+
+
+@pytest.mark.parametrize("qt", ["q4_k", "bf16"])
+async def test_matvec_gelu_gate(device, device_fallback, qt):
+    """matvec_gelu_gate: out = gelu(W . x) * gate[offset..], one dispatch (Gemma 4's per-layer input gate)."""
+    rows, cols, off = 19, 256, 5
+    for dev in (device, device_fallback):
+        rng = np.random.default_rng(40)
+        raw = ref.random_weight(qt, rows, cols, rng)
+        x = (rng.standard_normal(cols) * 0.3).astype(np.float32)
+        gate = rng.standard_normal(off + rows + 4).astype(np.float32)
+        w = _upload_weight(dev, qt, raw, rows, cols)
+        out = dev.tensor((1, rows))
+        g = dev.graph()
+        await ops.matvec_gelu_gate(g, w, dev.upload(x), dev.upload(gate), out, gate_offset=off)
+        assert len(g) == 1
+        await dev.run(g)
+        got = (await dev.read(out))[0]
+        wd = ref.dequantize(raw, qt, cols)
+        y = ref.matmul(wd, x[None])[0]
+        p = gate[off: off + rows].astype(np.float64)
+        bound = _gated_tolerance(y, ref.matmul_tolerance(wd, x[None])[0], p, 0.0)
+        assert np.all(np.abs(got - _gelu(y) * p) <= bound), np.abs(got - _gelu(y) * p).max()

@@ -56,3 +56,25 @@ async def test_rms_norm_rows_past_the_grid_limit(device):
     got = await device.read(out)
     np.testing.assert_allclose(got[:rows], reference.rms_norm(x, w, 1e-6), rtol=1e-5, atol=1e-5)
     assert (got[rows:] == 7.0).all()
+
+
+@pytest.mark.parametrize("n,scale", [(640, False), (1536, True), (48, False)])
+async def test_rms_norm_then_norm(device, n, scale):
+    """then=(w2, out2): h = (h + rms_norm(x) * w) [* s], then x2 = rms_norm(h) * w2 in the same dispatch (a
+    layer's post-norm into the residual stream, then the next block's input norm); one- and many-lane rows.
+    The second norm sees the f32 h it wrote (within 1e-6 relative of the float64 one), so the same 1e-5 holds."""
+    rows = 3
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal((rows, n)) * 3).astype(np.float32)
+    h = rng.standard_normal((rows, n)).astype(np.float32)
+    w, w2 = (rng.standard_normal(n).astype(np.float32) for _ in range(2))
+    s = np.array([0.6], np.float32)
+    out, out2 = device.upload(h), device.tensor((rows, n))
+    g = device.graph()
+    await ops.rms_norm(g, device.upload(x), device.upload(w), out, n=n, eps=1e-6, accumulate=True,
+                       scale=device.upload(s) if scale else None, then=(device.upload(w2), out2))
+    assert len(g) == 1
+    await device.run(g)
+    want = (h.astype(np.float64) + reference.rms_norm(x, w, 1e-6)) * (s[0] if scale else 1.0)
+    np.testing.assert_allclose(await device.read(out), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(await device.read(out2), reference.rms_norm(want, w2, 1e-6), rtol=1e-5, atol=1e-5)

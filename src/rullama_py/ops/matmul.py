@@ -118,35 +118,96 @@ def _matmul_block(device, rows: int, n_tokens: int) -> tuple[int, int, int]:
 
 
 async def matmul(g: Graph, w: Tensor, x: Tensor, out: Tensor, *, n_tokens: int, accumulate: bool = False,
-                 scale: float = 1.0) -> None:
-    """out[t, r] (+)= scale * sum_c W[r, c] * x[t, c] for t < n_tokens.
+                 scale: float = 1.0, out_offset: int = 0, out_stride: int | None = None) -> None:
+    """out[t, out_offset + r] (+)= scale * sum_c W[r, c] * x[t, c] for t < n_tokens.
 
     w: weight (rows, cols), any of QUANT_TYPES, possibly split in parts; x: f32 [n_tokens, cols];
-    out: f32 [n_tokens, rows], a different buffer from x. accumulate=True adds into out (fused residual).
+    out: f32 with rows of out_stride values (default: rows), a different buffer from x; out_offset and
+    out_stride let several products fill the column ranges of one wider output (Gemma's [q | k | v] when the
+    three weights cannot be uploaded as one). accumulate=True adds into out (fused residual).
     One token runs the memory-bound matrix-vector kernel; more run the tiled matrix-matrix kernel."""
+    rows, cols = w.shape
+    stride = rows if out_stride is None else out_stride
+    if out_offset + rows > stride:
+        raise ValueError(f"matmul: {rows} rows at offset {out_offset} do not fit output rows of {stride}")
+    _check(x, n_tokens * cols, "activation")
+    _check(out, (n_tokens - 1) * stride + out_offset + rows, "output")
+    if n_tokens == 1 and cols % 8 == 0:
+        await _matvec(g, w, x, out, out_offset=out_offset, acc=accumulate, scale=scale)
+        return
+    await _matmul_tiled(g, w, x, out, n_tokens=n_tokens, out_offset=out_offset, out_stride=stride,
+                        acc=accumulate, scale=scale)
+
+
+async def matmul_geglu(g: Graph, w: Tensor, x: Tensor, out: Tensor, *, n_tokens: int,
+                       scratch: Tensor | None = None) -> None:
+    """out[t, i] = gelu_tanh(W[i] . x[t]) * (W[F + i] . x[t]), i < F: the GeGLU input of Gemma's MLP from one
+    weight w [2F, cols] holding the gate rows then the up rows (see Gemma's upload).
+
+    One token: one matrix-vector dispatch whose row groups take gate row i and up row i together (shared
+    activation loads, the activation function as its epilogue) when w is one buffer part. Otherwise the
+    product goes to scratch (f32 [n_tokens, 2F]) and gelu_mul reads it: two dispatches."""
+    from .nn import gelu_mul
+
+    rows, cols = w.shape
+    if rows % 2:
+        raise ValueError(f"matmul_geglu: weight {w.label!r} has an odd number of rows ({rows})")
+    _check(x, n_tokens * cols, "activation")
+    _check(out, n_tokens * rows // 2, "output")
+    if n_tokens == 1 and cols % 8 == 0 and len(w.parts) == 1:
+        await _matvec(g, w, x, out, epi=1)
+        return
+    if scratch is None:
+        raise ValueError("matmul_geglu: more than one token (or a weight in parts) needs a scratch buffer")
+    await matmul(g, w, x, scratch, n_tokens=n_tokens)
+    await gelu_mul(g, scratch, None, out, n=rows // 2, fused=True)
+
+
+async def matvec_gelu_gate(g: Graph, w: Tensor, x: Tensor, gate: Tensor, out: Tensor, *, gate_offset: int) -> None:
+    """out[r] = gelu_tanh(W[r] . x) * gate[gate_offset + r] for one token, in one matrix-vector dispatch (the
+    gate as its epilogue). x: f32 [cols]; gate: f32, read at gate_offset..; out: f32 [rows]."""
+    rows, cols = w.shape
+    if cols % 8:
+        raise ValueError(f"matvec_gelu_gate: rows of {cols} columns are not whole units of 8")
+    _check(x, cols, "activation")
+    _check(gate, gate_offset + rows, "gate")
+    _check(out, rows, "output")
+    await _matvec(g, w, x, out, epi=2, p=gate, p_offset=gate_offset)
+
+
+async def _matvec(g: Graph, w: Tensor, x: Tensor, out: Tensor, *, out_offset: int = 0, acc: bool = False,
+                  scale: float = 1.0, epi: int = 0, p: Tensor | None = None, p_offset: int = 0) -> None:
+    """The matrix-vector kernel over every part of w (epilogues: matvec_lib.wgsl)."""
     rows, cols = w.shape
     qt = qtype(w)
     rb = row_bytes(qt, cols)
-    _check(x, n_tokens * cols, "activation")
-    _check(out, n_tokens * rows, "output")
-    dev = g.device
-    libs = _libs(qt)
-    # The matvec kernel works in 8-element units and reads the activation as vec4s.
-    if n_tokens == 1 and cols % 8 == 0:
-        for buf, first, n in w.parts:
-            wg, r, lpr = _matvec_shape(cols, rows, qt)
-            # R: the kernel's vec4 of rows; powers of two: tree and butterfly reductions.
-            assert r in (1, 2, 4) and wg & (wg - 1) == 0 and lpr & (lpr - 1) == 0 and 4 <= lpr <= wg, (wg, r, lpr)
-            grid = _grid(-(-n // (r * wg // lpr)))
-            k = await dev.kernel("matvec", libs=libs + ("matvec_units", "matvec_lib"), ROWS=n, ROW0=first, COLS=cols, ROW_BYTES=rb,
-                                 R=r, WG=wg, LPR=lpr, GRID_X=grid[0], ACC=accumulate, SCALE=float(scale))
-            g.add(k, [buf, x, out], grid)
-        return
     for buf, first, n in w.parts:
-        rpt, tpt, tk = _matmul_block(dev, n, n_tokens)
+        wg, r, lpr = _matvec_shape(cols, rows, qt)
+        if epi == 1:  # one gate row and its up row per row group
+            r = 2
+        elif epi == 2:
+            r = 1
+        # R: the kernel's vec4 of rows; powers of two: tree and butterfly reductions.
+        assert r in (1, 2, 4) and wg & (wg - 1) == 0 and lpr & (lpr - 1) == 0 and 4 <= lpr <= wg, (wg, r, lpr)
+        stored = (n // 2, 1) if epi == 1 else (n, r)  # (rows stored, rows stored per row group)
+        grid = _grid(-(-stored[0] // (stored[1] * wg // lpr)))
+        k = await g.device.kernel("matvec", libs=_libs(qt) + ("matvec_units", "matvec_lib"), ROWS=n,
+                                  ROW0=first + out_offset, COLS=cols, ROW_BYTES=rb, R=r, WG=wg, LPR=lpr,
+                                  GRID_X=grid[0], ACC=acc, SCALE=float(scale), EPI=epi, P_OFF=p_offset)
+        g.add(k, [buf, x, out, p if p is not None else x], grid)
+
+
+async def _matmul_tiled(g: Graph, w: Tensor, x: Tensor, out: Tensor, *, n_tokens: int, out_offset: int,
+                        out_stride: int, acc: bool, scale: float) -> None:
+    rows, cols = w.shape
+    qt = qtype(w)
+    rb = row_bytes(qt, cols)
+    for buf, first, n in w.parts:
+        rpt, tpt, tk = _matmul_block(g.device, n, n_tokens)
         grid = (-(-n // (16 * rpt)), -(-n_tokens // (16 * tpt)))
-        k = await dev.kernel("matmul", libs=libs, ROWS=n, ROW0=first, COLS=cols, ROW_BYTES=rb, N_TOK=n_tokens,
-                             OUT_STRIDE=rows, ACC=accumulate, SCALE=float(scale), RPT=rpt, TPT=tpt, TK=tk)
+        k = await g.device.kernel("matmul", libs=_libs(qt), ROWS=n, ROW0=first + out_offset, COLS=cols,
+                                  ROW_BYTES=rb, N_TOK=n_tokens, OUT_STRIDE=out_stride, ACC=acc,
+                                  SCALE=float(scale), RPT=rpt, TPT=tpt, TK=tk)
         g.add(k, [buf, x, out], grid)
 
 
