@@ -16,12 +16,6 @@
 
 const HD2: u32 = HD / 2u;
 
-// f16 overflows to +-inf past 65504 (and pack2x16float is undefined there); an inf key would turn a whole
-// softmax row into NaN, so saturate instead.
-fn to_f16x2(a: vec2<f32>) -> u32 {
-  return pack2x16float(clamp(a, vec2<f32>(-65504.0), vec2<f32>(65504.0)));
-}
-
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {

@@ -13,7 +13,8 @@ may use a ring of `kv_slots(ctx, window=, max_tokens=)` = window + max_tokens - 
 current run can see is pos + 0 - (window - 1) and the newest key written is pos + n_tokens - 1, so that many
 slots never overwrite a key still in use.
 
-Dispatches per call: rope 1, rope_2d 1, kv_store 1 (K and V), attention 1 (prefill), 2 (decode: key splits + combine) or
+Dispatches per call: rope 1, rope_2d 1, kv_store 1 (K and V), attention_inputs 1 (q/k norms, RoPE, v norm and the
+store together), attention 1 (prefill), 2 (decode: key splits + combine) or
 3 (decode over a cache that can outgrow attention_plan's `short`: split kernels for short and long contexts,
 one of which returns at once).
 """
@@ -59,10 +60,10 @@ async def rope(g: Graph, x: Tensor, step: Tensor, *, n_heads: int, head_dim: int
     consts = dict(NH=n_heads, HD=head_dim, NROT=n_rot, TSTRIDE=stride, LOG2_BASE=math.log2(base),
                   FREQ_SCALE=float(freq_scale), MAXT=max_t, WG=64)
     if freq_factors is None:
-        k = await g.device.kernel("rope", entry="main", **consts)
+        k = await g.device.kernel("rope", libs=("rope_lib",), entry="main", **consts)
         binds = [x, step]
     else:
-        k = await g.device.kernel("rope", entry="main_ff", **consts)
+        k = await g.device.kernel("rope", libs=("rope_lib",), entry="main_ff", **consts)
         binds = [x, step, freq_factors]
     g.add(k, binds, _grid(max_t * (n_rot // 2), 64))
 
@@ -82,7 +83,7 @@ async def rope_2d(g: Graph, x: Tensor, positions: Tensor, *, n_heads: int, head_
     max_t = _tokens(x, stride, "rope_2d input")
     if _count(positions) < 2 * max_t:
         raise ValueError(f"positions of shape {positions.shape} hold fewer than {max_t} (px, py) pairs")
-    k = await g.device.kernel("rope", entry="axial", NH=n_heads, HD=head_dim, NROT=head_dim, TSTRIDE=stride,
+    k = await g.device.kernel("rope", libs=("rope_lib",), entry="axial", NH=n_heads, HD=head_dim, NROT=head_dim, TSTRIDE=stride,
                               LOG2_BASE=math.log2(base), FREQ_SCALE=1.0, MAXT=max_t, WG=64)
     g.add(k, [x, positions], _grid(max_t * (head_dim // 2), 64))
 
@@ -120,8 +121,49 @@ async def kv_store(g: Graph, k: Tensor, v: Tensor, cache_k: Tensor, cache_v: Ten
     for c in (cache_k, cache_v):
         if c.nbytes < expect:
             raise ValueError(f"cache {c.label!r} holds {c.nbytes} bytes; {max_ctx} slots need {expect}")
-    kern = await g.device.kernel("kv_store", NKV=n_kv_heads, HD=head_dim, CAP=max_ctx, MAXT=max_t, WG=WG)
+    kern = await g.device.kernel("kv_store", libs=("kv_lib",), NKV=n_kv_heads, HD=head_dim, CAP=max_ctx, MAXT=max_t, WG=WG)
     g.add(kern, [k, v, cache_k, cache_v, step], _grid(max_t * n_kv_heads * head_dim // 2, WG))
+
+
+async def attention_inputs(g: Graph, qkv: Tensor, q_norm: Tensor, q: Tensor, step: Tensor, *, n_heads: int,
+                           head_dim: int, eps: float, base: float, n_rot: int | None = None,
+                           freq_factors: Tensor | None = None, freq_scale: float = 1.0, qkv_stride: int,
+                           kv: tuple | None = None):
+    """Gemma's attention inputs for this run's tokens from one [q | k | v] projection, in one dispatch
+    (shaders/attention_inputs.wgsl):
+        q = rope(rms_norm(q_lin) * q_norm)   into q, f32 [n_tokens, n_heads, head_dim]
+        k = rope(rms_norm(k_lin) * k_norm)   and v = rms_norm(v_lin) (v_norm) or v_lin, into the layer's f16
+                                             caches at slot (step.pos + t) % slots, as kv_store writes them.
+    qkv: f32 rows of qkv_stride values per token, the query heads first. kv = (k_norm, cache_k, cache_v, dict(
+    n_kv_heads=, k_offset=, v_offset=, slots=, v_norm=)), or None for a layer that reads another layer's cache
+    (queries only). v_offset may equal k_offset (a layer whose value is its key projection). RoPE as `rope`."""
+    n_rot = head_dim if n_rot is None else n_rot
+    if head_dim % 2 or n_rot % 2 or n_rot > head_dim:
+        raise ValueError(f"attention_inputs: head_dim {head_dim} and n_rot {n_rot} must be even, n_rot <= head_dim")
+    max_t = _tokens(qkv, qkv_stride, "qkv")
+    if _count(q) < max_t * n_heads * head_dim:
+        raise ValueError(f"attention_inputs: q of shape {q.shape} is smaller than {max_t} tokens x {n_heads} heads")
+    consts = dict(NH=n_heads, HD=head_dim, NROT=n_rot, QKV_STRIDE=qkv_stride, MAXT=max_t, EPS=float(eps),
+                  FF=freq_factors is not None, LOG2_BASE=math.log2(base), FREQ_SCALE=float(freq_scale),
+                  WG=64 if head_dim <= 256 else 128)
+    ff = freq_factors if freq_factors is not None else q_norm
+    binds = [qkv, q_norm, ff, q, step]
+    if kv is None:
+        k = await g.device.kernel("attention_inputs", libs=("rope_lib", "kv_lib"), entry="queries", NKV=0, K_OFF=0,
+                                  V_OFF=0, CAP=1, V_NORM=False, **consts)
+        g.add(k, binds + [q_norm], (n_heads, max_t))  # the key norm's binding is declared, never read here
+        return
+    k_norm, cache_k, cache_v, layout = kv
+    nkv, k_off, v_off, slots = (layout[n] for n in ("n_kv_heads", "k_offset", "v_offset", "slots"))
+    if max(n_heads * head_dim, k_off + nkv * head_dim, v_off + nkv * head_dim) > qkv_stride:
+        raise ValueError(f"attention_inputs: heads do not fit rows of {qkv_stride} (k at {k_off}, v at {v_off})")
+    expect = kv_cache_bytes(nkv, head_dim, slots)
+    for c in (cache_k, cache_v):
+        if c.nbytes < expect:
+            raise ValueError(f"cache {c.label!r} holds {c.nbytes} bytes; {slots} slots need {expect}")
+    k = await g.device.kernel("attention_inputs", libs=("rope_lib", "kv_lib"), entry="main", NKV=nkv, K_OFF=k_off,
+                              V_OFF=v_off, CAP=slots, V_NORM=bool(layout["v_norm"]), **consts)
+    g.add(k, binds + [k_norm, cache_k, cache_v], (n_heads + 2 * nkv, max_t))
 
 
 # -- attention ----------------------------------------------------------------------------------------------
