@@ -46,7 +46,6 @@ class DiffusionGemma(Gemma):
         # The decoder's [canvas, vocab] logits; the sampler turns them into probabilities in place, which the
         # next decoder run reads for self-conditioning.
         self.logits = device.tensor((self.canvas_length, cfg.vocab_size), "float32", "canvas_logits")
-        self.head_norm = device.tensor((self.canvas_length, cfg.d_model), "float32", "canvas_head_norm")
         self.enc_scales: list[Tensor | None] = []
 
     @classmethod
@@ -91,8 +90,7 @@ class DiffusionGemma(Gemma):
                   bufs=self._buffers(cap))
         g, b = run.graph, run.bufs
         await ops.embed(g, self.w["token_embd.weight"], run.ids, b["h"], n_tokens=cap, scale=c.embed_scale)
-        for l, L in enumerate(self.layers):
-            await self._layer(g, b, cap, l, L, out_scale=self.enc_scales[l])
+        await self._layers(g, b, cap, out_scales=self.enc_scales)
         return run
 
     async def _record_decoder(self) -> Run:
@@ -115,10 +113,9 @@ class DiffusionGemma(Gemma):
         await ops.gelu_mul(g, gate, up, act, n=sc_ff)
         await ops.matmul(g, w["self_cond_down.weight"], act, x, n_tokens=C, accumulate=True)
         await ops.rms_norm(g, x, None, h, n=d, eps=eps)
-        for l, L in enumerate(self.layers):
-            await self._layer(g, b, C, l, L, out_scale=L.out_scale, causal=False)
-        await ops.rms_norm(g, h, w["output_norm.weight"], self.head_norm, n=d, eps=eps)
-        await ops.matmul(g, E, self.head_norm, self.logits, n_tokens=C)
+        await self._layers(g, b, C, out_scales=[L.out_scale for L in self.layers], causal=False,
+                           final_norm=w["output_norm.weight"])
+        await ops.matmul(g, E, x, self.logits, n_tokens=C)  # x = output_norm(h) for every canvas row
         if c.final_logit_softcap:
             await ops.softcap(g, self.logits, cap=c.final_logit_softcap)
         return run

@@ -58,16 +58,19 @@ class Experts:
 @dataclass
 class Layer:
     attn_norm: Tensor
-    wq: Tensor
-    wk: Tensor | None  # None on KV-shared layers (Gemma 4)
-    wv: Tensor | None
+    # The q, k and v projections as (weight, first output column) into one [q | k | v] row per token; weights of
+    # one type were uploaded as one (see Gemma._row_groups), so this is usually a single product.
+    qkv: list
+    qkv_width: int  # columns of that row: q, then k and v where the layer has them
+    v_offset: int | None  # column of v (= k's when the value is the key projection); None: no K/V of its own
     wo: Tensor
     q_norm: Tensor
     k_norm: Tensor | None
     post_attn_norm: Tensor
     ffn_norm: Tensor
-    w_gate: Tensor
-    w_up: Tensor
+    gate_up: Tensor | None  # [gate; up] uploaded as one (ops.matmul_geglu), or None: w_gate and w_up apart
+    w_gate: Tensor | None
+    w_up: Tensor | None
     w_down: Tensor
     post_ffw_norm: Tensor
     # Gemma 4 only
@@ -108,7 +111,6 @@ class Gemma:
         self._step_bytes = bytearray(STEP_BYTES)
         self.kv: dict[int, tuple] = {}  # layer -> (K cache, V cache, slots)
         self.logits = device.tensor((1, cfg.vocab_size), "float32", "logits")
-        self.head_in = device.tensor((1, cfg.d_model), "float32", "head_in")
         self.head_norm = device.tensor((1, cfg.d_model), "float32", "head_norm")
         # Gemma 4's per-layer-embedding rows, scaled and ready to upload, most recently used last. The table
         # (4.7 GB for E2B) stays in the file and a row is read per token; in the browser that read is an OPFS
@@ -179,6 +181,29 @@ class Gemma:
         info = self.gguf.info(name)
         return info.n_rows // info.shape[0] if len(info.shape) == 3 else 0
 
+    def _row_groups(self, names: list) -> dict:
+        """Weights uploaded as one buffer, rows concatenated, keyed by their first member: a layer's q, k and v
+        projections (each run of consecutive ones of one type), and its gate and up projections. One
+        matrix-vector dispatch then reads a whole group: the products write column ranges of one row
+        (ops.matmul's out_offset), and the gate and up rows meet in ops.matmul_geglu's epilogue."""
+        gf, have = self.gguf, set(names)
+        groups = {}
+        for l in range(self.cfg.n_layers):
+            p = f"blk.{l}."
+            for members in (("attn_q", "attn_k", "attn_v"), ("ffn_gate", "ffn_up")):
+                present = [p + m + ".weight" for m in members if p + m + ".weight" in have]
+                run = present[:1]
+                for n in present[1:] + [None]:
+                    same = n is not None and (gf.info(n).type_name, gf.info(n).shape[-1]) == \
+                        (gf.info(run[0]).type_name, gf.info(run[0]).shape[-1])
+                    if same and (members[0] != "ffn_gate" or len(present) == 2):
+                        run.append(n)
+                        continue
+                    if len(run) > 1:
+                        groups[run[0]] = run
+                    run = [n]
+        return groups
+
     async def _upload(self, progress) -> None:
         gf, dev = self.gguf, self.device
         missing = sorted(n for n in self._wanted() if n not in gf)
@@ -187,12 +212,18 @@ class Gemma:
                                  + (" ..." if len(missing) > 6 else ""))
         names = self._weight_names()
         total = sum(gf.info(n).nbytes for n in names)
+        groups = self._row_groups(names)
+        grouped = {n for members in groups.values() for n in members[1:]}
         done = 0
         w = {}
         c = self.cfg
         for name in names:
+            if name in grouped:
+                continue  # uploaded with its group's first member
             info = gf.info(name)
-            raw = await gf.tensor_bytes(name)
+            members = groups.get(name, [name])
+            raw = await gf.tensor_bytes(name) if len(members) == 1 else \
+                b"".join([await gf.tensor_bytes(m) for m in members])
             if info.type_name == "f32" and len(info.shape) == 1:
                 values = np.frombuffer(raw, np.float32)
                 if name.endswith("ffn_gate_inp.scale"):
@@ -200,14 +231,17 @@ class Gemma:
                     values = (values.astype(np.float64) / math.sqrt(c.d_model)).astype(np.float32)
                 w[name] = dev.upload(values, label=name)
             else:
-                shape = (info.n_rows, info.shape[-1])
+                n_rows = sum(gf.info(m).n_rows for m in members)
+                label = "+".join([members[0]] + [m.rsplit(".", 2)[-2] for m in members[1:]])
                 expert = self._expert_rows(name)
-                w[name] = dev.upload_rows(raw, info.n_rows, info.row_bytes, shape, info.type_name, name,
-                                          **({"align_rows": expert} if expert else {}))
+                w[label if len(members) > 1 else name] = dev.upload_rows(
+                    raw, n_rows, info.row_bytes, (n_rows, info.shape[-1]), info.type_name, label,
+                    **({"align_rows": expert} if expert else {}))
             del raw
-            done += info.nbytes
-            if progress is not None:
-                progress(done, total, name)
+            for m in members:
+                done += gf.info(m).nbytes
+                if progress is not None:
+                    progress(done, total, m)
         self.w = w
         for l in range(c.n_layers):
             p = f"blk.{l}."
@@ -219,12 +253,21 @@ class Gemma:
                               gate=g(p + "ffn_gate_exps.weight"), up=g(p + "ffn_up_exps.weight"),
                               down=w[p + "ffn_down_exps.weight"], pre_norm=w[p + "pre_ffw_norm_2.weight"],
                               post_norm_dense=w[p + "post_ffw_norm_1.weight"], post_norm=w[p + "post_ffw_norm_2.weight"])
+            nh, nkv, hd = c.n_heads[l], c.n_kv_heads[l], c.head_dim[l]
+            cols = {p + "attn_q.weight": 0, p + "attn_k.weight": nh * hd, p + "attn_v.weight": (nh + nkv) * hd}
+            qkv = [(t, cols[label.split("+")[0]]) for label, t in w.items() if label.split("+")[0] in cols]
+            v_offset = None
+            if c.has_kv[l]:
+                v_offset = cols[p + "attn_v.weight"] if p + "attn_v.weight" in gf else cols[p + "attn_k.weight"]
+            gate_up = g(p + "ffn_gate.weight+ffn_up")
             self.layers.append(Layer(
-                attn_norm=w[p + "attn_norm.weight"], wq=w[p + "attn_q.weight"], wk=g(p + "attn_k.weight"),
-                wv=g(p + "attn_v.weight"), wo=w[p + "attn_output.weight"], q_norm=w[p + "attn_q_norm.weight"],
+                attn_norm=w[p + "attn_norm.weight"], qkv=sorted(qkv, key=lambda e: e[1]),
+                qkv_width=max(off + t.shape[0] for t, off in qkv), v_offset=v_offset,
+                wo=w[p + "attn_output.weight"], q_norm=w[p + "attn_q_norm.weight"],
                 k_norm=g(p + "attn_k_norm.weight"), post_attn_norm=w[p + "post_attention_norm.weight"],
-                ffn_norm=w[p + "ffn_norm.weight"], w_gate=w[p + "ffn_gate.weight"], w_up=w[p + "ffn_up.weight"],
-                w_down=w[p + "ffn_down.weight"], post_ffw_norm=w[p + "post_ffw_norm.weight"],
+                ffn_norm=w[p + "ffn_norm.weight"], gate_up=gate_up, w_gate=g(p + "ffn_gate.weight"),
+                w_up=g(p + "ffn_up.weight"), w_down=w[p + "ffn_down.weight"],
+                post_ffw_norm=w[p + "post_ffw_norm.weight"],
                 inp_gate=g(p + "inp_gate.weight"), proj=g(p + "proj.weight"), post_norm=g(p + "post_norm.weight"),
                 out_scale=g(p + "layer_output_scale.weight"), moe=moe,
             ))
@@ -267,14 +310,15 @@ class Gemma:
         T = lambda *shape, name: dev.tensor(shape, "float32", f"{name}[{cap}]")  # noqa: E731
         d = c.d_model
         max_q = max(h * hd for h, hd in zip(c.n_heads, c.head_dim))
-        max_kv = max(h * hd for h, hd in zip(c.n_kv_heads, c.head_dim))
         max_ffn = max(c.ffn_dim)
         b = {}
         b["h"], b["x"], b["o"] = T(cap, d, name="h"), T(cap, d, name="x"), T(cap, d, name="o")
-        b["q_lin"], b["q"], b["attn"] = T(cap, max_q, name="q_lin"), T(cap, max_q, name="q"), T(cap, max_q, name="attn")
-        b["k_lin"], b["k"] = T(cap, max_kv, name="k_lin"), T(cap, max_kv, name="k")
-        b["v_lin"], b["v"] = T(cap, max_kv, name="v_lin"), T(cap, max_kv, name="v")
-        b["gate"], b["up"], b["act"] = T(cap, max_ffn, name="gate"), T(cap, max_ffn, name="up"), T(cap, max_ffn, name="act")
+        max_qkv = max(L.qkv_width for L in self.layers)
+        b["qkv"], b["q"], b["attn"] = T(cap, max_qkv, name="qkv"), T(cap, max_q, name="q"), T(cap, max_q, name="attn")
+        # gate_up: [gate | up] rows, the fused product's output when the GeGLU is not its epilogue
+        b["gate_up"], b["act"] = T(cap, 2 * max_ffn, name="gate_up"), T(cap, max_ffn, name="act")
+        if any(L.gate_up is None for L in self.layers):  # files whose gate and up differ in type
+            b["gate"], b["up"] = T(cap, max_ffn, name="gate"), T(cap, max_ffn, name="up")
         if c.is_moe:
             E, K, ff = c.n_experts, c.n_experts_used, c.expert_ffn_dim
             b["mix"] = T(cap, d, name="mix")  # the dense MLP's and the experts' normed outputs, summed
@@ -308,67 +352,73 @@ class Gemma:
                              scale=1.0 / math.sqrt(d))
             await ops.rms_norm(g, b["ple_proj"], self.w["per_layer_proj_norm.weight"], run.ple, n=c.ple_dim,
                                eps=eps, accumulate=True)
-        for l, L in enumerate(self.layers):
-            await self._layer(g, b, cap, l, L, out_scale=L.out_scale, ple=run.ple)
-
-        # head: the last token only
-        src = h
+        await self._layers(g, b, cap, out_scales=[L.out_scale for L in self.layers], ple=run.ple,
+                           final_norm=self.w["output_norm.weight"])
+        # head: the last token only; b["x"] holds the output norm of every token
+        src = b["x"]
         if cap > 1:
-            await ops.select_row(g, h, self.step, self.head_in, n=d)
-            src = self.head_in
-        await ops.rms_norm(g, src, self.w["output_norm.weight"], self.head_norm, n=d, eps=eps)
-        await ops.matmul(g, self.w["token_embd.weight"], self.head_norm, self.logits, n_tokens=1)
+            await ops.select_row(g, src, self.step, self.head_norm, n=d)
+            src = self.head_norm
+        await ops.matmul(g, self.w["token_embd.weight"], src, self.logits, n_tokens=1)
         if c.final_logit_softcap:
             await ops.softcap(g, self.logits, cap=c.final_logit_softcap)
         return run
 
+    async def _layers(self, g: Graph, b: dict, cap: int, *, out_scales: list, causal: bool = True,
+                      ple: Tensor | None = None, final_norm: Tensor | None = None) -> None:
+        """Every decoder layer over the run's stream b["h"]; with final_norm, b["x"] ends as rms_norm(h) *
+        final_norm (the head's input). Each layer's last residual add also computes the next layer's input
+        norm (ops.rms_norm then=), so only the first layer's input norm is a dispatch of its own."""
+        eps, d = self.cfg.norm_eps, self.cfg.d_model
+        await ops.rms_norm(g, b["h"], self.layers[0].attn_norm, b["x"], n=d, eps=eps)
+        for l, L in enumerate(self.layers):
+            next_norm = self.layers[l + 1].attn_norm if l + 1 < len(self.layers) else final_norm
+            await self._layer(g, b, cap, l, L, out_scale=out_scales[l], causal=causal, ple=ple, next_norm=next_norm)
+
     async def _layer(self, g: Graph, b: dict, cap: int, l: int, L: Layer, *, out_scale: Tensor | None,
-                     causal: bool = True, ple: Tensor | None = None) -> None:
-        """One decoder layer over the run's stream b["h"]. causal=False: every token of the run sees every key
+                     causal: bool = True, ple: Tensor | None = None, next_norm: Tensor | None = None) -> None:
+        """One decoder layer over the run's stream b["h"], with b["x"] = rms_norm(h) * L.attn_norm on entry and,
+        with next_norm, rms_norm(h) * next_norm on exit. causal=False: every token of the run sees every key
         stored so far and the run's own (DiffusionGemma's canvas); its K/V still go to the cache slots of its
         positions, past the prompt's."""
         c, step, eps = self.cfg, self.step, self.cfg.norm_eps
         d = c.d_model
         h, x, o = b["h"], b["x"], b["o"]
         nh, nkv, hd = c.n_heads[l], c.n_kv_heads[l], c.head_dim[l]
-        q_lin, q, attn = (b[n].view((cap, nh * hd)) for n in ("q_lin", "q", "attn"))
+        q, attn = (b[n].view((cap, nh * hd)) for n in ("q", "attn"))
+        qkv = b["qkv"].view((cap, L.qkv_width))
         ffn = c.ffn_dim[l]
-        gate, up, act = (b[n].view((cap, ffn)) for n in ("gate", "up", "act"))
         rope = dict(n_rot=c.rope_dim[l], freq_scale=c.rope_scale[l], base=c.rope_base[l],
                     freq_factors=None if c.is_sliding[l] else self.w.get("rope_freqs.weight"))
-        # attention
-        await ops.rms_norm(g, h, L.attn_norm, x, n=d, eps=eps)
-        await ops.matmul(g, L.wq, x, q_lin, n_tokens=cap)
-        await ops.rms_norm(g, q_lin, L.q_norm, q, n=hd, eps=eps)
-        await ops.rope(g, q, step, n_heads=nh, head_dim=hd, **rope)
-        if c.has_kv[l]:
-            k_lin, k, v_lin, v = (b[n].view((cap, nkv * hd)) for n in ("k_lin", "k", "v_lin", "v"))
-            await ops.matmul(g, L.wk, x, k_lin, n_tokens=cap)
-            if L.wv is not None:
-                await ops.matmul(g, L.wv, x, v_lin, n_tokens=cap)
-            else:  # Gemma 4 26B's global layers: the value is the key projection (before the key norm)
-                v_lin = k_lin
-            await ops.rms_norm(g, k_lin, L.k_norm, k, n=hd, eps=eps)
-            await ops.rope(g, k, step, n_heads=nkv, head_dim=hd, **rope)
-            if c.is_gemma4:  # Gemma 4 normalises V too (no weight)
-                await ops.rms_norm(g, v_lin, None, v, n=hd, eps=eps)
-            else:
-                v = v_lin
+        then = (next_norm, x) if next_norm is not None else None
+        # attention: the q, k, v projections into one row per token; their norms, RoPE and the cache store
+        for w, col in L.qkv:
+            await ops.matmul(g, w, x, qkv, n_tokens=cap, out_offset=col, out_stride=L.qkv_width)
+        kv = None
+        if L.v_offset is not None:
             kc, vc, slots = self.kv[l]
-            await ops.kv_store(g, k, v, kc, vc, step, n_kv_heads=nkv, head_dim=hd, max_ctx=slots)
+            kv = (L.k_norm, kc, vc, dict(n_kv_heads=nkv, k_offset=nh * hd, v_offset=L.v_offset, slots=slots,
+                                         v_norm=c.is_gemma4))  # Gemma 4 normalises V too (no weight)
+        await ops.attention_inputs(g, qkv, L.q_norm, q, step, n_heads=nh, head_dim=hd, eps=eps,
+                                   qkv_stride=L.qkv_width, kv=kv, **rope)
         kc, vc, slots = self.kv[c.kv_donor[l]]
         await ops.attention(g, q, kc, vc, attn, step, n_heads=nh, n_kv_heads=nkv, head_dim=hd,
                             scale=c.attn_scale, window=c.sliding_window if c.is_sliding[l] else 0,
                             max_ctx=slots, causal=causal)
         await ops.matmul(g, L.wo, attn, o, n_tokens=cap)
-        await ops.rms_norm(g, o, L.post_attn_norm, h, n=d, eps=eps, accumulate=True)
+        await ops.rms_norm(g, o, L.post_attn_norm, h, n=d, eps=eps, accumulate=True, then=(L.ffn_norm, x))
         # feed-forward (GeGLU)
-        await ops.rms_norm(g, h, L.ffn_norm, x, n=d, eps=eps)
-        await ops.matmul(g, L.w_gate, x, gate, n_tokens=cap)
-        await ops.matmul(g, L.w_up, x, up, n_tokens=cap)
-        await ops.gelu_mul(g, gate, up, act, n=ffn)
+        act = b["act"].view((cap, ffn))
+        if L.gate_up is not None:
+            await ops.matmul_geglu(g, L.gate_up, x, act, n_tokens=cap, scratch=b["gate_up"].view((cap, 2 * ffn)))
+        else:
+            gate, up = b["gate"].view((cap, ffn)), b["up"].view((cap, ffn))
+            await ops.matmul(g, L.w_gate, x, gate, n_tokens=cap)
+            await ops.matmul(g, L.w_up, x, up, n_tokens=cap)
+            await ops.gelu_mul(g, gate, up, act, n=ffn)
         await ops.matmul(g, L.w_down, act, o, n_tokens=cap)
         last_scale = out_scale if not c.ple_dim else None
+        last_then = then if not c.ple_dim else None
         if L.moe is not None:
             # h += post_ffw_norm(post_ffw_norm_1(dense) + post_ffw_norm_2(experts)), the experts' input and the
             # router's both taken from the stream after attention
@@ -376,13 +426,13 @@ class Gemma:
             await self._experts(g, b, cap, L.moe)
             await ops.rms_norm(g, o, L.moe.post_norm, b["mix"], n=d, eps=eps, accumulate=True)
             o = b["mix"]
-        await ops.rms_norm(g, o, L.post_ffw_norm, h, n=d, eps=eps, accumulate=True, scale=last_scale)
+        await ops.rms_norm(g, o, L.post_ffw_norm, h, n=d, eps=eps, accumulate=True, scale=last_scale, then=last_then)
         # per-layer embedding (Gemma 4 E2B/E4B), then the layer's output scale over the whole stream
         if c.ple_dim:
-            await ops.matmul(g, L.inp_gate, h, b["ple_gate"], n_tokens=cap)
-            await ops.ple_gate(g, b["ple_gate"], ple, b["ple_act"], layer=l, n_layers=c.n_layers, dim=c.ple_dim)
+            await ops.ple_input(g, L.inp_gate, h, ple, b["ple_act"], n_tokens=cap, layer=l, n_layers=c.n_layers,
+                                dim=c.ple_dim, scratch=b["ple_gate"])
             await ops.matmul(g, L.proj, b["ple_act"], o, n_tokens=cap)
-            await ops.rms_norm(g, o, L.post_norm, h, n=d, eps=eps, accumulate=True, scale=out_scale)
+            await ops.rms_norm(g, o, L.post_norm, h, n=d, eps=eps, accumulate=True, scale=out_scale, then=then)
 
     async def _experts(self, g: Graph, b: dict, cap: int, M: Experts) -> None:
         """b["o"] = the experts' mixture for the stream b["h"]: the router picks n_experts_used experts per

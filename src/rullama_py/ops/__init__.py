@@ -14,7 +14,7 @@ never per token. Modules by family:
 - conv:      conv2d_ln_relu (a subsampler stage: Conv2d 3x3 stride 2 + LayerNorm + ReLU, time length read from
              the Step uniform) and depthwise_conv1d (causal), the audio tower's convolutions
 - rows:      select_row
-- ple:       ple_gate (Gemma 4 per-layer embeddings)
+- ple:       ple_gate, ple_input (Gemma 4 per-layer embeddings)
 - local_attention: local_attention (Gemma 4 audio tower: chunked local attention, relative positions, soft cap)
 - lstm:      lstm (Kokoro: the recurrence of a bidirectional LSTM, both directions in one dispatch; lstm_weights)
 - Kokoro's norms and small ops: norm.layer_norm (+ weight/bias, AdaLayerNorm style, LeakyReLU),
@@ -39,7 +39,7 @@ from .nn import bias_add, glu, silu  # noqa: F401
 from .conv import conv2d_ln_relu, conv2d_out_len, depthwise_conv1d  # noqa: F401
 from .conv import conv1d, conv_transpose1d  # noqa: F401
 from .rows import select_row  # noqa: F401
-from .ple import ple_gate  # noqa: F401
+from .ple import ple_gate, ple_input  # noqa: F401
 from .local_attention import local_attention  # noqa: F401
 from .lstm import lstm, lstm_weights  # noqa: F401
 from .norm import affine_act, instance_norm_coeffs, instance_norm_scratch_size, layer_norm  # noqa: F401
