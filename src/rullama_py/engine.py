@@ -83,6 +83,8 @@ TOWERS = {
     "image": (GemmaVision, "<|image|>", vision_config, "vision tower, so it cannot read images"),
     "audio": (GemmaAudio, "<|audio|>", audio_config, "audio tower, so it cannot listen to audio"),
 }
+# kind -> the name of its tower and what it does, for the sentence of a model loaded text-only
+TOWER_WORDS = {"image": ("vision tower", "read images"), "audio": ("audio tower", "listen to audio")}
 
 
 @dataclass
@@ -168,6 +170,20 @@ async def _tower_files(gf: GGUFFile, mmproj, text_d_model: int) -> dict:
     return files
 
 
+async def _towers_in(gf: GGUFFile, mmproj) -> tuple[str, ...]:
+    """The kinds ("image", "audio") whose tower the model file, or the mmproj when one is given, holds: read from
+    the header only, unchecked (a text-only load does not use them)."""
+    mm = gf
+    if mmproj is not None:
+        mm = mmproj if isinstance(mmproj, GGUFFile) else await GGUFFile.open(mmproj)
+    kinds = []
+    if vision_config(mm.metadata) is not None and "v.patch_embd.weight" in mm:
+        kinds.append("image")
+    if audio_config(mm.metadata) is not None and "a.conv1d.0.weight" in mm:
+        kinds.append("audio")
+    return tuple(kinds)
+
+
 class Engine:
     """A model ready to generate: tokenizer, chat template, GPU model and GPU sampler, and the KV state."""
 
@@ -189,6 +205,11 @@ class Engine:
         self._image_tokens = 280
         self.spans: list[MediaSpan] = []  # soft-token blocks among self.tokens
         self._towers: dict = {}  # "image"/"audio" -> the tower, built on first use, freed by release_towers()
+        self.text_only = False  # loaded with text_only=True: the towers below were left out
+        self.towers_left_out: tuple[str, ...] = ()  # kinds whose tower the file (or mmproj) has, not loaded
+        # Memory mode for small devices: free the towers' GPU memory when a turn ends; the next image or clip
+        # builds its tower again (seconds of upload; the reply is the same).
+        self.release_towers_after_turn = False
         self._prepared: dict[str, list] = {}  # recent prepared media by key (the history is re-sent each turn)
         self._cancel = False
         self.stop_ids = frozenset(self.chat_template.stop_ids) | (
@@ -199,11 +220,16 @@ class Engine:
     @classmethod
     async def load(cls, model, *, mmproj=None, max_context: int = 4096, prefill_chunk: int = 64,
                    device: Device | None = None, params: SamplerParams | None = None, text_only: bool = False,
-                   progress=None) -> "Engine":
+                   release_towers_after_turn: bool = False, progress=None) -> "Engine":
         """Open `model` (see open_model_file), upload its weights and record its graphs. `mmproj` (a path, URL,
         bytes or Source) is a llama.cpp vision projector for a text-only model file; Ollama's Gemma 4 blobs
-        carry the tower themselves. Towers are uploaded on the first image, not here. `text_only` ignores
-        them. `progress(done, total, name)` is called per tensor."""
+        carry the tower themselves. Towers are uploaded on the first image, not here.
+
+        Memory modes, for small devices: `max_context` sizes the KV cache (the one part of the model's memory
+        that grows with it); `text_only` never uploads the towers (an image or clip is then refused with a
+        sentence that says so; `towers_left_out` names the towers the file has); `release_towers_after_turn`
+        frees the towers when each turn ends (also settable later, as an attribute). `progress(done, total,
+        name)` is called per tensor."""
         gf = await open_model_file(model)
         if gf.metadata.get("general.architecture") == "diffusion-gemma":
             raise DiffusionModelError(f"{gf.source.name} is a diffusion model (DiffusionGemma): it writes a whole "
@@ -219,6 +245,10 @@ class Engine:
         eng._fingerprint = await eng._weights_fingerprint()
         if not text_only:
             eng.tower_files = await _tower_files(gf, mmproj, m.cfg.d_model)
+        else:
+            eng.text_only = True
+            eng.towers_left_out = await _towers_in(gf, mmproj)
+        eng.release_towers_after_turn = bool(release_towers_after_turn)
         return eng
     @property
     def config(self):
@@ -391,8 +421,9 @@ class Engine:
         self._rewind_to_common_prefix(ids, spans)
         kept = len(self.tokens)
         todo = [(sp, item) for sp, item in zip(spans, items) if sp.start + sp.n > kept]
-        soft = await self._encode_media(todo, progress) if todo else []
+        soft = []
         try:
+            soft = await self._encode_media(todo, progress) if todo else []
             async for t in self._stream(ids[kept:], max_tokens, None,
                                         soft=[(sp.start - kept, t, sp.n) for (sp, _), t in zip(todo, soft)],
                                         spans=[sp for sp, _ in todo]):
@@ -400,6 +431,8 @@ class Engine:
         finally:
             for t in soft:
                 t.parts[0][0].destroy()
+            if self.release_towers_after_turn:
+                self.release_towers()
 
     def cancel(self) -> None:
         """Stop a running image encode (between tower layers) or reply (at the next token)."""
@@ -451,6 +484,10 @@ class Engine:
         return out, items
 
     def _prepare(self, kind: str, data, name: str) -> list[_Media]:
+        if kind not in self.tower_files and kind in self.towers_left_out:
+            tower, does = TOWER_WORDS[kind]
+            raise NoTowerError(f"This model was loaded text-only, without its {tower}, so it cannot {does}. Load it "
+                               "again without text-only to use it.")
         if kind not in self.tower_files:
             raise NoTowerError(f"This model has no {TOWERS[kind][3]}. Use a Gemma 4 model with it (Ollama's gemma4 "
                                "files carry both towers), or add its mmproj file.")
@@ -547,6 +584,16 @@ class Engine:
         for tower in self._towers.values():
             tower.release()
         self._towers.clear()
+
+    @property
+    def towers_loaded(self) -> list[str]:
+        """The kinds whose tower is on the GPU now ("image", "audio")."""
+        return sorted(self._towers)
+
+    def memory(self) -> dict:
+        """GPU memory of the device (shared with whatever else runs on it, e.g. a speech model): the bytes its
+        buffers hold now and at most since the last `device.reset_peak()`, and the towers loaded now."""
+        return {**self.device.memory(), "towers": self.towers_loaded}
 
     async def _stream(self, ids, max_tokens: int, stop_ids, soft=(), spans=()):
         stop = self.stop_ids if stop_ids is None else frozenset(stop_ids)

@@ -12,6 +12,12 @@ Objects, from the bottom up:
 - `Readback`: a reusable staging buffer for reading results; `await device.run(graph, readback)` submits the
   graph, copies into the staging buffer in the same submit and returns the bytes.
 
+Memory. Every buffer is made by `Device.create_buffer`, which counts it: `device.allocated_bytes` is what the
+live buffers hold now and `device.peak_bytes` the most they held at once (`reset_peak()` starts a new
+measurement). A buffer stops counting when it is destroyed or when Python drops its last reference (the
+backend frees it then); natively that is when the driver frees it, in the browser the JS object's memory goes
+at its next garbage collection.
+
 Specialisation. A kernel file uses constants it does not declare; the loader writes them in front of it:
 
     device.kernel("rms_norm", N=640, EPS=1e-6, HAS_WEIGHT=True)
@@ -258,6 +264,9 @@ class Device:
         self._bind_groups: dict = {}
         self._dir = shader_dir()
         self._sources: dict = {}
+        self.allocated_bytes = 0  # bytes of the live buffers made by create_buffer (see "Memory" above)
+        self.peak_bytes = 0
+        self._live: dict = {}  # id(buffer) -> (weak reference, bytes), until destroyed or collected
 
     # -- opening -----------------------------------------------------------------------------------------
     @classmethod
@@ -309,7 +318,46 @@ class Device:
                     "(split it with Device.upload_rows)"
                 )
         with _translate_errors(f"creating buffer {label!r}"):
-            return self.raw.create_buffer(size=nbytes, usage=usage, label=label)
+            buf = self.raw.create_buffer(size=nbytes, usage=usage, label=label)
+        self._count(buf, nbytes)
+        return buf
+
+    # -- memory accounting -----------------------------------------------------------------------------------
+    def _count(self, buf, nbytes: int) -> None:
+        """Count `buf` until it is destroyed or collected, whichever comes first. Its `destroy` is wrapped on
+        the instance (the backends' buffer classes are not ours to subclass), holding the buffer weakly, so that
+        the wrapper keeps nothing alive."""
+        key = id(buf)
+        self._live[key] = (weakref.ref(buf, lambda _, key=key: self._uncount(key)), nbytes)
+        self.allocated_bytes += nbytes
+        self.peak_bytes = max(self.peak_bytes, self.allocated_bytes)
+        ref, destroy = weakref.ref(buf), type(buf).destroy
+
+        def destroy_and_uncount():
+            b = ref()
+            if b is not None:
+                self._uncount(id(b))
+                destroy(b)
+
+        buf.destroy = destroy_and_uncount
+
+    def _uncount(self, key: int) -> None:
+        entry = self._live.pop(key, None)  # a buffer destroyed, then collected, is uncounted once
+        if entry is not None:
+            self.allocated_bytes -= entry[1]
+
+    def reset_peak(self) -> int:
+        """Start a new peak measurement from what is allocated now; returns the peak that ended."""
+        peak, self.peak_bytes = self.peak_bytes, self.allocated_bytes
+        return peak
+
+    @property
+    def live_buffers(self) -> int:
+        return len(self._live)
+
+    def memory(self) -> dict:
+        """The GPU memory this device's buffers hold: {"allocated_bytes", "peak_bytes", "buffers"}."""
+        return {"allocated_bytes": self.allocated_bytes, "peak_bytes": self.peak_bytes, "buffers": len(self._live)}
 
     def tensor(self, shape, dtype="float32", label: str = "", usage=STORAGE) -> Tensor:
         """An uninitialised GPU array (contents are zero, as WebGPU guarantees)."""

@@ -3,6 +3,10 @@
     app = WebApp(emit)                       # emit(event: str, payload_json: str) posts to the page
     r = await app.load("url", "http://127.0.0.1:8800/models/default.gguf", '{"max_context": 2048}')
     r = await app.load("url", model_url, options, "url", mmproj_url)   # a llama.cpp model + its projector
+    r = await app.load("url", model_url, '{"max_context": 1024, "text_only": true}')   # memory modes: the
+                                             # context size, no towers; "release_towers": true frees them after
+                                             # each reply (also a chat request's setting)
+    r = app.memory(); r = app.release_towers()   # GPU memory now and at most since the load; free the towers now
     r = await app.chat('[{"role": "user", "content": "Hi"}]', '{"temperature": 0, "max_tokens": 64}')
     r = await app.chat('[{"role": "user", "content": [{"type": "image", "ref": 0}, {"type": "text", "text": "What is it?"}]}]',
                        '{"max_tokens": 64, "image_tokens": 280}', [png_bytes])
@@ -47,13 +51,18 @@ internal; for images: image (the image itself: damaged, SVG, too large, ...), no
 vision tower), image-decoder (Pillow is missing), vision-load (the tower cannot be built), vision-limit (the
 tower does not fit the GPU); for audio: audio (the clip itself: a damaged or unsupported WAV, too long, too
 short, ...), no-audio (the model has no audio tower), resampler (scipy, which resamples WAV files, is
-missing), audio-load, audio-limit (as for the vision tower); for the projector given at load: mmproj (with
+missing), audio-load, audio-limit (as for the vision tower), text-only (images or audio for a model loaded
+text-only); for the projector given at load: mmproj (with
 the sentence saying what); for speech: speech (the text, voice or speed asked for: empty text, nothing to say,
 an unknown voice, a voicepack of the wrong shape, ...), speech-load (the Kokoro file: damaged, not a Kokoro
 model, not found, unreachable, too large for the GPU); for voice cloning: clone (the recording: too short,
 silent, clipped, damaged; the options or training text; nothing to train yet); for diffusion: diffusion-model
 (chat() with a diffusion model loaded), not-diffusion (diffuse() with a chat model), diffusion-media (images or
 audio in a conversation for the diffusion model, which reads text only), diffusion (a setting out of range).
+
+GPU memory: load() and chat() return "gpu_memory" ({allocated_bytes, peak_bytes, buffers, towers}: what the
+buffers of the one GPU device hold, the chat model, its towers and the speech model together) and a "memory"
+event carries the same whenever it changes (a load, a reply, the speech model, towers released).
 
 Streaming events (through `emit`): "progress" while loading (phase, bytes fetched, tensors uploaded, seconds
 left), "media" while a message's images or audio go through a tower (stage "image" or "audio": index and
@@ -628,6 +637,31 @@ class WebApp:
             else:
                 self._emit(event, _json(payload), _to_page(data))
 
+    # -- GPU memory ----------------------------------------------------------------------------------------
+    def _memory(self) -> dict:
+        """The device's GPU memory (see gpu.Device.memory) and the towers loaded now."""
+        dev = getattr(self.engine, "device", None) or self.device
+        mem = dev.memory() if dev is not None else {"allocated_bytes": 0, "peak_bytes": 0, "buffers": 0}
+        return {**mem, "towers": list(getattr(self.engine, "towers_loaded", []))}
+
+    def _memory_changed(self) -> dict:
+        mem = self._memory()
+        self.emit("memory", mem)
+        return mem
+
+    def memory(self) -> str:
+        """{ok, allocated_bytes, peak_bytes, buffers, towers}: the GPU memory the app's buffers hold."""
+        return _json({"ok": True, **self._memory()})
+
+    def release_towers(self) -> str:
+        """Free the chat model's towers now (the "release towers" setting, ticked); the next image or clip loads
+        them again. Returns memory()."""
+        if self.busy:
+            return _fail("busy", "The model is busy: stop the reply first.")
+        if self.engine is not None:
+            self.engine.release_towers()
+        return _json({"ok": True, **self._memory_changed()})
+
     # -- loading -------------------------------------------------------------------------------------------
     async def _open_source(self, kind: str, target) -> Source:
         if kind == "url":
@@ -698,6 +732,7 @@ class WebApp:
             return _json({"ok": True, **await self._load(str(kind), target, _loads(options), mm)})
         except Exception as e:  # noqa: BLE001 - every failure becomes a sentence for the page
             self._release()
+            self._memory_changed()
             return _json({"ok": False, "error": describe_error(e, "load"), "trace": traceback.format_exc()[-3000:]})
         finally:
             self.busy = False
@@ -725,6 +760,7 @@ class WebApp:
         msrc = await self._open_mmproj(*mmproj) if mmproj is not None else None
         self.mmproj_name = (opts.get("mmproj_name") or msrc.name) if msrc is not None else ""
         dev = await self._open_device(opts)
+        dev.reset_peak()  # the peak reported from now on is this model's (with what else shares the device)
         state = {"tensors": 0, "last": 0.0, "t_up": None, "t_done": None}
 
         def progress(done: int, total: int, name: str) -> None:
@@ -747,9 +783,12 @@ class WebApp:
         self.emit("progress", {"phase": "header", "text": "Reading the model header"})
         params = SamplerParams(**self._params(opts.get("params") or {}))
         extra = {"mmproj": msrc} if msrc is not None else {}
+        if opts.get("text_only"):
+            extra["text_only"] = True
         try:
             eng = await Engine.load(src, max_context=int(opts.get("max_context", 2048)),
                                     prefill_chunk=int(opts.get("prefill_chunk", 64)), device=dev, params=params,
+                                    release_towers_after_turn=bool(opts.get("release_towers")),
                                     progress=progress, **extra)
         except VisionLoadError as e:
             if msrc is not None:
@@ -766,6 +805,7 @@ class WebApp:
                         tensors=state["tensors"])
             self.emit("progress", {"phase": "ready", "text": "Ready", "fetched": src.fetched,
                                    "file_size": src.size, "tensors": state["tensors"]})
+            info["gpu_memory"] = self._memory_changed()
             return info
         self.engine = eng
         cfg = eng.config
@@ -783,6 +823,9 @@ class WebApp:
             "max_context": eng.max_context,
             "has_vision": eng.has_vision,
             "has_audio": eng.has_audio,
+            "text_only": eng.text_only,
+            "towers_left_out": list(eng.towers_left_out),  # loaded text-only: the towers the file has
+            "release_towers": eng.release_towers_after_turn,
             "identity": eng.layout_hash().hex(),
             "dispatches_per_token": len(eng.model.decode.graph) + len(eng.sample_graph),
             "diffusion": None,
@@ -795,6 +838,7 @@ class WebApp:
         }
         self.emit("progress", {"phase": "ready", "text": "Ready", "fetched": src.fetched, "file_size": src.size,
                                "tensors": state["tensors"]})
+        info["gpu_memory"] = self._memory_changed()
         return info
 
     # -- chatting ------------------------------------------------------------------------------------------
@@ -832,6 +876,15 @@ class WebApp:
         try:
             msgs, found = engine_messages(_loads(messages), media)
             req = _loads(request)
+            for kind, n in (("image", found.image), ("audio", found.audio)):
+                if n and kind in getattr(eng, "towers_left_out", ()):
+                    tower, does = _engine.TOWER_WORDS[kind]
+                    what = "images" if kind == "image" else "audio"
+                    return _fail("text-only", f"This model was loaded text-only, without its {tower}, so it cannot "
+                                 f"{does}. Load it again with \"Text only\" unticked to use the {what} of this "
+                                 "conversation, or start a new chat.")
+            if req.get("release_towers") is not None:
+                eng.release_towers_after_turn = bool(req["release_towers"])
             if found.image and not eng.has_vision:
                 return _fail("no-vision", "This model has no vision tower, so it cannot read the images of this "
                              "conversation. Load a model that reads images (or add its projector), or start "
@@ -886,10 +939,12 @@ class WebApp:
             if read["audio"]["t0"] is not None:
                 self.last_stats.update(audio_read=read["audio"]["n"],
                                        audio_seconds=read["audio"]["t1"] - read["audio"]["t0"])
+            self.last_stats["gpu_memory"] = self._memory_changed()
             return _json({"ok": True, "text": "".join(text), **self.last_stats})
         except Exception as e:  # noqa: BLE001
             return _json({"ok": False, "error": describe_error(e, "chat", found.kind_of(e)),
-                          "trace": traceback.format_exc()[-3000:], **self._stats(False)})
+                          "trace": traceback.format_exc()[-3000:], **self._stats(False),
+                          "gpu_memory": self._memory_changed()})
         finally:
             self.busy = False
             self._stop = False
@@ -928,7 +983,7 @@ class WebApp:
         model = self.engine if self.engine is not None else self.diffusion
         return _json({"ok": True, "loaded": model is not None, "diffusion": self.diffusion is not None,
                       "busy": self.busy, **self.last_stats, "context": self.context_used(),
-                      "max_context": model.max_context if model is not None else 0})
+                      "max_context": model.max_context if model is not None else 0, "gpu_memory": self._memory()})
 
     # -- diffusion (DiffusionGemma: a whole canvas at a time, sharpening step by step) ---------------------------
     async def _load_diffusion(self, src: Source, opts: dict, dev: gpu.Device, progress) -> dict:
@@ -1163,6 +1218,7 @@ class WebApp:
         }
         self.emit("speech-progress", {"phase": "kokoro-ready", "text": "Speech ready", "fetched": src.fetched,
                                       "file_size": src.size, "tensors": state["tensors"]})
+        self._memory_changed()
         return self.speech_info
 
     async def speech_voices(self, kind=None, target=None) -> str:

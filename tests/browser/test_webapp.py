@@ -757,3 +757,47 @@ async def test_a_chat_model_loaded_again_leaves_speech_as_it_was():
     [_, (_, pcm_again)] = rec.speech()
     assert again["ok"] and np.array_equal(pcm_again, pcm)  # the same device and kernels: the same samples
     assert (await _chat(app, hi))["text"] == before["text"]
+
+
+# -- memory modes and GPU memory ------------------------------------------------------------------------------
+
+VISION = FIX / "gemma4_tiny_vision_f32.gguf"
+PHOTO = (FIX / "images" / "landscape.jpg").read_bytes()
+
+
+async def test_memory_modes_text_only_and_towers_freed_after_each_reply():
+    """The page's memory modes through WebApp: a text-only load leaves the vision tower out and refuses the
+    image with a sentence naming that; loaded again with the towers freed after each reply, a reply that read
+    an image leaves the GPU memory where the load left it (and says so in its gpu_memory and a memory event);
+    a request that keeps them keeps the tower until release_towers()."""
+    rec = Recorder()
+    app = WebApp(rec)
+    opts = {"max_context": 256, "prefill_chunk": 16}
+    info = json.loads(await app.load("path", str(VISION), json.dumps({**opts, "text_only": True})))
+    assert info["ok"] and info["text_only"] is True and info["towers_left_out"] == ["image"]
+    assert info["has_vision"] is False and info["gpu_memory"]["allocated_bytes"] > 0
+    assert [p for e, p in rec.events if e == "memory"][-1] == info["gpu_memory"]
+    msgs = [{"role": "user", "content": [{"type": "image", "ref": 0, "name": "cat.jpg"}, {"type": "text", "text": "hi"}]}]
+    request = json.dumps({**GREEDY, "max_tokens": 2, "image_tokens": 70})
+    r = json.loads(await app.chat(json.dumps(msgs), request, [PHOTO]))
+    assert not r["ok"] and r["error"]["kind"] == "text-only"
+    assert r["error"]["message"].startswith("This model was loaded text-only, without its vision tower, so it cannot "
+                                            "read images. Load it again with \"Text only\" unticked")
+
+    info = json.loads(await app.load("path", str(VISION), json.dumps({**opts, "release_towers": True})))
+    assert info["ok"] and info["text_only"] is False and info["release_towers"] is True and info["has_vision"]
+    await app.device.sync()  # the device's own small sync buffer exists from here on, not from the first layer
+    loaded = json.loads(app.memory())["allocated_bytes"]
+    r = json.loads(await app.chat(json.dumps(msgs), request, [PHOTO]))
+    assert r["ok"] and r["images_read"] == 1 and r["generated_tokens"] == 2
+    assert r["gpu_memory"]["allocated_bytes"] == loaded and r["gpu_memory"]["towers"] == []
+    assert r["gpu_memory"]["peak_bytes"] > loaded  # the tower was there while it read the image
+
+    app.new_chat()
+    kept = json.loads(await app.chat(json.dumps(msgs), json.dumps({**json.loads(request), "release_towers": False}),
+                                     [PHOTO]))
+    assert kept["ok"] and kept["text"] == r["text"] and kept["gpu_memory"]["towers"] == ["image"]
+    assert kept["gpu_memory"]["allocated_bytes"] > loaded
+    freed = json.loads(app.release_towers())
+    assert freed["ok"] and freed["towers"] == [] and freed["allocated_bytes"] == loaded
+    assert [p for e, p in rec.events if e == "memory"][-1]["allocated_bytes"] == loaded
