@@ -74,6 +74,52 @@ def _vision_args(p: argparse.ArgumentParser) -> None:
                         "Gemma 4 blobs need none)")
     p.add_argument("--image-tokens", type=_image_tokens, default=280, metavar="N",
                    help="soft tokens per image: 70, 140, 280 (default), 560 or 1120; more see finer detail")
+    # Memory modes for small GPUs (with --ctx, which sizes the KV cache).
+    p.add_argument("--text-only", action="store_true",
+                   help="never load the vision and audio towers (less GPU memory); images and clips are refused")
+    p.add_argument("--release-towers", action="store_true",
+                   help="free the towers' GPU memory after each reply; the next image or clip loads them again")
+
+
+# Software renderers: WebGPU through them runs on the CPU (Mesa's llvmpipe/lavapipe, Google's SwiftShader,
+# Windows' WARP), some hundred times slower than a GPU.
+SOFTWARE_GPUS = ("llvmpipe", "lavapipe", "swiftshader", "softpipe", "microsoft basic render driver")
+
+
+def software_gpu(info: dict) -> str | None:
+    """The software renderer's name when the adapter (its info: vendor, device, description, adapter_type) is
+    one, else None."""
+    text = " ".join(str(info.get(k, "")) for k in ("vendor", "device", "description", "architecture")).lower()
+    for name in SOFTWARE_GPUS:
+        if name in text:
+            return name
+    return "software" if str(info.get("adapter_type", "")).upper() == "CPU" else None
+
+
+def software_gpu_notice(info: dict) -> str | None:
+    """One line for stderr when the GPU is emulated in software, with the speed to expect (docs/PERFORMANCE.md:
+    a Gemma 3 270M decode step takes about 1.3 s on lavapipe with 2 CPU cores)."""
+    name = software_gpu(info)
+    if name is None:
+        return None
+    return (f"note: this GPU is emulated in software ({name}, on the CPU): expect about 1 token/s from Gemma 3 "
+            "270M and much less from larger models; a hardware GPU's driver runs them hundreds of times faster.")
+
+
+async def _device_with_notice():
+    """The GPU device, opened before the weights load, and the software-GPU notice on stderr when a person
+    watches it (a terminal: logs and pipes stay as they were). None when no device opens: the loader says
+    why."""
+    from . import gpu
+
+    try:
+        dev = await gpu.default_device()
+    except gpu.GPUError:
+        return None
+    line = software_gpu_notice(dict(dev.adapter.info))
+    if line and sys.stderr.isatty():
+        print(line, file=sys.stderr)
+    return dev
 
 
 class UserError(Exception):
@@ -378,6 +424,13 @@ async def _load(a, params=None, quiet=False):
     kwargs = {}
     if getattr(a, "mmproj", None):
         kwargs["mmproj"] = _path_or_url(a.mmproj)
+    if getattr(a, "text_only", False):
+        kwargs["text_only"] = True
+    if getattr(a, "release_towers", False):
+        kwargs["release_towers_after_turn"] = True
+    dev = await _device_with_notice()
+    if dev is not None:
+        kwargs["device"] = dev
     try:
         eng = await Engine.load(a.model, max_context=a.ctx, prefill_chunk=a.prefill_chunk, params=params,
                                 progress=progress, **kwargs)
@@ -401,6 +454,9 @@ _HAS = {"image": "has_vision", "audio": "has_audio"}
 
 
 async def _generate(a) -> int:
+    if a.text_only and a.media:
+        raise UserError("--text-only leaves the vision and audio towers out, so --image and --audio cannot be used "
+                        "with it.")
     attached = [_READERS[kind](p) for kind, p in a.media or []]  # fail before any weight is loaded
     kinds = list(dict.fromkeys(kind for kind, _ in a.media or []))
     if kinds:
@@ -501,6 +557,10 @@ def _attach(cmd: str, kind: str, eng, a, queued: list) -> None:
     if not arg:
         example = "photo.jpg" if kind == "image" else "clip.wav"
         print(f"error: {word} needs a path, as in {word} {example}.", file=sys.stderr)
+        return
+    if kind in getattr(eng, "towers_left_out", ()):
+        print(f"error: the model was loaded with --text-only, so {word} cannot be used; start again without "
+              "--text-only.", file=sys.stderr)
         return
     if not getattr(eng, _HAS[kind], False):
         print("error: " + _no_tower(kind, a.model, a.mmproj), file=sys.stderr)
@@ -687,6 +747,7 @@ async def _diffuse(a) -> int:
                         "`rullama chat` with it.")
     params.resolved(cfg)  # DiffusionError (a sentence) for settings out of range, such as t_min above t_max
     progress = WeightsBar(a.quiet)
+    await _device_with_notice()  # Diffusion.load opens the same default device
     try:
         diff = await Diffusion.load(a.model, max_context=a.ctx, prefill_chunk=a.prefill_chunk, progress=progress)
     finally:
