@@ -1029,3 +1029,80 @@ def test_diffuse_quiet_prints_the_text_only(capsys):
     out, err = capsys.readouterr()
     assert out.endswith("\n") and not any(STEP_LINE.match(line) for line in err.splitlines())
     assert DIFFUSION_STATS.match(err.splitlines()[-1]), err
+
+
+# -- rullama bench ------------------------------------------------------------------------------------------
+
+TINY_Q4 = FIXTURES / "gemma4_tiny_q4_k_m.gguf"
+
+
+def test_bench_measures_every_depth_in_one_load_and_records_them(tmp_path, capsys, monkeypatch):
+    """Records in docs/bench/README.md's format, one per depth, appended to what the file holds; each depth's
+    decode runs at that depth (positions seen by Engine.step)."""
+    import json
+
+    from conftest import run
+    from rullama_py import bench, gpu
+
+    loads, positions = [], []
+    load, step = engine_mod.Engine.load, engine_mod.Engine.step
+
+    async def counting_load(*args, **kwargs):
+        loads.append(args)
+        return await load(*args, **kwargs)
+
+    async def spying_step(self):
+        positions.append(len(self.tokens))
+        return await step(self)
+
+    monkeypatch.setattr(engine_mod.Engine, "load", staticmethod(counting_load))
+    monkeypatch.setattr(engine_mod.Engine, "step", spying_step)
+    rec = tmp_path / "records.json"
+    rec.write_text('[{"engine": "llama.cpp-cuda", "model": "e2b"}]\n')
+    argv = ["bench", str(TINY_Q4), "--prompt-tokens", "4", "--gen-tokens", "2", "--repeats", "1", "--ctx", "64",
+            "--prefill-chunk", "8", "--depth", "0,20", "--record", str(rec), "--commit", "abc1234"]
+    assert cli.main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [r["depth"] for r in printed] == [0, 20] and len(loads) == 1
+    dev = run(gpu.default_device())
+    records = json.loads(rec.read_text())
+    assert records[0] == {"engine": "llama.cpp-cuda", "model": "e2b"}
+    new = records[1:]
+    assert [r["context"] for r in new] == [0, 20]
+    for r in new:
+        assert list(r)[:7] == ["engine", "model", "prefill_tok_s", "decode_tok_s", "context", "commit", "command"]
+        assert (r["engine"], r["model"], r["commit"]) == ("rullama-py", "gemma4_tiny_q4_k_m", "abc1234")
+        assert r["command"] == "rullama " + " ".join(argv)
+        assert r["prefill_tok_s"] > 0 and r["decode_tok_s"] > 0 and r["dispatches_per_token"] > 0
+        assert (r["prompt_tokens"], r["gen_tokens"], r["prefill_chunk"]) == (4, 2, 8)
+        assert r["device"]["device"] == dev.info["device"]
+        if hasattr(dev, "allocated_bytes"):  # weights, KV cache and activations
+            assert r["gpu_bytes"] > r["weight_bytes_on_gpu"] > 0
+    # each depth: the warm-up's steps after the 4 prompt tokens, then the 2 timed steps after depth + prompt
+    # tokens (after a fill, its sampled token goes in with the prompt: 20 + 1 + 4)
+    warm = list(range(4, 4 + bench.WARMUP_STEPS))
+    assert positions == warm + [4, 5] + warm + [25, 26]
+
+
+def test_bench_depth_beyond_the_context_is_a_sentence_before_loading(capsys, no_engine):
+    assert cli.main(["bench", str(TINY_Q4), "--ctx", "256", "--depth", "0,200", "--prompt-tokens", "64"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "need a context of 328 tokens" in err and "--ctx 328" in err
+
+
+def test_bench_bad_depths_are_refused_by_the_parser(capsys, no_engine):
+    with pytest.raises(SystemExit):
+        cli.main(["bench", str(TINY_Q4), "--depth", "0,-1"])
+    assert "0,-1 is not a list of depths" in capsys.readouterr().err
+
+
+def test_bench_commit_is_the_checkout_or_unknown(monkeypatch):
+    here = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if here.returncode == 0:
+        assert cli._git_commit() == here.stdout.strip()
+
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(subprocess, "run", no_git)
+    assert cli._git_commit() == "unknown"

@@ -659,49 +659,59 @@ async def _chat_turn(eng, messages, max_tokens):
 
 
 async def _bench(a) -> int:
-    """Prefill and decode throughput, and the weight bytes per second that decode implies (every decoded token
-    reads every weight the GPU holds once)."""
-    from .gpu import default_device
+    """Prefill and decode throughput at each --depth, and the weight bytes per second that decode implies
+    (every decoded token reads every weight the GPU holds once); the measurement is bench.measure, the same
+    inside Pyodide. --record appends the figures to a JSON list of records (docs/bench/README.md)."""
+    from . import bench
 
-    eng = await _load(a, SamplerParams(temperature=0.0), quiet=True)
-    m = eng.model
-    dev = await default_device()
-    weight_bytes = sum(t.nbytes for t in m.w.values())
-    ids = [(7 + 31 * i) % (m.cfg.vocab_size - 10) + 5 for i in range(a.prompt_tokens)]
-    # Warm-up: the first runs compile and upload pipelines.
-    eng.reset()
-    await eng.feed(ids[: min(len(ids), m.prefill_chunk)])
-    for _ in range(3):
-        await eng.step()
-    results = {}
-    for rep in range(a.repeats):
-        eng.reset()
-        t0 = time.perf_counter()
-        await eng.feed(ids)
-        t1 = time.perf_counter()
-        for _ in range(a.gen_tokens):
-            await eng.step()
-        t2 = time.perf_counter()
-        results.setdefault("prefill", []).append(len(ids) / (t1 - t0))
-        results.setdefault("decode", []).append(a.gen_tokens / (t2 - t1))
-    best_decode = max(results["decode"])
-    out = {
-        "model": str(a.model),
-        "arch": m.cfg.arch,
-        "device": dev.info,
-        "features": sorted(dev.features),
-        "prompt_tokens": len(ids),
-        "gen_tokens": a.gen_tokens,
-        "prefill_chunk": m.prefill_chunk,
-        "prefill_tok_s": round(max(results["prefill"]), 2),
-        "decode_tok_s": round(best_decode, 2),
-        "decode_tok_s_runs": [round(x, 2) for x in results["decode"]],
-        "weight_bytes_on_gpu": weight_bytes,
-        "decode_weight_GB_s": round(weight_bytes * best_decode / 1e9, 2),
-        "dispatches_per_token": len(m.decode.graph) + len(eng.sample_graph),
-    }
-    print(json.dumps(out, indent=1))
+    try:  # the numbers against --ctx before any weight is read; against the model's own limit after
+        bench.check_settings(a.ctx, prompt_tokens=a.prompt_tokens, gen_tokens=a.gen_tokens, repeats=a.repeats,
+                             depth=max(a.depth))
+        eng = await _load(a, SamplerParams(temperature=0.0), quiet=True)
+        results = []
+        for depth in a.depth:
+            bench.check_settings(eng.max_context, prompt_tokens=a.prompt_tokens, gen_tokens=a.gen_tokens,
+                                 repeats=a.repeats, depth=depth)
+            result = await bench.measure(eng, prompt_tokens=a.prompt_tokens, gen_tokens=a.gen_tokens,
+                                         repeats=a.repeats, depth=depth)
+            results.append({"model": str(a.model), **result})
+        print(json.dumps(results[0] if len(results) == 1 else results, indent=1))
+        if a.record:
+            model = a.model_name or ("gemma3-270m" if a.model == "default" else bench.model_label(a.model))
+            commit = a.commit or _git_commit()
+            command = shlex.join(["rullama", *a.command_line])
+            bench.append_records(a.record, [bench.record(r, model=model, commit=commit, command=command)
+                                            for r in results])
+    except bench.BenchError as e:
+        raise UserError(str(e)) from None
     return 0
+
+
+def _git_commit() -> str:
+    """This source tree's commit (git rev-parse --short HEAD), or "unknown" outside a git checkout."""
+    import subprocess
+
+    try:
+        r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
+                           capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else "unknown"
+
+
+def _depths(text: str) -> list[int]:
+    """--depth: "0,1024,8192" -> [0, 1024, 8192] (one load measures every depth)."""
+    out = []
+    for part in text.split(","):
+        try:
+            n = int(part)
+        except ValueError:
+            n = -1
+        if n < 0:
+            raise argparse.ArgumentTypeError(f"{text} is not a list of depths: give token counts such as 0,1024,8192.")
+        if n not in out:
+            out.append(n)
+    return out
 
 
 DIFFUSION_MAX_STEPS = 1000  # diffusion.MAX_STEPS (kept here: --help stays light)
@@ -907,6 +917,15 @@ def main(argv=None) -> int:
     b.add_argument("--prompt-tokens", type=int, default=128)
     b.add_argument("--gen-tokens", type=int, default=64)
     b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--depth", type=_depths, default=[0], metavar="N[,N...]",
+                   help="tokens of context in the cache before the timed prefill and decode, filled untimed with "
+                        "prefill chunks (llama-bench -d); several depths, one load: 0,1024,8192. --ctx must hold "
+                        "depth + prompt + generated tokens")
+    b.add_argument("--record", metavar="FILE", help="append the figures as records to this JSON list file "
+                                                   "(docs/bench/README.md)")
+    b.add_argument("--model-name", help='the records\' "model", e.g. e2b (default: the file name without .gguf)')
+    b.add_argument("--commit", help="the records' commit (default: git rev-parse --short HEAD of this source tree)")
+    b.set_defaults(command_line=argv)
 
     d = sub.add_parser("diffuse", help="a diffusion model (DiffusionGemma) writes the reply a canvas at a time")
     _model_args(d)
