@@ -3,7 +3,7 @@
 // GPU submissions never block the page.
 //
 // Protocol with the page (documented in js/worker-client.js). Requests {id, op, ...} are answered by
-// {reply: id, ok, value | error}; events are {event: name, ...} (boot, progress, token, media, diffusion, download,
+// {reply: id, ok, value | error}; events are {event: name, ...} (boot, progress, memory, token, media, diffusion, download,
 // speech-progress, speech-download, speech, clone-target, clone-audio, clone-progress). Model work (load, chat, diffuse, save, restore, new-chat, speech-load, and
 // each sentence of speak) runs one request at a time, in order, on the one GPU device both models share;
 // `stop`, `speech-stop` and `pause-download` act at once: between tokens, between a tower's layers, between
@@ -429,6 +429,8 @@ const ops = {
   stop: async () => { if (app) app.stop(); return true; },
   'new-chat': () => exclusive(() => pyCall('new_chat')),
   stats: () => pyCall('stats'),
+  memory: () => pyCall('memory'),
+  'release-towers': () => exclusive(() => pyCall('release_towers')),
   save: () => exclusive(async () => {
     await boot();
     const bytes = await app.save_state();

@@ -321,8 +321,17 @@ const scenarios = {
     const { ctx, page } = await launch();
     const out = {};
     await open(page, cfg.url);
-    await shot(page, 'started');
+    // Before any model is loaded: the notice that this GPU (SwiftShader here) is emulated, with the speed to expect.
+    out.gpu_notice = await app(page, () => ({ shown: !document.getElementById('gpu-notice').hidden,
+      title: document.getElementById('gpu-notice-title').textContent, text: document.getElementById('gpu-notice-text').textContent,
+      gpu: window.rullamaApp.gpu, model: window.rullamaApp.model }));
+    out.gpu_notice.screenshot = await shot(page, 'started');
     out.load1 = await loadFromServer(page, 'default', { progressShot: 'loading' });
+    await showLoader(page);
+    out.gpu_memory = await app(page, () => ({ shown: !document.getElementById('gpu-memory').hidden,
+      text: document.getElementById('gpu-memory').textContent, memory: window.rullamaApp.gpuMemory }));
+    await shot(page, 'loaded-memory');
+    await page.click('#toggle-loader');
     await shot(page, 'loaded');
 
     out.attach = {};
@@ -331,6 +340,17 @@ const scenarios = {
       out.attach[name] = await page.textContent('#notice');
     }
     await shot(page, 'attach-refused');
+    // The sentences for a Gemma 4 model loaded with "Text only" (this model has no towers: the page is told its
+    // file had them, as a text-only load's result says), then back as it was.
+    await app(page, () => { window.rullamaApp.model.towers_left_out = ['image', 'audio']; });
+    out.attach_text_only = {};
+    for (const [name, mimeType] of [['photo.png', 'image/png'], ['voice.wav', 'audio/wav']]) {
+      await page.setInputFiles('#attach-file', { name, mimeType, buffer: Buffer.from('not really ' + name) });
+      out.attach_text_only[name] = await page.textContent('#notice');
+    }
+    await page.click('#record');
+    out.attach_text_only.record = await page.textContent('#notice');
+    await app(page, () => { window.rullamaApp.model.towers_left_out = []; });
 
     out.r1 = await chat(page, cfg.prompts[0], { temperature: 0, max_tokens: cfg.max_tokens });
     await shot(page, 'greedy-reply');

@@ -167,11 +167,37 @@ def test_page_streams_the_tiny_model_read_by_ranges(tiny, native_tiny):
     assert biggest < TINY.stat().st_size  # streamed in parts, never fetched whole
 
 
+def test_an_emulated_gpu_is_said_before_a_model_loads(tiny):
+    """Headless Chromium's WebGPU is SwiftShader (a fallback adapter): the models panel says so before anything
+    is loaded, with the speed to expect, and the screenshot taken then shows it."""
+    n = tiny["gpu_notice"]
+    assert n["model"] is None and n["shown"], n  # before the load
+    assert n["gpu"]["fallback"] is True and n["gpu"]["software"] == "SwiftShader", n["gpu"]
+    assert n["title"] == "This GPU is emulated in software (SwiftShader): models will be very slow here."
+    assert "0.1 to 0.2 tokens/s" in n["text"] and "over a minute to load" in n["text"]
+    assert Path(n["screenshot"]).name == "tiny-01-started.png" and Path(n["screenshot"]).stat().st_size > 0
+
+
+def test_gpu_memory_is_shown_in_the_models_panel(tiny):
+    """After the load, the models panel shows the GPU memory the page's buffers hold (gpu.Device's count,
+    the same figures load() returned)."""
+    m = tiny["gpu_memory"]
+    got = tiny["load1"]["model"]["gpu_memory"]
+    assert m["shown"] and m["memory"] == got and 0 < got["allocated_bytes"] <= got["peak_bytes"]
+    assert m["text"] == (f"GPU memory: {got['allocated_bytes'] / 1e6:.1f} MB (at most {got['peak_bytes'] / 1e6:.1f} MB "
+                         "since the model loaded)")
+
+
 def test_attachments_are_refused_in_plain_words(tiny):
     a = tiny["attach"]
     assert "This model has no image input" in a["photo.png"]
     assert "This model has no audio input" in a["voice.wav"]
     assert "only images and audio can be attached" in a["notes.txt"]
+    t = tiny["attach_text_only"]  # a model loaded with "Text only" whose file has both towers
+    assert t["photo.png"] == ('photo.png was not attached: the model was loaded text-only, without its vision tower. '
+                              'Untick "Text only" in the models panel and load it again to use images.')
+    assert t["voice.wav"].startswith("voice.wav was not attached: the model was loaded text-only, without its audio")
+    assert t["record"].startswith("The model was loaded text-only, without its audio tower.")
 
 
 def test_stop_ends_the_reply_mid_generation(tiny):

@@ -11,7 +11,7 @@
 // image too large or a WAV file it cannot read comes back from there as a sentence, and the message goes
 // back into the composer.
 
-import { $, S, kb, mb } from './state.js';
+import { $, S, kb, mb, textOnlySentence } from './state.js';
 import { clearChatError, notice } from './ui.js';
 import { call } from './worker-client.js';
 import { audioFromFile, fmtDuration } from './audio.js';
@@ -40,6 +40,8 @@ function kindOf(file) {
 
 // Attach one audio file, or say why not (returns the attachment or null).
 async function addAudio(f) {
+  const textOnly = textOnlySentence('audio', f.name);
+  if (textOnly) { notice(textOnly); return null; }
   if (!S.model.has_audio) {
     notice(`This model has no audio input, so ${f.name} was not attached.`
       + ' Load a Gemma 4 model that hears audio, or add its projector (mmproj).');
@@ -84,6 +86,8 @@ export async function addFiles(files) {
       }
       continue;
     }
+    const textOnly = textOnlySentence('image', f.name);
+    if (textOnly) { notice(textOnly); continue; }
     if (!S.model.has_vision) {
       notice(`This model has no image input, so ${f.name} was not attached.`
         + ' Load a Gemma 4 model with vision, or add its projector (mmproj).');

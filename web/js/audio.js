@@ -14,7 +14,7 @@
 // The browser's resampler differs slightly from scipy's, so the same sound sent as MP3 and as WAV gives
 // features that differ in their last digits: fine for users; the native parity test sends a WAV.
 
-import { $, S } from './state.js';
+import { $, S, textOnlySentence } from './state.js';
 import { notice } from './ui.js';
 
 export const RATE = 16000;
@@ -218,6 +218,7 @@ export async function startRecording() {
 
 async function start() {
   if (!S.model) return notice('Load a model first: recording makes an audio attachment for it.');
+  if (textOnlySentence('audio')) return notice(textOnlySentence('audio'));
   if (!S.model.has_audio) {
     return notice('This model has no audio input, so there is nothing to record for. Load a Gemma 4 model that hears audio, or add its projector (mmproj).');
   }

@@ -17,7 +17,7 @@ import { showError } from './ui.js';
 import { call } from './worker-client.js';
 import { SAMPLING, restoreSettings, saveSettings, settings } from './settings.js';
 import { loadConversations, newConversation, onSelect, saveConversation, DB } from './conversations.js';
-import { fetchServerModels, loadDroppedFiles, refreshCache, selectTab, setupModels } from './models.js';
+import { fetchServerModels, loadDroppedFiles, refreshCache, selectTab, setupModels, showGpuNotice } from './models.js';
 import { regenerate, send, setActive, startNewChat, stop } from './chat.js';
 import { addClip, addFiles, setupAttachments } from './attachments.js';
 import { setupRecorder } from './audio.js';
@@ -35,17 +35,19 @@ function onDrop(ev) {
   if (rest.length) addFiles(rest);
 }
 
+// {problem} when this browser cannot run models, else {adapter} (the worker asks for its own adapter later;
+// this one tells the page, before any model is loaded, whether the GPU is emulated in software).
 async function checkWebGPU() {
   if (!('gpu' in navigator) || !navigator.gpu) {
-    return { kind: 'no-webgpu', message: 'This browser cannot run models: WebGPU is not available. Use a recent Chrome or Edge with WebGPU turned on.', detail: 'navigator.gpu is missing' };
+    return { problem: { kind: 'no-webgpu', message: 'This browser cannot run models: WebGPU is not available. Use a recent Chrome or Edge with WebGPU turned on.', detail: 'navigator.gpu is missing' } };
   }
   try {
     const a = await navigator.gpu.requestAdapter();
-    if (!a) return { kind: 'no-webgpu', message: 'This browser cannot run models: WebGPU is turned on but no GPU adapter is available (the GPU may be blocked or unsupported).', detail: 'requestAdapter() returned null' };
+    if (!a) return { problem: { kind: 'no-webgpu', message: 'This browser cannot run models: WebGPU is turned on but no GPU adapter is available (the GPU may be blocked or unsupported).', detail: 'requestAdapter() returned null' } };
+    return { adapter: a };
   } catch (e) {
-    return { kind: 'no-webgpu', message: 'This browser cannot run models: asking for a GPU adapter failed.', detail: String(e) };
+    return { problem: { kind: 'no-webgpu', message: 'This browser cannot run models: asking for a GPU adapter failed.', detail: String(e) } };
   }
-  return null;
 }
 
 async function start() {
@@ -75,7 +77,8 @@ async function start() {
   const activeId = localStorage.getItem('rullama.active');
   setActive(convs.find(c => c.id === activeId) || convs.sort((a, b) => b.updated - a.updated)[0] || newConversation());
 
-  const gpuProblem = await checkWebGPU();
+  const { problem: gpuProblem, adapter } = await checkWebGPU();
+  if (adapter) showGpuNotice(adapter);
   if (gpuProblem) {
     showError(gpuProblem);
     $('load').disabled = true;

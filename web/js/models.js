@@ -1,7 +1,8 @@
 // The models panel: the server's models, a URL, a local file, or the browser's own copy (OPFS), each with an
 // optional projector (mmproj) for llama.cpp model files whose vision and audio towers are a separate file.
 // Loading itself happens in the worker; this module chooses the source, shows the progress, and keeps
-// S.model up to date.
+// S.model up to date. It also shows, before anything is loaded, whether the GPU is emulated in software, and
+// the memory modes (context, text only, towers freed after each reply) with the GPU memory the app holds.
 
 import { $, S, mb, query, secs } from './state.js';
 import { clearError, notice, setProgress, showError, updateButtons } from './ui.js';
@@ -11,6 +12,45 @@ import { renderMessages } from './chat.js';
 
 // Hooks for other panels: loaded(info) runs after a model is loaded (diffusion.js picks the generation mode).
 export const modelHooks = { loaded: [] };
+
+// Software renderers: WebGPU through them runs on the CPU, some hundred times slower than a GPU.
+const SOFTWARE_GPUS = [[/swiftshader/i, 'SwiftShader'], [/llvmpipe/i, 'llvmpipe'], [/lavapipe/i, 'lavapipe'],
+  [/softpipe/i, 'softpipe'], [/basic render driver/i, 'Microsoft Basic Render Driver']];
+
+// What the adapter says about itself: {fallback (a software adapter: isFallbackAdapter, on the adapter in
+// older browsers, in adapter.info in newer ones), software (the renderer's name, or null), info}.
+export function describeAdapter(adapter) {
+  const i = adapter.info || {};
+  const info = { vendor: i.vendor || '', architecture: i.architecture || '', device: i.device || '', description: i.description || '' };
+  const fallback = !!(i.isFallbackAdapter || adapter.isFallbackAdapter);
+  const text = Object.values(info).join(' ');
+  const hit = SOFTWARE_GPUS.find(([re]) => re.test(text));
+  return { fallback, software: hit ? hit[1] : fallback ? 'a software renderer' : null, info };
+}
+
+// Said before any model is loaded: the speed to expect on an emulated GPU (docs/PERFORMANCE.md: Gemma 3 270M
+// on SwiftShader, 2 CPU cores: 73 s to load, 0.1 to 0.2 tokens/s).
+export function showGpuNotice(adapter) {
+  const gpu = (S.gpu = describeAdapter(adapter));
+  $('gpu-notice').hidden = !gpu.software;
+  if (!gpu.software) return;
+  $('gpu-notice-title').textContent = `This GPU is emulated in software (${gpu.software}): models will be very slow here.`;
+  $('gpu-notice-text').textContent = 'This browser runs WebGPU on the CPU, without a graphics card. On a 2-core '
+    + 'machine the smallest model, Gemma 3 270M, takes over a minute to load and writes a token every 5 to 10 '
+    + 'seconds (0.1 to 0.2 tokens/s); Gemma 4 models are slower still. A hardware GPU runs the same models '
+    + 'hundreds of times faster: turn on hardware acceleration in the browser\'s settings, or use a computer '
+    + 'with a GPU.';
+}
+
+// "GPU memory: ..." in the models panel, from a load, a reply or a "memory" event.
+function showMemory(m) {
+  if (!m || m.allocated_bytes == null) return;
+  S.gpuMemory = m;
+  const towers = (m.towers || []).map(k => (k === 'image' ? 'vision' : 'audio'));
+  const held = towers.length ? ` · ${towers.join(' and ')} tower${towers.length > 1 ? 's' : ''} loaded` : '';
+  $('gpu-memory').textContent = `GPU memory: ${mb(m.allocated_bytes)} (at most ${mb(m.peak_bytes)} since the model loaded)${held}`;
+  $('gpu-memory').hidden = false;
+}
 
 export function selectTab(tab) {
   settings.tab = tab;
@@ -184,6 +224,8 @@ export async function loadModel(source) {
   const options = {
     max_context: parseInt($('max-context').value, 10) || 2048,
     prefill_chunk: parseInt($('prefill-chunk').value, 10) || 64,
+    text_only: $('text-only').checked,
+    release_towers: $('release-towers').checked,
     name: source.name,
   };
   if (query.get('max_buffer')) options.max_buffer_size = parseInt(query.get('max_buffer'), 10);
@@ -220,12 +262,14 @@ export async function loadModel(source) {
     S.lastLoad = info;
     localStorage.setItem('rullama.lastSource', JSON.stringify({ ...source, file: undefined, mmproj: mm && { ...mm, file: undefined } }));
     const media = (info.has_vision ? ' · reads images' : '') + (info.has_audio ? ' · hears audio' : '')
+      + (info.text_only ? ' · text only' : '')
       + (info.diffusion ? ` · diffusion, canvas ${info.diffusion.canvas_length}` : '');
     $('model-pill').textContent = `${info.name} · ${info.arch} · context ${info.max_context}${media}`;
     $('model-pill').classList.remove('muted');
     $('model-pill').title = `identity ${info.identity}\nGPU ${info.adapter.vendor} ${info.adapter.device} ${info.adapter.description}`
       + (info.mmproj ? `\nprojector ${info.mmproj}` : '');
     setProgress(1, `Ready: ${info.name}${info.mmproj ? ' with ' + info.mmproj : ''} loaded in ${info.wall_seconds.toFixed(1)} s (${mb(info.fetched)} read, ${info.tensors} tensors)`);
+    showMemory(info.gpu_memory);
     $('loader').hidden = true;
     for (const fn of modelHooks.loaded) fn(info);
     $('prompt').focus();
@@ -261,7 +305,15 @@ export function setupModels() {
   $('model-file').onchange = () => { if ($('model-file').files[0]) loadModel(); };
   // Picked after the model: load the model again with it (its kernels are compiled already).
   $('mmproj-file').onchange = () => { if ($('mmproj-file').files[0] && $('model-file').files[0]) loadModel(); };
+  // Ticked: the towers go now, not only after the next reply. Each chat request carries the setting.
+  $('text-only').onchange = saveSettings;
+  $('release-towers').onchange = () => {
+    saveSettings();
+    if ($('release-towers').checked && S.model && !S.busy) call('release-towers').then(showMemory, showError);
+  };
 }
+
+on('memory', showMemory);
 
 on('boot', e => {
   $('python-pill').textContent = e.ready ? 'Python ready' : e.text + '…';

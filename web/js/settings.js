@@ -1,4 +1,4 @@
-// Settings kept in localStorage: sampling, load options, the last model (and mmproj) address, the open tab,
+// Settings kept in localStorage: sampling, load options (with the memory modes), the last model (and mmproj) address, the open tab,
 // and speech (voice, speed, speak replies, keep a copy of the speech model; speech.js sets those).
 
 import { $ } from './state.js';
@@ -12,6 +12,8 @@ export function saveSettings() {
   for (const k of SAMPLING) settings[k] = $(k).value;
   settings.max_context = $('max-context').value;
   settings.prefill_chunk = $('prefill-chunk').value;
+  settings.text_only = $('text-only').checked;
+  settings.release_towers = $('release-towers').checked;
   settings.keep_copy = $('keep-copy').checked;
   settings.url = $('model-url').value;
   settings.mmproj_url = $('mmproj-url').value;
@@ -22,6 +24,8 @@ export function restoreSettings() {
   for (const k of SAMPLING) if (settings[k] !== undefined) $(k).value = settings[k];
   if (settings.max_context) $('max-context').value = settings.max_context;
   if (settings.prefill_chunk) $('prefill-chunk').value = settings.prefill_chunk;
+  $('text-only').checked = !!settings.text_only;
+  $('release-towers').checked = !!settings.release_towers;
   $('keep-copy').checked = !!settings.keep_copy;
   if (settings.url) $('model-url').value = settings.url;
   if (settings.mmproj_url) $('mmproj-url').value = settings.mmproj_url;
@@ -42,5 +46,6 @@ export function samplingRequest() {
     seed: num('seed', true),
     max_tokens: num('max_tokens', true) ?? 512,
     image_tokens: num('image_tokens', true) ?? 280,
+    release_towers: $('release-towers').checked, // a memory mode, set with each request (see models.js)
   };
 }

@@ -36,3 +36,12 @@ export const secs = s => (s == null || !isFinite(s) ? '' : s < 60 ? `about ${Mat
 // Control characters (a random test model emits byte tokens 0x00-0x1f) shown as their Unicode pictures
 // rather than as empty boxes; newlines and tabs stay.
 export const visible = t => t.replace(/[\x00-\x08\x0b-\x1f]/g, ch => String.fromCharCode(0x2400 + ch.charCodeAt(0)));
+
+// A model loaded with "Text only" whose file has the tower of `kind` ('image' or 'audio'): the sentence that
+// says why a file of that kind (named `name`, if given) cannot be used; else null.
+export function textOnlySentence(kind, name) {
+  if (!S.model || !(S.model.towers_left_out || []).includes(kind)) return null;
+  const [tower, what] = kind === 'image' ? ['vision tower', 'images'] : ['audio tower', 'audio'];
+  return `${name ? name + ' was not attached: the' : 'The'} model was loaded text-only, without its ${tower}. `
+    + `Untick "Text only" in the models panel and load it again to use ${what}.`;
+}

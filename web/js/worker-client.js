@@ -6,6 +6,8 @@
 //
 //   boot                                  start Pyodide and install rullama_py (the page calls it at start)
 //   load {kind, url|file|key, mmproj?, options}
+//                                         options: {max_context, prefill_chunk, name, mmproj_name, text_only
+//                                         (leave the towers out), release_towers (free them after each reply)}
 //                                         kind: 'url' | 'file' | 'opfs'; mmproj: the same shape (a projector,
 //                                         vision and/or audio, for a llama.cpp model file), or absent.
 //                                         Resolves with the model's info; its `diffusion` is null for a chat
@@ -35,6 +37,11 @@
 //   prepare-images                        load the image decoder (Pillow) ahead of the first image
 //   prepare-audio                         load the resampler (scipy) ahead of the first WAV file
 //   new-chat | stats | save | restore {bytes}
+//   memory                                the GPU memory the app's buffers hold: {allocated_bytes, peak_bytes
+//                                         (since the last load), buffers, towers (the towers loaded now)}; the
+//                                         same comes as a memory event after a load, a reply or speech loading
+//   release-towers                        free the chat model's towers now (they load again with the next image
+//                                         or clip); resolves with memory's answer
 //   download {url, name, chunk, role?} | pause-download | cache-list {role?} | cache-delete {key}
 //                                         role 'kokoro': the speech model's copy (its progress comes as
 //                                         speech-download; cache-list {role: 'kokoro'} lists only those copies,
@@ -87,6 +94,9 @@
 //   boot {text, ready}                    Python start-up steps
 //   progress {phase, ...}                 model load: opening, weights (bytes, tensors, seconds left), ready
 //   download {done, size, resumedFrom, secondsLeft}
+//   memory {allocated_bytes, peak_bytes, buffers, towers}
+//                                         the GPU memory the app's buffers hold, after a load, a reply, the
+//                                         speech model's load or release-towers
 //   media {stage: 'decoder' | 'resampler' | 'image' | 'audio', index, count, layer, layers}
 //                                         while a reply's media are read (before its first token): the image
 //                                         decoder or the resampler loading, then image (or 30 s audio block)
