@@ -11,6 +11,7 @@
 //
 // The same kernel serves one token when a float weight's rows are not a multiple of 8 long (the matvec
 // kernel needs whole 8-element units); rows, tokens and columns that do not fill a tile are masked.
+// Entry points: `main` (N_TOK tokens) and `run` (the Step uniform's n_tokens of them, below).
 // Constants: ROWS, ROW0, COLS, ROW_BYTES (see matvec.wgsl), N_TOK, OUT_STRIDE (the row length of Y:
 // the rows of the whole weight, or more when products share an output), ACC, SCALE, RPT and TPT (4 or 8), TK (a multiple of 4 dividing 8 * RPT: the
 // workgroup memory is (TM + TN) * TK * 4 bytes, 16 KiB for 8 x 8 blocks with TK 16).
@@ -25,8 +26,28 @@ const TN: u32 = 16u * TPT;
 var<workgroup> ws: array<vec4<f32>, TK * TM / 4u>;  // ws[k * TM/4 + r/4][r % 4] = W[r0 + r, k0 + k]
 var<workgroup> xs: array<vec4<f32>, TK * TN / 4u>;  // xs[k * TN/4 + t/4][t % 4] = X[t0 + t, k0 + k]
 
+@group(0) @binding(3) var<uniform> step: Step;  // entry `run` only
+
+var<private> n_tok: u32;  // tokens to compute: N_TOK, or this run's step.n_tokens (entry `run`)
+
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  n_tok = N_TOK;
+  tile(wid, lid);
+}
+
+// A recorded graph's run of up to N_TOK tokens (a prefill chunk): only the step's n_tokens are computed, and
+// the token tiles past them return at once, so a short prompt in a large chunk costs what its tokens cost.
+@compute @workgroup_size(256)
+fn run(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  n_tok = min(N_TOK, step.n_tokens);
+  if (wid.y * TN >= n_tok) {
+    return;  // the whole workgroup: uniform control flow
+  }
+  tile(wid, lid);
+}
+
+fn tile(wid: vec3<u32>, lid: u32) {
   let r0 = wid.x * TM;
   let t0 = wid.y * TN;
   let tx = lid % 16u;  // this lane's tokens: 4 tx .. 4 tx + 3, and 64 + 4 tx .. when TPT == 8
@@ -65,7 +86,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       let t = idx % TN;
       let kk = idx / TN;
       var v = 0.0;
-      if (t0 + t < N_TOK && k0 + kk < COLS) {
+      if (t0 + t < n_tok && k0 + kk < COLS) {
         v = X[(t0 + t) * COLS + k0 + kk];
       }
       xs[kk * (TN / 4u) + t / 4u][t % 4u] = v;
@@ -143,7 +164,7 @@ fn store_row(row: u32, t: u32, v: vec4<f32>) {
 }
 
 fn store1(row: u32, t: u32, v: f32) {
-  if (t >= N_TOK) {
+  if (t >= n_tok) {
     return;
   }
   let o = t * OUT_STRIDE + ROW0 + row;

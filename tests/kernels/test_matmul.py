@@ -230,3 +230,27 @@ async def test_matvec_gelu_gate(device, device_fallback, qt):
         p = gate[off: off + rows].astype(np.float64)
         bound = _gated_tolerance(y, ref.matmul_tolerance(wd, x[None])[0], p, 0.0)
         assert np.all(np.abs(got - _gelu(y) * p) <= bound), np.abs(got - _gelu(y) * p).max()
+
+
+@pytest.mark.parametrize("n_run", [1, 5, 70])
+async def test_matmul_step_tokens(device, n_run):
+    """step= (a recorded prefill chunk): a capacity of 70 tokens (two 64-token tiles), each run computing only
+    the Step uniform's n_tokens; the rows past them keep what they held (their tiles return at once)."""
+    from rullama_py import gpu
+
+    cap, rows, cols = 70, 36, 256
+    rng = np.random.default_rng(50)
+    raw = ref.random_weight("q4_k", rows, cols, rng)
+    w = _upload_weight(device, "q4_k", raw, rows, cols)
+    x = rng.standard_normal((cap, cols)).astype(np.float32)
+    out = device.upload(np.full((cap, rows), 7.0, np.float32))
+    step = device.tensor((8,), "uint32", "step", usage=gpu.UNIFORM)
+    device.write(step.buffer, np.array([0, n_run, n_run, 0, 0, 0, 0, 0], np.uint32))
+    g = device.graph()
+    await ops.matmul(g, w, device.upload(x), out, n_tokens=cap, step=step)
+    await device.run(g)
+    got = await device.read(out)
+    wd = ref.dequantize(raw, "q4_k", cols)
+    want = ref.matmul(wd, x[:n_run])
+    assert np.all(np.abs(got[:n_run] - want) <= ref.matmul_tolerance(wd, x[:n_run]))
+    assert (got[n_run:] == 7.0).all()

@@ -349,7 +349,7 @@ class Gemma:
             b["ple_proj"] = T(cap, c.n_layers * c.ple_dim, name="ple_proj")
             b["ple_gate"], b["ple_act"] = T(cap, c.ple_dim, name="ple_gate"), T(cap, c.ple_dim, name="ple_act")
             await ops.matmul(g, self.w["per_layer_model_proj.weight"], h, b["ple_proj"], n_tokens=cap,
-                             scale=1.0 / math.sqrt(d))
+                             scale=1.0 / math.sqrt(d), step=self.step)
             await ops.rms_norm(g, b["ple_proj"], self.w["per_layer_proj_norm.weight"], run.ple, n=c.ple_dim,
                                eps=eps, accumulate=True)
         await self._layers(g, b, cap, out_scales=[L.out_scale for L in self.layers], ple=run.ple,
@@ -393,7 +393,7 @@ class Gemma:
         then = (next_norm, x) if next_norm is not None else None
         # attention: the q, k, v projections into one row per token; their norms, RoPE and the cache store
         for w, col in L.qkv:
-            await ops.matmul(g, w, x, qkv, n_tokens=cap, out_offset=col, out_stride=L.qkv_width)
+            await ops.matmul(g, w, x, qkv, n_tokens=cap, out_offset=col, out_stride=L.qkv_width, step=step)
         kv = None
         if L.v_offset is not None:
             kc, vc, slots = self.kv[l]
@@ -405,18 +405,19 @@ class Gemma:
         await ops.attention(g, q, kc, vc, attn, step, n_heads=nh, n_kv_heads=nkv, head_dim=hd,
                             scale=c.attn_scale, window=c.sliding_window if c.is_sliding[l] else 0,
                             max_ctx=slots, causal=causal)
-        await ops.matmul(g, L.wo, attn, o, n_tokens=cap)
+        await ops.matmul(g, L.wo, attn, o, n_tokens=cap, step=step)
         await ops.rms_norm(g, o, L.post_attn_norm, h, n=d, eps=eps, accumulate=True, then=(L.ffn_norm, x))
         # feed-forward (GeGLU)
         act = b["act"].view((cap, ffn))
         if L.gate_up is not None:
-            await ops.matmul_geglu(g, L.gate_up, x, act, n_tokens=cap, scratch=b["gate_up"].view((cap, 2 * ffn)))
+            await ops.matmul_geglu(g, L.gate_up, x, act, n_tokens=cap, scratch=b["gate_up"].view((cap, 2 * ffn)),
+                                   step=step)
         else:
             gate, up = b["gate"].view((cap, ffn)), b["up"].view((cap, ffn))
-            await ops.matmul(g, L.w_gate, x, gate, n_tokens=cap)
-            await ops.matmul(g, L.w_up, x, up, n_tokens=cap)
+            await ops.matmul(g, L.w_gate, x, gate, n_tokens=cap, step=step)
+            await ops.matmul(g, L.w_up, x, up, n_tokens=cap, step=step)
             await ops.gelu_mul(g, gate, up, act, n=ffn)
-        await ops.matmul(g, L.w_down, act, o, n_tokens=cap)
+        await ops.matmul(g, L.w_down, act, o, n_tokens=cap, step=step)
         last_scale = out_scale if not c.ple_dim else None
         last_then = then if not c.ple_dim else None
         if L.moe is not None:
@@ -430,8 +431,8 @@ class Gemma:
         # per-layer embedding (Gemma 4 E2B/E4B), then the layer's output scale over the whole stream
         if c.ple_dim:
             await ops.ple_input(g, L.inp_gate, h, ple, b["ple_act"], n_tokens=cap, layer=l, n_layers=c.n_layers,
-                                dim=c.ple_dim, scratch=b["ple_gate"])
-            await ops.matmul(g, L.proj, b["ple_act"], o, n_tokens=cap)
+                                dim=c.ple_dim, scratch=b["ple_gate"], step=step)
+            await ops.matmul(g, L.proj, b["ple_act"], o, n_tokens=cap, step=step)
             await ops.rms_norm(g, o, L.post_norm, h, n=d, eps=eps, accumulate=True, scale=out_scale, then=then)
 
     async def _experts(self, g: Graph, b: dict, cap: int, M: Experts) -> None:

@@ -118,14 +118,17 @@ def _matmul_block(device, rows: int, n_tokens: int) -> tuple[int, int, int]:
 
 
 async def matmul(g: Graph, w: Tensor, x: Tensor, out: Tensor, *, n_tokens: int, accumulate: bool = False,
-                 scale: float = 1.0, out_offset: int = 0, out_stride: int | None = None) -> None:
+                 scale: float = 1.0, out_offset: int = 0, out_stride: int | None = None,
+                 step: Tensor | None = None) -> None:
     """out[t, out_offset + r] (+)= scale * sum_c W[r, c] * x[t, c] for t < n_tokens.
 
     w: weight (rows, cols), any of QUANT_TYPES, possibly split in parts; x: f32 [n_tokens, cols];
     out: f32 with rows of out_stride values (default: rows), a different buffer from x; out_offset and
     out_stride let several products fill the column ranges of one wider output (Gemma's [q | k | v] when the
     three weights cannot be uploaded as one). accumulate=True adds into out (fused residual).
-    One token runs the memory-bound matrix-vector kernel; more run the tiled matrix-matrix kernel."""
+    One token runs the memory-bound matrix-vector kernel; more run the tiled matrix-matrix kernel. step (the
+    Step uniform of a recorded graph): n_tokens is the capacity, and each run computes only step.n_tokens of
+    them, so a short prompt in a large prefill chunk costs what its own tokens cost."""
     rows, cols = w.shape
     stride = rows if out_stride is None else out_stride
     if out_offset + rows > stride:
@@ -136,17 +139,17 @@ async def matmul(g: Graph, w: Tensor, x: Tensor, out: Tensor, *, n_tokens: int, 
         await _matvec(g, w, x, out, out_offset=out_offset, acc=accumulate, scale=scale)
         return
     await _matmul_tiled(g, w, x, out, n_tokens=n_tokens, out_offset=out_offset, out_stride=stride,
-                        acc=accumulate, scale=scale)
+                        acc=accumulate, scale=scale, step=step)
 
 
 async def matmul_geglu(g: Graph, w: Tensor, x: Tensor, out: Tensor, *, n_tokens: int,
-                       scratch: Tensor | None = None) -> None:
+                       scratch: Tensor | None = None, step: Tensor | None = None) -> None:
     """out[t, i] = gelu_tanh(W[i] . x[t]) * (W[F + i] . x[t]), i < F: the GeGLU input of Gemma's MLP from one
     weight w [2F, cols] holding the gate rows then the up rows (see Gemma's upload).
 
     One token: one matrix-vector dispatch whose row groups take gate row i and up row i together (shared
     activation loads, the activation function as its epilogue) when w is one buffer part. Otherwise the
-    product goes to scratch (f32 [n_tokens, 2F]) and gelu_mul reads it: two dispatches."""
+    product goes to scratch (f32 [n_tokens, 2F]) and gelu_mul reads it: two dispatches. step as in matmul."""
     from .nn import gelu_mul
 
     rows, cols = w.shape
@@ -159,7 +162,7 @@ async def matmul_geglu(g: Graph, w: Tensor, x: Tensor, out: Tensor, *, n_tokens:
         return
     if scratch is None:
         raise ValueError("matmul_geglu: more than one token (or a weight in parts) needs a scratch buffer")
-    await matmul(g, w, x, scratch, n_tokens=n_tokens)
+    await matmul(g, w, x, scratch, n_tokens=n_tokens, step=step)
     await gelu_mul(g, scratch, None, out, n=rows // 2, fused=True)
 
 
@@ -198,17 +201,17 @@ async def _matvec(g: Graph, w: Tensor, x: Tensor, out: Tensor, *, out_offset: in
 
 
 async def _matmul_tiled(g: Graph, w: Tensor, x: Tensor, out: Tensor, *, n_tokens: int, out_offset: int,
-                        out_stride: int, acc: bool, scale: float) -> None:
+                        out_stride: int, acc: bool, scale: float, step: Tensor | None = None) -> None:
     rows, cols = w.shape
     qt = qtype(w)
     rb = row_bytes(qt, cols)
     for buf, first, n in w.parts:
         rpt, tpt, tk = _matmul_block(g.device, n, n_tokens)
         grid = (-(-n // (16 * rpt)), -(-n_tokens // (16 * tpt)))
-        k = await g.device.kernel("matmul", libs=_libs(qt), ROWS=n, ROW0=first + out_offset, COLS=cols,
-                                  ROW_BYTES=rb, N_TOK=n_tokens, OUT_STRIDE=out_stride, ACC=acc,
-                                  SCALE=float(scale), RPT=rpt, TPT=tpt, TK=tk)
-        g.add(k, [buf, x, out], grid)
+        k = await g.device.kernel("matmul", libs=_libs(qt), entry="main" if step is None else "run", ROWS=n,
+                                  ROW0=first + out_offset, COLS=cols, ROW_BYTES=rb, N_TOK=n_tokens,
+                                  OUT_STRIDE=out_stride, ACC=acc, SCALE=float(scale), RPT=rpt, TPT=tpt, TK=tk)
+        g.add(k, [buf, x, out] if step is None else [buf, x, out, step], grid)
 
 
 async def embed(g: Graph, table: Tensor, ids: Tensor, out: Tensor, *, n_tokens: int, scale: float = 1.0,
