@@ -44,7 +44,7 @@ def check_settings(max_context: int, *, prompt_tokens: int, gen_tokens: int, rep
     need = depth + prompt_tokens + gen_tokens
     if need > max_context:
         raise BenchError(f"a depth of {depth} tokens, {prompt_tokens} prompt tokens and {gen_tokens} generated "
-                         f"tokens need a context of {need} tokens; the model was loaded with {max_context} "
+                         f"tokens need a context of {need} tokens, more than the {max_context} given "
                          f"(give --ctx {need} or more).")
 
 
