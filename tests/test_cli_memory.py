@@ -23,7 +23,7 @@ HARDWARE = {"vendor": "nvidia", "architecture": "hopper", "device": "NVIDIA H200
                                         (WARP, "microsoft basic render driver"), (HARDWARE, None),
                                         ({"vendor": "someone", "adapter_type": "CPU"}, "software"), ({}, None)])
 def test_software_gpus_are_recognised(info, name):
-    assert cli.software_gpu(info) == name
+    assert gpu.software_gpu(info) == name
 
 
 class StubAdapter:

@@ -51,7 +51,8 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help='GGUF path, Ollama name (gemma3:270m), http(s) URL, or "default"')
     p.add_argument("--ctx", type=int, default=4096, help="context length to allocate (max_context)")
-    p.add_argument("--prefill-chunk", type=int, default=64, help="tokens per prefill dispatch")
+    p.add_argument("--prefill-chunk", type=int, default=None,
+                   help="tokens per prefill run (default: 256 on a GPU, 64 on one emulated in software)")
 
 
 IMAGE_TOKEN_BUDGETS = (70, 140, 280, 560, 1120)  # media.SOFT_TOKEN_BUDGETS (kept here: --help stays light)
@@ -81,24 +82,11 @@ def _vision_args(p: argparse.ArgumentParser) -> None:
                    help="free the towers' GPU memory after each reply; the next image or clip loads them again")
 
 
-# Software renderers: WebGPU through them runs on the CPU (Mesa's llvmpipe/lavapipe, Google's SwiftShader,
-# Windows' WARP), some hundred times slower than a GPU.
-SOFTWARE_GPUS = ("llvmpipe", "lavapipe", "swiftshader", "softpipe", "microsoft basic render driver")
-
-
-def software_gpu(info: dict) -> str | None:
-    """The software renderer's name when the adapter (its info: vendor, device, description, adapter_type) is
-    one, else None."""
-    text = " ".join(str(info.get(k, "")) for k in ("vendor", "device", "description", "architecture")).lower()
-    for name in SOFTWARE_GPUS:
-        if name in text:
-            return name
-    return "software" if str(info.get("adapter_type", "")).upper() == "CPU" else None
-
-
 def software_gpu_notice(info: dict) -> str | None:
     """One line for stderr when the GPU is emulated in software, with the speed to expect (docs/PERFORMANCE.md:
     a Gemma 3 270M decode step takes about 1.3 s on lavapipe with 2 CPU cores)."""
+    from .gpu import software_gpu
+
     name = software_gpu(info)
     if name is None:
         return None

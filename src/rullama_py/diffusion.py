@@ -146,7 +146,7 @@ class Diffusion:
         self._draw = 0  # the noise generator's counter
 
     @classmethod
-    async def load(cls, model, *, max_context: int = 4096, prefill_chunk: int = 64, device: Device | None = None,
+    async def load(cls, model, *, max_context: int = 4096, prefill_chunk: int | None = None, device: Device | None = None,
                    progress=None) -> "Diffusion":
         """Open `model` (a path, URL, Ollama name or Source, as Engine.load), upload its weights and record the
         encoder, the decoder and the sampler."""

@@ -218,7 +218,7 @@ class Engine:
 
     # -- loading -------------------------------------------------------------------------------------------
     @classmethod
-    async def load(cls, model, *, mmproj=None, max_context: int = 4096, prefill_chunk: int = 64,
+    async def load(cls, model, *, mmproj=None, max_context: int = 4096, prefill_chunk: int | None = None,
                    device: Device | None = None, params: SamplerParams | None = None, text_only: bool = False,
                    release_towers_after_turn: bool = False, progress=None) -> "Engine":
         """Open `model` (see open_model_file), upload its weights and record its graphs. `mmproj` (a path, URL,

@@ -128,6 +128,21 @@ def _wgsl_const(name: str, value) -> str:
     raise TypeError(f"kernel constant {name}: unsupported type {type(value).__name__}")
 
 
+# Software renderers: WebGPU through them runs on the CPU (Mesa's llvmpipe/lavapipe, Google's SwiftShader,
+# Windows' WARP), some hundred times slower than a GPU.
+SOFTWARE_GPUS = ("llvmpipe", "lavapipe", "swiftshader", "softpipe", "microsoft basic render driver")
+
+
+def software_gpu(info: dict) -> str | None:
+    """The software renderer's name when the adapter (its info: vendor, device, description, adapter_type) is
+    one, else None."""
+    text = " ".join(str(info.get(k, "")) for k in ("vendor", "device", "description", "architecture")).lower()
+    for name in SOFTWARE_GPUS:
+        if name in text:
+            return name
+    return "software" if str(info.get("adapter_type", "")).upper() == "CPU" else None
+
+
 @dataclass(eq=False)
 class Kernel:
     name: str
@@ -291,6 +306,11 @@ class Device:
         except Exception as e:
             raise NoAdapterError(f"the adapter refused a device with features {want}: {e}") from e
         return cls(adapter, dev, set(want), limits, disabled)
+
+    @property
+    def software(self) -> str | None:
+        """The software renderer's name when this GPU is emulated on the CPU (see software_gpu), else None."""
+        return software_gpu(dict(self.adapter.info))
 
     @property
     def info(self) -> dict:

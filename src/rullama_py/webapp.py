@@ -308,6 +308,12 @@ def describe_error(e: BaseException, during: str = "", media: str = "image") -> 
     return {"kind": kind, "message": msg, "detail": detail}
 
 
+def _chunk(opts: dict) -> int | None:
+    """The page's prefill chunk setting; none: the model's default for the device."""
+    v = opts.get("prefill_chunk")
+    return int(v) if v else None
+
+
 def _json(x) -> str:
     return json.dumps(x, separators=(",", ":"))
 
@@ -787,7 +793,7 @@ class WebApp:
             extra["text_only"] = True
         try:
             eng = await Engine.load(src, max_context=int(opts.get("max_context", 2048)),
-                                    prefill_chunk=int(opts.get("prefill_chunk", 64)), device=dev, params=params,
+                                    prefill_chunk=_chunk(opts), device=dev, params=params,
                                     release_towers_after_turn=bool(opts.get("release_towers")),
                                     progress=progress, **extra)
         except VisionLoadError as e:
@@ -991,7 +997,7 @@ class WebApp:
         from .diffusion import Diffusion
 
         diff = await Diffusion.load(src, max_context=int(opts.get("max_context", 2048)),
-                                    prefill_chunk=int(opts.get("prefill_chunk", 64)), device=dev, progress=progress)
+                                    prefill_chunk=_chunk(opts), device=dev, progress=progress)
         self.diffusion = diff
         cfg, d = diff.config, diff.config.diffusion
         return {

@@ -27,7 +27,7 @@ from .. import ops
 from ..config import ModelConfig
 from ..gguf_file import GGUFFile
 from ..gpu import Device, Tensor
-from .gemma import ContextOverflowError, Gemma, ModelLoadError, Run
+from .gemma import ContextOverflowError, Gemma, ModelLoadError, Run, default_prefill_chunk
 
 SELF_COND = ("self_cond_pre_norm.weight", "self_cond_gate.weight", "self_cond_up.weight", "self_cond_down.weight")
 
@@ -49,7 +49,7 @@ class DiffusionGemma(Gemma):
         self.enc_scales: list[Tensor | None] = []
 
     @classmethod
-    async def load(cls, gf: GGUFFile, device: Device, *, max_context: int = 4096, prefill_chunk: int = 64,
+    async def load(cls, gf: GGUFFile, device: Device, *, max_context: int = 4096, prefill_chunk: int | None = None,
                    progress=None) -> "DiffusionGemma":
         cfg = ModelConfig.from_metadata(gf.metadata)
         if cfg.diffusion is None:
@@ -59,7 +59,7 @@ class DiffusionGemma(Gemma):
         if max_context < cfg.diffusion.canvas_length + 1:
             raise ContextOverflowError(f"a context of {max_context} cannot hold a prompt and a canvas of "
                                        f"{cfg.diffusion.canvas_length} tokens")
-        m = cls(cfg, device, gf, max_context, min(prefill_chunk, max_context))
+        m = cls(cfg, device, gf, max_context, min(prefill_chunk or default_prefill_chunk(device), max_context))
         await m._upload(progress)
         m.enc_scales = [m.w.get(f"blk.{l}.enc_layer_output_scale.weight") for l in range(cfg.n_layers)]
         m._alloc_kv()

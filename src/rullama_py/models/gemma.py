@@ -93,6 +93,16 @@ class Run:
 
 
 STEP_BYTES = 32
+# Tokens per prefill run: the tiled products' occupancy grows with the chunk (a 2048-row weight is 32 tiles of
+# 64 rows, times the chunk's token tiles, for a GPU of a hundred multiprocessors), and the products compute only
+# a run's own tokens (ops.matmul step=), so a short prompt costs no more in a large chunk. A GPU emulated on
+# the CPU keeps 64: its pipelines compile slowly and it gains nothing from occupancy.
+PREFILL_CHUNK, SOFTWARE_PREFILL_CHUNK = 256, 64
+
+
+def default_prefill_chunk(device: Device) -> int:
+    return SOFTWARE_PREFILL_CHUNK if device.software else PREFILL_CHUNK
+
 SOFT_TOKEN = 0xFFFFFFFF  # the id of a row whose embedding is a soft token (see Gemma.write_inputs)
 PLE_CACHE_BYTES = 32 << 20  # per-layer-embedding rows kept on the host (see Gemma.ple_rows)
 
@@ -120,13 +130,13 @@ class Gemma:
 
     # -- loading -------------------------------------------------------------------------------------------
     @classmethod
-    async def load(cls, gf: GGUFFile, device: Device, *, max_context: int = 4096, prefill_chunk: int = 64,
+    async def load(cls, gf: GGUFFile, device: Device, *, max_context: int = 4096, prefill_chunk: int | None = None,
                    progress=None) -> "Gemma":
         """Upload the weights of `gf` and record the decode and prefill graphs. `progress(done_bytes,
         total_bytes, name)` is called after each tensor."""
         cfg = ModelConfig.from_metadata(gf.metadata)
         max_context = max(1, min(max_context, cfg.context_length))
-        m = cls(cfg, device, gf, max_context, min(prefill_chunk, max_context))
+        m = cls(cfg, device, gf, max_context, min(prefill_chunk or default_prefill_chunk(device), max_context))
         await m._upload(progress)
         m._alloc_kv()
         if m.prefill_chunk > 1:
