@@ -3,7 +3,7 @@
 // Chrome's WebGPU) as navigator.gpu. On a machine with a real GPU this is the page's speed there, without a browser.
 //
 //   node tools/bench_pyodide.mjs MODEL.gguf [--prompt-tokens 128] [--gen-tokens 64] [--repeats 3] [--ctx 1024]
-//        [--prefill-chunk 64] [--depth 0[,1024,...]] [--record FILE] [--model-name NAME] [--commit HASH]
+//        [--prefill-chunk N] [--depth 0[,1024,...]] [--record FILE] [--model-name NAME] [--commit HASH]
 //        [--node-modules DIR] [--wheels DIR] [--dawn TOGGLE ...]
 //
 // The measurement is rullama_py.bench.measure, the one `rullama bench` makes natively: the same token ids, warm-up
@@ -34,7 +34,8 @@ function fail(sentence) {
   process.exit(2);
 }
 
-const COUNTS = { 'prompt-tokens': [128, 1], 'gen-tokens': [64, 1], repeats: [3, 1], ctx: [1024, 1], 'prefill-chunk': [64, 1] };
+// [default, least]; --prefill-chunk's default (null) is the device's (models.gemma.default_prefill_chunk), as natively.
+const COUNTS = { 'prompt-tokens': [128, 1], 'gen-tokens': [64, 1], repeats: [3, 1], ctx: [1024, 1], 'prefill-chunk': [null, 1] };
 const TEXTS = ['record', 'model-name', 'commit', 'node-modules', 'wheels', 'depth'];
 
 function parseArgs(argv) {
@@ -78,6 +79,35 @@ function commitOf(opts) {
   }
 }
 
+// The record's command: the options that change what is measured (where the files came from and the commit's
+// name are not among them, and would put this machine's folders into the record).
+function measuredArgs(argv) {
+  const out = [];
+  for (let i = 0; i < argv.length; i++) {
+    const name = argv[i].startsWith('--') ? argv[i].slice(2).split('=')[0] : null;
+    if (['node-modules', 'wheels', 'commit'].includes(name)) {
+      if (!argv[i].includes('=')) i++;
+      continue;
+    }
+    out.push(argv[i]);
+  }
+  return out;
+}
+
+// A warning when the rullama_py wheel in web/dist/wheels is older than the sources it was built from.
+function warnIfStale(wheel) {
+  const built = fs.statSync(wheel).mtimeMs;
+  const newer = [];
+  const walk = dir => {
+    for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+      const p = path.join(dir, e.name);
+      if (e.isDirectory()) { if (e.name !== '__pycache__') walk(p); } else if (/\.(py|wgsl)$/.test(e.name) && fs.statSync(p).mtimeMs > built) newer.push(path.relative(root, p));
+    }
+  };
+  for (const d of ['src/rullama_py', 'shaders']) if (fs.existsSync(path.join(root, d))) walk(path.join(root, d));
+  if (newer.length) console.error(`bench_pyodide: warning: ${newer.length} source file(s) (${newer.slice(0, 3).join(', ')}${newer.length > 3 ? ', ...' : ''}) changed after ${path.relative(root, wheel)} was built: run tools/pyodide_dist.py to measure the working tree.`);
+}
+
 const shellWord = s => (/^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replaceAll("'", "'\\''")}'`);
 
 const opts = parseArgs(process.argv.slice(2));
@@ -100,6 +130,7 @@ try {
 for (const w of WANTED_WHEELS) {
   if (!wheels.some(f => f.split('-')[0].toLowerCase() === w)) fail(`no ${w} wheel in ${wheelDir}: run tools/pyodide_dist.py first (or give --wheels).`);
 }
+if (!opts.wheels) warnIfStale(path.join(wheelDir, wheels.find(f => f.startsWith('rullama_py-'))));
 for (const p of ['pyodide/pyodide.mjs', 'webgpu/index.js']) {
   if (!fs.existsSync(path.join(nodeModules, p))) fail(`${path.join(nodeModules, p)} is missing: run npm ci in web/ (or give --node-modules).`);
 }
@@ -132,7 +163,7 @@ const settings = {
   repeats: opts.repeats, depths: opts.depths, record: recordPath,
   model: opts['model-name'] || null,
   commit: commitOf(opts),
-  command: ['node', path.relative(process.cwd(), process.argv[1]) || process.argv[1], ...process.argv.slice(2)].map(shellWord).join(' '),
+  command: ['node', path.relative(process.cwd(), process.argv[1]) || process.argv[1], ...measuredArgs(process.argv.slice(2))].map(shellWord).join(' '),
   start_seconds: (performance.now() - t0) / 1e3,
 };
 py.globals.set('SETTINGS', JSON.stringify(settings));
