@@ -4,7 +4,7 @@
 // S.model up to date. It also shows, before anything is loaded, whether the GPU is emulated in software, and
 // the memory modes (context, text only, towers freed after each reply) with the GPU memory the app holds.
 
-import { $, S, mb, query, secs } from './state.js';
+import { $, S, mb, query, secs, size } from './state.js';
 import { clearError, notice, setProgress, showError, updateButtons } from './ui.js';
 import { call, on } from './worker-client.js';
 import { saveSettings, settings } from './settings.js';
@@ -85,7 +85,7 @@ export async function fetchServerModels() {
     o.value = m.id;
     const where = m.source === 'ollama' ? 'Ollama' : 'served';
     const mm = serverMmproj(m);
-    o.textContent = `${m.name} (${where}${m.size ? ', ' + mb(m.size) : ''}${mm ? ', with projector ' + mm.name : ''})` + (m.available ? '' : ' - missing');
+    o.textContent = `${m.name} (${where}${m.size ? ', ' + size(m.size) : ''}${mm ? ', with projector ' + mm.name : ''})` + (m.available ? '' : ' - missing');
     o.disabled = !m.available;
     sel.append(o);
   }
@@ -324,7 +324,10 @@ on('boot', e => {
 
 on('progress', e => {
   if (e.phase === 'weights') {
-    const parts = [`${mb(e.fetched)} of ${mb(e.file_size)} fetched`, `${e.tensors} tensors uploaded`];
+    // What this load downloads is the weights (done of total bytes). A Gemma 4 file's per-layer embedding table
+    // stays in the file (a row read per token), so the file itself can be several times larger.
+    const rest = e.file_size > 1.1 * e.total ? ` (of a ${size(e.file_size)} file: the rest is read as needed)` : '';
+    const parts = [`${size(e.done)} of ${size(e.total)} downloaded${rest}`, `${e.tensors} tensors uploaded`];
     if (e.done < e.total && e.seconds_left != null) parts.push(secs(e.seconds_left));
     setProgress(e.done / e.total, `${e.text}: ${parts.join(' · ')}`);
   } else if (e.phase === 'ready') {
@@ -338,6 +341,6 @@ on('download', e => {
   const resumed = e.resumedFrom > 0 ? ` (resumed at ${mb(e.resumedFrom)})` : '';
   const left = e.done < e.size ? ' · ' + secs(e.secondsLeft) : '';
   const what = e.role === 'mmproj' ? `Downloading the projector ${e.name}` : 'Downloading to the browser cache';
-  setProgress(e.done / e.size, `${what}: ${mb(e.done)} of ${mb(e.size)}${resumed}${left}`);
+  setProgress(e.done / e.size, `${what}: ${size(e.done)} of ${size(e.size)}${resumed}${left}`);
   S.lastDownload = e;
 });

@@ -30,6 +30,8 @@ export const S = (window.rullamaApp = {
 });
 
 export const mb = n => (n / 1e6).toFixed(1) + ' MB';
+// A download's size: gigabytes past 1 GB (a full-size model is 1-20 GB).
+export const size = n => (n >= 1e9 ? (n / 1e9).toFixed(2) + ' GB' : mb(n));
 export const kb = n => (n < 1e6 ? Math.max(1, Math.round(n / 1e3)) + ' KB' : mb(n));
 export const secs = s => (s == null || !isFinite(s) ? '' : s < 60 ? `about ${Math.ceil(s)} s left` : `about ${Math.ceil(s / 60)} min left`);
 
