@@ -28,26 +28,26 @@ var<workgroup> xs: array<vec4<f32>, TK * TN / 4u>;  // xs[k * TN/4 + t/4][t % 4]
 
 @group(0) @binding(3) var<uniform> step: Step;  // entry `run` only
 
-var<private> n_tok: u32;  // tokens to compute: N_TOK, or this run's step.n_tokens (entry `run`)
-
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  n_tok = N_TOK;
-  tile(wid, lid);
+  tile(wid, lid, N_TOK);
 }
 
 // A recorded graph's run of up to N_TOK tokens (a prefill chunk): only the step's n_tokens are computed, and
 // the token tiles past them return at once, so a short prompt in a large chunk costs what its tokens cost.
 @compute @workgroup_size(256)
 fn run(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  n_tok = min(N_TOK, step.n_tokens);
+  // Passed down as a value, not kept in a module-scope variable: WGSL's uniformity analysis treats a private
+  // variable as non-uniform, and the barriers below need uniform control flow (Chrome's compiler enforces it).
+  let n_tok = min(N_TOK, step.n_tokens);
   if (wid.y * TN >= n_tok) {
     return;  // the whole workgroup: uniform control flow
   }
-  tile(wid, lid);
+  tile(wid, lid, n_tok);
 }
 
-fn tile(wid: vec3<u32>, lid: u32) {
+// The tile of workgroup wid, for tokens t < n_tok.
+fn tile(wid: vec3<u32>, lid: u32, n_tok: u32) {
   let r0 = wid.x * TM;
   let t0 = wid.y * TN;
   let tx = lid % 16u;  // this lane's tokens: 4 tx .. 4 tx + 3, and 64 + 4 tx .. when TPT == 8
@@ -128,42 +128,42 @@ fn tile(wid: vec3<u32>, lid: u32) {
   }
   let row = r0 + 4u * ty;
   let t = t0 + 4u * tx;
-  store_row(row, t, a0);
-  store_row(row + 1u, t, a1);
-  store_row(row + 2u, t, a2);
-  store_row(row + 3u, t, a3);
+  store_row(row, t, a0, n_tok);
+  store_row(row + 1u, t, a1, n_tok);
+  store_row(row + 2u, t, a2, n_tok);
+  store_row(row + 3u, t, a3, n_tok);
   if (RPT == 8u) {
-    store_row(row + 64u, t, b0);
-    store_row(row + 65u, t, b1);
-    store_row(row + 66u, t, b2);
-    store_row(row + 67u, t, b3);
+    store_row(row + 64u, t, b0, n_tok);
+    store_row(row + 65u, t, b1, n_tok);
+    store_row(row + 66u, t, b2, n_tok);
+    store_row(row + 67u, t, b3, n_tok);
   }
   if (TPT == 8u) {
-    store_row(row, t + 64u, c0);
-    store_row(row + 1u, t + 64u, c1);
-    store_row(row + 2u, t + 64u, c2);
-    store_row(row + 3u, t + 64u, c3);
+    store_row(row, t + 64u, c0, n_tok);
+    store_row(row + 1u, t + 64u, c1, n_tok);
+    store_row(row + 2u, t + 64u, c2, n_tok);
+    store_row(row + 3u, t + 64u, c3, n_tok);
     if (RPT == 8u) {
-      store_row(row + 64u, t + 64u, d0);
-      store_row(row + 65u, t + 64u, d1);
-      store_row(row + 66u, t + 64u, d2);
-      store_row(row + 67u, t + 64u, d3);
+      store_row(row + 64u, t + 64u, d0, n_tok);
+      store_row(row + 65u, t + 64u, d1, n_tok);
+      store_row(row + 66u, t + 64u, d2, n_tok);
+      store_row(row + 67u, t + 64u, d3, n_tok);
     }
   }
 }
 
-// Outputs of one row for 4 tokens from t (skipping rows and tokens past the end).
-fn store_row(row: u32, t: u32, v: vec4<f32>) {
+// Outputs of one row for 4 tokens from t (skipping rows past the end and tokens from n_tok on).
+fn store_row(row: u32, t: u32, v: vec4<f32>, n_tok: u32) {
   if (row >= ROWS) {
     return;
   }
-  store1(row, t, v.x);
-  store1(row, t + 1u, v.y);
-  store1(row, t + 2u, v.z);
-  store1(row, t + 3u, v.w);
+  store1(row, t, v.x, n_tok);
+  store1(row, t + 1u, v.y, n_tok);
+  store1(row, t + 2u, v.z, n_tok);
+  store1(row, t + 3u, v.w, n_tok);
 }
 
-fn store1(row: u32, t: u32, v: f32) {
+fn store1(row: u32, t: u32, v: f32, n_tok: u32) {
   if (t >= n_tok) {
     return;
   }
