@@ -147,6 +147,23 @@ py.FS.mkdirTree('/wheels');
 for (const w of wheels) py.FS.writeFile('/wheels/' + w, fs.readFileSync(path.join(wheelDir, w)));
 // The record file's folder, mounted so that Python appends to it itself (rullama_py.bench.append_records).
 let recordPath = null;
+function fileOnDisk(p) {
+  const fd = fs.openSync(p, 'r');
+  const size = fs.fstatSync(fd).size;
+  const read = async (a, b) => {  // sync reads: nothing else waits on this process's event loop
+    const n = Math.max(0, Math.min(b, size) - a);
+    const buf = Buffer.alloc(n);
+    let got = 0;
+    while (got < n) {
+      const bytesRead = fs.readSync(fd, buf, got, n - got, a + got);
+      if (!bytesRead) break;
+      got += bytesRead;
+    }
+    return buf.buffer.slice(buf.byteOffset, buf.byteOffset + got);
+  };
+  return { size, name: path.basename(p), slice: (a, b) => ({ arrayBuffer: () => read(a, b) }) };
+}
+
 if (opts.record) {
   const host = path.resolve(opts.record);
   if (!fs.existsSync(path.dirname(host))) fail(`${opts.record}: its folder does not exist.`);
@@ -154,9 +171,11 @@ if (opts.record) {
   py.mountNodeFS('/bench_record', path.dirname(host));
   recordPath = '/bench_record/' + path.basename(host);
 }
-// The model as the page gets a file the user picked: a File (here backed by the file on disk, read lazily).
-const blob = await fs.openAsBlob(opts.model);
-py.globals.set('MODEL_FILE', new File([blob], path.basename(opts.model)));
+// The model as the page gets a file the user picked: sources.BlobSource reads a File through `size`, `name`
+// and `slice(a, b).arrayBuffer()`. Node 20's fs.openAsBlob reports a file over 4 GiB with its size modulo 2^32
+// (the 6.2 GB E2B file came out as 1.9 GB), so the model is an object with that same surface reading the
+// file on disk lazily through a file descriptor.
+py.globals.set('MODEL_FILE', fileOnDisk(opts.model));
 const settings = {
   wheels: wheels.map(w => 'emfs:/wheels/' + w),
   ctx: opts.ctx, prefill_chunk: opts['prefill-chunk'], prompt_tokens: opts['prompt-tokens'], gen_tokens: opts['gen-tokens'],
