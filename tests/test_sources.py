@@ -205,3 +205,60 @@ async def test_opfs_file_handle_with_a_stand_in():
     src = await OPFSSource.open(_FakeFileHandle(DATA, "m.gguf"))
     assert src.name == "opfs:m.gguf"
     await _check_reads(src)
+
+
+class _FakeSyncHandle:
+    """Mimics FileSystemSyncAccessHandle: getSize, read(buffer, {at}), flush, close, and the lock mode."""
+
+    def __init__(self, mode):
+        if mode is not None:
+            self.mode = mode
+        self.closed = False
+
+    def getSize(self):
+        return len(DATA)
+
+    def read(self, buffer, options):
+        raise AssertionError("not read here")
+
+    def flush(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+class _FakeLockingFileHandle(_FakeFileHandle):
+    def __init__(self, mode="readwrite-unsafe", fail=False):
+        super().__init__(DATA, "m.gguf")
+        self.mode, self.fail, self.asked, self.handles = mode, fail, [], []
+
+    async def createSyncAccessHandle(self, options):
+        self.asked.append(options)
+        if self.fail:
+            raise RuntimeError("NoModificationAllowedError: the file is locked")
+        self.handles.append(_FakeSyncHandle(self.mode))
+        return self.handles[-1]
+
+
+async def test_opfs_shared_sync_handle_only_where_the_lock_is_shared(monkeypatch):
+    from rullama_py import sources
+
+    monkeypatch.setattr(sources, "_js_options", lambda d: d)
+    fh = _FakeLockingFileHandle()
+    h = await sources._shared_sync_handle(fh)
+    assert h is fh.handles[0] and fh.asked == [{"mode": "readwrite-unsafe"}] and not h.closed
+    # A browser that ignores the mode gives an exclusive handle: closed again, the blob is read instead.
+    fh = _FakeLockingFileHandle(mode=None)
+    assert await sources._shared_sync_handle(fh) is None and fh.handles[0].closed
+    assert await sources._shared_sync_handle(_FakeLockingFileHandle(fail=True)) is None  # locked, or main thread
+    assert await sources._shared_sync_handle(_FakeFileHandle(DATA, "m.gguf")) is None  # no sync handles at all
+    # The source closes a handle of its own, once; a handle given to it stays the caller's.
+    own = OPFSSource(_FakeSyncHandle("readwrite-unsafe"), len(DATA), "opfs:m.gguf")
+    own._own_handle = True
+    await own.close()
+    await own.close()
+    assert own._handle.closed
+    given = await OPFSSource.open(_FakeSyncHandle("readwrite-unsafe"))
+    await given.close()
+    assert not given._handle.closed

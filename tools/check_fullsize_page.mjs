@@ -52,25 +52,22 @@ class Heaps {
     await this.cdp.send('Target.setAutoAttach', { autoAttach: true, waitForDebuggerOnStart: false, flatten: false });
   }
 
-  inWorker(method, params = {}) {
+  // A CDP call in the worker; null when it has not answered within `ms` (a long Python call holds it).
+  inWorker(method, params = {}, ms = 60000) {
     if (!this.worker) return Promise.resolve(null);
     const id = this.next++;
     return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
+      const timer = setTimeout(() => { this.pending.delete(id); log('worker did not answer', method); resolve(null); }, ms);
+      this.pending.set(id, { resolve: v => { clearTimeout(timer); resolve(v); }, reject: e => { clearTimeout(timer); reject(e); } });
       this.cdp.send('Target.sendMessageToTarget', { sessionId: this.worker, message: JSON.stringify({ id, method, params }) })
         .catch(reject);
     });
   }
 
-  // Pyodide's wasm memory: the byte length of every WebAssembly.Memory in the worker (queryObjects runs a GC).
+  // Pyodide's wasm memory (web/worker.js's rullamaWasmBytes: it only grows, so this is its peak too).
   async wasmBytes() {
-    const proto = await this.inWorker('Runtime.evaluate', { expression: 'WebAssembly.Memory.prototype' });
-    if (!proto) return null;
-    const arr = await this.inWorker('Runtime.queryObjects', { prototypeObjectId: proto.result.objectId });
-    const r = await this.inWorker('Runtime.callFunctionOn', { objectId: arr.objects.objectId, returnByValue: true,
-      functionDeclaration: 'function () { return this.map(m => m.buffer.byteLength); }' });
-    const sizes = r.result.value || [];
-    return sizes.length ? Math.max(...sizes) : null;
+    const r = await this.inWorker('Runtime.evaluate', { expression: 'self.rullamaWasmBytes && self.rullamaWasmBytes()', returnByValue: true });
+    return r && r.result ? r.result.value ?? null : null;
   }
 
   async sample() {
@@ -80,8 +77,10 @@ class Heaps {
     if (page) this.peak.page_js = Math.max(this.peak.page_js, page);
     const w = await this.inWorker('Runtime.getHeapUsage').catch(() => null);
     if (w) this.peak.worker_js = Math.max(this.peak.worker_js, w.totalSize);
+    const wasm = await this.wasmBytes().catch(() => null);
+    if (wasm) this.peak.wasm = Math.max(this.peak.wasm, wasm);
     this.samples += 1;
-    return { page_js: page, worker_js: w && w.totalSize, worker_js_used: w && w.usedSize };
+    return { page_js: page, worker_js: w && w.totalSize, worker_js_used: w && w.usedSize, wasm };
   }
 }
 
@@ -120,6 +119,11 @@ async function main() {
     await page.goto(cfg.url);
     await until(page, () => window.rullamaApp && window.rullamaApp.started && window.rullamaApp.python);
     log('page ready (Python started)');
+    if (cfg.probe) { // the heap readings alone, on the started page
+      log('sample', JSON.stringify(await heaps.sample()));
+      clearInterval(timer);
+      return { ok: true, probe: true };
+    }
     out.server_models = await app(page, () => document.getElementById('server-models').textContent);
 
     const load = async keep => {
@@ -154,7 +158,7 @@ async function main() {
 
     const http = await load(false);
     out.http = { load: { seconds: http.model.seconds, wall_seconds: http.model.wall_seconds, fetched: http.model.fetched,
-      gpu_memory: http.model.gpu_memory, adapter: http.model.adapter }, ...(await chat()) };
+      gpu_memory: http.model.gpu_memory, adapter: http.model.adapter }, ...(cfg.http_chat === false ? {} : await chat()) };
     out.http.heaps = await heaps.sample();
     if (!cfg.skip_opfs) {
       const opfs = await load(true);
@@ -164,7 +168,7 @@ async function main() {
     }
     clearInterval(timer);
     await heaps.sample();
-    out.heaps = { wasm_bytes: await heaps.wasmBytes(), worker_js_peak_bytes: heaps.peak.worker_js || null,
+    out.heaps = { wasm_bytes: (await heaps.wasmBytes()) || heaps.peak.wasm || null, worker_js_peak_bytes: heaps.peak.worker_js || null,
       page_js_peak_bytes: heaps.peak.page_js || null, samples: heaps.samples };
     log('heaps', JSON.stringify(out.heaps));
     return { ok: true, ...out };

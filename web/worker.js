@@ -24,6 +24,10 @@ let imageDecoder = null; // the promise of Pillow's loading, from the first imag
 let resampler = null; // the promise of scipy's loading, from the first WAV file on
 let speaking = 0; // the page's speak request being served (its run number); 0 when none
 
+// Pyodide's wasm memory in bytes (it only grows, so this is also its peak), for tools that measure the page
+// over the DevTools protocol (tools/check_fullsize_page.mjs): the module's variables are not reachable there.
+self.rullamaWasmBytes = () => (py ? py._module.HEAP8.length : null);
+
 const post = (msg, transfer = []) => self.postMessage(msg, transfer);
 const emit = (event, payload) => post({ event, ...payload });
 
@@ -260,7 +264,8 @@ async function downloadToCache({ url, name, chunk, role, mmproj_url: mmprojUrl }
     }
     if (navigator.storage.persist) navigator.storage.persist().catch(() => {});
     const fh = await dir.getFileHandle(key + '.gguf', { create: true });
-    handle = await fh.createSyncAccessHandle();
+    // Shared with the reader a model loaded from this file keeps open (rullama_py.sources.OPFSSource.open_path).
+    handle = await fh.createSyncAccessHandle({ mode: 'readwrite-unsafe' });
     if (meta.complete && handle.getSize() === size) {
       await writeMeta(dir, meta);
       return { ...meta, resumedFrom: size };

@@ -311,6 +311,7 @@ class OPFSSource(Source):
     Give it a FileSystemFileHandle (any context: read through `getFile()` as a Blob) or a
     FileSystemSyncAccessHandle (dedicated workers only: synchronous `read(buffer, {at})`, the fastest way).
     The handle stays the caller's: `close()` does not close it. Use `await OPFSSource.open(handle)`.
+    `open_path` opens a sync handle of its own where the browser shares one (closed by `close()`).
     """
 
     def __init__(self, handle, size: int, name: str, blob=None):
@@ -318,6 +319,7 @@ class OPFSSource(Source):
         self._blob = blob
         self.size = int(size)
         self.name = name
+        self._own_handle = False
 
     @classmethod
     async def open(cls, handle) -> "OPFSSource":
@@ -341,7 +343,17 @@ class OPFSSource(Source):
             fh = await d.getFileHandle(parts[-1])
         except Exception as e:  # NotFoundError / TypeMismatchError
             raise SourceError(f"opfs:{path}: {e}") from None
-        return await cls.open(fh)
+        handle = await _shared_sync_handle(fh)
+        if handle is None:
+            return await cls.open(fh)
+        src = cls(handle, int(handle.getSize()), f"opfs:{path}")
+        src._own_handle = True
+        return src
+
+    async def close(self) -> None:
+        if self._own_handle:
+            self._own_handle = False
+            self._handle.close()
 
     async def _read(self, offset: int, n: int):
         try:
@@ -356,6 +368,24 @@ class OPFSSource(Source):
         if got != n:
             raise SourceError(f"{self.name}: short read: {got} of {n} bytes at offset {offset}")
         return arr.to_bytes()
+
+
+async def _shared_sync_handle(fh):
+    """A sync access handle on OPFS file handle `fh` in the "readwrite-unsafe" mode, or None where there is none
+    (not a dedicated worker, or a browser without lock modes). Why: a Gemma 4 model reads a per-layer-embedding
+    row for every new token, and a blob read costs milliseconds where a sync read costs tens of microseconds.
+    The mode shares the file with other handles of that mode (the app's downloader opens its handle so), so
+    loading or resuming the same model again is not locked out; without modes a handle would lock the file."""
+    if not hasattr(fh, "createSyncAccessHandle"):
+        return None
+    try:
+        handle = await fh.createSyncAccessHandle(_js_options({"mode": "readwrite-unsafe"}))
+    except Exception:  # noqa: BLE001 - the main thread, or the file is locked: read through the blob
+        return None
+    if getattr(handle, "mode", None) != "readwrite-unsafe":  # the option was ignored: an exclusive lock
+        handle.close()
+        return None
+    return handle
 
 
 def _is_js_object(x) -> bool:

@@ -707,6 +707,11 @@ class WebApp:
             self._destroy_buffers(diff)
         if eng is None:
             return
+        src = getattr(getattr(getattr(eng, "model", None), "gguf", None), "source", None)
+        if src is not None:  # an OPFS copy's sync handle goes, so that the copy can be deleted or replaced
+            import asyncio
+
+            asyncio.ensure_future(src.close())
         release = getattr(eng, "release_towers", None)
         if release is not None:
             try:
