@@ -5,7 +5,8 @@
 // with Runtime.queryObjects: the worker's module scope is not reachable otherwise).
 //
 // Usage: node tools/check_fullsize_page.mjs '{"url": "http://127.0.0.1:PORT/", "artifacts": DIR, "prompt": "Hi",
-//   "max_tokens": 3, "skip_opfs": false, "timeout_s": 5400}'
+//   "max_tokens": 3, "skip_opfs": false, "http_chat": true, "timeout_s": 5400}'
+// ("probe": true only starts the page and prints one heap sample: a quick check of the CDP readings.)
 // Prints progress lines, then one line `RESULT:{json}`.
 import fs from 'node:fs';
 import os from 'node:os';
@@ -84,6 +85,36 @@ class Heaps {
   }
 }
 
+// PLE rows read from the OPFS copy in the worker, as the model reads them (a sync access handle in the
+// "readwrite-unsafe" mode, one row at a random id per read): {n, mean_ms, median_ms, p95_ms, max_ms}. Many rows,
+// where a reply's decode steps give two or three. {offset, row_bytes, rows, n} from the Python side.
+async function pleBench(heaps, b) {
+  const expr = `(async () => {
+    const dir = await (await navigator.storage.getDirectory()).getDirectoryHandle('models');
+    let fh = null;
+    for await (const [name, h] of dir.entries()) if (name.endsWith('.gguf')) fh = h;
+    const handle = await fh.createSyncAccessHandle({ mode: 'readwrite-unsafe' });
+    const buf = new Uint8Array(${b.row_bytes});
+    const ms = [];
+    try {
+      for (let i = 0; i < ${b.n}; i++) {
+        const row = Math.floor(Math.random() * ${b.rows});
+        const t = performance.now();
+        const got = handle.read(buf, { at: ${b.offset} + row * ${b.row_bytes} });
+        ms.push(performance.now() - t);
+        if (got !== ${b.row_bytes}) throw new Error('short read ' + got);
+      }
+    } finally { handle.close(); }
+    ms.sort((x, y) => x - y);
+    return { n: ms.length, mean_ms: ms.reduce((a, x) => a + x, 0) / ms.length, median_ms: ms[ms.length >> 1],
+      p95_ms: ms[Math.floor(ms.length * 0.95)], max_ms: ms[ms.length - 1] };
+  })()`;
+  const r = await heaps.inWorker('Runtime.evaluate', { expression: expr, awaitPromise: true, returnByValue: true }, 300000);
+  const v = r && (r.result.value || { error: r.exceptionDetails && r.exceptionDetails.exception && r.exceptionDetails.exception.description });
+  log('ple bench', JSON.stringify(v));
+  return v;
+}
+
 async function main() {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rullama-fullsize-'));
   const args = ['--enable-unsafe-webgpu', '--no-sandbox', '--disable-background-networking', '--disable-component-update',
@@ -156,14 +187,18 @@ async function main() {
       return { ids: r.ids, stats: r.stats, host: r.stats && r.stats.host };
     };
 
-    const http = await load(false);
-    out.http = { load: { seconds: http.model.seconds, wall_seconds: http.model.wall_seconds, fetched: http.model.fetched,
-      gpu_memory: http.model.gpu_memory, adapter: http.model.adapter }, ...(cfg.http_chat === false ? {} : await chat()) };
-    out.http.heaps = await heaps.sample();
+    if (cfg.http !== false) {
+      const http = await load(false);
+      out.http = { load: { seconds: http.model.seconds, wall_seconds: http.model.wall_seconds, fetched: http.model.fetched,
+        gpu_memory: http.model.gpu_memory, adapter: http.model.adapter }, ...(cfg.http_chat === false ? {} : await chat()) };
+      out.http.heaps = await heaps.sample();
+    }
     if (!cfg.skip_opfs) {
       const opfs = await load(true);
       out.opfs = { load: { seconds: opfs.model.seconds, wall_seconds: opfs.model.wall_seconds, fetched: opfs.model.fetched,
-        source: opfs.model.source }, download: opfs.download, ...(await chat()) };
+        source: opfs.model.source }, download: opfs.download };
+      if (cfg.ple_bench) out.opfs.ple_bench = await pleBench(heaps, cfg.ple_bench);
+      if (cfg.opfs_chat !== false) Object.assign(out.opfs, await chat());
       out.opfs.heaps = await heaps.sample();
     }
     clearInterval(timer);

@@ -61,7 +61,17 @@ async def native(model: str, prompt: str, tokens: int) -> dict:
             "device": eng.device.info, "host": eng.host_times.per_step_ms()}
 
 
-def browser(model: str, prompt: str, tokens: int, skip_opfs: bool, timeout_s: int, http_chat: bool = True) -> dict:
+async def ple_layout(model: str) -> dict:
+    """Where the PLE table lies in the file: {offset, row_bytes, rows} for the page's row-read benchmark."""
+    from rullama_py.gguf_file import GGUFFile
+
+    async with await GGUFFile.open(model) as gf:
+        info = gf.info("per_layer_token_embd.weight")
+        return {"offset": info.offset, "row_bytes": info.row_bytes, "rows": info.shape[0]}
+
+
+def browser(model: str, prompt: str, tokens: int, skip_opfs: bool, timeout_s: int, http_chat: bool = True,
+            http: bool = True, opfs_chat: bool = True, ple_bench: int = 0) -> dict:
     """Serve `model` with `rullama serve`'s server in this process and drive the page with the .mjs driver."""
     from rullama_py import server
 
@@ -70,7 +80,9 @@ def browser(model: str, prompt: str, tokens: int, skip_opfs: bool, timeout_s: in
     try:
         with tempfile.TemporaryDirectory() as art:
             conf = {"url": srv.url, "artifacts": art, "prompt": prompt, "max_tokens": tokens, "skip_opfs": skip_opfs,
-                    "http_chat": http_chat, "timeout_s": timeout_s}
+                    "http_chat": http_chat, "http": http, "opfs_chat": opfs_chat, "timeout_s": timeout_s}
+            if ple_bench:
+                conf["ple_bench"] = {**asyncio.run(ple_layout(model)), "n": ple_bench}
             env = dict(os.environ, XDG_RUNTIME_DIR=os.environ.get("XDG_RUNTIME_DIR", "/tmp"))
             proc = subprocess.Popen(["node", str(ROOT / "tools/check_fullsize_page.mjs"), json.dumps(conf)],
                                     stdout=subprocess.PIPE, text=True, env=env)
@@ -93,7 +105,12 @@ def checks(out: dict, heap_goal_mb: float, ple_goal_ms: float) -> list[tuple[str
     nat, br = out.get("native"), out.get("page") or {}
     for run in ("http", "opfs"):
         r = br.get(run)
-        if not r or "ids" not in r:  # not loaded, or loaded without a reply (--no-http-chat)
+        bench = (r or {}).get("ple_bench") or {}
+        if "mean_ms" in bench:
+            res.append((f"{run}: PLE row read at random ids", bench["mean_ms"] <= ple_goal_ms,
+                        f"mean {bench['mean_ms']:.3f} ms, median {bench['median_ms']:.3f}, p95 {bench['p95_ms']:.3f}, "
+                        f"max {bench['max_ms']:.2f} over {bench['n']} rows (goal {ple_goal_ms} ms)"))
+        if not r or "ids" not in r:  # not loaded, or loaded without a reply (--no-http-chat, --no-opfs-chat)
             continue
         if nat is not None:
             res.append((f"{run}: tokens equal native", r["ids"] == nat["ids"], f"page {r['ids']} native {nat['ids']}"))
@@ -133,6 +150,10 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-opfs", action="store_true", help="only the HTTP Range load (no 6 GB OPFS copy)")
     ap.add_argument("--no-http-chat", action="store_true",
                     help="no reply after the HTTP Range load (its tokens checked in an earlier run): the OPFS one only")
+    ap.add_argument("--no-http", action="store_true", help="no HTTP Range load: the OPFS copy only")
+    ap.add_argument("--no-opfs-chat", action="store_true", help="no reply after the OPFS load")
+    ap.add_argument("--ple-bench", type=int, default=200, metavar="N",
+                    help="after the OPFS load, time N PLE rows read at random ids in the worker (default 200; 0: none)")
     ap.add_argument("--heap-goal-mb", type=float, default=1000.0)
     ap.add_argument("--ple-goal-ms", type=float, default=0.5)
     ap.add_argument("--timeout-s", type=int, default=5400, help="the browser run's limit")
@@ -151,7 +172,8 @@ def main(argv=None) -> int:
         out["native"] = asyncio.run(native(a.model, a.prompt, a.tokens))
         print("native:", json.dumps(out["native"]), file=sys.stderr, flush=True)
     if not a.native_only:
-        out["page"] = browser(a.model, a.prompt, a.tokens, a.skip_opfs, a.timeout_s, not a.no_http_chat)
+        out["page"] = browser(a.model, a.prompt, a.tokens, a.skip_opfs, a.timeout_s, not a.no_http_chat,
+                              not a.no_http, not a.no_opfs_chat, a.ple_bench)
     out["checks"] = [{"check": n, "ok": ok, "figure": f} for n, ok, f in checks(out, a.heap_goal_mb, a.ple_goal_ms)]
     print(json.dumps(out, indent=1))
     for c in out["checks"]:
