@@ -66,3 +66,15 @@ async def test_ple_rows_and_their_cache_match_gguf(device, name):
         got = await m.ple_rows(ids)
         np.testing.assert_array_equal(got, table[ids] * scale)
     assert len(m._ple_cache) == 3 and list(m._ple_cache) == [7, 300, 5]  # most recently used last
+    # A call's missed rows are read one run of consecutive ids at a time, all at once: 2 reads for 5 rows here.
+    reads = []
+    read = m.gguf.source.read
+
+    async def counting_read(offset, n):
+        reads.append(n)
+        return await read(offset, n)
+
+    m.gguf.source.read = counting_read
+    ids = np.array([40, 41, 42, 5, 43, 90, 40], np.uint32)  # 5 is cached; 40-43 one run, 90 another
+    np.testing.assert_array_equal(await m.ple_rows(ids), table[ids] * scale)
+    assert sorted(reads) == sorted([m._ple_info.row_bytes, 4 * m._ple_info.row_bytes])

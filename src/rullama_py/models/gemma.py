@@ -516,26 +516,33 @@ class Gemma:
 
     async def ple_rows(self, ids: np.ndarray) -> np.ndarray:
         """E_ple[ids] * sqrt(ple_dim) / sqrt(2), f32 [len(ids), n_layers * ple_dim], read from the file (recent
-        rows come from a small cache)."""
+        rows come from a small cache). The rows the cache misses are read together, one read per run of
+        consecutive ids and all of them at once, so a prefill chunk over HTTP waits about one round trip
+        rather than one per token."""
         info, cache = self._ple_info, self._ple_cache
         scale = np.float32(math.sqrt(self.cfg.ple_dim) / math.sqrt(2.0))
-        rows = []
-        for t in ids.tolist():
-            row = cache.get(t)
-            if row is None:
-                raw = await self.gguf.tensor_bytes(info.name, rows=t)
-                if info.type_name == "bf16":
-                    row = (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
-                else:
-                    row = np.frombuffer(raw, np.float16 if info.type_name == "f16" else np.float32).astype(np.float32)
-                row = row * scale
-                cache[t] = row
-                if len(cache) > self._ple_cache_rows:
-                    cache.popitem(last=False)
+        ids = [int(t) for t in np.asarray(ids).reshape(-1)]
+        runs: list[list[int]] = []  # [first, stop) of consecutive ids not cached
+        for t in sorted({t for t in ids if t not in cache}):
+            if runs and runs[-1][1] == t:
+                runs[-1][1] = t + 1
             else:
-                cache.move_to_end(t)
-            rows.append(row)
-        return np.stack(rows).astype(np.float32, copy=False)
+                runs.append([t, t + 1])
+        raws = await asyncio.gather(*(self.gguf.tensor_bytes(info.name, rows=slice(a, b)) for a, b in runs))
+        rows = {t: cache[t] for t in ids if t in cache}
+        for (a, b), raw in zip(runs, raws):
+            if info.type_name == "bf16":
+                block = (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
+            else:
+                block = np.frombuffer(raw, np.float16 if info.type_name == "f16" else np.float32).astype(np.float32)
+            block = block.reshape(b - a, -1) * scale
+            rows.update((a + i, block[i]) for i in range(b - a))
+        for t in ids:  # the cache sees the call's ids in order: least recently used out first
+            cache[t] = rows[t]
+            cache.move_to_end(t)
+            if len(cache) > self._ple_cache_rows:
+                cache.popitem(last=False)
+        return np.stack([rows[t] for t in ids]).astype(np.float32, copy=False)
 
     async def forward(self, ids, pos: int, soft=()) -> np.ndarray:
         """Run `ids` at positions pos.. through the model (prefill chunks as needed) and return the last
