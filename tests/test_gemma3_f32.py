@@ -1,0 +1,173 @@
+"""Gemma 3 270M (real weights) against a float32 oracle: transformers running the same GGUF, dequantised.
+
+Goldens: tests/goldens/gemma3_270m_f32.{json,npz}, made by tools/make_gemma3_f32_goldens.py (transformers
+5.23, torch 2.13 CPU, eager attention, float32 weights, activations and KV cache). Both sides start from the
+same quantised blocks, so what is left between them is our arithmetic alone: the f16 KV cache and the order
+of the f32 sums. Per prompt the oracle holds the prompt ids, 64 greedy ids with the top-2 logits and their
+margin at each step, and the first step's full logits (float16).
+
+Each prompt is run once through the Engine, greedy, reading the model's logits at every step:
+- free-running while every oracle margin so far exceeds MARGIN, so the Engine's own loop (GPU argmax,
+  commands encoded ahead) must produce the oracle's ids exactly (c);
+- from the first step whose margin is below MARGIN on, the oracle's ids are fed back (teacher forcing),
+  since there the argmax is allowed to go either way;
+- at every step our logits of the oracle's top-2 ids must be within TOL of the oracle's, and wherever the
+  oracle's margin exceeds MARGIN our argmax must be the oracle's id (b); the first step's logits are compared
+  over the whole vocabulary (a).
+
+TOL, measured: teacher-forced along the oracle's ids over all 8 prompts x 64 steps, the largest |logit
+difference| over the whole vocabulary at any step was 0.0105 on lavapipe with subgroups and 0.0107 with the
+fallback kernels (no subgroups); the median step's largest is 0.004, at logits up to 32 (relative 4e-4, the
+size of the f16 KV cache's rounding, 2^-12, carried through 18 layers). TOL is 3x the larger: another device
+sums in another order, giving differently rounded errors of the same size, and a regression (a fused kernel
+that loses precision) shows as errors of 0.05 or more. An error of TOL can move a margin by 2 TOL (the two
+logits in opposite directions), so MARGIN = 2 TOL is where the argmax is certain. The smallest oracle margins
+are 0.0048 (prompt 0, step 25), 0.0074 (4, 57), 0.0113 (1, 10), 0.0150 (7, 9): below MARGIN, so free
+running stops there; the argmax agreed even at those steps when measured.
+
+Cost: on lavapipe a token costs one decode step (prefill's tiled kernels are slower per token there and take
+a minute to compile, so the model is loaded with prefill_chunk=1 and the prompts go through the decode graph:
+the graph the engine runs for every generated token). Three prompts run, as far as their first near-tie and
+a few steps past it: 0 (prose, the tightest tie at step 25), 2 (code: no margin below MARGIN in 64 steps) and
+1 (the chat template). RULLAMA_ORACLE_ALL=1 runs all 8 prompts over all 64 steps, with prompts prefilled in
+chunks of 32 (the prefill kernels' first-step logits are then what (a) checks): minutes on a real GPU.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rullama_py import assets
+from rullama_py.engine import Engine
+from rullama_py.sampling import SamplerParams
+
+GOLDENS = Path(__file__).parent / "goldens"
+ORACLE = json.loads((GOLDENS / "gemma3_270m_f32.json").read_text())
+CASES = ORACLE["cases"]
+
+pytestmark = pytest.mark.slow
+
+TOL = 0.064
+MARGIN = TOL
+ALL = os.environ.get("RULLAMA_ORACLE_ALL") == "1"
+# case -> steps run (the oracle has 64); see the module docstring
+STEPS = {i: len(c["greedy_ids"]) for i, c in enumerate(CASES)} if ALL else {0: 16, 2: 24, 1: 12}
+
+
+@pytest.fixture(scope="module")
+def engine(device):
+    from conftest import require, run
+
+    path = assets.default_model_path()
+    require(None if path.exists() else f"{path} is missing (tools/setup.sh installs it)", "the Gemma 3 oracle tests")
+    return run(Engine.load(str(path), device=device, max_context=128, prefill_chunk=32 if ALL else 1,
+                           params=SamplerParams(temperature=0.0, seed=0), text_only=True))
+
+
+class Replay:
+    """One prompt's run (see the module docstring): our first-step logits, and per step our argmax, our
+    logits of the oracle's two top ids, and whether the step ran free (the Engine's own token)."""
+
+    def __init__(self):
+        self.first: np.ndarray | None = None
+        self.argmax: list[int] = []
+        self.top2: list[tuple[float, float]] = []
+        self.free_ids: list[int] = []  # the Engine's tokens while it ran free
+
+
+_replays: dict[int, Replay] = {}
+
+
+async def _replay(engine, case: int) -> Replay:
+    if case in _replays:
+        return _replays[case]
+    c, n = CASES[case], STEPS[case]
+    model, r = engine.model, Replay()
+    engine.reset()
+    tok = await engine.feed(c["prompt_ids"])
+    pos = len(c["prompt_ids"])
+    free = True
+    for i in range(n):
+        logits = (await engine.device.read(model.logits))[0]
+        if i == 0:
+            r.first = logits.copy()
+        r.argmax.append(int(logits.argmax()))
+        r.top2.append((float(logits[c["greedy_ids"][i]]), float(logits[c["runner_up_ids"][i]])))
+        free = free and c["margins"][i] > MARGIN
+        if free:
+            r.free_ids.append(tok)
+        if i + 1 == n:
+            break
+        if free:
+            tok = await engine.step()  # feeds the token the Engine chose, samples the next on the GPU
+        else:
+            await model.forward([c["greedy_ids"][i]], pos)  # the oracle's token, through the same decode graph
+        pos += 1
+    _replays[case] = r
+    return r
+
+
+@pytest.mark.parametrize("case", list(STEPS))
+async def test_first_step_logits_match_oracle(engine, case):
+    """(a) Over the whole vocabulary, within TOL plus the goldens' own float16 rounding (half a spacing)."""
+    ref16 = np.load(GOLDENS / "gemma3_270m_f32.npz")[f"case{case}"]
+    ref = ref16.astype(np.float32)
+    got = (await _replay(engine, case)).first
+    assert got.shape == ref.shape
+    bound = TOL + np.spacing(np.abs(ref16)).astype(np.float32) / 2
+    err = np.abs(got - ref)
+    worst = int((err - bound).argmax())
+    within = bool((err <= bound).all())
+    assert within, f"token {worst}: ours {got[worst]}, oracle {ref[worst]} (max |diff| {err.max():.4f})"
+    assert int(got.argmax()) == CASES[case]["greedy_ids"][0]
+
+
+@pytest.mark.parametrize("case", list(STEPS))
+async def test_teacher_forced_steps_match_oracle(engine, case):
+    """(b) At every step our logits of the oracle's top-2 ids are within TOL of its float32 values, and where
+    its margin exceeds MARGIN our argmax is its id."""
+    c, r = CASES[case], await _replay(engine, case)
+    for i, ((ours_top, ours_second), ours_argmax) in enumerate(zip(r.top2, r.argmax)):
+        assert abs(ours_top - c["logits"][i]) <= TOL, (i, ours_top, c["logits"][i])
+        assert abs(ours_second - c["runner_up_logits"][i]) <= TOL, (i, ours_second, c["runner_up_logits"][i])
+        if c["margins"][i] > MARGIN:
+            assert ours_argmax == c["greedy_ids"][i], (i, ours_argmax, c["greedy_ids"][i], c["margins"][i])
+
+
+@pytest.mark.parametrize("case", list(STEPS))
+async def test_free_running_greedy_matches_oracle(engine, case):
+    """(c) The Engine's greedy loop gives the oracle's ids up to the first step whose margin is below MARGIN."""
+    c, r = CASES[case], await _replay(engine, case)
+    n = STEPS[case]
+    near_tie = next((i for i, m in enumerate(c["margins"][:n]) if m <= MARGIN), n)
+    assert len(r.free_ids) == near_tie
+    assert r.free_ids == c["greedy_ids"][:near_tie]
+
+
+def test_goldens_are_consistent():
+    """The goldens agree with themselves and with our tokenizer: margins are the top-2 differences, the
+    first-step logits' argmax is the first greedy id, and the prompt ids are our tokenizer's (checked against
+    transformers' when the goldens were made)."""
+    from conftest import run
+    from rullama_py.gguf_file import GGUFFile
+    from rullama_py.tokenizer import Tokenizer
+
+    logits = np.load(GOLDENS / "gemma3_270m_f32.npz")
+    for i, c in enumerate(CASES):
+        n = len(c["greedy_ids"])
+        assert n == 64 or c["stop"] != "length"
+        assert len(c["margins"]) == len(c["logits"]) == len(c["runner_up_ids"]) == len(c["runner_up_logits"]) == n
+        for m, a, b in zip(c["margins"], c["logits"], c["runner_up_logits"]):
+            assert m == pytest.approx(a - b, abs=1e-5) and m >= 0
+        first = logits[f"case{i}"]
+        assert first.shape == (262144,) and first.dtype == np.float16
+        assert np.float32(first.max()) == pytest.approx(c["logits"][0], abs=float(np.spacing(first.max())))
+    path = assets.default_model_path()
+    if not path.exists():
+        return
+    tok = Tokenizer.from_gguf_metadata(run(GGUFFile.open(path)).metadata)
+    for c in CASES:
+        assert tok.encode(c["prompt"], add_bos=True, parse_special=True) == c["prompt_ids"]
