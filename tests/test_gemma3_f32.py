@@ -15,22 +15,27 @@ Each prompt is run once through the Engine, greedy, reading the model's logits a
   oracle's margin exceeds MARGIN our argmax must be the oracle's id (b); the first step's logits are compared
   over the whole vocabulary (a).
 
-TOL, measured: teacher-forced along the oracle's ids over all 8 prompts x 64 steps, the largest |logit
-difference| over the whole vocabulary at any step was 0.0105 on lavapipe with subgroups and 0.0107 with the
-fallback kernels (no subgroups); the median step's largest is 0.004, at logits up to 32 (relative 4e-4, the
-size of the f16 KV cache's rounding, 2^-12, carried through 18 layers). TOL is 3x the larger: another device
-sums in another order, giving differently rounded errors of the same size, and a regression (a fused kernel
-that loses precision) shows as errors of 0.05 or more. An error of TOL can move a margin by 2 TOL (the two
-logits in opposite directions), so MARGIN = 2 TOL is where the argmax is certain. The smallest oracle margins
-are 0.0048 (prompt 0, step 25), 0.0074 (4, 57), 0.0113 (1, 10), 0.0150 (7, 9): below MARGIN, so free
-running stops there; the argmax agreed even at those steps when measured.
+TOL, measured: teacher-forced along the oracle's ids, all 8 prompts x 64 steps through the decode graph, the
+largest |logit difference| over the whole vocabulary at any step was 0.0313 on lavapipe with subgroups and 0.0329
+with the fallback kernels (no subgroups), both at prompt 1; the median step's largest is 0.0058, the 99th
+percentile 0.02, at logits up to 32 (relative 1e-3 at worst: the f16 KV cache rounds K and V by up to 2^-11
+relative, carried through 18 layers). TOL = 0.066 is twice the larger: another device sums in another order,
+giving differently rounded errors of the same size. A regression shows as more: an attention scale off by 1%
+moves the first-step logits by 0.14.
+MARGIN = TOL: greedy must agree wherever the oracle's margin exceeds the measured error. Two logits could in
+principle move by TOL each in opposite directions, but the oracle's top-2 margin itself moved by at most 0.016
+(0.011 with subgroups) in the measurement: the largest errors sit in the vocabulary's tail, not on the two
+tokens that matter. Our argmax equalled the oracle's at all 512 steps, with and without subgroups,
+even at its smallest margins: 0.0048 (prompt 0, step 25), 0.0074 (4, 57), 0.0113 (1, 10), 0.0124 (0, 15),
+0.0136 (0, 11), 0.0150 (7, 9). Prompts 2, 3, 5 and 6 have no margin below MARGIN in 64 steps.
 
-Cost: on lavapipe a token costs one decode step (prefill's tiled kernels are slower per token there and take
-a minute to compile, so the model is loaded with prefill_chunk=1 and the prompts go through the decode graph:
-the graph the engine runs for every generated token). Three prompts run, as far as their first near-tie and
-a few steps past it: 0 (prose, the tightest tie at step 25), 2 (code: no margin below MARGIN in 64 steps) and
-1 (the chat template). RULLAMA_ORACLE_ALL=1 runs all 8 prompts over all 64 steps, with prompts prefilled in
-chunks of 32 (the prefill kernels' first-step logits are then what (a) checks): minutes on a real GPU.
+Cost: on lavapipe a token costs one decode step, 1.1 s on 2 idle cores (prefill's tiled kernels are slower per
+token there and take a minute to compile, so the model is loaded with prefill_chunk=1 and the prompts go
+through the decode graph: the graph the engine runs for every generated token). Three prompts run, about 90
+tokens in all, under 2 minutes: 0 (prose) to step 16, past its near-ties at 11 and 15; 1 (the chat template)
+to step 12, past its near-tie at 10; 2 (code) free running for 24 steps. RULLAMA_ORACLE_ALL=1 runs all 8
+prompts over all 64 steps, with the prompts prefilled in chunks of 32 (so (a) checks the prefill kernels):
+minutes on a real GPU, most of an hour on lavapipe.
 """
 
 import json
@@ -50,7 +55,7 @@ CASES = ORACLE["cases"]
 
 pytestmark = pytest.mark.slow
 
-TOL = 0.064
+TOL = 0.066
 MARGIN = TOL
 ALL = os.environ.get("RULLAMA_ORACLE_ALL") == "1"
 # case -> steps run (the oracle has 64); see the module docstring

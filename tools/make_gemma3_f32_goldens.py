@@ -7,19 +7,21 @@ dequantises the same blocks with the gguf package and computes everything in flo
 float32 KV cache). What is left between the two is the engine's own arithmetic (its f16 KV cache, its
 summation order), which is what tests/test_gemma3_f32.py measures and bounds.
 
-Run in an environment with the `oracle` extra (torch, transformers, gguf; CPU is enough, a few minutes):
+Run in an environment with the `oracle` extra (torch, transformers, accelerate, gguf; CPU is enough, minutes):
     pip install -e '.[oracle]'
     python tools/make_gemma3_f32_goldens.py ~/.cache/rullama/gemma-3-270m-q4_k_m.gguf
 It writes tests/goldens/gemma3_270m_f32.json (per prompt: the prompt's token ids, the greedy ids, and per step
 the top-2 logits, their ids and their margin) and tests/goldens/gemma3_270m_f32.npz (each prompt's first-step
 logits, float16). Before writing anything it checks that the GGUF's tokenizer (rullama_py's, token-for-token
 llama.cpp's) and transformers' tokenizer built from the same GGUF give the same prompt ids, and that
-transformers read the model the way the model is defined (see check_config).
+transformers read the model the way the model is defined (check_config, check_weights).
 """
 
 import argparse
+import asyncio
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -136,16 +138,19 @@ def greedy(model, ids: list[int]) -> tuple[list[dict], np.ndarray, str]:
     return steps, first, stop
 
 
+def dumps(meta: dict) -> str:
+    """JSON with each list of numbers on one line."""
+    text = json.dumps(meta, indent=1, ensure_ascii=False)
+    return re.sub(r"\[\s+([-+\d.e,\s]+?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("gguf", type=Path, help="the Gemma 3 270M GGUF (gemma-3-270m-q4_k_m.gguf)")
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     directory, name = str(args.gguf.parent), args.gguf.name
-
-    import asyncio
 
     gf = asyncio.run(GGUFFile.open(args.gguf))
     ours = Tokenizer.from_gguf_metadata(gf.metadata)
@@ -183,7 +188,7 @@ def main() -> None:
                  "(the second largest), margins (logit - runner_up_logit, float32)",
         "cases": cases,
     }
-    (OUT / "gemma3_270m_f32.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
+    (OUT / "gemma3_270m_f32.json").write_text(dumps(meta))
     np.savez_compressed(OUT / "gemma3_270m_f32.npz", **first_logits)
 
 
