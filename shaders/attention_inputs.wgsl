@@ -28,19 +28,6 @@ const HALF: u32 = NROT / 2u;
 const HD2: u32 = HD / 2u;
 
 var<workgroup> head: array<f32, HD>;
-var<workgroup> partial: array<f32, WG>;
-
-fn workgroup_sum(s: f32, lid: u32) -> f32 {
-  partial[lid] = s;
-  workgroupBarrier();
-  for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-    if (lid < stride) {
-      partial[lid] += partial[lid + stride];
-    }
-    workgroupBarrier();
-  }
-  return partial[0];
-}
 
 // head = qkv[src .. src + HD) * rsqrt(mean(x^2) + EPS) [* weight: 0 qn, 1 kn, 2 none]. Ends with a barrier.
 fn load_normed(src: u32, weight: u32, lid: u32) {

@@ -17,23 +17,6 @@
 @group(0) @binding(4) var<storage, read> w2: array<f32>;  // entry `then_norm` only
 @group(0) @binding(5) var<storage, read_write> z: array<f32>;
 
-var<workgroup> partial: array<f32, WG>;
-
-// The workgroup's sum of s (uniform control flow).
-fn workgroup_sum(s: f32, lid: u32) -> f32 {
-  partial[lid] = s;
-  workgroupBarrier();
-  for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-    if (lid < stride) {
-      partial[lid] += partial[lid + stride];
-    }
-    workgroupBarrier();
-  }
-  let total = partial[0];
-  workgroupBarrier();  // before a next call overwrites partial
-  return total;
-}
-
 // y's row `row` as documented above.
 fn norm_row(row: u32, lid: u32) {
   let base = row * N;

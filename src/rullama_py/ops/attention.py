@@ -125,6 +125,9 @@ async def kv_store(g: Graph, k: Tensor, v: Tensor, cache_k: Tensor, cache_v: Ten
     g.add(kern, [k, v, cache_k, cache_v, step], _grid(max_t * n_kv_heads * head_dim // 2, WG))
 
 
+_ATTENTION_INPUTS_LIBS = ("rope_lib", "kv_lib", "workgroup_sum")
+
+
 async def attention_inputs(g: Graph, qkv: Tensor, q_norm: Tensor, q: Tensor, step: Tensor, *, n_heads: int,
                            head_dim: int, eps: float, base: float, n_rot: int | None = None,
                            freq_factors: Tensor | None = None, freq_scale: float = 1.0, qkv_stride: int,
@@ -149,7 +152,7 @@ async def attention_inputs(g: Graph, qkv: Tensor, q_norm: Tensor, q: Tensor, ste
     ff = freq_factors if freq_factors is not None else q_norm
     binds = [qkv, q_norm, ff, q, step]
     if kv is None:
-        k = await g.device.kernel("attention_inputs", libs=("rope_lib", "kv_lib"), entry="queries", NKV=0, K_OFF=0,
+        k = await g.device.kernel("attention_inputs", libs=_ATTENTION_INPUTS_LIBS, entry="queries", NKV=0, K_OFF=0,
                                   V_OFF=0, CAP=1, V_NORM=False, **consts)
         g.add(k, binds + [q_norm], (n_heads, max_t))  # the key norm's binding is declared, never read here
         return
@@ -161,7 +164,7 @@ async def attention_inputs(g: Graph, qkv: Tensor, q_norm: Tensor, q: Tensor, ste
     for c in (cache_k, cache_v):
         if c.nbytes < expect:
             raise ValueError(f"cache {c.label!r} holds {c.nbytes} bytes; {slots} slots need {expect}")
-    k = await g.device.kernel("attention_inputs", libs=("rope_lib", "kv_lib"), entry="main", NKV=nkv, K_OFF=k_off,
+    k = await g.device.kernel("attention_inputs", libs=_ATTENTION_INPUTS_LIBS, entry="main", NKV=nkv, K_OFF=k_off,
                               V_OFF=v_off, CAP=slots, V_NORM=bool(layout["v_norm"]), **consts)
     g.add(k, binds + [k_norm, cache_k, cache_v], (n_heads + 2 * nkv, max_t))
 

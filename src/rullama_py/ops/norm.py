@@ -21,7 +21,8 @@ async def rms_norm(g: Graph, x: Tensor, w: Tensor | None, out: Tensor, *, n: int
     limit = g.device.limits["max-compute-workgroups-per-dimension"]
     grid = (rows, 1) if rows <= limit else (limit, -(-rows // limit))
     # One workgroup per row; short rows (per-head norms of 64 or fewer) take one lane per element.
-    k = await g.device.kernel("rms_norm", entry="main" if then is None else "then_norm", N=n, EPS=eps,
+    k = await g.device.kernel("rms_norm", libs=("workgroup_sum",), entry="main" if then is None else "then_norm",
+                              N=n, EPS=eps,
                               HAS_WEIGHT=w is not None, ADD_ONE=add_one, ACCUMULATE=accumulate,
                               HAS_SCALE=scale is not None, WG=64 if n <= 64 else WG,
                               GRID_X=grid[0] if grid[1] > 1 else 0, ROWS=rows if grid[1] > 1 else 0)
