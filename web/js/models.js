@@ -223,7 +223,7 @@ export async function loadModel(source) {
   $('model-pill').classList.add('muted');
   const options = {
     max_context: parseInt($('max-context').value, 10) || 2048,
-    prefill_chunk: parseInt($('prefill-chunk').value, 10) || 64,
+    prefill_chunk: parseInt($('prefill-chunk').value, 10) || null,  // null: the device's default
     text_only: $('text-only').checked,
     release_towers: $('release-towers').checked,
     name: source.name,
