@@ -115,7 +115,8 @@ def random_cache(dev, rng, slots: int, hd: int, copies: int):
     return caches
 
 
-async def bench_decode(dev, kind: str, ctx: int, reps: int, stream_mb: float, rng, wg=None, kt=None) -> dict:
+async def bench_decode(dev, kind: str, ctx: int, reps: int, stream_mb: float, rng, wg=None, kt=None,
+                       splits=None) -> dict:
     hd, window = LAYERS[kind]["head_dim"], LAYERS[kind]["window"]
     slots = ops.kv_slots(ctx, window=window, max_tokens=1)
     keys = min(ctx, window) if window else ctx
@@ -127,12 +128,12 @@ async def bench_decode(dev, kind: str, ctx: int, reps: int, stream_mb: float, rn
     k = dev.upload(rng.standard_normal((1, KV_HEADS, hd)).astype(np.float32))
     out = dev.tensor((1, HEADS, hd))
     plan = attention_plan(dev, n_tokens=1, n_heads=HEADS, n_kv_heads=KV_HEADS, head_dim=hd, window=window,
-                          max_ctx=slots, wg=wg, kt=kt)
+                          max_ctx=slots, wg=wg, kt=kt, splits=splits)
 
     async def attn(g, i):
         ck, cv = caches[i % copies]
         await ops.attention(g, q, ck, cv, out, step, n_heads=HEADS, n_kv_heads=KV_HEADS, head_dim=hd, scale=1.0,
-                            window=window, max_ctx=slots, wg=wg, kt=kt)
+                            window=window, max_ctx=slots, wg=wg, kt=kt, splits=splits)
 
     async def store(g, i):
         ck, cv = caches[i % copies]
@@ -192,6 +193,7 @@ async def main() -> None:
     ap.add_argument("--stream-mb", type=float, default=256.0)
     ap.add_argument("--wg", default="0", help="comma-separated decode workgroup sizes to try (0 = the plan's)")
     ap.add_argument("--kt", default="0", help="comma-separated decode keys-per-tile to try (0 = the plan's)")
+    ap.add_argument("--splits", default="0", help="comma-separated decode key splits to try (0 = the plan's)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     dev = open_device()
@@ -201,10 +203,12 @@ async def main() -> None:
         for ctx in (int(c) for c in args.ctx.split(",")):
             for wg in (int(w) for w in args.wg.split(",")):
                 for kt in (int(k) for k in args.kt.split(",")):
-                    r = await bench_decode(dev, kind, ctx, args.reps, args.stream_mb, rng, wg or None, kt or None)
-                    print(json.dumps(r), file=sys.stderr, flush=True)
-                    results.append(r)
-        for pos in (int(p) for p in args.prefill.split(",")):
+                    for sp in (int(x) for x in args.splits.split(",")):
+                        r = await bench_decode(dev, kind, ctx, args.reps, args.stream_mb, rng, wg or None, kt or None,
+                                               sp or None)
+                        print(json.dumps(r), file=sys.stderr, flush=True)
+                        results.append(r)
+        for pos in (int(p) for p in args.prefill.split(",") if p):
             r = await bench_prefill(dev, kind, pos, args.chunk, max(3, args.reps // 5), rng)
             print(json.dumps(r), file=sys.stderr, flush=True)
             results.append(r)
