@@ -9,7 +9,8 @@ pytestmark = pytest.mark.pyodide
 
 @pytest.mark.parametrize(
     "rows,n,weight,add_one",
-    [(1, 640, True, False), (7, 256, True, True), (3, 1536, False, False), (4, 100, True, False)],
+    [(1, 640, True, False), (7, 256, True, True), (3, 1536, False, False), (4, 100, True, False),
+     (2, 5376, True, False), (1, 8192, False, False)],
 )
 async def test_rms_norm(device, device_fallback, rows, n, weight, add_one):
     """On both devices: the workgroup sums with subgroups (workgroup_sum.subgroups.wgsl) and without."""

@@ -20,11 +20,15 @@ async def rms_norm(g: Graph, x: Tensor, w: Tensor | None, out: Tensor, *, n: int
     rows = _rows(x, n)
     limit = g.device.limits["max-compute-workgroups-per-dimension"]
     grid = (rows, 1) if rows <= limit else (limit, -(-rows // limit))
-    # One workgroup per row; short rows (per-head norms of 64 or fewer) take one lane per element.
+    # One workgroup per row; short rows (per-head norms of 64 or fewer) take one lane per element. Each lane
+    # keeps its ceil(n / wg) elements in registers (at most 32: rows of up to 8192).
+    wg = 64 if n <= 64 else WG
+    if n > 32 * wg:
+        raise ValueError(f"rms_norm: rows of {n} values; the kernel holds at most {32 * wg}")
     k = await g.device.kernel("rms_norm", libs=("workgroup_sum",), entry="main" if then is None else "then_norm",
-                              N=n, EPS=eps,
+                              N=n, NPT=-(-n // wg), EPS=eps,
                               HAS_WEIGHT=w is not None, ADD_ONE=add_one, ACCUMULATE=accumulate,
-                              HAS_SCALE=scale is not None, WG=64 if n <= 64 else WG,
+                              HAS_SCALE=scale is not None, WG=wg,
                               GRID_X=grid[0] if grid[1] > 1 else 0, ROWS=rows if grid[1] > 1 else 0)
     binds = [x, w if w is not None else x, out, scale if scale is not None else x]
     if then is not None:
