@@ -103,13 +103,29 @@ async def create_pipeline(device, code: str, label: str, entry_point: str):
     return device.create_compute_pipeline(layout="auto", compute={"module": module, "entry_point": entry_point})
 
 
-async def map_read(buffer, offset: int, size: int) -> None:
-    """Map a MAP_READ buffer. Natively we block in wgpu-native's own wait: wgpu-py's awaitable polls with a
-    back-off of up to 10 ms, which would dominate a millisecond-sized decode step."""
+async def map_read(buffer, offset: int, size: int, spin: bool = False) -> None:
+    """Map a MAP_READ buffer once the GPU work submitted before has written it.
+
+    Browser: the mapAsync promise. Natively, wgpu-py offers two waits and both cost a decode step dearly:
+    its awaitable polls with a back-off of up to 10 ms, and map_sync waits for wgpu-py's poll thread, which
+    blocks until the *latest* submission is done (so a step submitted behind this one is waited for too)
+    and then wakes this thread (a futex wake and a GIL transfer). Instead we poll wgpu-native from this
+    thread: with `spin` (a hardware GPU, decode) a non-blocking poll in a loop, which sees this buffer's
+    submission finish while later ones still run and answers within microseconds; without it (a GPU
+    emulated on the CPU, whose threads need both cores) one blocking poll, which runs the map callback here.
+    wgpu-py is pinned (pyproject), so the private names used here are fixed; `GPUPromise._state` is
+    "pending" until a callback has run."""
     if IN_BROWSER:
         await buffer.map_async(api.MapMode.READ, offset, size)
+        return
+    promise = buffer.map_async(api.MapMode.READ, offset, size)
+    device = buffer._device
+    if spin:
+        while promise._state == "pending":
+            device._poll(False)
     else:
-        buffer.map_sync(api.MapMode.READ, offset, size)
+        device._poll_wait()
+    promise.sync_wait()
 
 
 def prepare_dispatches(dispatches):

@@ -254,7 +254,7 @@ class Readback:
     async def read(self, device: "Device", size: int | None = None) -> memoryview:
         size = self.nbytes if size is None else (size + 3) & ~3
         with _translate_errors("reading back results", device):
-            await _backend.map_read(self.buffer, 0, size)
+            await _backend.map_read(self.buffer, 0, size, spin=device.spin_wait)
             try:
                 data = self.buffer.read_mapped(0, size)
             finally:
@@ -311,6 +311,15 @@ class Device:
     def software(self) -> str | None:
         """The software renderer's name when this GPU is emulated on the CPU (see software_gpu), else None."""
         return software_gpu(dict(self.adapter.info))
+
+    @property
+    def spin_wait(self) -> bool:
+        """Whether readbacks wait by polling in a loop (_backend.map_read): on a hardware GPU, where the wait
+        is a decode step's latency; not on a software one, whose rasteriser threads need the CPU."""
+        spin = getattr(self, "_spin_wait", None)
+        if spin is None:
+            spin = self._spin_wait = self.software is None
+        return spin
 
     @property
     def info(self) -> dict:

@@ -129,6 +129,24 @@ async def test_readback_reuse(device):
         assert np.frombuffer(got, np.uint32).tolist() == list(range(off // 4, off // 4 + 4))
 
 
+async def test_readback_spin_wait_sees_each_submission(device):
+    """The readback wait a hardware GPU gets (Device.spin_wait: polling in a loop, _backend.map_read), forced
+    here: two submissions in flight, each copying what a kernel wrote just before it, read back in order; each
+    readback holds its own submission's values, not the later one's."""
+    saved = getattr(device, "_spin_wait", None)
+    device._spin_wait = True
+    try:
+        src = device.upload(np.zeros(4, np.float32))
+        rbs = [gpu.Readback(device, 16), gpu.Readback(device, 16)]
+        for i, rb in enumerate(rbs):
+            device.write(src.buffer, np.full(4, i + 1, np.float32))
+            device.submit(device.graph(), rb, (src.buffer, 0, 16))
+        for i, rb in enumerate(rbs):
+            assert np.frombuffer(bytes(await rb.read(device, 16)), np.float32).tolist() == [i + 1.0] * 4
+    finally:
+        device._spin_wait = saved
+
+
 async def test_no_adapter_is_named(monkeypatch):
     async def no_adapter(power_preference):
         return None
