@@ -209,6 +209,32 @@ async def test_matmul_geglu(device, device_fallback, qt, n_tokens):
             assert np.all(np.abs(got - want) <= bound), (qt, max_binding, np.abs(got - want).max())
 
 
+async def test_matmul_geglu_row_groups_per_workgroup(device, device_fallback):
+    """The GeGLU epilogue with several gate/up row pairs per workgroup (4 groups of 32 lanes: the shape tall
+    weights of short rows get, E2B's 12288 x 1536 gate_up), 37 pairs leaving the last workgroup part-empty."""
+    mm = sys.modules["rullama_py.ops.matmul"]
+    mm.MATVEC_SHAPE_OVERRIDE = (128, 1, 32)
+    try:
+        F, cols = 37, COLS["q4_k"]
+        for dev in (device, device_fallback):
+            rng = np.random.default_rng(41)
+            raw = ref.random_weight("q4_k", 2 * F, cols, rng)
+            x = (rng.standard_normal((1, cols)) * 0.3).astype(np.float32)
+            wd = ref.dequantize(raw, "q4_k", cols)
+            y, tol = ref.matmul(wd, x), ref.matmul_tolerance(wd, x)
+            want = _gelu(y[:, :F]) * y[:, F:]
+            bound = _gated_tolerance(y[:, :F], tol[:, :F], y[:, F:], tol[:, F:])
+            w = _upload_weight(dev, "q4_k", raw, 2 * F, cols, None)
+            out = dev.tensor((1, F))
+            g = dev.graph()
+            await ops.matmul_geglu(g, w, dev.upload(x), out, n_tokens=1)
+            await dev.run(g)
+            got = await dev.read(out)
+            assert np.all(np.abs(got - want) <= bound), np.abs(got - want).max()
+    finally:
+        mm.MATVEC_SHAPE_OVERRIDE = None
+
+
 @pytest.mark.parametrize("qt", ["q4_k", "bf16"])
 async def test_matvec_gelu_gate(device, device_fallback, qt):
     """matvec_gelu_gate: out = gelu(W . x) * gate[offset..], one dispatch (Gemma 4's per-layer input gate)."""

@@ -78,7 +78,10 @@ def _matvec_shape(cols: int, rows: int, qt: str) -> tuple[int, int, int]:
     (LPR = WG) with 1 row (< 4096 rows) or 4 rows (the activation loads and their sums shared by 4 rows) is
     best: those calls are latency-bound and need many lanes per row. The 262144-row head runs 15-25 % faster
     with 4 groups of 32 lanes, each lane taking 3 units of 4 rows, than with 128 lanes a row. Very short rows
-    (Gemma 3 270M: 640 columns) take 64 lanes."""
+    (Gemma 3 270M: 640 columns) take 64 lanes. On the H200 (docs/bench/2026-12-02-matvec-sweep-q4k-h200.json),
+    the 12288 x 1536 Q4_K product (E2B's gate and up as one weight) takes 11.4 us with 4 row groups of 32 lanes
+    a workgroup against 13.7-18.5 us with one row group: 8192 rows and more of short rows (up to 128 units) get
+    that shape."""
     if MATVEC_SHAPE_OVERRIDE is not None:
         wg, r, *lpr = MATVEC_SHAPE_OVERRIDE
         return wg, r, (lpr[0] if lpr else wg)
@@ -88,6 +91,8 @@ def _matvec_shape(cols: int, rows: int, qt: str) -> tuple[int, int, int]:
     wg = 64 if units <= 128 else 128 if units <= 1024 else 256
     if rows < 4096:
         return wg, 1, wg
+    if rows < 32768 and rows >= 8192 and units <= 128:
+        return 128, 1, 32
     if rows < 32768:
         return wg, 4, wg
     return wg, 4, min(wg, 32)
