@@ -1,4 +1,4 @@
-// Helpers shared by the two sampler kernels (sample_select.wgsl, sample_draw.wgsl), passed with
+// Helpers shared by the sampler kernels (sample_select.wgsl, sample_draw.wgsl, sample_argmax.wgsl), passed with
 // libs=("sample_lib",). The algorithm is described in src/rullama_py/sampling.py; tests/reference_sampling.py
 // mirrors it in numpy, including the random number generator below.
 //
@@ -38,6 +38,13 @@ fn order_key(v: f32) -> u32 {
     b = 0u;
   }
   return select(b ^ 0x80000000u, ~b, (b & 0x80000000u) != 0u);
+}
+
+// Gemma's final logit soft-cap c * tanh(x / c), written once for every kernel that applies it (sample_select,
+// sample_argmax), so that the full sampler and the greedy fast path round the same values the same way.
+// tanh(15) is 1.0 in f32, so the clamp changes nothing but keeps tanh away from overflow.
+fn soft_capped(v: f32, cap: f32, inv_cap: f32) -> f32 {
+  return cap * tanh(clamp(v * inv_cap, -15.0, 15.0));
 }
 
 fn key_value(k: u32) -> f32 {

@@ -67,8 +67,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   for (var i = lid; i < n; i += WG) {
     var v = logits[ROW_OFFSET + i * NSLICE + w];
     if ((prm.flags & F_SOFTCAP) != 0u) {
-      // tanh(15) is 1.0 in f32, so the clamp changes nothing but keeps tanh away from overflow.
-      v = prm.softcap * tanh(clamp(v * prm.inv_softcap, -15.0, 15.0));
+      v = soft_capped(v, prm.softcap, prm.inv_softcap);
     }
     if (((atomicLoad(&pen[i / 32u]) >> (i % 32u)) & 1u) != 0u) {
       v = select(v * prm.penalty, v * prm.inv_penalty, v > 0.0);

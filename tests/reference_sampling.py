@@ -32,12 +32,26 @@ def order_key(v: np.ndarray) -> np.ndarray:
     return np.where(b & 0x80000000, ~b, b ^ 0x80000000).astype(np.uint32)
 
 
+def soft_capped(logits, softcap) -> np.ndarray:
+    """c * tanh(x / c) in float32, as shaders/sample_lib.wgsl's soft_capped computes it (tanh may differ from
+    the GPU's in the last bit)."""
+    v = np.array(logits, f32).reshape(-1)
+    c = f32(softcap)
+    return (c * np.tanh(np.clip(v * f32(1.0 / softcap), f32(-15), f32(15)))).astype(f32)
+
+
+def argmax(logits, softcap=None) -> int:
+    """The greedy token (the fast path, shaders/sample_argmax.wgsl): the largest (soft-capped) value, the
+    lowest id among equal ones. Values are ranked by order_key, as the full sampler ranks them: -0.0 equals
+    +0.0, and a NaN ranks by its bits (sign clear: above +inf, sign set: below -inf; payloads in bit order)."""
+    v = soft_capped(logits, softcap) if softcap else np.array(logits, f32).reshape(-1)
+    keys = order_key(v)
+    return int(np.flatnonzero(keys == keys.max())[0])
+
+
 def process(logits, params, history=(), softcap=None, max_history=None):
     """Soft-cap, then the repetition penalty on the distinct tokens of the last N history entries."""
-    v = np.array(logits, f32).reshape(-1)
-    if softcap:
-        c = f32(softcap)
-        v = (c * np.tanh(np.clip(v * f32(1.0 / softcap), f32(-15), f32(15)))).astype(f32)
+    v = soft_capped(logits, softcap) if softcap else np.array(logits, f32).reshape(-1)
     n = params.repetition_last_n
     if n == -1:
         n = max_history if max_history is not None else len(history)

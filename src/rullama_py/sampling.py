@@ -41,6 +41,18 @@ Algorithm (2 dispatches per token):
   Then it bitonic-sorts the 256, applies top-k / top-p / min-p / temperature with workgroup prefix sums,
   draws, writes the token id and appends it to the history ring buffer.
 
+Greedy fast path (2 dispatches, shaders/sample_argmax.wgsl). With temperature 0 and no repetition penalty in
+effect (`Sampler.fast_greedy`) the token is just the argmax: `record_greedy` records a graph that computes it
+without the selections and the sort. Its first dispatch has ceil(V / 2048) workgroups (128 for a 262144
+vocabulary), each reducing 2048 contiguous logits (8 per invocation, loaded before any is compared) to its best
+composite key; the second, one workgroup, reduces those, writes the token id and appends it to the history like
+stage 2, so the GPU history stays right for a later switch to penalised sampling. It gives exactly the token of
+the full path: the soft-cap is applied by the same WGSL function (distinct logits can round to one capped value,
+so an argmax of the raw logits could differ from the capped one's lowest id), the keys are the same, and NaN is
+ranked by its bits in both (order_key: a NaN with the sign bit clear above +inf, one with it set below -inf).
+The random stream is not used, but the caller still advances the counter per token (`prepare`), so a later
+switch to sampling draws the same numbers either way.
+
 Measured with tools/bench_sampling.py on an H100 (wgpu-native over Vulkan), V = 262144: about 11 us of GPU
 time per token (stage 1 ~5.5 us, stage 2 ~5 us), about 20 us when stage 2 takes its fallback; lavapipe on
 two CPU cores needs about 0.2 s.
@@ -76,6 +88,7 @@ CAND = 256    # candidates kept for the filters (== the kernels' workgroup size)
 SLICE = 2048  # most tokens per stage-1 workgroup (8 KiB of workgroup memory)
 POOL = 1024   # keys stage 2 holds in workgroup memory: NSLICE * HEADS <= POOL
 WG = 256
+ARGMAX_ITEMS = 8  # logits per invocation in the greedy path's first dispatch (WG * ARGMAX_ITEMS per workgroup)
 MAX_INV_TEMP = 1e30  # cap on 1 / temperature (f32 range): tinier temperatures act greedily, exact ties drawn at random
 
 _F_GREEDY, _F_TOP_P, _F_MIN_P, _F_PENALTY, _F_SOFTCAP = 1, 2, 4, 8, 16
@@ -160,12 +173,21 @@ class SamplerParams:
         return self.temperature == 0
 
 
+def _penalised_window(p: SamplerParams, max_history: int) -> int:
+    return max_history if p.repetition_last_n == -1 else int(p.repetition_last_n)
+
+
+def penalty_applies(p: SamplerParams, max_history: int) -> bool:
+    """Whether the repetition penalty changes any logit: a penalty other than 1 over a window of >= 1 token."""
+    return float(p.repetition_penalty) != 1.0 and _penalised_window(p, max_history) > 0
+
+
 def pack_params(p: SamplerParams, max_history: int, softcap: float | None = None) -> bytes:
     """The 48-byte SampleParams uniform (shaders/sample_lib.wgsl)."""
     t = float(p.temperature)
     inv_temp = min(1.0 / t, MAX_INV_TEMP) if t > 0 else 0.0
     pen = float(p.repetition_penalty)
-    last_n = max_history if p.repetition_last_n == -1 else int(p.repetition_last_n)
+    last_n = _penalised_window(p, max_history)
     flags = 0
     if p.greedy:
         flags |= _F_GREEDY
@@ -173,7 +195,7 @@ def pack_params(p: SamplerParams, max_history: int, softcap: float | None = None
         flags |= _F_TOP_P
     if p.min_p > 0.0:
         flags |= _F_MIN_P
-    if pen != 1.0 and last_n > 0:
+    if penalty_applies(p, max_history):
         flags |= _F_PENALTY
     if softcap:
         flags |= _F_SOFTCAP
@@ -198,7 +220,11 @@ class Sampler:
     """GPU token sampler. `await Sampler.create(device, vocab_size, params, max_history)`, then record it once
     into the decode graph with `await sampler.record(g, logits, step, out_token)`; before each run call
     `sampler.prepare(step)` (writes the seed and counter into the Step uniform and advances the counter).
-    The token history for the repetition penalty lives on the GPU: every run appends its sampled token."""
+    The token history for the repetition penalty lives on the GPU: every run appends its sampled token.
+
+    Greedy fast path: `await sampler.record_greedy(g, logits, out_token)` records the plain argmax; a caller that
+    holds both graphs runs that one while `sampler.fast_greedy` is true (the same token, fewer GPU
+    microseconds)."""
 
     def __init__(self, device: Device, vocab_size: int, max_history: int, softcap: float | None):
         self.device = device
@@ -220,6 +246,9 @@ class Sampler:
         self.params_buf = device.create_buffer(48, UNIFORM, "sampler.params")
         self.hist_buf = device.create_buffer((2 + max_history) * 4, STORAGE, "sampler.history")
         self.cand_buf = device.create_buffer(self.nslice * CAND * 8, STORAGE, "sampler.candidates")
+        self.argmax_part = WG * ARGMAX_ITEMS  # logits per workgroup of the greedy path's first dispatch
+        self.argmax_parts = -(-vocab_size // self.argmax_part)
+        self.part_buf = device.create_buffer(self.argmax_parts * 8, STORAGE, "sampler.argmax_partials")
 
     @classmethod
     async def create(
@@ -257,6 +286,13 @@ class Sampler:
             self.seed, self.counter = int.from_bytes(os.urandom(4), "little"), 0
         self.params = params
         self.device.write(self.params_buf, pack_params(params, self.max_history, self.softcap))
+
+    @property
+    def fast_greedy(self) -> bool:
+        """True when the parameters make the token the argmax of the (soft-capped) logits: temperature 0 and no
+        repetition penalty in effect. Then the graph of `record_greedy` gives the token `record`'s would."""
+        p = self.params
+        return p is not None and p.greedy and not penalty_applies(p, self.max_history)
 
     def rng_words(self) -> tuple[int, int]:
         """(seed, counter) for the next draw: what `prepare` writes into Step.seed and Step.counter."""
@@ -296,18 +332,39 @@ class Sampler:
         )
         return k1, k2
 
-    async def record(self, g: Graph, logits: Tensor, step, out_token: Tensor, row: int = 0) -> None:
-        """Record the 2 sampling dispatches: sample row `row` of `logits` (f32, rows of vocab_size) and write
-        the token id to out_token[0] (a 4-byte integer tensor). `step`: the Step uniform (shaders/common.wgsl)."""
+    async def _greedy_kernels(self, row: int):
+        consts = dict(V=self.vocab_size, ROW_OFFSET=row * self.vocab_size, WG=WG, ITEMS=ARGMAX_ITEMS,
+                      PART=self.argmax_part, NPART=self.argmax_parts)
+        libs = ("sample_lib", "sample_best")
+        k1 = await self.device.kernel("sample_argmax", libs=libs, entry="partials", **consts)
+        k2 = await self.device.kernel("sample_argmax", libs=libs, entry="finish", **consts)
+        return k1, k2
+
+    def _check_record(self, logits: Tensor, out_token: Tensor, row: int) -> None:
         v = self.vocab_size
         n = int(np.prod(logits.shape)) if logits.shape else 1
-        if logits.dtype != "float32" or n < (row + 1) * v or row < 0:
+        if logits.dtype != "float32" or not _is_int(row) or row < 0 or n < (row + 1) * v:
             raise ValueError(f"logits {logits.shape} {logits.dtype}: need float32 with at least {row + 1} rows of {v}")
         if isinstance(out_token, Tensor) and np.dtype(out_token.dtype).itemsize != 4:
             raise ValueError(f"out_token must be a 4-byte integer tensor, got {out_token.dtype}")
+
+    async def record(self, g: Graph, logits: Tensor, step, out_token: Tensor, row: int = 0) -> None:
+        """Record the 2 sampling dispatches: sample row `row` of `logits` (f32, rows of vocab_size) and write
+        the token id to out_token[0] (a 4-byte integer tensor). `step`: the Step uniform (shaders/common.wgsl)."""
+        self._check_record(logits, out_token, row)
         k1, k2 = await self._kernels(row)
         g.add(k1, [logits, self.params_buf, self.hist_buf, self.cand_buf], self.nslice)
         g.add(k2, [self.cand_buf, self.params_buf, step, self.hist_buf, out_token], 1)
+
+    async def record_greedy(self, g: Graph, logits: Tensor, out_token: Tensor, row: int = 0) -> None:
+        """Record the greedy fast path's 2 dispatches (see the module docstring): the argmax of row `row` of
+        `logits`, soft-capped when the sampler has a cap, lowest id on ties, into out_token[0], appended to the
+        history. Gives the token `record`'s graph gives while `fast_greedy` holds; with other parameters it
+        still gives the argmax, whatever they say (the caller picks the graph)."""
+        self._check_record(logits, out_token, row)
+        k1, k2 = await self._greedy_kernels(row)
+        g.add(k1, [logits, self.params_buf, self.part_buf], self.argmax_parts)
+        g.add(k2, [self.part_buf, self.hist_buf, out_token], 1)
 
     # -- history and state ---------------------------------------------------------------------------------
     def set_history(self, tokens) -> None:
