@@ -12,7 +12,15 @@
 // The same kernel serves one token when a float weight's rows are not a multiple of 8 long (the matvec
 // kernel needs whole 8-element units); rows, tokens and columns that do not fill a tile are masked.
 // Entry points: `main` (N_TOK tokens) and `run` (the Step uniform's n_tokens of them, below).
-// Constants: ROWS, ROW0, COLS, ROW_BYTES (see matvec.wgsl), N_TOK, OUT_STRIDE (the row length of Y:
+//
+// Split K (KSPLIT > 1, grid z = KSPLIT): workgroup z walks only the columns [z KC, z KC + KC) and writes its
+// unscaled partial sums to Y = a scratch of KSPLIT blocks of SPLIT_STRIDE (= N_TOK x ROWS) values, row-major
+// [split][token][row] (ROW0 0, OUT_STRIDE ROWS, no ACC, SCALE 1); matmul_reduce.wgsl adds the blocks into the
+// real output. A prefill chunk's narrow products (1536 rows: 24 row tiles, times 2 token tiles for 128 tokens)
+// otherwise give a GPU of a hundred multiprocessors a few dozen workgroups, each walking all of K alone, one
+// memory round trip per k-step; split, several workgroups share each multiprocessor and hide each other's.
+// Constants: KSPLIT, KC (a multiple of TK), SPLIT_STRIDE, ROWS, ROW0, COLS, ROW_BYTES (see matvec.wgsl),
+// N_TOK, OUT_STRIDE (the row length of Y:
 // the rows of the whole weight, or more when products share an output), ACC, SCALE, RPT and TPT (4 or 8), TK (a multiple of 4 dividing 8 * RPT: the
 // workgroup memory is (TM + TN) * TK * 4 bytes, 16 KiB for 8 x 8 blocks with TK 16).
 @group(0) @binding(0) var<storage, read> W: array<u32>;
@@ -50,6 +58,9 @@ fn run(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l
 fn tile(wid: vec3<u32>, lid: u32, n_tok: u32) {
   let r0 = wid.x * TM;
   let t0 = wid.y * TN;
+  let kb = wid.z * KC;  // this split's columns (all of them without a split: KC = COLS rounded up)
+  let ke = min(COLS, kb + KC);
+  let base = wid.z * SPLIT_STRIDE;
   let tx = lid % 16u;  // this lane's tokens: 4 tx .. 4 tx + 3, and 64 + 4 tx .. when TPT == 8
   let ty = lid / 16u;  // this lane's rows: 4 ty .. 4 ty + 3, and 64 + 4 ty .. when RPT == 8
   // aI[j]: row 4 ty + I, token 4 tx + j; bI: row 64 + 4 ty + I; cI / dI: the same rows, token 64 + 4 tx + j.
@@ -59,7 +70,7 @@ fn tile(wid: vec3<u32>, lid: u32, n_tok: u32) {
   var b0 = vec4<f32>(0.0); var b1 = vec4<f32>(0.0); var b2 = vec4<f32>(0.0); var b3 = vec4<f32>(0.0);
   var c0 = vec4<f32>(0.0); var c1 = vec4<f32>(0.0); var c2 = vec4<f32>(0.0); var c3 = vec4<f32>(0.0);
   var d0 = vec4<f32>(0.0); var d1 = vec4<f32>(0.0); var d2 = vec4<f32>(0.0); var d3 = vec4<f32>(0.0);
-  for (var k0 = 0u; k0 < COLS; k0 += TK) {
+  for (var k0 = kb; k0 < ke; k0 += TK) {
     // W tile: TM rows x TK/4 runs. Consecutive lanes take consecutive rows so that the transposed stores hit
     // distinct banks; the rows' bytes are reused from cache by the other run slots.
     for (var i = 0u; i < TM * TK / 4u / 256u; i++) {
@@ -68,10 +79,10 @@ fn tile(wid: vec3<u32>, lid: u32, n_tok: u32) {
       let kk = 4u * (idx / TM);
       let col = k0 + kk;
       var v = vec4<f32>(0.0);
-      if (r0 + row < ROWS && col < COLS) {
+      if (r0 + row < ROWS && col < ke) {
         v = run_deq((r0 + row) * ROW_BYTES + (col / QK) * BLOCK_BYTES, (col % QK) / 4u);
         // Float rows of any length: zero the columns past the end (they belong to the next row).
-        v = select(vec4<f32>(0.0), v, vec4<u32>(col) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(COLS));
+        v = select(vec4<f32>(0.0), v, vec4<u32>(col) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(ke));
       }
       let o = kk * (TM / 4u) + row / 4u;
       let c = row % 4u;
@@ -86,7 +97,7 @@ fn tile(wid: vec3<u32>, lid: u32, n_tok: u32) {
       let t = idx % TN;
       let kk = idx / TN;
       var v = 0.0;
-      if (t0 + t < n_tok && k0 + kk < COLS) {
+      if (t0 + t < n_tok && k0 + kk < ke) {
         v = X[(t0 + t) * COLS + k0 + kk];
       }
       xs[kk * (TN / 4u) + t / 4u][t % 4u] = v;
@@ -128,46 +139,46 @@ fn tile(wid: vec3<u32>, lid: u32, n_tok: u32) {
   }
   let row = r0 + 4u * ty;
   let t = t0 + 4u * tx;
-  store_row(row, t, a0, n_tok);
-  store_row(row + 1u, t, a1, n_tok);
-  store_row(row + 2u, t, a2, n_tok);
-  store_row(row + 3u, t, a3, n_tok);
+  store_row(base, row, t, a0, n_tok);
+  store_row(base, row + 1u, t, a1, n_tok);
+  store_row(base, row + 2u, t, a2, n_tok);
+  store_row(base, row + 3u, t, a3, n_tok);
   if (RPT == 8u) {
-    store_row(row + 64u, t, b0, n_tok);
-    store_row(row + 65u, t, b1, n_tok);
-    store_row(row + 66u, t, b2, n_tok);
-    store_row(row + 67u, t, b3, n_tok);
+    store_row(base, row + 64u, t, b0, n_tok);
+    store_row(base, row + 65u, t, b1, n_tok);
+    store_row(base, row + 66u, t, b2, n_tok);
+    store_row(base, row + 67u, t, b3, n_tok);
   }
   if (TPT == 8u) {
-    store_row(row, t + 64u, c0, n_tok);
-    store_row(row + 1u, t + 64u, c1, n_tok);
-    store_row(row + 2u, t + 64u, c2, n_tok);
-    store_row(row + 3u, t + 64u, c3, n_tok);
+    store_row(base, row, t + 64u, c0, n_tok);
+    store_row(base, row + 1u, t + 64u, c1, n_tok);
+    store_row(base, row + 2u, t + 64u, c2, n_tok);
+    store_row(base, row + 3u, t + 64u, c3, n_tok);
     if (RPT == 8u) {
-      store_row(row + 64u, t + 64u, d0, n_tok);
-      store_row(row + 65u, t + 64u, d1, n_tok);
-      store_row(row + 66u, t + 64u, d2, n_tok);
-      store_row(row + 67u, t + 64u, d3, n_tok);
+      store_row(base, row + 64u, t + 64u, d0, n_tok);
+      store_row(base, row + 65u, t + 64u, d1, n_tok);
+      store_row(base, row + 66u, t + 64u, d2, n_tok);
+      store_row(base, row + 67u, t + 64u, d3, n_tok);
     }
   }
 }
 
 // Outputs of one row for 4 tokens from t (skipping rows past the end and tokens from n_tok on).
-fn store_row(row: u32, t: u32, v: vec4<f32>, n_tok: u32) {
+fn store_row(base: u32, row: u32, t: u32, v: vec4<f32>, n_tok: u32) {
   if (row >= ROWS) {
     return;
   }
-  store1(row, t, v.x, n_tok);
-  store1(row, t + 1u, v.y, n_tok);
-  store1(row, t + 2u, v.z, n_tok);
-  store1(row, t + 3u, v.w, n_tok);
+  store1(base, row, t, v.x, n_tok);
+  store1(base, row, t + 1u, v.y, n_tok);
+  store1(base, row, t + 2u, v.z, n_tok);
+  store1(base, row, t + 3u, v.w, n_tok);
 }
 
-fn store1(row: u32, t: u32, v: f32, n_tok: u32) {
+fn store1(base: u32, row: u32, t: u32, v: f32, n_tok: u32) {
   if (t >= n_tok) {
     return;
   }
-  let o = t * OUT_STRIDE + ROW0 + row;
+  let o = base + t * OUT_STRIDE + ROW0 + row;
   var y = SCALE * v;
   if (ACC) {
     y += Y[o];

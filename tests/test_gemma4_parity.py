@@ -48,6 +48,26 @@ async def test_prefill_chunks_then_decode(device, name):
         np.testing.assert_allclose(got, ref[t], atol=ATOL, err_msg=f"position {t}")
 
 
+@pytest.mark.parametrize("name", ["e2b_f32", "q4_k_m"])
+async def test_prefill_with_split_k(device, name):
+    """The prefill graph with every tiled product cut in 3 column ranges (ops.matmul's split K, which a
+    hardware GPU picks for a chunk's narrow products and the software GPUs of these tests never do) gives the
+    same logits."""
+    import sys
+
+    mm = sys.modules["rullama_py.ops.matmul"]
+    z = np.load(FIXTURES / f"gemma4_tiny_{name}.npz")
+    mm.MATMUL_KSPLIT_OVERRIDE = 3
+    try:
+        m = await _load(device, name, chunk=7)
+    finally:
+        mm.MATMUL_KSPLIT_OVERRIDE = None
+    assert any(d.kernel == "matmul_reduce" for d in m.prefill.graph.dispatches)
+    toks, ref = z["tokens"].tolist(), z["logits"]
+    got = await m.forward(toks, 0)
+    np.testing.assert_allclose(got, ref[len(toks) - 1], atol=ATOL)
+
+
 @pytest.mark.parametrize("name", ["e2b_f32", "e4b_q8_0"])  # an F32 and a BF16 per-layer-embedding table
 async def test_ple_rows_and_their_cache_match_gguf(device, name):
     """The host-read per-layer-embedding rows (and the LRU that keeps recent ones) equal gguf-py's reading of

@@ -280,3 +280,43 @@ async def test_matmul_step_tokens(device, n_run):
     want = ref.matmul(wd, x[:n_run])
     assert np.all(np.abs(got[:n_run] - want) <= ref.matmul_tolerance(wd, x[:n_run]))
     assert (got[n_run:] == 7.0).all()
+
+
+@pytest.mark.parametrize("qt,cols,splits,n_run,acc", [("q4_k", 768, 4, 5, True), ("f32", 200, 3, 70, False)])
+async def test_matmul_split_k(device, qt, cols, splits, n_run, acc):
+    """Split K (matmul.wgsl KSPLIT, then matmul_reduce.wgsl): the columns cut into `splits` ranges of whole
+    k-steps (200 f32 columns in 3: 96, 96 and 8, the last not a whole tile), each range's partial sums added
+    into the output in order, with scale, accumulate and an output column offset inside wider rows, for the
+    Step uniform's first n_run of 70 tokens; rows past them and columns outside the product keep their values.
+    The bound is the unsplit one: a split sum is a regrouping of the same K products."""
+    from rullama_py import gpu
+
+    mm = sys.modules["rullama_py.ops.matmul"]
+    cap, rows, stride, off, scale = 70, 36, 50, 9, 0.5
+    rng = np.random.default_rng(60 + splits)
+    raw = ref.random_weight(qt, rows, cols, rng)
+    w = _upload_weight(device, qt, raw, rows, cols)
+    x = rng.standard_normal((cap, cols)).astype(np.float32)
+    out0 = rng.standard_normal((cap, stride)).astype(np.float32)
+    out = device.upload(out0)
+    step = device.tensor((8,), "uint32", "step", usage=gpu.UNIFORM)
+    device.write(step.buffer, np.array([0, n_run, n_run, 0, 0, 0, 0, 0], np.uint32))
+    mm.MATMUL_KSPLIT_OVERRIDE = splits
+    try:
+        g = device.graph()
+        await ops.matmul(g, w, device.upload(x), out, n_tokens=cap, step=step, accumulate=acc, scale=scale,
+                         out_offset=off, out_stride=stride)
+    finally:
+        mm.MATMUL_KSPLIT_OVERRIDE = None
+    assert [d.kernel for d in g.dispatches] == ["matmul", "matmul_reduce"]
+    assert g.dispatches[0].workgroups[2] == splits
+    await device.run(g)
+    got = await device.read(out)
+    wd = ref.dequantize(raw, qt, cols)
+    base = out0[:n_run, off:off + rows] if acc else None
+    want = ref.matmul(wd, x[:n_run], base, scale)
+    tol = ref.matmul_tolerance(wd, x[:n_run], base, scale)
+    assert np.all(np.abs(got[:n_run, off:off + rows] - want) <= tol)
+    keep = np.ones_like(got, bool)
+    keep[:n_run, off:off + rows] = False
+    assert (got[keep] == out0[keep]).all()

@@ -10,7 +10,9 @@ buffers and storage-binding offsets must be 256-byte aligned anyway.
 
 from __future__ import annotations
 
-from ..gpu import Graph, Tensor
+import weakref
+
+from ..gpu import Device, Graph, Tensor
 
 # GGUF type name -> (weights per block, bytes per block). Float types are "blocks" of one element here; the
 # shaders group them by 8 (quant/f32.wgsl).
@@ -122,6 +124,35 @@ def _matmul_block(device, rows: int, n_tokens: int) -> tuple[int, int, int]:
     return rpt, tpt, tk
 
 
+# Split K (matmul.wgsl KSPLIT, matmul_reduce.wgsl). Forced for every tiled product with a Step, or None: tests.
+MATMUL_KSPLIT_OVERRIDE: int | None = None
+_SPLIT_TARGET = 512  # workgroups to aim for: several per multiprocessor on a GPU of a hundred
+_SPLIT_MIN_STEPS = 8  # k-steps each split walks at least
+_SPLIT_SCRATCH_BYTES = 16 << 20  # the partial sums of one product: one buffer per device, shared by all
+_split_scratch: "weakref.WeakKeyDictionary[Device, Tensor]" = weakref.WeakKeyDictionary()
+
+
+def _k_splits(device, rows: int, n_tokens: int, cols: int, rpt: int, tpt: int, tk: int) -> int:
+    """How many column ranges a tiled product is cut into (1: none). Products with few output tiles (a prefill
+    chunk's 1536-row outputs: 24 row tiles) are cut until about _SPLIT_TARGET workgroups run, each walking at
+    least _SPLIT_MIN_STEPS k-steps, within the scratch. A GPU emulated on the CPU gains nothing from it."""
+    if MATMUL_KSPLIT_OVERRIDE is not None:
+        return max(1, min(MATMUL_KSPLIT_OVERRIDE, -(-cols // tk)))
+    if device.software:
+        return 1
+    tiles = -(-rows // (16 * rpt)) * -(-n_tokens // (16 * tpt))
+    splits = min(-(-_SPLIT_TARGET // tiles), -(-cols // tk) // _SPLIT_MIN_STEPS,
+                 _SPLIT_SCRATCH_BYTES // (4 * rows * n_tokens))
+    return max(1, splits)
+
+
+def _scratch(device) -> Tensor:
+    t = _split_scratch.get(device)
+    if t is None:
+        t = _split_scratch[device] = device.tensor((_SPLIT_SCRATCH_BYTES // 4,), "float32", "matmul.split_k")
+    return t
+
+
 async def matmul(g: Graph, w: Tensor, x: Tensor, out: Tensor, *, n_tokens: int, accumulate: bool = False,
                  scale: float = 1.0, out_offset: int = 0, out_stride: int | None = None,
                  step: Tensor | None = None) -> None:
@@ -213,10 +244,26 @@ async def _matmul_tiled(g: Graph, w: Tensor, x: Tensor, out: Tensor, *, n_tokens
     for buf, first, n in w.parts:
         rpt, tpt, tk = _matmul_block(g.device, n, n_tokens)
         grid = (-(-n // (16 * rpt)), -(-n_tokens // (16 * tpt)))
-        k = await g.device.kernel("matmul", libs=_libs(qt), entry="main" if step is None else "run", ROWS=n,
-                                  ROW0=first + out_offset, COLS=cols, ROW_BYTES=rb, N_TOK=n_tokens,
-                                  OUT_STRIDE=out_stride, ACC=acc, SCALE=float(scale), RPT=rpt, TPT=tpt, TK=tk)
-        g.add(k, [buf, x, out] if step is None else [buf, x, out, step], grid)
+        splits = 1 if step is None else _k_splits(g.device, n, n_tokens, cols, rpt, tpt, tk)
+        kc = -(-(-(-cols // tk)) // splits) * tk  # columns per split, whole k-steps
+        splits = -(-cols // kc)
+        if splits == 1:
+            k = await g.device.kernel("matmul", libs=_libs(qt), entry="main" if step is None else "run", ROWS=n,
+                                      ROW0=first + out_offset, COLS=cols, ROW_BYTES=rb, N_TOK=n_tokens,
+                                      OUT_STRIDE=out_stride, ACC=acc, SCALE=float(scale), RPT=rpt, TPT=tpt, TK=tk,
+                                      KSPLIT=1, KC=kc, SPLIT_STRIDE=0)
+            g.add(k, [buf, x, out] if step is None else [buf, x, out, step], grid)
+            continue
+        # Each split's partial sums go to the scratch, then matmul_reduce adds them into out.
+        scratch = _scratch(g.device)
+        k = await g.device.kernel("matmul", libs=_libs(qt), entry="run", ROWS=n, ROW0=0, COLS=cols, ROW_BYTES=rb,
+                                  N_TOK=n_tokens, OUT_STRIDE=n, ACC=False, SCALE=1.0, RPT=rpt, TPT=tpt, TK=tk,
+                                  KSPLIT=splits, KC=kc, SPLIT_STRIDE=n_tokens * n)
+        g.add(k, [buf, x, scratch, step], (*grid, splits))
+        red = _grid(-(-(n * n_tokens) // 256))
+        r = await g.device.kernel("matmul_reduce", KSPLIT=splits, ROWS=n, ROW0=first + out_offset, N_TOK=n_tokens,
+                                  OUT_STRIDE=out_stride, ACC=acc, SCALE=float(scale), WG=256, GRID_X=red[0])
+        g.add(r, [scratch, out, step], red)
 
 
 async def embed(g: Graph, table: Tensor, ids: Tensor, out: Tensor, *, n_tokens: int, scale: float = 1.0,
