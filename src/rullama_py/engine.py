@@ -8,6 +8,20 @@ One decode step is: write the 32-byte Step uniform (and, for Gemma 4, the token'
 submit the recorded model graph and the recorded sampler graph in one command buffer, and read back the 4
 bytes of the sampled token id. The sampled id is written by the GPU straight into the decode run's input, so
 nothing else crosses between host and GPU per token.
+
+The sampler graph is one of two recorded at load: the full sampler's, or, while the parameters are greedy with
+no repetition penalty, the greedy fast path's plain argmax (the same token; see sampling.py).
+
+Decoding ahead (`Engine.decode_ahead`, models without per-layer embeddings: Gemma 3, and Gemma 4 26B-A4B). The
+next step needs nothing from the host but the Step uniform, so `step()` submits step n + 1 before it waits for
+step n's token, and the GPU goes from one to the next without waiting for the readback and the host's work in
+between. Each submitted step has its own readback buffer; at most two are in flight. When generation stops
+(an end token, max_tokens, a full context, a cancel) the step submitted ahead ran one token too far: its K/V
+row at the next position is harmless (rewritten when that position is fed; the sliding layers' rewind check
+already allows for one row written past the context, see Gemma.can_rewind), and everything else is put back
+as if it had not run (`settle`): the sampler's counter, its GPU history (uploaded again from the host: it is
+always the last tokens of the context plus the pending token) and the decode input (the pending token).
+Every method that reads or changes the state settles first.
 """
 
 from __future__ import annotations
@@ -16,7 +30,7 @@ import hashlib
 import json
 import struct
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -111,13 +125,25 @@ class Stats:
 
 
 @dataclass
+class _Submitted:
+    """A decode step submitted and not yet read back."""
+
+    slot: int  # the readback buffer its token is copied into
+    seed: int  # the sampler's random stream it drew from ...
+    counter: int  # ... and its counter there: the counter again when it is undone
+    params: SamplerParams  # the sampler's parameters when it was submitted
+
+
+@dataclass
 class HostTimes:
     """Where the host's time goes in decode steps (Engine.step), accumulated until reset.
 
     `host` is everything a step does on the CPU, that is the whole step except the wait for the GPU's 4-byte
     result and the per-layer-embedding row read; `encode` is the part of it spent encoding the next step's
     command buffer (every dispatch of the model and the sampler), `write` writing the step's inputs (the Step
-    uniform, the PLE row) and `submit` submitting the command buffer; the rest is the step's own Python.
+    uniform, the PLE row) and `submit` submitting the command buffer; the rest is the step's own Python. With
+    decode_ahead a step submits the step after it, so these are that one's (the first step of a run encodes,
+    writes and submits two).
     `ple_read` is the wait for Gemma 4's per-layer-embedding row (file, OPFS or HTTP I/O, not CPU).
     Comparing `host` with the step's wall time says whether a step is bound by the host or by the GPU."""
 
@@ -198,8 +224,15 @@ class Engine:
         self.next_token: int | None = None  # sampled, not yet fed (it sits in the decode run's input)
         self.stats = Stats()
         self.host_times = HostTimes()
-        self._readback = Readback(self.device, 4, "token")
-        self._decode_cb = None  # the next decode step's command buffer, encoded ahead
+        # One readback buffer per decode step in flight: a step's token is copied into its own.
+        self._readbacks = [Readback(self.device, 4, "token"), Readback(self.device, 4, "token ahead")]
+        self._slot = 0  # the readback buffer of the next submitted step
+        self._submitted: list[_Submitted] = []  # decode steps submitted and not read back, oldest first
+        self._encoded = None  # (slot, sampler graph, command buffer): the next step's, encoded ahead
+        self._decode_ahead = model.cfg.ple_dim == 0
+        self.full_sample_graph = None  # the full sampler, recorded by load()
+        self.greedy_sample_graph = None  # the greedy fast path (argmax), recorded by load()
+        self.greedy_fast_path = True  # run the argmax graph while the parameters allow it (False: never)
         self._fingerprint = b""
         self.tower_files: dict[str, GGUFFile] = {}  # "image"/"audio" -> the file holding that tower
         self._image_tokens = 280
@@ -240,8 +273,10 @@ class Engine:
         params = params or SamplerParams()
         sampler = await Sampler.create(device, m.cfg.vocab_size, params, max_history=256)
         eng = cls(m, tok, sampler, params)
-        eng.sample_graph = device.graph()
-        await sampler.record(eng.sample_graph, m.logits, m.step, m.decode.ids)
+        eng.full_sample_graph = device.graph()
+        await sampler.record(eng.full_sample_graph, m.logits, m.step, m.decode.ids)
+        eng.greedy_sample_graph = device.graph()
+        await sampler.record_greedy(eng.greedy_sample_graph, m.logits, m.decode.ids)
         eng._fingerprint = await eng._weights_fingerprint()
         if not text_only:
             eng.tower_files = await _tower_files(gf, mmproj, m.cfg.d_model)
@@ -281,8 +316,38 @@ class Engine:
         return self.tower_files.get("image")
 
     def set_params(self, params: SamplerParams) -> None:
+        """New sampling parameters from the next token on (a step decoded ahead with the old ones is undone)."""
+        self.settle()
         self.params = params
         self.sampler.set_params(params)
+        self._encoded = None  # it may hold the other sampler graph
+
+    @property
+    def sample_graph(self):
+        """The sampler graph the current parameters run: the greedy fast path's while they are greedy with no
+        repetition penalty (and greedy_fast_path is on), else the full sampler's."""
+        if self.greedy_fast_path and self.sampler.fast_greedy and self.greedy_sample_graph is not None:
+            return self.greedy_sample_graph
+        return self.full_sample_graph
+
+    @property
+    def decode_ahead(self) -> bool:
+        """Whether step() submits the next decode step before reading this one's token (see the module
+        docstring). On by default for models without per-layer embeddings; a Gemma 4 model with them reads each
+        token's row on the host, so it cannot. Turning it off undoes a step decoded ahead."""
+        return self._decode_ahead
+
+    @decode_ahead.setter
+    def decode_ahead(self, on: bool) -> None:
+        if on and self.model.cfg.ple_dim:
+            raise ValueError("this model reads a per-layer-embedding row on the host for every token, so it cannot "
+                             "decode a step ahead")
+        self.settle()
+        self._decode_ahead = bool(on)
+
+    @property
+    def _readback(self) -> Readback:
+        return self._readbacks[0]
 
     # -- the two primitive steps ---------------------------------------------------------------------------
     async def _sample_after(self, run, pos: int, n: int) -> int:
@@ -299,6 +364,7 @@ class Engine:
         ids = [int(i) for i in ids]
         if not ids:
             raise ValueError("feed() needs at least one token")
+        self.settle()
         if self.next_token is not None:
             ids = [self.next_token] + ids  # the pending token goes in first
             soft = [(off + 1, t, n) for off, t, n in soft]
@@ -326,62 +392,115 @@ class Engine:
             done = end
         return self.next_token
 
-    def _encode_decode_step(self):
-        m = self.model
-        return self.device.encode([m.decode.graph, self.sample_graph], self._readback, (m.decode.ids.buffer, 0, 4))
+    def _encode_step(self, slot: int):
+        m, graph = self.model, self.sample_graph
+        cb = self.device.encode([m.decode.graph, graph], self._readbacks[slot], (m.decode.ids.buffer, 0, 4))
+        return slot, graph, cb
 
-    async def step(self) -> int:
-        """Feed the pending token and sample the next one (one decode step).
+    async def _submit_step(self, pos: int, times: dict) -> None:
+        """Submit the decode step at `pos`: it feeds what the decode input holds (the pending token, or the
+        token the step before it samples) and copies its token into its own readback buffer. Adds to `times`
+        (encode, ple_read, write, submit seconds)."""
+        clock = time.perf_counter
+        m, slot = self.model, self._slot
+        t0 = clock()
+        enc, self._encoded = self._encoded, None
+        if enc is None or enc[0] != slot or enc[1] is not self.sample_graph:
+            enc = self._encode_step(slot)  # nothing encoded ahead (the first step), or for other parameters
+        t1 = clock()
+        times["encode"] += t1 - t0
+        if m.cfg.ple_dim:  # never with a step in flight: the token is the pending one
+            rows = await m.ple_rows(np.array([self.next_token], np.uint32))
+            t2 = clock()
+            times["ple_read"] += t2 - t1
+            t1 = t2
+            self.device.write(m.decode.ple.buffer, rows)
+        seed, counter = self.sampler.rng_words()
+        self.sampler.advance()
+        # A queue write is ordered after the submits before it and before those after it (WebGPU: writeBuffer
+        # and submit both run their steps on the queue timeline, in call order), so rewriting the one Step
+        # uniform for this step cannot change what a step submitted earlier and still running reads.
+        m.write_step(pos, 1, seed, counter)
+        t2 = clock()
+        self.device.submit_encoded(enc[2])
+        times["write"] += t2 - t1
+        times["submit"] += clock() - t2
+        self._submitted.append(_Submitted(slot, seed, counter, self.sampler.params))
+        self._slot = 1 - slot
+
+    async def step(self, *, ahead: bool = True) -> int:
+        """Feed the pending token and sample the next one (one decode step); returns it.
 
         The step's command buffer was encoded while the GPU ran the previous step (it does not depend on the
         token, which the GPU sampler wrote into the decode input itself); only the Step uniform and, for
-        Gemma 4, the token's per-layer-embedding row are written now, and queue writes land before the
-        submit that follows them."""
+        Gemma 4 with per-layer embeddings, the token's row are written now, and queue writes land before the
+        submit that follows them. With decode_ahead, the step after this one is submitted too before this
+        one's token is read (unless `ahead` is False: the caller will not ask for it); its token is the next
+        call's, and any other method undoes it first."""
+        if self._submitted and self._submitted[0].params is not self.sampler.params:
+            self.settle()  # the sampler's parameters were changed directly, not through set_params
         if self.next_token is None:
             raise RuntimeError("nothing to continue: feed a prompt first")
         if len(self.tokens) + 1 > self.max_context:
             raise ContextOverflowError(f"the context of {self.max_context} tokens is full")
         clock = time.perf_counter
         t0 = clock()
-        m, tok = self.model, self.next_token
-        cb, self._decode_cb = self._decode_cb, None
-        if cb is None:  # the first step after a prompt: nothing was encoded ahead
-            cb = self._encode_decode_step()
-        t_enc = clock() - t0
-        t_ple = 0.0
-        if m.cfg.ple_dim:
-            t1 = clock()
-            rows = await m.ple_rows(np.array([tok], np.uint32))
-            t_ple = clock() - t1
+        times = dict(encode=0.0, ple_read=0.0, write=0.0, submit=0.0)
         pos = len(self.tokens)
-        seed, counter = self.sampler.rng_words()
-        self.sampler.advance()
-        t_sub = clock()
-        if m.cfg.ple_dim:
-            self.device.write(m.decode.ple.buffer, rows)
-        m.write_step(pos, 1, seed, counter)
-        t_written = clock()
-        self.device.submit_encoded(cb)
+        if not self._submitted:
+            await self._submit_step(pos, times)
+        if ahead and self.decode_ahead and len(self._submitted) == 1 and pos + 2 <= self.max_context:
+            await self._submit_step(pos + 1, times)
         t1 = clock()
-        self._decode_cb = self._encode_decode_step()  # overlaps with the GPU's work on this step
+        self._encoded = self._encode_step(self._slot)  # overlaps with the GPU's work on the steps submitted
         t2 = clock()
-        data = await self._readback.read(self.device, 4)
+        times["encode"] += t2 - t1
+        first = self._submitted.pop(0)
+        try:
+            data = await self._readbacks[first.slot].read(self.device, 4)
+        except BaseException:
+            # Not read (an error, or the task was cancelled): undo this step and the one ahead. A map cut short
+            # can leave its buffer unusable, so that one is replaced.
+            self._submitted.insert(0, first)
+            self._readbacks[first.slot] = Readback(self.device, 4, "token")
+            self._encoded = None
+            self.settle()
+            raise
         t3 = clock()
+        self.tokens.append(self.next_token)
         self.next_token = int(np.frombuffer(data, np.uint32, 1)[0])
-        self.tokens.append(tok)
         t4 = clock()
         h = self.host_times
         h.steps += 1
-        h.encode += t_enc + (t2 - t1)
-        h.write += t_written - t_sub
-        h.submit += t1 - t_written
-        h.ple_read += t_ple
-        h.host += (t2 - t0) - t_ple + (t4 - t3)
+        h.encode += times["encode"]
+        h.write += times["write"]
+        h.submit += times["submit"]
+        h.ple_read += times["ple_read"]
+        h.host += (t2 - t0) - times["ple_read"] + (t4 - t3)
         h.wall += t4 - t0
         return self.next_token
 
+    def settle(self) -> None:
+        """Undo the decode steps submitted and not read back (the step decoded ahead after a step() call), so
+        that the state is exactly what the steps read back made it. Every Engine method does this first, and
+        a generation settles when it stops; call it before reading the sampler or the GPU buffers yourself
+        after step() calls. Queue writes only: they land after those steps ran. Their K/V rows past the
+        context are left (see the module docstring)."""
+        if not self._submitted:
+            return
+        first, n = self._submitted[0], len(self._submitted)
+        s = self.sampler
+        if s.seed == first.seed and s.counter == (first.counter + n) & 0xFFFFFFFF:
+            s.counter = first.counter  # unless the stream was restarted since (Sampler.set_params with a new seed)
+        self._submitted.clear()
+        # The GPU history is always the last max_history tokens of the context and the pending token (feed sets
+        # it so, every step appends its token); the discarded steps appended theirs.
+        self.sampler.set_history((self.tokens + [self.next_token])[-self.sampler.max_history:])
+        self.device.write(self.model.decode.ids.buffer, np.array([self.next_token], np.uint32))
+
     def reset(self) -> None:
         """Forget the context (the KV cache is simply overwritten from position 0)."""
+        self.settle()
         self.tokens = []
         self.spans = []
         self.next_token = None
@@ -392,7 +511,8 @@ class Engine:
     async def generate(self, prompt, *, max_tokens: int = 256, stop_ids=None, continue_context: bool = False):
         """Stream Tokens for `prompt` (text or token ids). Text gets BOS when the context is empty. Stops on
         the model's end tokens (or `stop_ids`), after `max_tokens`, or when the context is full;
-        `self.stats.finish_reason` says which."""
+        `self.stats.finish_reason` says which (also "cancelled", after cancel())."""
+        self._cancel = False  # a cancel() of an earlier reply does not stop this one
         if not continue_context:
             self.reset()
         if isinstance(prompt, str):
@@ -439,6 +559,7 @@ class Engine:
         self._cancel = True
 
     def _rewind_to_common_prefix(self, ids, spans=()) -> None:
+        self.settle()
         have = self.tokens + ([self.next_token] if self.next_token is not None else [])
         n = 0
         for a, b in zip(have, ids):
@@ -624,7 +745,11 @@ class Engine:
             if self._cancel:
                 st.finish_reason = "cancelled"
                 break
-            tok = await self.step()
+            # Ask for a step ahead only when the loop can come back for it: not after the last token allowed
+            # (a stop token cannot be known in advance; that step is undone below).
+            again = st.generated_tokens + 1 < max_tokens and len(self.tokens) + 2 < self.max_context
+            tok = await self.step(ahead=again)
+        self.settle()
         rest = dec.flush()
         if rest:
             yield Token(-1, rest)
@@ -656,6 +781,7 @@ class Engine:
 
     async def save_state(self) -> bytes:
         """One versioned blob: KV cache, tokens, pending token, sampler state and the media spans."""
+        self.settle()
         m = self.model
         head = struct.pack("<8sI32sIIi", SNAPSHOT_MAGIC, SNAPSHOT_VERSION, self.layout_hash(), m.max_context,
                            len(self.tokens), -1 if self.next_token is None else self.next_token)
@@ -715,6 +841,7 @@ class Engine:
         if len(sampler_state) != slen or len(tokens) != n_tok:
             raise SnapshotError("snapshot is truncated")
         # Validated: now change state.
+        self.settle()
         for t, raw in caches:
             self.device.write(t.buffer, raw)
         self.sampler.set_state(sampler_state)
