@@ -417,9 +417,12 @@ class Engine:
             self.device.write(m.decode.ple.buffer, rows)
         seed, counter = self.sampler.rng_words()
         self.sampler.advance()
-        # A queue write is ordered after the submits before it and before those after it (WebGPU: writeBuffer
-        # and submit both run their steps on the queue timeline, in call order), so rewriting the one Step
-        # uniform for this step cannot change what a step submitted earlier and still running reads.
+        # A queue write is ordered after the submits before it and before those after it, so rewriting the one
+        # Step uniform for this step cannot change what a step submitted earlier, and maybe still running,
+        # reads. In the WebGPU spec, GPUQueue.writeBuffer's last step ("write contents into buffer") and
+        # submit()'s ("execute each command") are both issued to the queue timeline, whose steps run in the
+        # order issued; wgpu stages the write and copies it at the start of the next submit, after the
+        # earlier ones, with the barrier the uniform's earlier use needs.
         m.write_step(pos, 1, seed, counter)
         t2 = clock()
         self.device.submit_encoded(enc[2])
