@@ -107,7 +107,9 @@ async def _replay(engine, case: int) -> Replay:
         if i + 1 == n:
             break
         if free:
-            tok = await engine.step()  # feeds the token the Engine chose, samples the next on the GPU
+            # feeds the token the Engine chose, samples the next on the GPU; not ahead (Engine.decode_ahead):
+            # a step submitted ahead would overwrite the logits read above on the next iteration
+            tok = await engine.step(ahead=False)
         else:
             await model.forward([c["greedy_ids"][i]], pos)  # the oracle's token, through the same decode graph
         pos += 1

@@ -51,7 +51,7 @@ def tiny(tdev):
     eng = run(Engine.load(str(TINY), max_context=64, prefill_chunk=8, device=tdev,
                           params=SamplerParams(temperature=0.0), text_only=True))
     run(eng.feed([5, 6, 7, 8, 9, 10, 11, 12, 13, 14]))
-    run(eng.step())
+    run(eng.step(ahead=False))
     return eng
 
 

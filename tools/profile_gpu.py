@@ -363,7 +363,7 @@ async def profile_model(model, *, prefill: bool = False, depth: int = 64, ctx: i
     vocab = m.cfg.vocab_size
     ids = [(7 + 31 * i) % (vocab - 10) + 5 for i in range(depth)]
     await eng.feed(ids)
-    await eng.step()  # the decode graphs' first run: validated, pipelines warm
+    await eng.step(ahead=False)  # nothing in flight after it; the decode graphs' first run: validated, pipelines warm
     pos = len(eng.tokens)
     out = {"model": str(model), "arch": m.cfg.arch, "device": device.info, "features": sorted(device.features),
            "timestamp_features": sorted(timestamp_features(device)), "ns_per_tick": ns_per_tick(device),
