@@ -10,8 +10,8 @@
 // covers whole cache lines. Each lane handles the same unit of all R rows, so the activation runs it loads
 // (vec4 reads) and their sums are reused R times. The R partial sums live in one vec4 and the rows are
 // written out without arrays or loops over R: private arrays indexed in loops end up in local memory.
-// Partial sums are reduced across the workgroup at the end (matvec_rows.wgsl: through workgroup memory, or
-// its subgroup variant with shuffles). They share unit_rows and store (matvec_lib.wgsl, over matvec_units.wgsl).
+// Partial sums are reduced across the workgroup at the end: here through workgroup memory;
+// matvec.subgroups.wgsl does it with subgroupAdd. Both share unit_rows and store (matvec_lib.wgsl, over matvec_units.wgsl).
 //
 // Constants: ROWS (rows of this part), ROW0 (where its first row is stored in Y: the part's first row in the
 // whole weight, plus the caller's output offset; parts are separate buffers, so the part's data starts at
@@ -24,8 +24,33 @@
 @group(0) @binding(2) var<storage, read_write> Y: array<f32>;
 @group(0) @binding(3) var<storage, read> P: array<f32>;  // EPI 2 only; any read-only buffer otherwise
 
+const UPR: u32 = (COLS / QK) * UPB;  // units per row
+const G: u32 = WG / LPR;  // row groups per workgroup
+
+var<workgroup> red: array<vec4<f32>, WG>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  matvec_rows(wid, lid);
+  let wrow = (wid.x + wid.y * GRID_X) * (G * RPG);
+  if (wrow >= OUT_ROWS) {
+    return;  // padding workgroup of a wrapped grid (uniform: depends on the workgroup id only)
+  }
+  let li = lid % LPR;
+  let row0 = wrow + (lid / LPR) * RPG;
+  let b = row_offsets(row0);
+  var acc = vec4<f32>(0.0);
+  for (var u = li; u < UPR; u += LPR) {
+    acc += unit_rows(u, b);
+  }
+  red[lid] = acc;
+  workgroupBarrier();
+  for (var stride = LPR / 2u; stride > 0u; stride >>= 1u) {
+    if (li < stride) {
+      red[lid] += red[lid + stride];
+    }
+    workgroupBarrier();
+  }
+  if (li == 0u && row0 < OUT_ROWS) {
+    store(row0, red[lid]);
+  }
 }

@@ -5,8 +5,7 @@
 // The weight has N elements. Per-head norms (q/k norms) are the same op over [tokens * heads, head_dim].
 // ACCUMULATE: y += (the normalised row) instead of y = ..., fusing a post-norm with its residual add.
 // HAS_SCALE: the result is then multiplied by sc[0] (Gemma 4's layer_output_scale: y = (y + norm(x) * w) * s).
-// Entry `then_norm` goes on to norm the row it wrote, into z (below); `then_norm_two` adds a second normalised
-// input first: y = ((y + norm(x) * w) + norm(x2) * wb) * s.
+// Entry `then_norm` goes on to norm the row it wrote, into z (below).
 //
 // At decode this is one workgroup on the token's critical path, so it is written for latency: every lane
 // issues all its loads (x, w, y) at once and keeps its elements in registers between the passes (a Row of
@@ -22,10 +21,8 @@
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(3) var<storage, read> sc: array<f32>;  // HAS_SCALE only; any read-only buffer otherwise
 
-@group(0) @binding(4) var<storage, read> w2: array<f32>;  // entries `then_norm` and `then_norm_two` only
+@group(0) @binding(4) var<storage, read> w2: array<f32>;  // entry `then_norm` only
 @group(0) @binding(5) var<storage, read_write> z: array<f32>;
-@group(0) @binding(6) var<storage, read> x2: array<f32>;  // entry `then_norm_two` only
-@group(0) @binding(7) var<storage, read> wb: array<f32>;
 
 // A lane's elements k = 0..31 of a row: a.x = k 0, a.y = k 1, ..., h.w = k 31 (zero past N and past NPT).
 struct Row {
@@ -60,29 +57,6 @@ fn load_row(src: u32, base: u32, lid: u32) -> Row {
   return Row(load4(src, base, lid, 0u), load4(src, base, lid, 4u), load4(src, base, lid, 8u),
              load4(src, base, lid, 12u), load4(src, base, lid, 16u), load4(src, base, lid, 20u),
              load4(src, base, lid, 24u), load4(src, base, lid, 28u));
-}
-
-// Element k of lane lid of x2's row at base (second = false) or of wb (second = true); entry then_norm_two only.
-fn two_elem(second: bool, base: u32, lid: u32, k: u32) -> f32 {
-  let i = lid + k * WG;
-  if (k >= NPT || i >= N) {
-    return 0.0;
-  }
-  if (second) {
-    return wb[i];
-  }
-  return x2[base + i];
-}
-
-fn two_4(second: bool, base: u32, lid: u32, k0: u32) -> vec4<f32> {
-  return vec4<f32>(two_elem(second, base, lid, k0), two_elem(second, base, lid, k0 + 1u),
-                   two_elem(second, base, lid, k0 + 2u), two_elem(second, base, lid, k0 + 3u));
-}
-
-fn two_row(second: bool, base: u32, lid: u32) -> Row {
-  return Row(two_4(second, base, lid, 0u), two_4(second, base, lid, 4u), two_4(second, base, lid, 8u),
-             two_4(second, base, lid, 12u), two_4(second, base, lid, 16u), two_4(second, base, lid, 20u),
-             two_4(second, base, lid, 24u), two_4(second, base, lid, 28u));
 }
 
 fn w2_elem(lid: u32, k: u32) -> f32 {
@@ -212,34 +186,4 @@ fn then_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
   let yr = norm_row(row, lid);
   let scale = inverseSqrt(workgroup_sum(sum_squares(yr), lid) / f32(N) + EPS);
   z_store_row(row * N, lid, fma_row(fill(0.0), yr, scale, w2r));
-}
-
-// `then_norm` with a second normalised input added first, in this order:
-//   y = ((y + x * rsqrt(mean(x^2) + EPS) * w) + x2 * rsqrt(mean(x2^2) + EPS) * wb) * s,  z = norm(y) * w2
-// Gemma 4's layer end when the feed-forward post-norm (x, w) was not yet added into the stream because the
-// per-layer-input gate read it as its prologue (shaders/matvec_residual.wgsl): the same two adds, in the order
-// two separate norms made them. HAS_WEIGHT, ADD_ONE and ACCUMULATE are taken as set.
-@compute @workgroup_size(WG)
-fn then_norm_two(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let row = row_index(wid);
-  if (GRID_X > 0u && row >= ROWS) {
-    return;
-  }
-  let base = row * N;
-  let xr = load_row(X_IN, base, lid);
-  let wr = load_row(W_IN, 0u, lid);
-  let yr = load_row(Y_IN, base, lid);
-  let x2r = two_row(false, base, lid);
-  let wbr = two_row(true, 0u, lid);
-  let w2r = w2_row(lid);
-  var post = 1.0;
-  if (HAS_SCALE) {
-    post = sc[0];
-  }
-  let s1 = inverseSqrt(workgroup_sum(sum_squares(xr), lid) / f32(N) + EPS);
-  let s2 = inverseSqrt(workgroup_sum(sum_squares(x2r), lid) / f32(N) + EPS);
-  let out = scale_row(fma_row(fma_row(yr, xr, s1, wr), x2r, s2, wbr), post);
-  store_row(base, lid, out);
-  let s3 = inverseSqrt(workgroup_sum(sum_squares(out), lid) / f32(N) + EPS);
-  z_store_row(base, lid, fma_row(fill(0.0), out, s3, w2r));
 }

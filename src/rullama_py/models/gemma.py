@@ -323,8 +323,6 @@ class Gemma:
         max_ffn = max(c.ffn_dim)
         b = {}
         b["h"], b["x"], b["o"] = T(cap, d, name="h"), T(cap, d, name="x"), T(cap, d, name="o")
-        if c.ple_dim and cap == 1:
-            b["o2"] = T(cap, d, name="o2")  # the per-layer projection's output beside the MLP's (see _layer)
         max_qkv = max(L.qkv_width for L in self.layers)
         b["qkv"], b["q"], b["attn"] = T(cap, max_qkv, name="qkv"), T(cap, max_q, name="q"), T(cap, max_q, name="attn")
         # gate_up: [gate | up] rows, the fused product's output when the GeGLU is not its epilogue
@@ -439,19 +437,8 @@ class Gemma:
             await self._experts(g, b, cap, L.moe)
             await ops.rms_norm(g, o, L.moe.post_norm, b["mix"], n=d, eps=eps, accumulate=True)
             o = b["mix"]
-        # per-layer embedding (Gemma 4 E2B/E4B), then the layer's output scale over the whole stream
-        if "o2" in b and L.moe is None and then is not None and \
-                d * 4 + 5120 <= self.device.limits.get("max-compute-workgroup-storage-size", 16384):
-            # Decode: the feed-forward post-norm is not added into the stream by a dispatch of its own. The gate
-            # reads h + post_ffw_norm(o) as its prologue, and the layer's last norm adds both post-norms:
-            # h = ((h + post_ffw_norm(o)) + post_norm(proj)) * out_scale, then the next block's input norm.
-            await ops.ple_input(g, L.inp_gate, h, ple, b["ple_act"], n_tokens=cap, layer=l, n_layers=c.n_layers,
-                                dim=c.ple_dim, scratch=b["ple_gate"], step=step, residual=(o, L.post_ffw_norm, eps))
-            await ops.matmul(g, L.proj, b["ple_act"], b["o2"], n_tokens=cap, step=step)
-            await ops.rms_norm(g, o, L.post_ffw_norm, h, n=d, eps=eps, accumulate=True, scale=out_scale, then=then,
-                               second=(b["o2"], L.post_norm))
-            return
         await ops.rms_norm(g, o, L.post_ffw_norm, h, n=d, eps=eps, accumulate=True, scale=last_scale, then=last_then)
+        # per-layer embedding (Gemma 4 E2B/E4B), then the layer's output scale over the whole stream
         if c.ple_dim:
             await ops.ple_input(g, L.inp_gate, h, ple, b["ple_act"], n_tokens=cap, layer=l, n_layers=c.n_layers,
                                 dim=c.ple_dim, scratch=b["ple_gate"], step=step)

@@ -204,37 +204,21 @@ async def matmul_geglu(g: Graph, w: Tensor, x: Tensor, out: Tensor, *, n_tokens:
     await gelu_mul(g, scratch, None, out, n=rows // 2, fused=True)
 
 
-async def matvec_gelu_gate(g: Graph, w: Tensor, x: Tensor, gate: Tensor, out: Tensor, *, gate_offset: int,
-                           residual: tuple | None = None) -> None:
+async def matvec_gelu_gate(g: Graph, w: Tensor, x: Tensor, gate: Tensor, out: Tensor, *, gate_offset: int) -> None:
     """out[r] = gelu_tanh(W[r] . x) * gate[gate_offset + r] for one token, in one matrix-vector dispatch (the
-    gate as its epilogue). x: f32 [cols]; gate: f32, read at gate_offset..; out: f32 [rows].
-
-    residual = (o, norm_w, eps): the product's input is x + rms_norm(o) * norm_w instead (o, norm_w: f32
-    [cols]), computed by every workgroup into its workgroup memory (shaders/matvec_residual.wgsl) and not
-    stored: Gemma 4's per-layer-input gate reading the stream after the feed-forward post-norm, whose add into
-    the stream then happens in the layer's last norm (ops.rms_norm second=)."""
+    gate as its epilogue). x: f32 [cols]; gate: f32, read at gate_offset..; out: f32 [rows]."""
     rows, cols = w.shape
     if cols % 8:
         raise ValueError(f"matvec_gelu_gate: rows of {cols} columns are not whole units of 8")
     _check(x, cols, "activation")
     _check(gate, gate_offset + rows, "gate")
     _check(out, rows, "output")
-    if residual is not None:
-        o, norm_w, _ = residual
-        _check(o, cols, "residual input")
-        _check(norm_w, cols, "residual norm weight")
-        # the row, plus the reductions' 20 bytes a lane for at most 256 lanes
-        if cols * 4 + 5120 > g.device.limits.get("max-compute-workgroup-storage-size", 16384):
-            raise ValueError(f"matvec_gelu_gate: a residual row of {cols} values does not fit this device's "
-                             "workgroup memory")
-    await _matvec(g, w, x, out, epi=2, p=gate, p_offset=gate_offset, residual=residual)
+    await _matvec(g, w, x, out, epi=2, p=gate, p_offset=gate_offset)
 
 
 async def _matvec(g: Graph, w: Tensor, x: Tensor, out: Tensor, *, out_offset: int = 0, acc: bool = False,
-                  scale: float = 1.0, epi: int = 0, p: Tensor | None = None, p_offset: int = 0,
-                  residual: tuple | None = None) -> None:
-    """The matrix-vector kernel over every part of w (epilogues: matvec_lib.wgsl; residual: the prologue of
-    matvec_residual.wgsl, see matvec_gelu_gate)."""
+                  scale: float = 1.0, epi: int = 0, p: Tensor | None = None, p_offset: int = 0) -> None:
+    """The matrix-vector kernel over every part of w (epilogues: matvec_lib.wgsl)."""
     rows, cols = w.shape
     qt = qtype(w)
     rb = row_bytes(qt, cols)
@@ -248,17 +232,10 @@ async def _matvec(g: Graph, w: Tensor, x: Tensor, out: Tensor, *, out_offset: in
         assert r in (1, 2, 4) and wg & (wg - 1) == 0 and lpr & (lpr - 1) == 0 and 4 <= lpr <= wg, (wg, r, lpr)
         stored = (n // 2, 1) if epi == 1 else (n, r)  # (rows stored, rows stored per row group)
         grid = _grid(-(-stored[0] // (stored[1] * wg // lpr)))
-        consts = dict(ROWS=n, ROW0=first + out_offset, COLS=cols, ROW_BYTES=rb, R=r, WG=wg, LPR=lpr,
-                      GRID_X=grid[0], ACC=acc, SCALE=float(scale), EPI=epi, P_OFF=p_offset)
-        binds = [buf, x, out, p if p is not None else x]
-        libs = _libs(qt) + ("matvec_units", "matvec_lib", "matvec_rows")
-        if residual is None:
-            k = await g.device.kernel("matvec", libs=libs, **consts)
-        else:
-            o, norm_w, eps = residual
-            k = await g.device.kernel("matvec_residual", libs=("workgroup_sum",) + libs, EPS=float(eps), **consts)
-            binds += [o, norm_w]
-        g.add(k, binds, grid)
+        k = await g.device.kernel("matvec", libs=_libs(qt) + ("matvec_units", "matvec_lib"), ROWS=n,
+                                  ROW0=first + out_offset, COLS=cols, ROW_BYTES=rb, R=r, WG=wg, LPR=lpr,
+                                  GRID_X=grid[0], ACC=acc, SCALE=float(scale), EPI=epi, P_OFF=p_offset)
+        g.add(k, [buf, x, out, p if p is not None else x], grid)
 
 
 async def _matmul_tiled(g: Graph, w: Tensor, x: Tensor, out: Tensor, *, n_tokens: int, out_offset: int,

@@ -11,15 +11,12 @@ from ._util import WG, rows as _rows
 
 async def rms_norm(g: Graph, x: Tensor, w: Tensor | None, out: Tensor, *, n: int, eps: float, add_one: bool = False,
                    accumulate: bool = False, scale: Tensor | None = None,
-                   then: tuple[Tensor, Tensor] | None = None, second: tuple[Tensor, Tensor] | None = None):
+                   then: tuple[Tensor, Tensor] | None = None):
     """out = x * rsqrt(mean(x^2) + eps) * w over rows of `n` (w None: no weight; add_one: (1 + w)).
     accumulate: out += that instead (post-norm fused with the residual add). scale (1-element tensor): the
     result is multiplied by scale[0], e.g. out = (out + that) * layer_output_scale (Gemma 4).
     then = (w2, out2): in the same dispatch, out2 = out * rsqrt(mean(out^2) + eps) * w2 over the rows just
-    written: a post-norm added into the residual stream, then the next block's input norm.
-    second = (x2, w_b), with accumulate, w and then: out = ((out + norm(x) * w) + norm(x2) * w_b) [* scale]
-    before out2, in one dispatch (Gemma 4's layer end after ops.ple_input residual=; rms_norm.wgsl
-    then_norm_two)."""
+    written: a post-norm added into the residual stream, then the next block's input norm."""
     rows = _rows(x, n)
     limit = g.device.limits["max-compute-workgroups-per-dimension"]
     grid = (rows, 1) if rows <= limit else (limit, -(-rows // limit))
@@ -28,10 +25,7 @@ async def rms_norm(g: Graph, x: Tensor, w: Tensor | None, out: Tensor, *, n: int
     wg = 64 if n <= 64 else WG
     if n > 32 * wg:
         raise ValueError(f"rms_norm: rows of {n} values; the kernel holds at most {32 * wg}")
-    if second is not None and (then is None or w is None or not accumulate or add_one):
-        raise ValueError("rms_norm: second= needs accumulate=True, a weight (not add_one) and then=")
-    entry = "main" if then is None else "then_norm" if second is None else "then_norm_two"
-    k = await g.device.kernel("rms_norm", libs=("workgroup_sum",), entry=entry,
+    k = await g.device.kernel("rms_norm", libs=("workgroup_sum",), entry="main" if then is None else "then_norm",
                               N=n, NPT=-(-n // wg), EPS=eps,
                               HAS_WEIGHT=w is not None, ADD_ONE=add_one, ACCUMULATE=accumulate,
                               HAS_SCALE=scale is not None, WG=wg,
@@ -42,11 +36,6 @@ async def rms_norm(g: Graph, x: Tensor, w: Tensor | None, out: Tensor, *, n: int
         if _count(out2) < rows * n or _count(w2) < n:
             raise ValueError(f"rms_norm: then=({w2.shape}, {out2.shape}) does not hold {rows} rows of {n}")
         binds += [w2, out2]
-    if second is not None:
-        x2, wb = second
-        if _count(x2) < rows * n or _count(wb) < n:
-            raise ValueError(f"rms_norm: second=({x2.shape}, {wb.shape}) does not hold {rows} rows of {n}")
-        binds += [x2, wb]
     g.add(k, binds, grid)
 
 

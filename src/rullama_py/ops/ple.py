@@ -16,17 +16,14 @@ async def ple_gate(g: Graph, gate: Tensor, ple: Tensor, out: Tensor, *, layer: i
 
 async def ple_input(g: Graph, w_gate: Tensor, h: Tensor, ple: Tensor, out: Tensor, *, n_tokens: int, layer: int,
                     n_layers: int, dim: int, scratch: Tensor,
-                    step: Tensor | None = None, residual: tuple | None = None) -> None:
+                    step: Tensor | None = None) -> None:
     """out[t] = gelu_tanh(W_gate h[t]) * ple[t, layer], the per-layer input gated by the stream (gemma4.md 1.2):
     w_gate [dim, d], h [T, d], ple [T, n_layers * dim], out [T, dim]. One token: one matrix-vector dispatch with
-    the gate as its epilogue; more: the product into scratch [T, dim], then ple_gate. step as in ops.matmul.
-    residual (one token only): the stream is h + rms_norm(o) * w (see matmul.matvec_gelu_gate)."""
+    the gate as its epilogue; more: the product into scratch [T, dim], then ple_gate. step as in ops.matmul."""
     from .matmul import matmul, matvec_gelu_gate
 
     if n_tokens == 1 and w_gate.shape[1] % 8 == 0:
-        await matvec_gelu_gate(g, w_gate, h, ple, out, gate_offset=layer * dim, residual=residual)
+        await matvec_gelu_gate(g, w_gate, h, ple, out, gate_offset=layer * dim)
         return
-    if residual is not None:
-        raise ValueError("ple_input: residual= is for one token (the matrix-vector kernel's prologue)")
     await matmul(g, w_gate, h, scratch, n_tokens=n_tokens, step=step)
     await ple_gate(g, scratch, ple, out, layer=layer, n_layers=n_layers, dim=dim)
