@@ -154,10 +154,6 @@ fn main(@builtin(local_invocation_index) lid: u32) {
   if (lid == 0u) {
     let tok = ~top[pick].y;
     out[0] = tok;
-    let hcap = arrayLength(&hist) - 2u;
-    let next = hist[1] % hcap;
-    hist[2u + next] = tok;
-    hist[1] = (next + 1u) % hcap;
-    hist[0] = min(hist[0] + 1u, hcap);
+    history_append(tok);  // sample_history.wgsl
   }
 }

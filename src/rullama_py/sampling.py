@@ -323,7 +323,7 @@ class Sampler:
         )
         k2 = await self.device.kernel(
             "sample_draw",
-            libs=("sample_lib",),
+            libs=("sample_lib", "sample_history"),
             NSLICE=self.nslice,
             KTOT=self.ktot,
             HEADS=self.heads,
@@ -335,7 +335,7 @@ class Sampler:
     async def _greedy_kernels(self, row: int):
         consts = dict(V=self.vocab_size, ROW_OFFSET=row * self.vocab_size, WG=WG, ITEMS=ARGMAX_ITEMS,
                       PART=self.argmax_part, NPART=self.argmax_parts)
-        libs = ("sample_lib", "sample_best")
+        libs = ("sample_lib", "sample_best", "sample_history")
         k1 = await self.device.kernel("sample_argmax", libs=libs, entry="partials", **consts)
         k2 = await self.device.kernel("sample_argmax", libs=libs, entry="finish", **consts)
         return k1, k2
