@@ -9,9 +9,10 @@ LLAMA_BENCH is the llama-bench binary (a CUDA or a Vulkan build: say which with 
 llama-bench process, `-m MODEL -p P -n G -d D -r R -o json -ngl 99` and whatever follows `--`, so that each
 record carries the exact command that made it. llama-bench runs two tests per depth: pp (P prompt tokens
 after D tokens of context, timed without sampling) and tg (G tokens generated one at a time after D tokens;
-the D tokens are untimed). A record takes the pp test's mean tokens per
-second as prefill_tok_s and the tg test's as decode_tok_s, their repetitions as *_runs, and llama.cpp's
-build_commit as its commit.
+the D tokens are untimed). A record takes the pp test's best repetition (tokens per second) as
+prefill_tok_s and the tg test's as decode_tok_s, as `rullama bench` reports its best repeat: llama-bench's own
+mean (kept as *_mean) includes its first repetition, which on a GPU just woken runs at a third of the speed of
+the others. The repetitions go to *_runs, and llama.cpp's build_commit is the record's commit.
 
 --gpu-memory polls nvidia-smi (every 50 ms) while each process runs and records the GPU memory in use at its
 peak above what was in use before it started, in bytes (gpu_bytes): llama.cpp's weights, KV cache and
@@ -70,6 +71,12 @@ def _field(entry: dict, name: str, i: int):
     return entry[name]
 
 
+def _best(test: dict) -> float:
+    """A llama-bench test's best repetition in tokens per second (its mean when it lists none)."""
+    samples = test.get("samples_ts") or [_field(test, "avg_ts", 0)]
+    return round(max(float(x) for x in samples), 2)
+
+
 def records_from_llama_bench(entries, *, engine: str, model: str, command: str) -> list[dict]:
     """Records from llama-bench's `-o json` list: one per depth (n_depth) holding its pp test (n_prompt > 0,
     n_gen == 0) and its tg test (n_prompt == 0, n_gen > 0). Combined pp+tg tests (-pg) are not read."""
@@ -95,9 +102,8 @@ def records_from_llama_bench(entries, *, engine: str, model: str, command: str) 
         if missing:
             raise PeerError(f"llama-bench has no {' or '.join(missing)} test at depth {depth} (give -p and -n > 0)")
         pp, tg = tests["pp"], tests["tg"]
-        rec = {"engine": engine, "model": model, "prefill_tok_s": round(float(_field(pp, "avg_ts", 0)), 2),
-               "decode_tok_s": round(float(_field(tg, "avg_ts", 0)), 2), "context": depth,
-               "commit": str(pp.get("build_commit", "unknown")), "command": command}
+        rec = {"engine": engine, "model": model, "prefill_tok_s": _best(pp), "decode_tok_s": _best(tg),
+               "context": depth, "commit": str(pp.get("build_commit", "unknown")), "command": command}
         rec.update({
             "device": pp.get("gpu_info", ""),
             "backends": pp.get("backends", ""),
@@ -105,6 +111,8 @@ def records_from_llama_bench(entries, *, engine: str, model: str, command: str) 
             "gen_tokens": int(tg["n_gen"]),
             "prefill_tok_s_runs": [round(float(x), 2) for x in pp.get("samples_ts", [])],
             "decode_tok_s_runs": [round(float(x), 2) for x in tg.get("samples_ts", [])],
+            "prefill_tok_s_mean": round(float(_field(pp, "avg_ts", 0)), 2),
+            "decode_tok_s_mean": round(float(_field(tg, "avg_ts", 0)), 2),
             "build_number": pp.get("build_number"),
             "model_type": pp.get("model_type"),
             "model_size": pp.get("model_size"),
