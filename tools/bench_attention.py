@@ -11,9 +11,6 @@ decoding through all layers does (a single small cache would stay in L2).
 
     python tools/bench_attention.py
     python tools/bench_attention.py --ctx 1024,32768 --reps 20
-    python tools/bench_attention.py --ctx 160,1024 --wg 0,128 --kt 0,32 --prefill ""
-        (on a device with subgroups: attention_decode, then attention.wgsl's split kernel, which a --wg or --kt
-        of its own selects)
 """
 
 from __future__ import annotations
@@ -152,8 +149,7 @@ async def bench_decode(dev, kind: str, ctx: int, reps: int, stream_mb: float, rn
     for ck, cv in caches:
         ck.buffer.destroy()
         cv.buffer.destroy()
-    return {"phase": "decode", "layer": kind, "ctx": ctx, "keys": keys, "head_dim": hd, "kernel": plan["kernel"],
-            "wg": plan["wg"], "kt": plan["kt"],
+    return {"phase": "decode", "layer": kind, "ctx": ctx, "keys": keys, "head_dim": hd, "wg": plan["wg"], "kt": plan["kt"],
             "splits": plan["splits"], "dispatches": plan["dispatches"], "us": round(t * 1e6, 2), "gb_per_s": round(kv_bytes / t / 1e9, 1),
             "us_kernels": [round(x * 1e6, 2) for x in ta.get("gpu_kernels", [])],
             "us_wall": round(ta["wall"] * 1e6, 2), "kv_store_us": round(ts.get("gpu", ts["wall"]) * 1e6, 2),

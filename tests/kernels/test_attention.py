@@ -92,9 +92,7 @@ async def run_case(device, *, heads, kv_heads, hd, window, chunks, T, decode, sl
         (8, 1, 256, 0, (9,), 12, 4, 1000, None, 1.0),
         # ratio 4, Gemma 4 global head size, two kv heads; decode in 2 splits.
         (8, 2, 512, 0, (6,), 6, 3, 16, 2, None),
-        # ratio 8 at the global head size: two rows per thread in attention_decode's P.V step.
-        (8, 1, 512, 0, (6,), 6, 3, 16, 2, None),
-        # ratio 2 and ratio 1 (attention_decode's smallest tiles: 16 and 8 keys), several kv heads.
+        # ratio 2 and ratio 1 at head_dim 256, several kv heads.
         (4, 2, 256, 0, (21,), 24, 6, 40, None, None),
         (2, 2, 256, 0, (13,), 16, 4, 24, None, None),
         # one decode split over ~100 keys: several key tiles in a row (online softmax across tiles).
@@ -103,20 +101,11 @@ async def run_case(device, *, heads, kv_heads, hd, window, chunks, T, decode, sl
         (8, 1, 256, 40, (32, 32, 20), 32, 40, "ring", None, None),
     ],
 )
-@pytest.mark.parametrize("which", ["device", "device_fallback"])
-async def test_prefill_then_decode(device, device_fallback, which, heads, kv_heads, hd, window, chunks, T, decode,
-                                   slots, splits, scale):
-    """On both devices: decode runs attention_decode.subgroups.wgsl where the device has subgroups and the
-    shape suits it, attention.wgsl's split kernel elsewhere (the plan says which; both are checked)."""
-    device = {"device": device, "device_fallback": device_fallback}[which]
+async def test_prefill_then_decode(device, heads, kv_heads, hd, window, chunks, T, decode, slots, splits, scale):
     n_total = sum(chunks) + decode
     if slots == "ring":
         slots = ops.kv_slots(n_total, window=window, max_tokens=T)
         assert slots < n_total  # the ring really wraps
-    plan = attention_plan(device, n_tokens=1, n_heads=heads, n_kv_heads=kv_heads, head_dim=hd, window=window,
-                          max_ctx=slots, splits=splits)
-    wanted = "attention_decode" if device.has_subgroups and hd // 8 * (heads // kv_heads) >= 16 else "attention"
-    assert plan["kernel"] == wanted
     q, k, v, got, pos = await run_case(device, heads=heads, kv_heads=kv_heads, hd=hd, window=window, chunks=chunks,
                                        T=T, decode=decode, slots=slots, splits=splits, scale=scale, seed=hd + heads)
     if scale == 1.0:
@@ -127,14 +116,12 @@ async def test_prefill_then_decode(device, device_fallback, which, heads, kv_hea
         np.testing.assert_allclose(got, want, rtol=0, atol=2e-2 * np.abs(v).max())
 
 
-async def test_decode_short_and_long_split_kernels(device_fallback):
-    """Without subgroups, a decode graph over a cache that can outgrow `short` keys holds two split kernels
-    (32-key tiles for short contexts, full tiles beyond); decoding from 11 to 22 keys with short = 16 runs each
-    in turn."""
-    plan = attention_plan(device_fallback, n_tokens=1, n_heads=4, n_kv_heads=1, head_dim=32, window=0, max_ctx=64,
-                          short=16)
+async def test_decode_short_and_long_split_kernels(device):
+    """A decode graph over a cache that can outgrow `short` keys holds two split kernels (32-key tiles for
+    short contexts, full tiles beyond); decoding from 11 to 22 keys with short = 16 runs each in turn."""
+    plan = attention_plan(device, n_tokens=1, n_heads=4, n_kv_heads=1, head_dim=32, window=0, max_ctx=64, short=16)
     assert plan["short_split"] == 16 and plan["dispatches"] == 3
-    await run_case(device_fallback, heads=4, kv_heads=1, hd=32, window=0, chunks=(10,), T=16, decode=12, slots=64,
+    await run_case(device, heads=4, kv_heads=1, hd=32, window=0, chunks=(10,), T=16, decode=12, slots=64,
                    short=16, seed=3)
 
 
@@ -160,21 +147,13 @@ async def test_kv_store_layout(device):
     np.testing.assert_array_equal(got_v, -want)
 
 
-async def test_dispatch_counts(device, device_fallback):
-    decode = attention_plan(device_fallback, n_tokens=1, n_heads=8, n_kv_heads=1, head_dim=512, window=0,
-                            max_ctx=131072)
+async def test_dispatch_counts(device):
+    decode = attention_plan(device, n_tokens=1, n_heads=8, n_kv_heads=1, head_dim=512, window=0, max_ctx=131072)
     assert decode["dispatches"] == 3 and decode["splits"] > 32 and decode["short_split"]
-    sliding = attention_plan(device_fallback, n_tokens=1, n_heads=8, n_kv_heads=1, head_dim=256, window=512,
-                             max_ctx=512)
+    sliding = attention_plan(device, n_tokens=1, n_heads=8, n_kv_heads=1, head_dim=256, window=512, max_ctx=512)
     assert sliding["kt"] == 32 and sliding["splits"] == 512 // 32  # short context: small tiles, one split each
-    for dev in (device, device_fallback):
-        prefill = attention_plan(dev, n_tokens=512, n_heads=8, n_kv_heads=1, head_dim=256, window=512, max_ctx=1023)
-        assert prefill["dispatches"] == 1 and prefill["kernel"] == "attention"
-    if device.has_subgroups:  # one split kernel at every length, 64-key tiles, then the combine
-        decode = attention_plan(device, n_tokens=1, n_heads=8, n_kv_heads=1, head_dim=512, window=0, max_ctx=131072)
-        assert (decode["kernel"], decode["dispatches"], decode["kt"], decode["splits"]) == ("attention_decode", 2, 64, 256)
-        sliding = attention_plan(device, n_tokens=1, n_heads=8, n_kv_heads=1, head_dim=256, window=512, max_ctx=512)
-        assert (sliding["kernel"], sliding["splits"]) == ("attention_decode", 512 // 64)
+    prefill = attention_plan(device, n_tokens=512, n_heads=8, n_kv_heads=1, head_dim=256, window=512, max_ctx=1023)
+    assert prefill["dispatches"] == 1
 
 
 async def run_bidirectional(device, *, heads, kv_heads, hd, maxt, runs, scale, splits=None, seed=0, window=0):

@@ -190,16 +190,14 @@ def _scratch(device: Device, nbytes: int, label: str) -> Tensor:
 
 def attention_plan(device: Device, *, n_tokens: int, n_heads: int, n_kv_heads: int, head_dim: int,
                    window: int, max_ctx: int, splits: int | None = None, wg: int | None = None,
-                   kt: int | None = None, short: int = _SHORT, causal: bool = True) -> dict:
-    """Tile sizes and the dispatches attention() records (exposed for tests and benchmarks). "kernel" names
-    the split kernel of a decode plan: "attention" (attention.wgsl's `split`) or "attention_decode"."""
+                   kt: int | None = None, short: int = _SHORT) -> dict:
+    """Tile sizes and the dispatches attention() records (exposed for tests and benchmarks)."""
     hd8 = head_dim // 8
     if head_dim % 8 or hd8 & (hd8 - 1):
         raise ValueError(f"head_dim {head_dim} must be 8 times a power of two")
     if n_heads % n_kv_heads:
         raise ValueError(f"n_heads {n_heads} is not a multiple of n_kv_heads {n_kv_heads}")
     group = n_heads // n_kv_heads
-    wg_given = wg
     # Threads per workgroup: at least one per 16-byte piece of a cache row (the P.V step).
     wg = max(wg or (128 if head_dim >= 128 else 64), hd8)
     # Rows per workgroup: 8 (two "row quads"; the kernel keeps per-row state in vec4 lanes) when there are more
@@ -207,12 +205,6 @@ def attention_plan(device: Device, *, n_tokens: int, n_heads: int, n_kv_heads: i
     # rows only save K/V re-reads, which hit L2 anyway: the scoring loop costs the same 2 workgroup-memory
     # loads per 8 FMAs at any R, while registers (8R accumulators per thread) grow with R.
     budget = min(device.limits.get("max-compute-workgroup-storage-size", 16384), 48 << 10)
-    max_keys = min(max_ctx, window + n_tokens - 1) if window > 0 else max_ctx
-    if wg_given is None and kt is None:  # decode on a device with subgroups: a kernel of its own
-        decode = _decode_plan(device, n_tokens=n_tokens, group=group, head_dim=head_dim, max_keys=max_keys,
-                              n_kv_heads=n_kv_heads, budget=budget, splits=splits, causal=causal)
-        if decode is not None:
-            return decode
     rows_max = n_tokens * group
     r = 8 if rows_max > 4 else 4
     while r * head_dim * 4 + r * wg * 4 + wg * 4 + 64 > budget:
@@ -220,6 +212,7 @@ def attention_plan(device: Device, *, n_tokens: int, n_heads: int, n_kv_heads: i
             raise ValueError(f"head_dim {head_dim}: the attention tile does not fit {budget} bytes of workgroup memory")
         r = 4
     row_tiles = -(-rows_max // r)
+    max_keys = min(max_ctx, window + n_tokens - 1) if window > 0 else max_ctx
     # Keys per tile. Prefill: one per thread. Decode with a short context (sliding layers, or any layer while
     # it holds at most `short` keys): 32-key tiles with WG / 32 threads per key, so the few keys there are
     # spread over more workgroups and each thread waits on fewer loads in a row. Long contexts keep full tiles
@@ -240,32 +233,9 @@ def attention_plan(device: Device, *, n_tokens: int, n_heads: int, n_kv_heads: i
         align = kt
     else:
         nsplit, align = int(splits), 1
-    return dict(kernel="attention", group=group, wg=wg, kt=kt, rows=r, row_tiles=row_tiles, splits=nsplit,
-                align=align, short_split=short if short_split and nsplit > 1 else 0,
+    return dict(group=group, wg=wg, kt=kt, rows=r, row_tiles=row_tiles, splits=nsplit, align=align,
+                short_split=short if short_split and nsplit > 1 else 0,
                 dispatches=1 if nsplit == 1 else 3 if short_split else 2)
-
-
-def _decode_plan(device: Device, *, n_tokens: int, group: int, head_dim: int, max_keys: int, n_kv_heads: int,
-                 budget: int, splits, causal: bool) -> dict | None:
-    """The plan of shaders/attention_decode.subgroups.wgsl (one query token on a device with subgroups: one
-    split kernel for every context length, then attention.wgsl's combine), or None where it does not apply."""
-    hd8 = head_dim // 8
-    if not (device.has_subgroups and n_tokens == 1 and causal and group in (1, 2, 4, 8) and hd8 >= 4):
-        return None
-    wg = min(256, hd8 * group)
-    if hd8 * group > 2 * wg or wg < 16:  # at most 2 rows per thread; at least 4 keys per tile
-        return None
-    kt = wg // 4
-    if max(group, 4) * head_dim * 4 + 2 * group * kt * 4 > budget:
-        return None
-    if splits is None:
-        nsplit = max(1, min(-(-_SPLIT_TARGET // n_kv_heads), -(-max_keys // kt), 1024))
-        nsplit = max(1, min(nsplit, _SPLIT_BYTES // (group * n_kv_heads * (head_dim + 2) * 4)))
-        align = kt
-    else:
-        nsplit, align = int(splits), 1
-    return dict(kernel="attention_decode", group=group, wg=wg, kt=kt, rows=4 if group <= 4 else 8, row_tiles=1, splits=nsplit,
-                align=align, short_split=0, dispatches=2)
 
 
 async def attention(g: Graph, q: Tensor, cache_k: Tensor, cache_v: Tensor, out: Tensor, step: Tensor, *,
@@ -291,7 +261,7 @@ async def attention(g: Graph, q: Tensor, cache_k: Tensor, cache_v: Tensor, out: 
     the plan, for tests and tuning."""
     max_t = _tokens(q, n_heads * head_dim, "q")
     plan = attention_plan(g.device, n_tokens=max_t, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim,
-                          window=window, max_ctx=max_ctx, splits=splits, wg=wg, kt=kt, short=short, causal=causal)
+                          window=window, max_ctx=max_ctx, splits=splits, wg=wg, kt=kt, short=short)
     nsplit = plan["splits"]
     consts = dict(HD=head_dim, G=plan["group"], NH=n_heads, NKV=n_kv_heads, R=plan["rows"], WG=plan["wg"], KT=plan["kt"],
                   NSPLIT=nsplit, ALIGN=plan["align"], CAP=max_ctx, WINDOW=window, CAUSAL=bool(causal),
@@ -304,20 +274,13 @@ async def attention(g: Graph, q: Tensor, cache_k: Tensor, cache_v: Tensor, out: 
     rows = max_t * n_heads
     part = _scratch(g.device, nsplit * rows * head_dim * 4, "attention.partials")
     ml = _scratch(g.device, nsplit * rows * 8, "attention.maxsum")
-    if plan["kernel"] == "attention_decode":
-        # attention.wgsl compiles whole for its combine entry: its tile constants must be ones it accepts
-        consts.update(WG=max(64, head_dim // 8), KT=max(64, head_dim // 8))
-        k = await g.device.kernel("attention_decode", HD=head_dim, G=plan["group"], NH=n_heads, NKV=n_kv_heads,
-                                  NSPLIT=nsplit, ALIGN=plan["align"], CAP=max_ctx, WINDOW=window, SCALE=float(scale))
-        g.add(k, [q, cache_k, cache_v, step, part, ml], (1, n_kv_heads, nsplit))
-    elif plan["short_split"]:  # small tiles while the context is short, the plan's tiles beyond
+    if plan["short_split"]:  # small tiles while the context is short, the plan's tiles beyond
         small = dict(consts, KT=32, ALIGN=32, NKV_MAX=plan["short_split"])
         k = await g.device.kernel("attention", entry="split", **small)
         g.add(k, [q, cache_k, cache_v, step, part, ml], grid)
         consts["NKV_MIN"] = plan["short_split"] + 1
-    if plan["kernel"] == "attention":
-        k = await g.device.kernel("attention", entry="split", **consts)
-        g.add(k, [q, cache_k, cache_v, step, part, ml], grid)
+    k = await g.device.kernel("attention", entry="split", **consts)
+    g.add(k, [q, cache_k, cache_v, step, part, ml], grid)
     c = await g.device.kernel("attention", entry="combine", **consts)
     g.add(c, [part, ml, step, out], (rows, head_dim // 4 // min(head_dim // 4, 16)))
 
