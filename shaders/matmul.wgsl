@@ -30,6 +30,7 @@
 const TM: u32 = 16u * RPT;
 const TN: u32 = 16u * TPT;
 const RG: u32 = min(4u, TK / 4u);  // W runs a lane group takes per row (see the tile loads)
+const CG: u32 = 4u;                // X columns a lane group takes per token
 // TK: runs of 4 never straddle a block since QK is a multiple of 4
 
 var<workgroup> ws: array<vec4<f32>, TK * TM / 4u>;  // ws[k * TM/4 + r/4][r % 4] = W[r0 + r, k0 + k]
@@ -73,9 +74,9 @@ fn tile(wid: vec3<u32>, lid: u32, n_tok: u32) {
   var d0 = vec4<f32>(0.0); var d1 = vec4<f32>(0.0); var d2 = vec4<f32>(0.0); var d3 = vec4<f32>(0.0);
   for (var k0 = kb; k0 < ke; k0 += TK) {
     // W tile: TM rows x TK/4 runs. A warp's 32 lanes take RG = 4 neighbouring runs (16 weights, contiguous in
-    // the block; 2 when TK is 8) of 8 rows: each load instruction touches 8 rows' cache lines, not 32 (a lane per row), at the
-    // price of 4-way bank conflicts on the transposed stores. Measured on an H200, one lane per row made the
-    // tile loads cost more than the multiply-adds (a 128-token chunk of E2B: ~5 us per k-step).
+    // the block; 2 when TK is 8) of 8 rows: each load instruction touches 8 rows' cache lines, not 32 (a lane
+    // per row), at the price of 4-way bank conflicts on the transposed stores. Measured on an H200, one lane
+    // per row made the tile loads cost more than the multiply-adds (a 128-token chunk of E2B: ~5 us a k-step).
     for (var i = 0u; i < TM * TK / 4u / 256u; i++) {
       let idx = lid + 256u * i;
       let g = idx / RG;
@@ -95,13 +96,13 @@ fn tile(wid: vec3<u32>, lid: u32, n_tok: u32) {
       ws[o + 2u * (TM / 4u)][c] = v.z;
       ws[o + 3u * (TM / 4u)][c] = v.w;
     }
-    // X tile: TN tokens x TK columns, one element per lane per pass; a warp reads 4 neighbouring columns of 8
-    // tokens (8 cache lines per load, 4-way bank conflicts on the stores), as for W.
+    // X tile: TN tokens x TK columns, one element per lane per pass; a warp reads CG = 4 neighbouring columns
+    // of 8 tokens (8 cache lines per load, 4-way bank conflicts on the stores), as for W.
     for (var i = 0u; i < TN * TK / 256u; i++) {
       let idx = lid + 256u * i;
-      let g = idx / 4u;
+      let g = idx / CG;
       let t = g % TN;
-      let kk = 4u * (g / TN) + idx % 4u;
+      let kk = CG * (g / TN) + idx % CG;
       var v = 0.0;
       if (t0 + t < n_tok && k0 + kk < ke) {
         v = X[(t0 + t) * COLS + k0 + kk];

@@ -80,8 +80,9 @@ def test_readme_first_command_serves_the_app_and_the_real_model():
     # which exec resets to the default).
     inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "rullama_py.cli", "serve", "--port", "0"], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        proc = subprocess.Popen([sys.executable, "-m", "rullama_py.cli", "serve", "--port", "0"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
     finally:
         signal.signal(signal.SIGINT, inherited)
     try:
