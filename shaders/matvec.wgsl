@@ -35,7 +35,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   if (wrow >= OUT_ROWS) {
     return;  // padding workgroup of a wrapped grid (uniform: depends on the workgroup id only)
   }
-  prepare_x(lid);  // the q8 units quantise the activation into workgroup memory (matvec_units_q8.wgsl)
   let li = lid % LPR;
   let row0 = wrow + (lid / LPR) * RPG;
   let b = row_offsets(row0);

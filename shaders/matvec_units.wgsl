@@ -30,6 +30,3 @@ fn unit_rows_at(xo: u32, u: u32, b0: u32, b1: u32, b2: u32, b3: u32) -> vec4<f32
   }
   return s;
 }
-
-// The f32 activation is read as it is: nothing to prepare (matvec_units_q8.wgsl quantises it here).
-fn prepare_x(lid: u32) {}

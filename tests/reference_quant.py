@@ -78,30 +78,3 @@ def matmul_tolerance(w: np.ndarray, x: np.ndarray, out0=None, scale: float = 1.0
 def embed(table: np.ndarray, ids, scale: float = 1.0) -> np.ndarray:
     """out[t] = scale * table[ids[t]], float64."""
     return scale * np.asarray(table, np.float64)[np.asarray(ids, np.int64)]
-
-
-def quantize_q8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The decode matvec's 8-bit activation (shaders/matvec_units_q8.wgsl), in float32 as the kernel computes
-    it: blocks of 32 along the last axis, d = max|x| / 127, q = round(x * (1 / d)) with ties to even.
-    Returns (q as int8 [..., cols], d [..., cols / 32], near_tie): near_tie marks the values within 1e-4 of
-    a rounding boundary, where the GPU's division (WGSL allows 2.5 ulp) may round the other way."""
-    x = np.asarray(x, np.float32)
-    blocks = x.reshape(*x.shape[:-1], -1, 32)
-    d = (np.abs(blocks).max(axis=-1) / np.float32(127)).astype(np.float32)
-    with np.errstate(divide="ignore"):
-        inv = np.where(d > 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
-    scaled = blocks * inv[..., None]
-    q = np.round(scaled).astype(np.int8)
-    near_tie = np.abs(np.abs(scaled - np.trunc(scaled)) - 0.5) < 1e-4
-    return q.reshape(x.shape), d, near_tie.reshape(x.shape)
-
-
-def matvec_q8(w: np.ndarray, x: np.ndarray, out0=None, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """(out, bound): the q8 activation matvec's result in float64 (w dequantised, x as d * q) and a bound on
-    the kernel's error: matmul_tolerance over that x, plus d * |w| for every activation at a near tie."""
-    q, d, near_tie = quantize_q8(x)
-    xq = (q.reshape(*q.shape[:-1], -1, 32).astype(np.float64) * d[..., None]).reshape(q.shape)
-    out = matmul(w, xq, out0, scale)
-    ties = (near_tie.reshape(*q.shape[:-1], -1, 32) * d[..., None]).reshape(q.shape).astype(np.float64)
-    bound = 2 * matmul_tolerance(w, xq, out0, scale) + abs(scale) * (ties @ np.abs(np.asarray(w, np.float64)).T)
-    return out, bound

@@ -106,7 +106,6 @@ async def bench_one(dev, qt: str, rows: int, cols: int, reps: int, stream_mb: fl
         await best(g, 1)
     results = []
     for shape in sweep:
-        shape = None if shape == "default" else shape
         _mm.MATVEC_SHAPE_OVERRIDE = None if shape is None else tuple(int(v) for v in shape.split("x"))
         e1, t1 = await best(await graph(n))
         e2, t2 = await best(await graph(2 * n))
@@ -150,8 +149,6 @@ async def main() -> None:
     ap.add_argument("--warmup-s", type=float, default=WARMUP_S, help="heavy load before each timing (0: none)")
     ap.add_argument("--tokens", type=int, default=1, help="tokens per call: more than 1 times the tiled (prefill) kernel")
     ap.add_argument("--lib-suffix", default="", help="experiments: use shaders/quant/<type><suffix>.wgsl")
-    ap.add_argument("--activations", default="default",
-                    help="comma-separated: default, f32, q8 (the matvec's activation path, ops.matmul.MATVEC_Q8)")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args()
     shapes = SHAPES if args.shapes is None else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
@@ -177,11 +174,7 @@ async def main() -> None:
             if (rows, cols) == HEAD and qt not in args.head_types.split(","):
                 continue
             sweep = (None,) if args.sweep is None else args.sweep.split(",")
-            for act in args.activations.split(","):
-                _mm.MATVEC_Q8 = {"default": None, "f32": False, "q8": True}[act]
-                for r in await bench_one(dev, qt, rows, cols, args.reps, args.stream_mb, rng, sweep, args.tokens):
-                    results.append({**r, "activations": act})
-                _mm.MATVEC_Q8 = None
+            results += await bench_one(dev, qt, rows, cols, args.reps, args.stream_mb, rng, sweep, args.tokens)
     report = {
         "device": dev.info,
         "features": sorted(dev.features),

@@ -61,4 +61,3 @@ fn i8x4(w: u32) -> vec4<f32> {
 }
 
 const NIB: u32 = 0x0F0F0F0Fu;  // the low nibble of each byte
-const ONES8: u32 = 0x01010101u;  // four bytes of 1: dot4I8Packed(ONES8, x) sums x's four bytes

@@ -25,22 +25,6 @@ fn unit_dot(b: u32, u: u32, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec
        + m.y * (dot(u8x4((q0 >> 4u) & NIB), x2) + dot(u8x4((q1 >> 4u) & NIB), x3)) - m.w * (xs.z + xs.w);
 }
 
-// unit_dot over the activation quantised to bytes (matvec_units_q8.wgsl): x0..x3 the runs' quants, dx their
-// blocks' scales. sum (a q - m) x = dx (a sum q qx - m sum qx) per sub-block, the sums by dot4I8Packed (the
-// nibbles are bytes 0..15, the same as signed).
-fn unit_dot_q8(b: u32, u: u32, x0: u32, x1: u32, x2: u32, x3: u32, dx: vec4<f32>) -> f32 {
-  let g = u >> 2u;
-  let i = (b >> 2u) + 4u + 8u * g + 2u * (u & 3u);
-  let q0 = W[i];
-  let q1 = W[i + 1u];
-  let m = k_scale_min2(b, g);
-  let lo = f32(dot4I8Packed(q0 & NIB, x0) + dot4I8Packed(q1 & NIB, x1));
-  let hi = f32(dot4I8Packed((q0 >> 4u) & NIB, x2) + dot4I8Packed((q1 >> 4u) & NIB, x3));
-  let slo = f32(dot4I8Packed(ONES8, x0) + dot4I8Packed(ONES8, x1));
-  let shi = f32(dot4I8Packed(ONES8, x2) + dot4I8Packed(ONES8, x3));
-  return dx.x * (m.x * lo - m.z * slo) + dx.z * (m.y * hi - m.w * shi);
-}
-
 // Run r: sub-block j = r / 8 (group j / 2, nibble j % 2), bytes 4 (r % 8) .. +3 of the group.
 fn run_deq(b: u32, r: u32) -> vec4<f32> {
   let j = r >> 3u;

@@ -35,29 +35,6 @@ fn unit_dot(b: u32, u: u32, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec
   return sc.x * d0 + sc.z * d1 + sc.y * d2 + sc.w * d3;
 }
 
-// unit_dot over the activation quantised to bytes (matvec_units_q8.wgsl): x0..x3 the runs' quants, dx their
-// blocks' scales (each run of a unit lies in a block of its own). The quants minus 32 are signed bytes.
-fn unit_dot_q8(b: u32, u: u32, x0: u32, x1: u32, x2: u32, x3: u32, dx: vec4<f32>) -> f32 {
-  let n = u >> 3u;
-  let l = 4u * (u & 7u);
-  let qa = ldw(b + 64u * n + l);
-  let qb = ldw(b + 64u * n + 32u + l);
-  let qh = ldw(b + 128u + 32u * n + l);
-  let s = ldw2(b + 192u + 8u * n) >> vec2<u32>(8u * (l >> 4u));
-  let sc = i8x4((s.x & 0x00FF00FFu) | ((s.y & 0x00FF00FFu) << 8u)) * f16_at(b + 208u);
-  let d0 = f32(dot4I8Packed(minus32((qa & NIB) | ((qh & BITS2) << 4u)), x0));
-  let d1 = f32(dot4I8Packed(minus32((qb & NIB) | (((qh >> 2u) & BITS2) << 4u)), x1));
-  let d2 = f32(dot4I8Packed(minus32(((qa >> 4u) & NIB) | (((qh >> 4u) & BITS2) << 4u)), x2));
-  let d3 = f32(dot4I8Packed(minus32(((qb >> 4u) & NIB) | (((qh >> 6u) & BITS2) << 4u)), x3));
-  return (sc.x * dx.x) * d0 + (sc.z * dx.y) * d1 + (sc.y * dx.z) * d2 + (sc.w * dx.w) * d3;
-}
-
-// Each byte q (0..63) of w as q - 32 in two's complement: setting bit 7 and subtracting 32 cannot borrow
-// from the next byte (q + 96 >= 0), and flipping bit 7 back takes the 128 away again, modulo 256.
-fn minus32(w: u32) -> u32 {
-  return ((w | 0x80808080u) - 0x20202020u) ^ 0x80808080u;
-}
-
 fn run_deq(b: u32, r: u32) -> vec4<f32> {
   let n = r >> 5u;
   let k = (r >> 3u) & 3u;

@@ -16,13 +16,6 @@ fn unit_dot(b: u32, u: u32, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec
   return f16_at(b) * (dot(i8x4(q.x), x0) + dot(i8x4(q.y), x1));
 }
 
-// unit_dot over the activation quantised to bytes (matvec_units_q8.wgsl): both runs lie in one block of x,
-// so the unit is one scale times an integer dot product.
-fn unit_dot_q8(b: u32, u: u32, x0: u32, x1: u32, x2: u32, x3: u32, dx: vec4<f32>) -> f32 {
-  let q = ldw2(b + 2u + 8u * u);
-  return (f16_at(b) * dx.x) * f32(dot4I8Packed(q.x, x0) + dot4I8Packed(q.y, x1));
-}
-
 fn run_deq(b: u32, r: u32) -> vec4<f32> {
   return f16_at(b) * i8x4(ldw(b + 2u + 4u * r));
 }

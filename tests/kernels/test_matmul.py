@@ -45,12 +45,9 @@ async def _check(device, qt, rows, cols, n_tokens, seed, accumulate=False, scale
     await device.run(g)
     got = await device.read(out)
     wd = ref.dequantize(raw, qt, cols)
-    mm = sys.modules["rullama_py.ops.matmul"]
-    if n_tokens == 1 and mm._use_q8(device, mm.qtype(w), rows, cols, mm._matvec_shape(cols, rows, mm.qtype(w))[0]):
-        want, tol = ref.matvec_q8(wd, x, out0, scale)  # tall weights take the q8 activation path
-    else:
-        want, tol = ref.matmul(wd, x, out0, scale), ref.matmul_tolerance(wd, x, out0, scale)
+    want = ref.matmul(wd, x, out0, scale)
     err = np.abs(got - want)
+    tol = ref.matmul_tolerance(wd, x, out0, scale)
     assert np.all(err <= tol), f"{qt}: max error {err.max():.3g}, worst error/bound {(err / tol).max():.3g}"
     return w
 
@@ -124,8 +121,7 @@ async def test_matvec_wrapped_grid(device):
 
 
 async def test_matvec_head_shape(device):
-    """The heuristic's choice for very tall weights (the q8 activation path, 4 rows per group of 32 lanes),
-    on a split weight."""
+    """The heuristic's choice for very tall weights (4 rows per group of 32 lanes), on a split weight."""
     await _check(device, "q6_k", rows=32771, cols=256, n_tokens=1, seed=10,
                  max_binding=ref.row_bytes("q6_k", 256) * 12000)
 
@@ -324,107 +320,3 @@ async def test_matmul_split_k(device, qt, cols, splits, n_run, acc):
     keep = np.ones_like(got, bool)
     keep[:n_run, off:off + rows] = False
     assert (got[keep] == out0[keep]).all()
-
-
-# ---- the q8 activation path (matvec_units_q8.wgsl): the matvec over x quantised to bytes per workgroup -------
-
-def _q8_activation(rng, cols):
-    """An activation with the cases the quantiser must get right: a block of zeros (d = 0), a block with one
-    large value (the rest round to a few levels), and a block of exact ties (x / d = k + 1/2)."""
-    x = rng.standard_normal(cols).astype(np.float32)
-    x[32:64] = 0.0
-    x[64:96] *= 0.01
-    x[70] = 40.0
-    x[96:127] = np.arange(31) - 14.5  # with x[127] = 127, d = 1: every other value is a tie
-    x[127] = 127.0
-    return x
-
-
-def _ran_q8(dev) -> bool:
-    return any("matvec_units_q8" in key[1] for key in dev._kernels)
-
-
-@pytest.mark.parametrize("qt", ["q4_k", "q6_k", "q8_0"])
-@pytest.mark.parametrize("wg,r,lpr", [(64, 1, 64), (128, 4, 32), (128, 2, 32), (32, 1, 4)])
-async def test_matvec_q8(device, device_fallback, qt, wg, r, lpr):
-    """ops.matmul.MATVEC_Q8 on: against reference_quant.matvec_q8 (x quantised as the kernel does it, then
-    float64), with scale, and accumulate for 2 rows a group; every workgroup shape the host may pick, with
-    and without subgroups; 67 rows leave the last workgroup part-empty."""
-    mm = sys.modules["rullama_py.ops.matmul"]
-    rows, cols, scale = 67, 1024, 0.5
-    rng = np.random.default_rng(70 + r)
-    raw = ref.random_weight(qt, rows, cols, rng)
-    wd = ref.dequantize(raw, qt, cols)
-    x = _q8_activation(rng, cols)[None]
-    out0 = rng.standard_normal((1, rows)).astype(np.float32) if r == 2 else None
-    want, bound = ref.matvec_q8(wd, x, out0, scale)
-    mm.MATVEC_Q8, mm.MATVEC_SHAPE_OVERRIDE = True, (wg, r, lpr)
-    try:
-        for dev in (device, device_fallback):
-            w = _upload_weight(dev, qt, raw, rows, cols)
-            out = dev.upload(out0) if out0 is not None else dev.tensor((1, rows))
-            g = dev.graph()
-            await ops.matmul(g, w, dev.upload(x), out, n_tokens=1, accumulate=out0 is not None, scale=scale)
-            await dev.run(g)
-            got = await dev.read(out)
-            assert _ran_q8(dev)
-            err = np.abs(got - want)
-            assert np.all(err <= bound), f"{qt}: max error {err.max():.3g}, worst error/bound {(err / bound).max():.3g}"
-    finally:
-        mm.MATVEC_Q8, mm.MATVEC_SHAPE_OVERRIDE = None, None
-
-
-@pytest.mark.parametrize("qt", ["q4_k", "q6_k", "q8_0"])
-async def test_matvec_q8_epilogues(device, device_fallback, qt):
-    """The q8 path under the GeGLU epilogue (one [gate; up] weight, a weight in parts) and the gated input
-    (matvec_gelu_gate): the epilogues see the q8 sums."""
-    mm = sys.modules["rullama_py.ops.matmul"]
-    F, cols, off = 37, 512, 3
-    rng = np.random.default_rng(80)
-    raw = ref.random_weight(qt, 2 * F, cols, rng)
-    wd = ref.dequantize(raw, qt, cols)
-    x = (_q8_activation(rng, cols) * 0.1)[None]
-    y, tol = ref.matvec_q8(wd, x)
-    want = _gelu(y[:, :F]) * y[:, F:]
-    bound = _gated_tolerance(y[:, :F], tol[:, :F], y[:, F:], tol[:, F:])
-    p = rng.standard_normal(off + F).astype(np.float32)
-    want_gate = _gelu(y[0, :F]) * p[off:]
-    bound_gate = _gated_tolerance(y[0, :F], tol[0, :F], p[off:].astype(np.float64), 0.0)
-    mm.MATVEC_Q8 = True
-    try:
-        for dev in (device, device_fallback):
-            for max_binding in (None, ref.row_bytes(qt, cols) * 40):
-                w = _upload_weight(dev, qt, raw, 2 * F, cols, max_binding)
-                out = dev.tensor((1, F))
-                g = dev.graph()
-                await ops.matmul_geglu(g, w, dev.upload(x), out, n_tokens=1, scratch=dev.tensor((1, 2 * F)))
-                await dev.run(g)
-                got = await dev.read(out)
-                assert np.all(np.abs(got - want) <= bound), (max_binding, np.abs(got - want).max())
-            w = _upload_weight(dev, qt, raw[:F], F, cols)
-            out = dev.tensor((1, F))
-            g = dev.graph()
-            await ops.matvec_gelu_gate(g, w, dev.upload(x), dev.upload(p), out, gate_offset=off)
-            await dev.run(g)
-            got = (await dev.read(out))[0]
-            assert np.all(np.abs(got - want_gate) <= bound_gate), np.abs(got - want_gate).max()
-            assert _ran_q8(dev)
-    finally:
-        mm.MATVEC_Q8 = None
-
-
-async def test_matvec_q8_needs_workgroup_memory(device):
-    """A row too long for its quantised activation to fit in workgroup memory (16 KiB here: 16384 columns
-    take 18 KiB) takes the f32 path, even with the q8 path forced on, and is right."""
-    mm = sys.modules["rullama_py.ops.matmul"]
-    saved = device.limits["max-compute-workgroup-storage-size"]
-    device.limits["max-compute-workgroup-storage-size"] = 16384
-    mm.MATVEC_Q8 = True
-    try:
-        assert not mm._use_q8(device, "q4_k", 8, 16384, 256)
-        assert mm._use_q8(device, "q4_k", 8, 12288, 128)
-        assert not mm._use_q8(device, "q5_0", 8, 1024, 128)  # no unit_dot_q8 for this type
-        await _check(device, "q4_k", rows=5, cols=16384, n_tokens=1, seed=90)
-    finally:
-        mm.MATVEC_Q8 = None
-        device.limits["max-compute-workgroup-storage-size"] = saved

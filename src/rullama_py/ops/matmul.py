@@ -100,32 +100,6 @@ def _matvec_shape(cols: int, rows: int, qt: str) -> tuple[int, int, int]:
     return wg, 4, min(wg, 32)
 
 
-# Weight types whose quant/<type>.wgsl has unit_dot_q8: their decode products can run over the activation
-# quantised to bytes (shaders/matvec_units_q8.wgsl).
-Q8_TYPES = ("q4_k", "q6_k", "q8_0")
-# True / False forces the q8 activation path on / off for every product that can take it (tests, benchmarks);
-# None lets _use_q8 decide.
-MATVEC_Q8: bool | None = None
-
-
-def _use_q8(device, qt: str, rows: int, cols: int, wg: int) -> bool:
-    """Whether a matvec takes the q8 activation path (matvec_units_q8.wgsl): a type with unit_dot_q8, and the
-    quantised activation (cols + cols / 8 bytes) beside the kernel's reduction in workgroup memory."""
-    if qt not in Q8_TYPES or MATVEC_Q8 is False:
-        return False
-    red = 16 * (-(-wg // 4) if device.has_subgroups else wg)
-    if cols + cols // 8 + red > device.limits["max-compute-workgroup-storage-size"]:
-        return False
-    # Measured on an H200 (docs/bench/2026-12-03-matvec-q8-h200.json): with 4 row groups of 4 rows a workgroup,
-    # so that 16 rows share the workgroup's quantised activation, tall weights of short rows gain 10-20 %
-    # (E2B's 12288- and 24576-row gate_up, the 262144-row head); the quantising prologue costs more than it
-    # saves on shorter weights and longer rows (1536 x 6144 and 1536 x 12288: 30-40 % slower).
-    return True if MATVEC_Q8 else rows >= 8192 and cols <= 2048
-
-
-
-
-
 # (RPT, TPT) forced for every tiled matmul, or None: for tools/bench_vision.py and the tests only.
 MATMUL_BLOCK_OVERRIDE: tuple | None = None
 
@@ -250,9 +224,6 @@ async def _matvec(g: Graph, w: Tensor, x: Tensor, out: Tensor, *, out_offset: in
     rb = row_bytes(qt, cols)
     for buf, first, n in w.parts:
         wg, r, lpr = _matvec_shape(cols, rows, qt)
-        q8 = _use_q8(g.device, qt, rows, cols, wg)
-        if q8 and MATVEC_SHAPE_OVERRIDE is None:
-            wg, r, lpr = 128, 4, 32  # 4 row groups of 4 rows share the quantised activation
         if epi == 1:  # one gate row and its up row per row group
             r = 2
         elif epi == 2:
@@ -261,8 +232,7 @@ async def _matvec(g: Graph, w: Tensor, x: Tensor, out: Tensor, *, out_offset: in
         assert r in (1, 2, 4) and wg & (wg - 1) == 0 and lpr & (lpr - 1) == 0 and 4 <= lpr <= wg, (wg, r, lpr)
         stored = (n // 2, 1) if epi == 1 else (n, r)  # (rows stored, rows stored per row group)
         grid = _grid(-(-stored[0] // (stored[1] * wg // lpr)))
-        units = "matvec_units_q8" if q8 else "matvec_units"
-        k = await g.device.kernel("matvec", libs=_libs(qt) + (units, "matvec_lib"), ROWS=n,
+        k = await g.device.kernel("matvec", libs=_libs(qt) + ("matvec_units", "matvec_lib"), ROWS=n,
                                   ROW0=first + out_offset, COLS=cols, ROW_BYTES=rb, R=r, WG=wg, LPR=lpr,
                                   GRID_X=grid[0], ACC=acc, SCALE=float(scale), EPI=epi, P_OFF=p_offset)
         g.add(k, [buf, x, out, p if p is not None else x], grid)
