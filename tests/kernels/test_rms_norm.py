@@ -82,3 +82,13 @@ async def test_rms_norm_then_norm(device, device_fallback, n, scale):
         await dev.run(g)
         np.testing.assert_allclose(await dev.read(out), want, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(await dev.read(out2), reference.rms_norm(want, w2, 1e-6), rtol=1e-5, atol=1e-5)
+
+
+async def test_rms_norm_rows_of_whole_vec4s(device):
+    """The kernel reads rows as vec4s: a row length that is not a multiple of 4 is refused with a sentence
+    that says so, before anything is recorded."""
+    g = device.graph()
+    x = device.tensor((2, 6))
+    with pytest.raises(ValueError, match="multiple of 4"):
+        await ops.rms_norm(g, x, None, device.tensor((2, 6)), n=6, eps=1e-6)
+    assert len(g) == 0

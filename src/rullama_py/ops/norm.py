@@ -20,13 +20,16 @@ async def rms_norm(g: Graph, x: Tensor, w: Tensor | None, out: Tensor, *, n: int
     rows = _rows(x, n)
     limit = g.device.limits["max-compute-workgroups-per-dimension"]
     grid = (rows, 1) if rows <= limit else (limit, -(-rows // limit))
-    # One workgroup per row; short rows (per-head norms of 64 or fewer) take one lane per element. Each lane
-    # keeps its ceil(n / wg) elements in registers (at most 32: rows of up to 8192).
-    wg = 64 if n <= 64 else WG
+    # One workgroup per row, whose lanes each keep ceil(n / 4 / wg) vec4s in registers (at most 8: rows of up
+    # to 8192). About 4 vec4s a lane (1,536 values: 128 lanes of 3) measured fastest for a single row on an
+    # H200; short rows (per-head norms) take at least 32 lanes.
+    if n % 4:
+        raise ValueError(f"rms_norm: rows of {n} values; the kernel reads rows of whole vec4s (a multiple of 4)")
+    wg = min(WG, max(32, 1 << max(0, (-(-n // 16) - 1).bit_length())))
     if n > 32 * wg:
         raise ValueError(f"rms_norm: rows of {n} values; the kernel holds at most {32 * wg}")
     k = await g.device.kernel("rms_norm", libs=("workgroup_sum",), entry="main" if then is None else "then_norm",
-                              N=n, NPT=-(-n // wg), EPS=eps,
+                              N=n, VPL=-(-n // (4 * wg)), EPS=eps,
                               HAS_WEIGHT=w is not None, ADD_ONE=add_one, ACCUMULATE=accumulate,
                               HAS_SCALE=scale is not None, WG=wg,
                               GRID_X=grid[0] if grid[1] > 1 else 0, ROWS=rows if grid[1] > 1 else 0)
