@@ -697,20 +697,17 @@ def test_speech_errors_are_sentences():
     assert e["kind"] == "device-lost"
 
 
-def _kokoro_file() -> Path:
+async def test_kokoro_beside_the_chat_model_on_one_device():
+    """A Kokoro file loads on the chat model's device with its own progress phases, and speaks: a sentence with
+    a duration per token and sound. On the tiny Kokoro (the real model's kernels and file layout at small
+    widths): the real F16 file takes minutes a sentence on lavapipe, and the page's speech test
+    (test_browser.py::test_speech_read_aloud_equals_the_native_speaker) loads and speaks it through the same
+    worker call."""
     from conftest import require
     from rullama_py import assets
 
-    path = assets.kokoro_model_path()
-    require(None if path.is_file() else f"{path} is missing (run tools/setup.sh)", "the speech tests on the real Kokoro")
-    return path
-
-
-async def test_the_real_kokoro_beside_the_chat_model_on_one_device():
-    """The real Kokoro F16 file loads on the chat model's device with its own progress phases, and speaks: a
-    sentence with a duration per token and sound. (It takes minutes a sentence on lavapipe, so it speaks once;
-    loading the chat model again beside it is the next test's, on the tiny Kokoro.)"""
-    kokoro = _kokoro_file()
+    kokoro = assets.kokoro_tiny_path()
+    require(None if kokoro.is_file() else f"the tiny Kokoro {kokoro} is not built (tools/setup.sh)", "the speech tests")
     rec = SpeechRecorder()
     app, _ = await _load(rec)
     n = len(rec.events)
