@@ -2,7 +2,9 @@
 
 Pytest itself cannot drive async tests inside Pyodide (there is no blocking event loop there), so this small
 collector does what we need of it: import test modules, keep the functions marked `pyodide` (module
-`pytestmark` or decorator), expand `pytest.mark.parametrize`, supply the session fixtures by name, and await
+`pytestmark` or decorator) but not `native_only` (a function or a pytest.param case too heavy for the Pyodide
+run, whose kernels and variants lighter cases already test there), expand `pytest.mark.parametrize`, supply the
+session fixtures by name, and await
 each test. tests/test_in_pyodide.py runs it once in Pyodide (tests/pyodide_node.mjs) and reports one native
 pytest result per test id, so the output shows every kernel test run natively and in Pyodide.
 """
@@ -45,6 +47,8 @@ def _expand(fn):
         cases = []
         for i, v in enumerate(values):
             if hasattr(v, "values") and hasattr(v, "marks"):  # pytest.param(...)
+                if any(m.name == "native_only" for m in v.marks):
+                    continue
                 v = v.values if len(names) > 1 else v.values[0]
             vals = v if len(names) > 1 else (v,)
             label = ids[i] if ids else "-".join(_id(x, n, i) for x, n in zip(vals, names))
@@ -86,6 +90,8 @@ def collect(root: Path = HERE):
             if not name.startswith("test_") or fn.__module__ != mod.__name__:
                 continue
             if not (module_marked or any(m.name == "pyodide" for m in _marks(fn))):
+                continue
+            if any(m.name == "native_only" for m in _marks(fn)):
                 continue
             for suffix, kwargs in _expand(fn):
                 out.append((f"{path.relative_to(root).as_posix()}::{name}{suffix}", fn, kwargs))

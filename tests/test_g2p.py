@@ -196,6 +196,7 @@ def _paste() -> str:
     return (text * 20)[:20000]
 
 
+@pytest.mark.native_only  # the whole Pyodide run's heaviest cases: lighter ones test the same code there
 async def test_split_sentences_long_paste_keeps_all_text_under_the_limit():
     text = _paste()
     assert len(text) == 20000

@@ -473,6 +473,7 @@ async def test_conv_transpose1d_depthwise(device):
     assert got.shape == (33, 67)
 
 
+@pytest.mark.native_only  # the whole Pyodide run's heaviest cases: lighter ones test the same code there
 async def test_conv_transpose1d_kokoro_shapes(device):
     """The generator's upsampling at its real channels: ConvTranspose1d(512, 256, 20, 10, 5) and (256, 128, 12, 6,
     3) + ReflectionPad1d((1, 0)), after LeakyReLU(0.1), over a few frames."""

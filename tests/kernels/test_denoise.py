@@ -436,6 +436,7 @@ async def test_mix_rows(device, qt, cols):
     await _mix(device, qt, 6, 700, cols, seed=1, dispatches=2)
 
 
+@pytest.mark.native_only  # the whole Pyodide run's heaviest cases: lighter ones test the same code there
 async def test_mix_rows_parts_and_splits(device):
     """A Q8_0 table in three parts (each its own dispatch and slices), 64 rows a split; the same product as one
     split written straight to the output (one dispatch); ragged F16 rows of 101."""

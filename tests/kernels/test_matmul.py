@@ -78,7 +78,8 @@ async def test_matmul_ragged_float_rows(device, qt, n_tokens):
     await _check(device, qt, rows=9, cols=101, n_tokens=n_tokens, seed=4)
 
 
-@pytest.mark.parametrize("qt,n_tokens", [("q8_0", 1), ("q8_0", 5), ("q6_k", 1)])
+@pytest.mark.parametrize("qt,n_tokens",
+                         [("q8_0", 1), pytest.param("q8_0", 5, marks=pytest.mark.native_only), ("q6_k", 1)])
 async def test_matmul_split_parts(device, qt, n_tokens):
     """A weight split by rows into parts (odd block strides included), one dispatch per part, each part
     ending mid-workgroup (4100 rows: 4 rows per matvec workgroup)."""

@@ -281,7 +281,7 @@ async def test_grouped_order_free(device):
 # ---- expert weights in parts ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("qt", ["q8_0", "q4_k"])
+@pytest.mark.parametrize("qt", [pytest.param("q8_0", marks=pytest.mark.native_only), "q4_k"])
 async def test_split_experts(device, device_fallback, qt):
     """Expert weights split in 3 or 4 parts by a small binding limit: one dispatch per part, each over the
     experts it holds; the sums of later parts add to the first's. Both kernels, both ops."""

@@ -118,7 +118,7 @@ async def check_cases(device, vocab, full: bool):
     np.testing.assert_array_equal(await both.sampler.history(), drawn[-64:])
 
 
-@pytest.mark.parametrize("vocab", [1000, 10290, REAL_VOCAB])
+@pytest.mark.parametrize("vocab", [1000, 10290, pytest.param(REAL_VOCAB, marks=pytest.mark.native_only)])
 async def test_argmax_matches_reference_and_full_sampler(device, vocab):
     await check_cases(device, vocab, full=True)
 
