@@ -697,17 +697,16 @@ def test_speech_errors_are_sentences():
     assert e["kind"] == "device-lost"
 
 
-async def test_kokoro_beside_the_chat_model_on_one_device():
-    """A Kokoro file loads on the chat model's device with its own progress phases, and speaks: a sentence with
-    a duration per token and sound. On the tiny Kokoro (the real model's kernels and file layout at small
-    widths): the real F16 file takes minutes a sentence on lavapipe, and the page's speech test
-    (test_browser.py::test_speech_read_aloud_equals_the_native_speaker) loads and speaks it through the same
-    worker call."""
+async def test_the_real_kokoro_loads_beside_the_chat_model_on_one_device():
+    """The real Kokoro F16 file loads on the chat model's device, read whole, with its own progress phases and
+    its voices. It is not made to speak here: a sentence takes minutes on lavapipe. Speaking through the same
+    calls is the next test's, on the tiny Kokoro (the real model's kernels, F16, at small widths), and the real
+    weights' output is checked against KModel in tests/test_kokoro.py."""
     from conftest import require
     from rullama_py import assets
 
-    kokoro = assets.kokoro_tiny_path()
-    require(None if kokoro.is_file() else f"the tiny Kokoro {kokoro} is not built (tools/setup.sh)", "the speech tests")
+    kokoro = assets.kokoro_model_path()
+    require(None if kokoro.is_file() else f"{kokoro} is missing (run tools/setup.sh)", "the speech tests on the real Kokoro")
     rec = SpeechRecorder()
     app, _ = await _load(rec)
     n = len(rec.events)
@@ -720,12 +719,6 @@ async def test_kokoro_beside_the_chat_model_on_one_device():
     assert phases[0] == "kokoro-open" and phases[-1] == "kokoro-ready" and "kokoro-weights" in phases
     assert not [e for e, _ in events if e == "progress"]  # the chat model's progress is not touched
     assert r["fetched"] >= r["size"] * 0.9
-
-    out = json.loads(await app.speak("Hi.", "bf_emma", 1.0, 3))
-    assert out["ok"] and out["sentences"] == 1, out
-    [(p, pcm)] = rec.speech()
-    assert p["text"] == "Hi." and len(p["durations"]) == len(_speaker.g2p.tokenize(p["phonemes"], app.speaker.vocab)) + 2 and pcm.size == sum(p["durations"]) * 600
-    assert out["samples"] == pcm.size and np.abs(pcm).max() > 0.01  # sound, not silence
 
 
 async def test_a_chat_model_loaded_again_leaves_speech_as_it_was():
