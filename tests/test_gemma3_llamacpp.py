@@ -5,6 +5,7 @@ llama-cpp-python 0.3.36. The prompt ids come from llama.cpp's tokenizer, so this
 """
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,8 @@ async def _read_prompt(model, case: int) -> np.ndarray:
 TIE_MARGIN = 0.75
 EXACT_CASES = {2}
 # case -> llama.cpp tokens fed back; case 1 runs to 20, where the allowance of one disagreement in ten covers its two
-GREEDY_STEPS = {0: 16, 1: 20, 2: 16}
+# CI runs the exact case only (the float32 oracle's test judges greedy steps near ties); RULLAMA_ORACLE_ALL=1 all.
+GREEDY_STEPS = {0: 16, 1: 20, 2: 16} if os.environ.get("RULLAMA_ORACLE_ALL") == "1" else {2: 16}
 
 
 @pytest.mark.parametrize("case", list(GREEDY_STEPS))

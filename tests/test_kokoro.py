@@ -18,6 +18,7 @@ lavapipe), so one short sentence goes all the way to the waveform and the others
 """
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -92,10 +93,13 @@ async def check_case(model, g, case, *, full: bool):
 
 # Stopped at the decoder: another voice and speed (bm_george at 1.2) than the waveform case (af_heart at 1.0, which
 # checks the same up to the decoder first). The goldens also hold "hello" (the waveform case's text and voice
-# without noise) and "story" (af_bella, speed 0.8, 262 frames), passing at ~1e-6 too: left out of CI for time.
+# without noise) and "story" (af_bella, speed 0.8, 262 frames), passing at ~1e-6 too: left out for time. Since
+# the waveform case checks every stage, this one runs only with RULLAMA_ORACLE_ALL=1 (a minute on lavapipe).
 DECODER_CASES = ("fox",)
 
 
+@pytest.mark.skipif(os.environ.get("RULLAMA_ORACLE_ALL") != "1",
+                    reason="another voice and speed: RULLAMA_ORACLE_ALL=1 (the waveform case checks every stage)")
 async def test_durations_prosody_decoder_match_kmodel(kokoro_f32, goldens):
     g, cases = goldens
     by_name = {c[0]: c for c in cases}

@@ -174,7 +174,7 @@ async def test_group(device):
 # ---- expert products: one token and several ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("n_tokens", [1, 3, 17, 64])
+@pytest.mark.parametrize("n_tokens", [1, pytest.param(3, marks=pytest.mark.native_only), 17, 64])
 @pytest.mark.parametrize("qt", MAIN_TYPES)
 async def test_expert_matmul(device, qt, n_tokens):
     """gate_up-like: x per token. The matrix-vector kernel for one token, the grouped kernel for several (and
@@ -184,7 +184,7 @@ async def test_expert_matmul(device, qt, n_tokens):
         await _check_matmul(device, qt, n_tokens, grouped=False, seed=30)
 
 
-@pytest.mark.parametrize("n_tokens", [1, 3, 17, 64])
+@pytest.mark.parametrize("n_tokens", [1, pytest.param(3, marks=pytest.mark.native_only), 17, 64])
 @pytest.mark.parametrize("qt", MAIN_TYPES)
 async def test_expert_matmul_sum(device, qt, n_tokens):
     """The down projection with the weighted combine: fused matrix-vector sums for one token, grouped kernel +
