@@ -12,19 +12,13 @@ all (every single-row norm of d_model). Prefill chunks keep their norms (their r
 
 from __future__ import annotations
 
+import math
 import sys
 
 import rullama_py.ops as ops
 
 MODES = ("none", "then", "acc", "all")
 _rms_norm = ops.rms_norm
-
-
-def _count(t) -> int:
-    n = 1
-    for s in t.shape:
-        n *= s
-    return n
 
 
 def knock_out(mode: str) -> None:
@@ -35,7 +29,7 @@ def knock_out(mode: str) -> None:
 
     async def rms_norm(g, x, w, out, *, n, eps, add_one=False, accumulate=False, scale=None, then=None):
         kind = "then" if then is not None else "acc" if accumulate else "plain"
-        if _count(x) == n and n >= 1024 and mode in ("all", kind):  # one row of the stream: a decode step
+        if math.prod(x.shape) == n and n >= 1024 and mode in ("all", kind):  # one row of the stream: a decode step
             return
         await _rms_norm(g, x, w, out, n=n, eps=eps, add_one=add_one, accumulate=accumulate, scale=scale,
                         then=then)

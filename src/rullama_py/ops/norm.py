@@ -25,7 +25,9 @@ async def rms_norm(g: Graph, x: Tensor, w: Tensor | None, out: Tensor, *, n: int
     # H200; short rows (per-head norms) take at least 32 lanes.
     if n % 4:
         raise ValueError(f"rms_norm: rows of {n} values; the kernel reads rows of whole vec4s (a multiple of 4)")
-    wg = min(WG, max(32, 1 << max(0, (-(-n // 16) - 1).bit_length())))
+    wg = 32
+    while wg < WG and 4 * 4 * wg < n:  # the fewest lanes (a power of two) that leave at most 4 vec4s each
+        wg *= 2
     if n > 32 * wg:
         raise ValueError(f"rms_norm: rows of {n} values; the kernel holds at most {32 * wg}")
     k = await g.device.kernel("rms_norm", libs=("workgroup_sum",), entry="main" if then is None else "then_norm",
