@@ -60,26 +60,16 @@ def matmul(w: np.ndarray, x: np.ndarray, out0=None, scale: float = 1.0) -> np.nd
     return y if out0 is None else y + out0
 
 
-def matmul_tolerance(w: np.ndarray, x: np.ndarray, out0=None, scale: float = 1.0, f16_inputs: bool = False) -> np.ndarray:
+def matmul_tolerance(w: np.ndarray, x: np.ndarray, out0=None, scale: float = 1.0) -> np.ndarray:
     """A bound on |kernel - reference| for each output of `matmul`.
 
     The kernel decodes each weight with at most 2 f32 roundings (d*scale, then the multiply-add: relative
     2u, u = 2^-24) and sums K products in f32 in some order; any summation order of K terms errs by at most
     (K - 1) u sum|terms|, and each product adds u. Summed: (K + 3) u * sum_c |w x|, plus u for the scale
-    and the accumulated output. This worst case is rigorous; typical errors are ~sqrt(K) smaller.
-
-    f16_inputs: the cooperative-matrix kernel (shaders/matmul_coop.wgsl) rounds every weight and activation to
-    f16 once more before the f32 sums: a relative 2^-11 each, so 2^-10 (and their product's 2^-22) of |w x|
-    per product, or, below f16's normal range, an absolute 2^-25 on each factor. The matrix units' f32 sums
-    are bounded as above with 2u per addition, since the hardware need not round to nearest."""
+    and the accumulated output. This worst case is rigorous; typical errors are ~sqrt(K) smaller."""
     u = 2.0**-24
     k = w.shape[1]
-    ax, aw = np.abs(np.asarray(x, np.float64)), np.abs(np.asarray(w, np.float64))
-    wx = ax @ aw.T
-    bound = (k + 4) * u * abs(scale) * wx
-    if f16_inputs:
-        bound = 2 * bound + abs(scale) * ((2.0**-10 + 2.0**-22) * wx
-                                          + 2.0**-25 * (ax.sum(1)[:, None] + aw.sum(1)[None, :] + k * 2.0**-25))
+    bound = (k + 4) * u * abs(scale) * (np.abs(np.asarray(x, np.float64)) @ np.abs(np.asarray(w, np.float64)).T)
     if out0 is not None:
         bound = bound + 2 * u * np.abs(out0)
     return bound + 1e-30

@@ -105,14 +105,11 @@ async def bench_one(dev, qt: str, rows: int, cols: int, reps: int, stream_mb: fl
         dev.queue.submit([enc.finish()])
         await best(g, 1)
     results = []
-    # --sweep: matrix-vector shapes (WGxR) for one token; the cooperative-matrix kernel's subgroup grid
-    # (SGRxSGT) for more, on a device that has one.
-    which = "MATVEC_SHAPE_OVERRIDE" if tokens == 1 else "MATMUL_COOP_OVERRIDE"
     for shape in sweep:
-        setattr(_mm, which, None if shape is None else tuple(int(v) for v in shape.split("x")))
+        _mm.MATVEC_SHAPE_OVERRIDE = None if shape is None else tuple(int(v) for v in shape.split("x"))
         e1, t1 = await best(await graph(n))
         e2, t2 = await best(await graph(2 * n))
-        setattr(_mm, which, None)
+        _mm.MATVEC_SHAPE_OVERRIDE = None
         per_call = max(t2 - t1, 1e-12) / n
         r = {
             "type": qt,
@@ -148,8 +145,7 @@ async def main() -> None:
     ap.add_argument("--reps", type=int, default=100, help="calls per timed graph (N; the second has 2N)")
     ap.add_argument("--stream-mb", type=float, default=128.0, help="weight copies cycled to defeat the L2 cache")
     ap.add_argument("--disable", default="", help="features to turn off, e.g. subgroups,shader-f16")
-    ap.add_argument("--sweep", default=None, help="WGxR,WGxR,...: time each matvec shape instead of the default "
-                    "(with --tokens: SGRxSGT,...: each cooperative-matrix subgroup grid)")
+    ap.add_argument("--sweep", default=None, help="WGxR,WGxR,...: time each matvec shape instead of the default")
     ap.add_argument("--warmup-s", type=float, default=WARMUP_S, help="heavy load before each timing (0: none)")
     ap.add_argument("--tokens", type=int, default=1, help="tokens per call: more than 1 times the tiled (prefill) kernel")
     ap.add_argument("--lib-suffix", default="", help="experiments: use shaders/quant/<type><suffix>.wgsl")

@@ -27,9 +27,7 @@ Specialisation. A kernel file uses constants it does not declare; the loader wri
 helpers). Feature variants are whole files: when the device has subgroups, `name.subgroups.wgsl` is preferred
 over `name.wgsl`; likewise `name.f16.wgsl` for shader-f16. Every kernel must have the plain fallback file,
 and the enable directive (`enable f16;` / `enable subgroups;`) is added by the loader when a variant is used.
-Every file may rely on `shaders/common.wgsl`, which is always prepended. A kernel that only runs where a
-feature exists (`matmul_coop.wgsl`: cooperative matrices) writes its own `enable` lines; the loader moves
-them to the head of the module.
+Every file may rely on `shaders/common.wgsl`, which is always prepended.
 """
 
 from __future__ import annotations
@@ -80,8 +78,6 @@ _LIMITS = (
 
 # WebGPU spells the subgroup feature "subgroups"; wgpu-native (wgpu-py 0.32) spells it "subgroup".
 _SUBGROUP_NAMES = ("subgroups", "subgroup")
-# wgpu-native's matrix units (naga's `wgpu_cooperative_matrix`); no browser has a WebGPU equivalent yet.
-COOP_MATRIX = "cooperative-matrix"
 
 STORAGE = api.BufferUsage.STORAGE | api.BufferUsage.COPY_DST | api.BufferUsage.COPY_SRC
 UNIFORM = api.BufferUsage.UNIFORM | api.BufferUsage.COPY_DST
@@ -278,8 +274,6 @@ class Device:
         self.features = features
         self.has_f16 = "shader-f16" in features and "shader-f16" not in disabled
         self.has_subgroups = bool(features & set(_SUBGROUP_NAMES)) and "subgroups" not in disabled
-        # Set by open() after it has checked the subgroup width the cooperative-matrix kernels assume.
-        self.has_coop_matrix = False
         self._kernels: dict = {}
         self._compiling: dict = {}  # key -> the future of a compilation in progress
         self._bind_groups: dict = {}
@@ -293,8 +287,7 @@ class Device:
     @classmethod
     async def open(cls, power_preference: str = "high-performance", disable_features=()) -> "Device":
         """Request an adapter and a device with the adapter's limits and the features we use.
-        `disable_features` (e.g. {"subgroups", "shader-f16"}) forces the fallback kernels, for tests; without
-        shader-f16 or subgroups there are no cooperative-matrix kernels either."""
+        `disable_features` (e.g. {"subgroups", "shader-f16"}) forces the fallback kernels, for tests."""
         try:
             adapter = await _backend.request_adapter(power_preference)
         except Exception as e:  # wgpu-py raises when no Vulkan/Metal/DX12 driver is found
@@ -303,32 +296,16 @@ class Device:
             raise NoAdapterError("no WebGPU adapter (WebGPU disabled or unsupported on this system)")
         have = set(adapter.features)
         disabled = frozenset(disable_features)
-        want = [f for f in ("shader-f16", *_SUBGROUP_NAMES, COOP_MATRIX) if f in have and f not in disabled]
+        want = [f for f in ("shader-f16", *_SUBGROUP_NAMES) if f in have and f not in disabled]
         if "subgroups" in disabled:
             want = [f for f in want if f not in _SUBGROUP_NAMES]
-        if COOP_MATRIX in want and not ("shader-f16" in want and set(want) & set(_SUBGROUP_NAMES)):
-            want.remove(COOP_MATRIX)  # its kernels multiply f16 fragments and need subgroup ids
         alimits = adapter.limits
         limits = {k: int(alimits[k]) for k in _LIMITS if k in alimits}
         try:
             dev = await _backend.request_device(adapter, want, limits)
         except Exception as e:
             raise NoAdapterError(f"the adapter refused a device with features {want}: {e}") from e
-        device = cls(adapter, dev, set(want), limits, disabled)
-        if COOP_MATRIX in want:
-            device.has_coop_matrix = await device._subgroup_width() == 32
-        return device
-
-    async def _subgroup_width(self) -> int:
-        """The subgroup width of a 256-lane kernel, run once: the cooperative-matrix kernels give each 32-lane
-        subgroup its own fragments (shaders/matmul_coop.wgsl), and wgpu-native's adapter info does not say the
-        width. 0 when the lanes of one workgroup disagree."""
-        out = self.tensor((2,), "uint32", "subgroup_width")
-        g = self.graph()
-        g.add(await self.kernel("subgroup_width"), [out], (1, 1, 1))
-        await self.run(g)
-        width, agree = (int(v) for v in await self.read(out))
-        return width if agree else 0
+        return cls(adapter, dev, set(want), limits, disabled)
 
     @property
     def software(self) -> str | None:
@@ -516,9 +493,6 @@ class Device:
         body = []
         for lib in ("common", *libs, name):
             src, en = self._file(lib)
-            lines = src.split("\n")
-            en = en + [ln[len("enable "):-1].strip() for ln in lines if ln.startswith("enable ") and ln.endswith(";")]
-            src = "\n".join(ln for ln in lines if not ln.startswith("enable "))
             enables += [e for e in en if e not in enables]
             body.append(f"// ---- {lib}.wgsl\n{src}")
         # naga (wgpu-py 0.32) rejects `enable subgroups;` as not yet implemented, yet accepts the subgroup

@@ -72,25 +72,6 @@ async def test_specialisation_constants_are_typed(device):
         device.kernel_source("rms_norm", N="640")
 
 
-async def test_enable_lines_go_to_the_head(device):
-    """A kernel's own `enable` lines (matmul_coop.wgsl's f16 and cooperative matrices) are moved in front of
-    the constants and common.wgsl, where WGSL requires them, once each."""
-    src = device.kernel_source("matmul_coop", libs=("quant/bytes", "quant/f32"), SGR=4, SGT=2)
-    head = src[: src.index("const ")]
-    assert "enable f16;" in head and "enable wgpu_cooperative_matrix;" in head
-    assert src.count("enable f16;") == 1 and "\nenable " not in src[src.index("const "):]
-
-
-async def test_subgroup_width(device):
-    """The probe Device.open runs where the device has cooperative matrices: one 256-lane workgroup reports its
-    subgroup width (a power of two dividing 256; 0 if its lanes disagreed). has_coop_matrix needs 32."""
-    if not device.has_subgroups:
-        pytest.skip("the probe reads subgroup builtins")
-    width = await device._subgroup_width()
-    assert width in (4, 8, 16, 32, 64, 128), width
-    assert not device.has_coop_matrix or width == 32
-
-
 async def test_kernel_cache_reuses_pipelines(device):
     x = device.upload(np.ones((2, 48), np.float32))
     y = device.tensor((2, 48))

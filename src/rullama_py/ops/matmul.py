@@ -126,25 +126,6 @@ def _matmul_block(device, rows: int, n_tokens: int) -> tuple[int, int, int]:
     return rpt, tpt, tk
 
 
-# (SGR, SGT) forced for every cooperative-matrix product, or None: for benchmarks and tests.
-MATMUL_COOP_OVERRIDE: tuple | None = None
-_COOP_TK = 32
-
-
-def _coop_shape(device, n_tokens: int) -> tuple[int, int] | None:
-    """(SGR, SGT) of shaders/matmul_coop.wgsl (subgroups along rows and tokens, 32 x 32 outputs each), or None
-    where the f32 tile kernel runs: devices without cooperative matrices (every browser today), and whenever a
-    test or benchmark forces the f32 kernel's register blocks (MATMUL_BLOCK_OVERRIDE)."""
-    if not device.has_coop_matrix or MATMUL_BLOCK_OVERRIDE is not None:
-        return None
-    sgr, sgt = MATMUL_COOP_OVERRIDE or (4, 2)
-    tm, tn = 32 * sgr, 32 * sgt
-    need = (tm + tn) * (_COOP_TK + 8) * 2 + sgr * sgt * 256 * 4  # f16 tiles and the f32 epilogue fragments
-    if need > device.limits.get("max-compute-workgroup-storage-size", 16384):
-        return None
-    return sgr, sgt
-
-
 # Split K (matmul.wgsl KSPLIT, matmul_reduce.wgsl). Forced for every tiled product with a Step, or None: tests.
 MATMUL_KSPLIT_OVERRIDE: int | None = None
 _SPLIT_TARGET = 512  # workgroups to aim for: several per multiprocessor on a GPU of a hundred
@@ -263,28 +244,22 @@ async def _matmul_tiled(g: Graph, w: Tensor, x: Tensor, out: Tensor, *, n_tokens
     qt = qtype(w)
     rb = row_bytes(qt, cols)
     for buf, first, n in w.parts:
-        coop = _coop_shape(g.device, n_tokens)
-        if coop is not None:  # the matrix units: 32 x 32 outputs per subgroup (shaders/matmul_coop.wgsl)
-            name, (rpt, tpt), tk = "matmul_coop", (2 * coop[0], 2 * coop[1]), _COOP_TK
-            shape = {"SGR": coop[0], "SGT": coop[1]}
-        else:
-            name, (rpt, tpt, tk) = "matmul", _matmul_block(g.device, n, n_tokens)
-            shape = {"RPT": rpt, "TPT": tpt, "TK": tk}
+        rpt, tpt, tk = _matmul_block(g.device, n, n_tokens)
         grid = (-(-n // (16 * rpt)), -(-n_tokens // (16 * tpt)))
         splits = 1 if step is None else _k_splits(g.device, n, n_tokens, cols, rpt, tpt, tk)
         kc = -(-(-(-cols // tk)) // splits) * tk  # columns per split, whole k-steps
         splits = -(-cols // kc)
         if splits == 1:
-            k = await g.device.kernel(name, libs=_libs(qt), entry="main" if step is None else "run", ROWS=n,
+            k = await g.device.kernel("matmul", libs=_libs(qt), entry="main" if step is None else "run", ROWS=n,
                                       ROW0=first + out_offset, COLS=cols, ROW_BYTES=rb, N_TOK=n_tokens,
-                                      OUT_STRIDE=out_stride, ACC=acc, SCALE=float(scale), **shape,
+                                      OUT_STRIDE=out_stride, ACC=acc, SCALE=float(scale), RPT=rpt, TPT=tpt, TK=tk,
                                       KSPLIT=1, KC=kc, SPLIT_STRIDE=0)
             g.add(k, [buf, x, out] if step is None else [buf, x, out, step], grid)
             continue
         # Each split's partial sums go to the scratch, then matmul_reduce adds them into out.
         scratch = _scratch(g.device)
-        k = await g.device.kernel(name, libs=_libs(qt), entry="run", ROWS=n, ROW0=0, COLS=cols, ROW_BYTES=rb,
-                                  N_TOK=n_tokens, OUT_STRIDE=n, ACC=False, SCALE=1.0, **shape,
+        k = await g.device.kernel("matmul", libs=_libs(qt), entry="run", ROWS=n, ROW0=0, COLS=cols, ROW_BYTES=rb,
+                                  N_TOK=n_tokens, OUT_STRIDE=n, ACC=False, SCALE=1.0, RPT=rpt, TPT=tpt, TK=tk,
                                   KSPLIT=splits, KC=kc, SPLIT_STRIDE=n_tokens * n)
         g.add(k, [buf, x, scratch, step], (*grid, splits))
         red = _grid(-(-(n * n_tokens) // 256))
