@@ -1,7 +1,7 @@
 """Engine decode paths: the sampler's greedy fast path against the full sampler, and decoding a step ahead
 (Engine.decode_ahead) against the plain loop, on the tiny Gemma 4 fixtures. The 26B-A4B layout (moe_f32) has
 no per-layer embeddings, so it decodes ahead; E2B (e2b_f32) reads a per-layer-embedding row on the host per
-token and keeps the plain loop.
+token and keeps the plain loop, unless it is loaded with its table on the GPU (ple_on_gpu).
 
 Every comparison is exact: the same kernels run in the same order on the same inputs whichever path is taken
 (the fast path's argmax picks what the full sampler picks, see tests/kernels/test_sample_argmax.py), so tokens,
@@ -24,9 +24,9 @@ PENALISED = SamplerParams(temperature=0.9, top_k=40, top_p=0.95, repetition_pena
 PENALISED_GREEDY = SamplerParams(temperature=0.0, repetition_penalty=1.8, repetition_last_n=8)
 
 
-def _load(device, name):
+def _load(device, name, **kwargs):
     return Engine.load(str(FIX / f"gemma4_tiny_{name}.gguf"), device=device, max_context=48, prefill_chunk=8,
-                       params=GREEDY)
+                       params=GREEDY, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,13 @@ def e2b(device):
 
 
 @pytest.fixture(scope="module")
+def e2b_gpu(device):
+    from conftest import run
+
+    return run(_load(device, "e2b_f32", ple_on_gpu=True))
+
+
+@pytest.fixture(scope="module")
 def engines(moe, e2b):
     return {"moe": moe, "e2b": e2b}
 
@@ -51,7 +58,7 @@ def engines(moe, e2b):
 def fresh(eng, *, fast=True, ahead=None):
     """The engine as loaded, whatever an earlier test switched: paths, parameters, an empty context."""
     eng.greedy_fast_path = fast
-    eng.decode_ahead = eng.config.ple_dim == 0 if ahead is None else ahead
+    eng.decode_ahead = (eng.config.ple_dim == 0 or eng.model.ple_table is not None) if ahead is None else ahead
     eng.set_params(GREEDY)
     eng.reset()
     return eng
@@ -151,6 +158,27 @@ async def test_params_switch_mid_generation(name, engines):
 
 
 # -- decoding ahead -------------------------------------------------------------------------------------------
+async def test_ple_on_gpu_decodes_ahead_with_the_same_tokens(e2b, e2b_gpu):
+    """E2B with its per-layer-embedding table on the GPU decodes ahead by default; with decoding ahead off and
+    on it gives the tokens and the state of the engine that reads each row on the host, exactly (the gathered
+    rows are the host's, bit for bit: test_gemma4_parity), through greedy and penalised sampling."""
+    assert e2b_gpu._decode_ahead and not e2b._decode_ahead  # as loaded
+
+    async def scenario(e):
+        toks = await _ids(e.generate(PROMPT, max_tokens=6, stop_ids=()))
+        toks += [await e.step() for _ in range(4)]
+        e.set_params(PENALISED)
+        toks += [await e.step() for _ in range(5)]
+        return toks
+
+    fresh(e2b)
+    want = (await scenario(e2b), await state(e2b, settle=True))
+    for ahead in (False, True):
+        fresh(e2b_gpu, ahead=ahead)
+        assert (await scenario(e2b_gpu), await state(e2b_gpu, settle=True)) == want
+    assert consistent(want[1]) and len(set(want[0])) >= 3
+
+
 def test_decode_ahead_by_model(moe, e2b):
     fresh(moe), fresh(e2b)
     assert moe.decode_ahead and not e2b.decode_ahead

@@ -19,9 +19,9 @@ NAMES = ["e2b_f32", "e4b_q8_0", "gqa4_f16", "q4_k_m", "moe_f32", "moe_q4_k"]
 ATOL = 0.03
 
 
-async def _load(device, name, chunk):
+async def _load(device, name, chunk, ple_on_gpu=False):
     gf = await GGUFFile.open(FIXTURES / f"gemma4_tiny_{name}.gguf")
-    return await Gemma.load(gf, device, max_context=64, prefill_chunk=chunk)
+    return await Gemma.load(gf, device, max_context=64, prefill_chunk=chunk, ple_on_gpu=ple_on_gpu)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -66,6 +66,37 @@ async def test_prefill_with_split_k(device, name):
     toks, ref = z["tokens"].tolist(), z["logits"]
     got = await m.forward(toks, 0)
     np.testing.assert_allclose(got, ref[len(toks) - 1], atol=ATOL)
+
+
+@pytest.mark.parametrize("name", ["e2b_f32", "e4b_q8_0"])  # an F32 and a BF16 per-layer-embedding table
+async def test_ple_table_on_the_gpu(device, name):
+    """ple_on_gpu: the table is uploaded as it is in the file and the graphs gather its rows (ops.embed, scaled
+    as the host rows are): prefill chunks and step-by-step decode give the goldens' logits, and the gathered
+    identity rows equal the host-read ones bit for bit."""
+    z = np.load(FIXTURES / f"gemma4_tiny_{name}.npz")
+    m = await _load(device, name, chunk=7, ple_on_gpu=True)
+    assert m.ple_table is not None and m.ple_table.shape[0] == m.cfg.vocab_size
+    toks, ref = z["tokens"].tolist(), z["logits"]
+    split = len(toks) - 4
+    np.testing.assert_allclose(await m.forward(toks[:split], 0), ref[split - 1], atol=ATOL)
+    for t in range(split, len(toks)):
+        np.testing.assert_allclose(await m.forward([toks[t]], t), ref[t], atol=ATOL, err_msg=f"position {t}")
+    # The decode run's identity rows before the projection's norm added onto them: gather alone.
+    ids = np.array([toks[-1]], np.uint32)
+    g = device.graph()
+    from rullama_py import ops
+    out = device.tensor((1, m.cfg.n_layers * m.cfg.ple_dim))
+    await ops.embed(g, m.ple_table, device.upload(ids), out, n_tokens=1,
+                    scale=float(np.sqrt(m.cfg.ple_dim) / np.sqrt(2.0)))
+    await device.run(g)
+    np.testing.assert_array_equal(await device.read(out), await m.ple_rows(ids))
+    # Soft tokens (an image's rows) take the pad token's row, which the host writes since the gather skips
+    # their ids: the same logits, bit for bit, as the model that reads every row on the host, across two
+    # prefill chunks.
+    host = await _load(device, name, chunk=7)
+    rows = device.upload(np.random.default_rng(3).standard_normal((5, m.cfg.d_model)).astype(np.float32))
+    soft = [(4, rows, 5)]  # ids 4..8 become soft tokens
+    np.testing.assert_array_equal(await m.forward(toks[:12], 0, soft), await host.forward(toks[:12], 0, soft))
 
 
 @pytest.mark.parametrize("name", ["e2b_f32", "e4b_q8_0"])  # an F32 and a BF16 per-layer-embedding table

@@ -69,6 +69,12 @@ def _image_tokens(text: str) -> int:
     return n
 
 
+def _ple_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ple-on-gpu", action="store_true",
+                   help="Gemma 4 E2B/E4B: keep the per-layer-embedding table on the GPU (4.7 GB on E2B) instead of "
+                        "reading a row from the file per token; decoding then runs a step ahead")
+
+
 def _vision_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mmproj", metavar="PATH|URL",
                    help="a llama.cpp projector GGUF (vision and/or audio tower) for a text-only model (Ollama's "
@@ -416,6 +422,8 @@ async def _load(a, params=None, quiet=False):
         kwargs["text_only"] = True
     if getattr(a, "release_towers", False):
         kwargs["release_towers_after_turn"] = True
+    if getattr(a, "ple_on_gpu", False):
+        kwargs["ple_on_gpu"] = True
     dev = await _device_with_notice()
     if dev is not None:
         kwargs["device"] = dev
@@ -881,6 +889,7 @@ def main(argv=None) -> int:
 
     g = sub.add_parser("generate", help="complete a prompt")
     _model_args(g)
+    _ple_arg(g)
     _sampling_args(g)
     g.add_argument("--prompt", "-p", required=True)
     g.add_argument("--max-tokens", "-n", type=int, default=256)
@@ -895,6 +904,7 @@ def main(argv=None) -> int:
 
     c = sub.add_parser("chat", help="interactive chat (/image PATH attaches an image, /audio PATH a WAV clip)")
     _model_args(c)
+    _ple_arg(c)
     _sampling_args(c)
     _vision_args(c)
     c.add_argument("--system", default="", help="system prompt")
@@ -902,6 +912,7 @@ def main(argv=None) -> int:
 
     b = sub.add_parser("bench", help="prefill/decode tokens per second as JSON")
     _model_args(b)
+    _ple_arg(b)
     b.add_argument("--prompt-tokens", type=int, default=128)
     b.add_argument("--gen-tokens", type=int, default=64)
     b.add_argument("--repeats", type=int, default=3)

@@ -12,7 +12,8 @@ nothing else crosses between host and GPU per token.
 The sampler graph is one of two recorded at load: the full sampler's, or, while the parameters are greedy with
 no repetition penalty, the greedy fast path's plain argmax (the same token; see sampling.py).
 
-Decoding ahead (`Engine.decode_ahead`, models without per-layer embeddings: Gemma 3, and Gemma 4 26B-A4B). The
+Decoding ahead (`Engine.decode_ahead`, models without per-layer embeddings: Gemma 3, and Gemma 4 26B-A4B; and
+Gemma 4 E2B/E4B loaded with `ple_on_gpu`, whose graphs gather the per-layer-embedding rows themselves). The
 next step needs nothing from the host but the Step uniform, so `step()` submits step n + 1 before it waits for
 step n's token, and the GPU goes from one to the next without waiting for the readback and the host's work in
 between. Each submitted step has its own readback buffer; at most two are in flight. When generation stops
@@ -229,7 +230,7 @@ class Engine:
         self._slot = 0  # the readback buffer of the next submitted step
         self._submitted: list[_Submitted] = []  # decode steps submitted and not read back, oldest first
         self._encoded = None  # (slot, sampler graph, command buffer): the next step's, encoded ahead
-        self._decode_ahead = model.cfg.ple_dim == 0
+        self._decode_ahead = model.cfg.ple_dim == 0 or model.ple_table is not None
         self.full_sample_graph = None  # the full sampler, recorded by load()
         self.greedy_sample_graph = None  # the greedy fast path (argmax), recorded by load()
         self.greedy_fast_path = True  # run the argmax graph while the parameters allow it (False: never)
@@ -253,7 +254,7 @@ class Engine:
     @classmethod
     async def load(cls, model, *, mmproj=None, max_context: int = 4096, prefill_chunk: int | None = None,
                    device: Device | None = None, params: SamplerParams | None = None, text_only: bool = False,
-                   release_towers_after_turn: bool = False, progress=None) -> "Engine":
+                   release_towers_after_turn: bool = False, ple_on_gpu: bool = False, progress=None) -> "Engine":
         """Open `model` (see open_model_file), upload its weights and record its graphs. `mmproj` (a path, URL,
         bytes or Source) is a llama.cpp vision projector for a text-only model file; Ollama's Gemma 4 blobs
         carry the tower themselves. Towers are uploaded on the first image, not here.
@@ -261,15 +262,18 @@ class Engine:
         Memory modes, for small devices: `max_context` sizes the KV cache (the one part of the model's memory
         that grows with it); `text_only` never uploads the towers (an image or clip is then refused with a
         sentence that says so; `towers_left_out` names the towers the file has); `release_towers_after_turn`
-        frees the towers when each turn ends (also settable later, as an attribute). `progress(done, total,
-        name)` is called per tensor."""
+        frees the towers when each turn ends (also settable later, as an attribute). For a GPU with memory to
+        spare, `ple_on_gpu` uploads Gemma 4 E2B/E4B's per-layer-embedding table (4.7 GB on E2B) rather than
+        reading a row from the file per token, so that decoding can run a step ahead (see above).
+        `progress(done, total, name)` is called per tensor."""
         gf = await open_model_file(model)
         if gf.metadata.get("general.architecture") == "diffusion-gemma":
             raise DiffusionModelError(f"{gf.source.name} is a diffusion model (DiffusionGemma): it writes a whole "
                                       "canvas at a time; use the diffusion mode (`rullama diffuse`) to run it")
         device = device or await default_device()
         tok = Tokenizer.from_gguf_metadata(gf.metadata)
-        m = await Gemma.load(gf, device, max_context=max_context, prefill_chunk=prefill_chunk, progress=progress)
+        m = await Gemma.load(gf, device, max_context=max_context, prefill_chunk=prefill_chunk, ple_on_gpu=ple_on_gpu,
+                             progress=progress)
         params = params or SamplerParams()
         sampler = await Sampler.create(device, m.cfg.vocab_size, params, max_history=256)
         eng = cls(m, tok, sampler, params)
@@ -333,15 +337,16 @@ class Engine:
     @property
     def decode_ahead(self) -> bool:
         """Whether step() submits the next decode step before reading this one's token (see the module
-        docstring). On by default for models without per-layer embeddings; a Gemma 4 model with them reads each
-        token's row on the host, so it cannot. Turning it off undoes a step decoded ahead."""
+        docstring). On by default for models without per-layer embeddings and for Gemma 4 loaded with ple_on_gpu;
+        a Gemma 4 model that reads each token's row on the host cannot. Turning it off undoes a step decoded
+        ahead."""
         return self._decode_ahead
 
     @decode_ahead.setter
     def decode_ahead(self, on: bool) -> None:
-        if on and self.model.cfg.ple_dim:
+        if on and self.model.cfg.ple_dim and self.model.ple_table is None:
             raise ValueError("this model reads a per-layer-embedding row on the host for every token, so it cannot "
-                             "decode a step ahead")
+                             "decode a step ahead (load it with ple_on_gpu to let it)")
         self.settle()
         self._decode_ahead = bool(on)
 
@@ -409,7 +414,7 @@ class Engine:
             enc = self._encode_step(slot)  # nothing encoded ahead (the first step), or for other parameters
         t1 = clock()
         times["encode"] += t1 - t0
-        if m.cfg.ple_dim:  # never with a step in flight: the token is the pending one
+        if m.cfg.ple_dim and m.ple_table is None:  # never with a step in flight: the token is the pending one
             rows = await m.ple_rows(np.array([self.next_token], np.uint32))
             t2 = clock()
             times["ple_read"] += t2 - t1

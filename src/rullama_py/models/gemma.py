@@ -8,8 +8,10 @@ matrix-matrix kernels). They share the weights, the KV cache and the Step unifor
 
 The Gemma 4 specifics, all driven by the GGUF metadata through config.ModelConfig:
 - per-layer embeddings (PLE): one row of the BF16 `per_layer_token_embd` table per token, read from the file
-  on the host (the table is 4.7 GB on E2B: it never goes to the GPU), mixed with a projection of the
-  embedding, and gated into the residual stream after every layer;
+  on the host (the table is 4.7 GB on E2B), mixed with a projection of the embedding, and gated into the
+  residual stream after every layer. `ple_on_gpu=True` uploads the table instead, for a GPU with the memory
+  to spare: the graphs then gather the rows themselves, so a decode step needs nothing from the host and
+  the engine can submit the next step before reading this one's token (Engine.decode_ahead);
 - KV sharing: the last `shared_kv_layers` layers attend over the cache of an earlier layer (`kv_donor`);
 - the value norm (RMSNorm without weight), `layer_output_scale`, proportional RoPE (`rope_freqs`), and the
   final logit soft-cap.
@@ -88,7 +90,7 @@ class Run:
     capacity: int
     ids: Tensor
     graph: Graph
-    ple: Tensor | None = None  # [capacity, n_layers * ple_dim], host-filled identity part (Gemma 4)
+    ple: Tensor | None = None  # [capacity, n_layers * ple_dim], the identity part (Gemma 4; see write_inputs)
     bufs: dict = field(default_factory=dict)
 
 
@@ -127,17 +129,21 @@ class Gemma:
         # or HTTP round trip, and chat text reuses a small set of tokens, so recent rows are kept.
         self._ple_cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._ple_cache_rows = max(64, PLE_CACHE_BYTES // max(1, 4 * cfg.n_layers * (cfg.ple_dim or 1)))
+        self.ple_table: Tensor | None = None  # the whole table on the GPU (ple_on_gpu), else None
 
     # -- loading -------------------------------------------------------------------------------------------
     @classmethod
     async def load(cls, gf: GGUFFile, device: Device, *, max_context: int = 4096, prefill_chunk: int | None = None,
-                   progress=None) -> "Gemma":
+                   ple_on_gpu: bool = False, progress=None) -> "Gemma":
         """Upload the weights of `gf` and record the decode and prefill graphs. `progress(done_bytes,
-        total_bytes, name)` is called after each tensor."""
+        total_bytes, name)` is called after each tensor. `ple_on_gpu`: upload Gemma 4's per-layer-embedding
+        table too (see the module doc; models without one ignore it)."""
         cfg = ModelConfig.from_metadata(gf.metadata)
         max_context = max(1, min(max_context, cfg.context_length))
         m = cls(cfg, device, gf, max_context, min(prefill_chunk or default_prefill_chunk(device), max_context))
         await m._upload(progress)
+        if ple_on_gpu and cfg.ple_dim:
+            await m._upload_ple_table(progress)
         m._alloc_kv()
         if m.prefill_chunk > 1:
             # Recorded side by side: in the browser, pipelines compile asynchronously on the GPU process's
@@ -284,14 +290,27 @@ class Gemma:
         if c.ple_dim:
             # The PLE identity term is E_ple[t] * sqrt(ple_dim), and the sum with the projected term is scaled
             # by 1/sqrt(2) (gemma4.md 1.2). Fold 1/sqrt(2) into the projection norm's weight, so the graph
-            # computes p = rms_norm(proj) * (w / sqrt 2) + identity, with the host writing the identity
-            # part (E_ple[t] * sqrt(ple_dim) / sqrt 2) into the buffer the norm accumulates into.
+            # computes p = rms_norm(proj) * (w / sqrt 2) + identity, with the identity part (E_ple[t] *
+            # sqrt(ple_dim) / sqrt 2) in the buffer the norm accumulates into: written by the host, or
+            # gathered by the graph when the table is on the GPU.
             norm = await gf.tensor("per_layer_proj_norm.weight")
             w["per_layer_proj_norm.weight"] = dev.upload((norm / math.sqrt(2.0)).astype(np.float32),
                                                          label="per_layer_proj_norm/sqrt2")
             self._ple_info = gf.info("per_layer_token_embd.weight")
             if self._ple_info.type_name not in ("bf16", "f16", "f32"):
                 raise ModelLoadError(f"per_layer_token_embd is {self._ple_info.type_name}; expected bf16, f16 or f32")
+
+    async def _upload_ple_table(self, progress) -> None:
+        """The per-layer-embedding table as it is in the file (BF16 on E2B: 4.7 GB), in parts under the binding
+        limit; the graphs gather and scale its rows (ops.embed). The whole tensor passes through host memory
+        once."""
+        info = self._ple_info
+        raw = await self.gguf.tensor_bytes(info.name)
+        self.ple_table = self.device.upload_rows(raw, info.n_rows, info.row_bytes, (info.n_rows, info.shape[-1]),
+                                                 info.type_name, info.name)
+        del raw
+        if progress is not None:
+            progress(info.nbytes, info.nbytes, info.name)
 
     def _alloc_kv(self) -> None:
         c = self.cfg
@@ -356,6 +375,9 @@ class Gemma:
         if c.ple_dim:
             T = lambda *shape, name: dev.tensor(shape, "float32", f"{name}[{cap}]")  # noqa: E731
             run.ple = T(cap, c.n_layers * c.ple_dim, name="ple")
+            if self.ple_table is not None:  # the identity part, which the projection's norm accumulates onto
+                await ops.embed(g, self.ple_table, run.ids, run.ple, n_tokens=cap,
+                                scale=math.sqrt(c.ple_dim) / math.sqrt(2.0))
             b["ple_proj"] = T(cap, c.n_layers * c.ple_dim, name="ple_proj")
             b["ple_gate"], b["ple_act"] = T(cap, c.ple_dim, name="ple_gate"), T(cap, c.ple_dim, name="ple_act")
             await ops.matmul(g, self.w["per_layer_model_proj.weight"], h, b["ple_proj"], n_tokens=cap,
@@ -511,8 +533,14 @@ class Gemma:
                 copies.append((src.buffer, first * row_bytes, h, row * row_bytes, count * row_bytes))
             self.device.copy(copies)
         self.device.write(run.ids.buffer, arr)
-        if self.cfg.ple_dim:
+        if self.cfg.ple_dim and self.ple_table is None:
             self.device.write(run.ple.buffer, await self.ple_rows(ple_ids))
+        elif self.cfg.ple_dim:
+            # The graph gathers the rows of the ids it is given, and leaves a soft token's row (an id outside
+            # the table) as it is: that row takes the pad token's here.
+            for row, _, _, count in soft:
+                pad = np.repeat(await self.ple_rows(np.zeros(1, np.uint32)), count, axis=0)
+                self.device.write(run.ple.buffer, pad, offset=row * pad.shape[1] * 4)
 
     async def ple_rows(self, ids: np.ndarray) -> np.ndarray:
         """E_ple[ids] * sqrt(ple_dim) / sqrt(2), f32 [len(ids), n_layers * ple_dim], read from the file (recent
