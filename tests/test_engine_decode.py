@@ -179,6 +179,42 @@ async def test_ple_on_gpu_decodes_ahead_with_the_same_tokens(e2b, e2b_gpu):
     assert consistent(want[1]) and len(set(want[0])) >= 3
 
 
+async def test_prompt_chunk_encoded_ahead(moe):
+    """A prompt's last prefill chunk is submitted as the command buffer encoded while the previous one ran (or
+    at load), and the next one is encoded while it runs: one encode per short prompt, none on the way to its
+    first token. The tokens equal those of a buffer encoded on the spot, for greedy and seeded sampling, and a
+    switch of sampler (the buffer names the sampler graph it holds) re-encodes rather than sampling wrongly."""
+    eng = fresh(moe)
+    calls = []
+    encode = eng.device.encode
+
+    def counting(*args, **kw):
+        calls.append(1)
+        return encode(*args, **kw)
+
+    eng.device.encode = counting
+    short = PROMPT[:6]  # one prefill chunk (8 tokens)
+    try:
+        got = {}
+        await eng.feed(short)  # leaves a buffer encoded for the greedy sampler
+        for ahead in (True, False):
+            counts = []
+            for params in (GREEDY, SEEDED, GREEDY):
+                eng.set_params(params)
+                eng.reset()
+                if not ahead:
+                    eng._prefill_encoded = None
+                calls.clear()
+                got.setdefault(ahead, []).append(await eng.feed(short))
+                counts.append(len(calls))
+            # Encoded ahead for the greedy sampler, then for the full one (SEEDED), which the last greedy prompt
+            # cannot use; without the buffer ahead every prompt encodes twice (its own, the next one's).
+            assert counts == ([1, 2, 2] if ahead else [2, 2, 2]), (ahead, counts)
+        assert got[True] == got[False]
+    finally:
+        eng.device.encode = encode
+
+
 def test_decode_ahead_by_model(moe, e2b):
     fresh(moe), fresh(e2b)
     assert moe.decode_ahead and not e2b.decode_ahead

@@ -230,6 +230,7 @@ class Engine:
         self._slot = 0  # the readback buffer of the next submitted step
         self._submitted: list[_Submitted] = []  # decode steps submitted and not read back, oldest first
         self._encoded = None  # (slot, sampler graph, command buffer): the next step's, encoded ahead
+        self._prefill_encoded = None  # (sampler graph, readback, command buffer): see _sample_after
         self._decode_ahead = model.cfg.ple_dim == 0 or model.ple_table is not None
         self.full_sample_graph = None  # the full sampler, recorded by load()
         self.greedy_sample_graph = None  # the greedy fast path (argmax), recorded by load()
@@ -288,6 +289,8 @@ class Engine:
             eng.text_only = True
             eng.towers_left_out = await _towers_in(gf, mmproj)
         eng.release_towers_after_turn = bool(release_towers_after_turn)
+        if m.prefill is not m.decode:
+            eng._encode_prefill_ahead()  # for the first prompt
         return eng
     @property
     def config(self):
@@ -356,11 +359,38 @@ class Engine:
 
     # -- the two primitive steps ---------------------------------------------------------------------------
     async def _sample_after(self, run, pos: int, n: int) -> int:
+        """Submit the last chunk of a prompt with the sampler, and read the token back. A prompt's last prefill
+        chunk (every short prompt's only one) goes as a command buffer encoded ahead, while the GPU was busy
+        with the last one: encoding a chunk's 600-odd dispatches is milliseconds of host time before the
+        first token. The next one is encoded here, while this one runs."""
         seed, counter = self.sampler.rng_words()
         self.model.write_step(pos, n, seed, counter)
         self.sampler.advance()
-        data = await self.device.run([run.graph, self.sample_graph], self._readback, (self.model.decode.ids.buffer, 0, 4))
+        if run is not self.model.prefill:
+            data = await self.device.run([run.graph, self.sample_graph], self._readback,
+                                         (self.model.decode.ids.buffer, 0, 4))
+            return int(np.frombuffer(data, np.uint32, 1)[0])
+        cb = self._take_prefill_encoded()
+        self.device.submit_encoded(cb)
+        readback = self._readback
+        self._encode_prefill_ahead()
+        data = await readback.read(self.device, 4)
         return int(np.frombuffer(data, np.uint32, 1)[0])
+
+    def _encode_prefill_ahead(self) -> None:
+        """Encode the command buffer of a prompt's last prefill chunk (prefill graph, sampler, token readback)
+        for the next feed. Command buffers are single-use; this one stays valid while the sampler graph and
+        the readback it names are the current ones (_take_prefill_encoded checks)."""
+        m, graph, readback = self.model, self.sample_graph, self._readback
+        cb = self.device.encode([m.prefill.graph, graph], readback, (m.decode.ids.buffer, 0, 4))
+        self._prefill_encoded = (graph, readback, cb)
+
+    def _take_prefill_encoded(self):
+        ahead, self._prefill_encoded = self._prefill_encoded, None
+        if ahead is not None and ahead[0] is self.sample_graph and ahead[1] is self._readback:
+            return ahead[2]
+        m = self.model  # none yet, or for other sampler parameters or a readback replaced since
+        return self.device.encode([m.prefill.graph, self.sample_graph], self._readback, (m.decode.ids.buffer, 0, 4))
 
     async def feed(self, ids, soft=()) -> int:
         """Append `ids` to the context (prefill in chunks) and sample the token that follows; returns it.
