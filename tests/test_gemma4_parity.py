@@ -99,6 +99,25 @@ async def test_ple_table_on_the_gpu(device, name):
     np.testing.assert_array_equal(await m.forward(toks[:12], 0, soft), await host.forward(toks[:12], 0, soft))
 
 
+async def test_a_ple_table_the_gpu_cannot_hold_is_a_sentence(device, monkeypatch):
+    """ple_on_gpu on a GPU that refuses the table's buffers: a ModelLoadError that names the table, its size
+    and the way out (reading the rows from the file), not the runtime's error alone."""
+    from rullama_py import gpu
+    from rullama_py.models.gemma import ModelLoadError
+
+    upload_rows = device.upload_rows
+
+    def refusing(data, n_rows, row_bytes, shape, dtype, label="", **kw):
+        if label == "per_layer_token_embd.weight":
+            raise gpu.DeviceLimitError(f"buffer {label!r} needs {n_rows * row_bytes:,} bytes; this device allows 1,024")
+        return upload_rows(data, n_rows, row_bytes, shape, dtype, label, **kw)
+
+    monkeypatch.setattr(device, "upload_rows", refusing)
+    with pytest.raises(ModelLoadError, match=r"per-layer-embedding table \(0\.\d GB\) does not fit on this GPU.*"
+                                             r"without ple_on_gpu"):
+        await _load(device, "e2b_f32", chunk=8, ple_on_gpu=True)
+
+
 @pytest.mark.parametrize("name", ["e2b_f32", "e4b_q8_0"])  # an F32 and a BF16 per-layer-embedding table
 async def test_ple_rows_and_their_cache_match_gguf(device, name):
     """The host-read per-layer-embedding rows (and the LRU that keeps recent ones) equal gguf-py's reading of

@@ -378,18 +378,20 @@ class Engine:
         return int(np.frombuffer(data, np.uint32, 1)[0])
 
     def _encode_prefill_ahead(self) -> None:
-        """Encode the command buffer of a prompt's last prefill chunk (prefill graph, sampler, token readback)
-        for the next feed. Command buffers are single-use; this one stays valid while the sampler graph and
-        the readback it names are the current ones (_take_prefill_encoded checks)."""
-        m, graph, readback = self.model, self.sample_graph, self._readback
-        cb = self.device.encode([m.prefill.graph, graph], readback, (m.decode.ids.buffer, 0, 4))
-        self._prefill_encoded = (graph, readback, cb)
+        """Encode the command buffer of a prompt's last prefill chunk for the next feed. Command buffers are
+        single-use; this one stays valid while the sampler graph and the readback it names are the current
+        ones (_take_prefill_encoded checks)."""
+        self._prefill_encoded = (self.sample_graph, self._readback, self._encode_prompt_end())
 
     def _take_prefill_encoded(self):
         ahead, self._prefill_encoded = self._prefill_encoded, None
         if ahead is not None and ahead[0] is self.sample_graph and ahead[1] is self._readback:
             return ahead[2]
-        m = self.model  # none yet, or for other sampler parameters or a readback replaced since
+        return self._encode_prompt_end()  # none yet, or for other sampler parameters or a readback replaced since
+
+    def _encode_prompt_end(self):
+        """The prefill graph, the sampler and the copy of the sampled token into the readback, one command buffer."""
+        m = self.model
         return self.device.encode([m.prefill.graph, self.sample_graph], self._readback, (m.decode.ids.buffer, 0, 4))
 
     async def feed(self, ids, soft=()) -> int:

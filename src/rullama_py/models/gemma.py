@@ -34,7 +34,7 @@ import numpy as np
 from .. import ops
 from ..config import ModelConfig
 from ..gguf_file import GGUFFile
-from ..gpu import UNIFORM, Device, Graph, Tensor
+from ..gpu import UNIFORM, Device, GPUError, Graph, Tensor
 
 
 class ModelLoadError(RuntimeError):
@@ -306,8 +306,13 @@ class Gemma:
         once."""
         info = self._ple_info
         raw = await self.gguf.tensor_bytes(info.name)
-        self.ple_table = self.device.upload_rows(raw, info.n_rows, info.row_bytes, (info.n_rows, info.shape[-1]),
-                                                 info.type_name, info.name)
+        try:
+            self.ple_table = self.device.upload_rows(raw, info.n_rows, info.row_bytes,
+                                                     (info.n_rows, info.shape[-1]), info.type_name, info.name)
+        except GPUError as e:
+            raise ModelLoadError(f"the per-layer-embedding table ({info.nbytes / 1e9:.1f} GB) does not fit on this "
+                                 f"GPU ({e}); load the model without ple_on_gpu (--ple-on-gpu) to read its rows "
+                                 "from the file instead") from e
         del raw
         if progress is not None:
             progress(info.nbytes, info.nbytes, info.name)
