@@ -823,6 +823,13 @@ const scenarios = {
     out.r1 = await chat(page, cfg.prompts[0], { temperature: 0, max_tokens: cfg.read_tokens });
     const lastReply = '#messages .msg.assistant:last-child';
     out.button = await page.textContent(`${lastReply} .read-aloud`);
+    // Every label the button takes from the click on: a short sentence can play to its end, and the button
+    // turn back, before a read after the first sentence would see "Stop reading".
+    await page.evaluate((sel) => {
+      const b = document.querySelector(sel);
+      window.readAloudLabels = [];
+      new MutationObserver(() => window.readAloudLabels.push(b.textContent)).observe(b, { childList: true, subtree: true, characterData: true });
+    }, `${lastReply} .read-aloud`);
     await page.click(`${lastReply} .read-aloud`);
     try {
       await until(page, () => /Loading the speech model: \d/.test(document.getElementById('speech-progress-text').textContent), null, 60000);
@@ -830,6 +837,7 @@ const scenarios = {
     } catch { /* loaded before we looked */ }
     await firstSentence();
     out.reading_button = await page.textContent(`${lastReply} .read-aloud`);
+    out.reading_labels = await page.evaluate(() => window.readAloudLabels);
     await shot(page, 'first-sentence');
     await speechDone();
     out.read = await speechRun('read');
