@@ -164,7 +164,7 @@ def test_the_command_writes_decode_and_prefill(tdev, tmp_path, capsys, monkeypat
     monkeypatch.setattr(profile_gpu, "open_device", same_device)
     out = tmp_path / "p.json"
     assert profile_gpu.main([str(TINY), "--prefill", "--depth", "9", "--ctx", "64", "--prefill-chunk", "8",
-                             "--repeats", "1", "--json", str(out)]) == 0
+                             "--repeats", "1", "--ple-on-gpu", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "decode: " in text and "prefill chunk of 8 tokens: " in text
     prof = json.loads(out.read_text())
@@ -174,6 +174,10 @@ def test_the_command_writes_decode_and_prefill(tdev, tmp_path, capsys, monkeypat
         p = prof[part]
         assert p["dispatches"] == len(p["per_dispatch"]) == sum(f["count"] for f in p["families"])
     assert prof["command"].startswith("tools/profile_gpu.py ")
+    # --ple-on-gpu: the step gathers its per-layer-embedding row on the GPU (an embed dispatch per table part)
+    assert prof["ple_on_gpu"] is True
+    kernels = [d["kernel"] for d in prof["decode"]["per_dispatch"]]
+    assert kernels.count("embed") == 2, kernels  # the token embedding and the table's one part
 
 
 def test_a_context_too_small_is_a_sentence(tdev, capsys, monkeypatch):

@@ -341,8 +341,10 @@ def git_commit() -> str:
 
 
 async def profile_model(model, *, prefill: bool = False, depth: int = 64, ctx: int = 4096, prefill_chunk: int = 64,
-                        repeats: int = 5, method: str = "auto", device: gpu.Device | None = None) -> dict:
-    """Load `model`, put `depth` tokens in its cache, and profile the decode step (and a prefill chunk)."""
+                        repeats: int = 5, method: str = "auto", device: gpu.Device | None = None,
+                        ple_on_gpu: bool = False) -> dict:
+    """Load `model` (with Gemma 4's per-layer-embedding table on the GPU if `ple_on_gpu`), put `depth` tokens
+    in its cache, and profile the decode step (and a prefill chunk)."""
     from rullama_py.engine import Engine
     from rullama_py.sampling import SamplerParams
 
@@ -353,7 +355,7 @@ async def profile_model(model, *, prefill: bool = False, depth: int = 64, ctx: i
     device = device or await open_device()
     method = pick_method(device, method)
     eng = await Engine.load(model, max_context=ctx, prefill_chunk=prefill_chunk, device=device,
-                            params=SamplerParams(temperature=0.0), text_only=True)
+                            params=SamplerParams(temperature=0.0), text_only=True, ple_on_gpu=ple_on_gpu)
     m = eng.model
     need = depth + 1 + (m.prefill.capacity if prefill else 0)
     if need > eng.max_context:
@@ -367,7 +369,8 @@ async def profile_model(model, *, prefill: bool = False, depth: int = 64, ctx: i
     pos = len(eng.tokens)
     out = {"model": str(model), "arch": m.cfg.arch, "device": device.info, "features": sorted(device.features),
            "timestamp_features": sorted(timestamp_features(device)), "ns_per_tick": ns_per_tick(device),
-           "depth": pos, "max_context": eng.max_context, "commit": git_commit(), "repeats": repeats}
+           "depth": pos, "max_context": eng.max_context, "commit": git_commit(), "repeats": repeats,
+           "ple_on_gpu": m.ple_table is not None}
     out["decode"] = await profile_graphs(device, [m.decode.graph, eng.sample_graph], method=method, repeats=repeats,
                                          before_run=lambda: m.write_step(pos, 1))
     if prefill:
@@ -404,11 +407,14 @@ def main(argv=None) -> int:
     ap.add_argument("--prefill-chunk", type=int, default=64, help="tokens per prefill chunk (default 64)")
     ap.add_argument("--repeats", type=int, default=5, help="runs per measurement; medians are reported (default 5)")
     ap.add_argument("--method", default="auto", choices=("auto",) + METHODS)
+    ap.add_argument("--ple-on-gpu", action="store_true",
+                    help="Gemma 4 E2B/E4B: the per-layer-embedding table on the GPU, as rullama bench --ple-on-gpu")
     ap.add_argument("--json", metavar="OUT", help="write the whole profile (every dispatch) as JSON")
     a = ap.parse_args(argv)
     try:
         prof = asyncio.run(profile_model(a.model, prefill=a.prefill, depth=a.depth, ctx=a.ctx,
-                                         prefill_chunk=a.prefill_chunk, repeats=a.repeats, method=a.method))
+                                         prefill_chunk=a.prefill_chunk, repeats=a.repeats, method=a.method,
+                                         ple_on_gpu=a.ple_on_gpu))
     except (ProfileError, gpu.GPUError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
