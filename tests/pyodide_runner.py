@@ -4,8 +4,9 @@ Pytest itself cannot drive async tests inside Pyodide (there is no blocking even
 collector does what we need of it: import test modules, keep the functions marked `pyodide` (module
 `pytestmark` or decorator) but not `native_only` (a function or a pytest.param case too heavy for the Pyodide
 run, whose kernels and variants lighter cases already test there), expand `pytest.mark.parametrize`, supply the
-session fixtures by name, and await each test. tests/test_in_pyodide.py runs it once in Pyodide (tests/pyodide_node.mjs) and reports one native
-pytest result per test id, so the output shows every kernel test run natively and in Pyodide.
+session fixtures by name, and await each test. tests/test_in_pyodide.py runs it once in Pyodide
+(tests/pyodide_node.mjs) and reports one native pytest result per test id, so the output shows every kernel
+test run natively and in Pyodide.
 """
 
 from __future__ import annotations

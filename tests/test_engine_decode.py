@@ -58,7 +58,7 @@ def engines(moe, e2b):
 def fresh(eng, *, fast=True, ahead=None):
     """The engine as loaded, whatever an earlier test switched: paths, parameters, an empty context."""
     eng.greedy_fast_path = fast
-    eng.decode_ahead = (eng.config.ple_dim == 0 or eng.model.ple_table is not None) if ahead is None else ahead
+    eng.decode_ahead = (not eng.model.host_ple_rows) if ahead is None else ahead
     eng.set_params(GREEDY)
     eng.reset()
     return eng

@@ -231,7 +231,7 @@ class Engine:
         self._submitted: list[_Submitted] = []  # decode steps submitted and not read back, oldest first
         self._encoded = None  # (slot, sampler graph, command buffer): the next step's, encoded ahead
         self._prefill_encoded = None  # (sampler graph, readback, command buffer): see _sample_after
-        self._decode_ahead = model.cfg.ple_dim == 0 or model.ple_table is not None
+        self._decode_ahead = not model.host_ple_rows
         self.full_sample_graph = None  # the full sampler, recorded by load()
         self.greedy_sample_graph = None  # the greedy fast path (argmax), recorded by load()
         self.greedy_fast_path = True  # run the argmax graph while the parameters allow it (False: never)
@@ -347,7 +347,7 @@ class Engine:
 
     @decode_ahead.setter
     def decode_ahead(self, on: bool) -> None:
-        if on and self.model.cfg.ple_dim and self.model.ple_table is None:
+        if on and self.model.host_ple_rows:
             raise ValueError("this model reads a per-layer-embedding row on the host for every token, so it cannot "
                              "decode a step ahead (load it with ple_on_gpu to let it)")
         self.settle()
@@ -359,21 +359,18 @@ class Engine:
 
     # -- the two primitive steps ---------------------------------------------------------------------------
     async def _sample_after(self, run, pos: int, n: int) -> int:
-        """Submit the last chunk of a prompt with the sampler, and read the token back. A prompt's last prefill
+        """Submit the last run of a prompt with the sampler, and read the token back. A prompt's last prefill
         chunk (every short prompt's only one) goes as a command buffer encoded ahead, while the GPU was busy
         with the last one: encoding a chunk's 600-odd dispatches is milliseconds of host time before the
         first token. The next one is encoded here, while this one runs."""
         seed, counter = self.sampler.rng_words()
         self.model.write_step(pos, n, seed, counter)
         self.sampler.advance()
-        if run is not self.model.prefill:
-            data = await self.device.run([run.graph, self.sample_graph], self._readback,
-                                         (self.model.decode.ids.buffer, 0, 4))
-            return int(np.frombuffer(data, np.uint32, 1)[0])
-        cb = self._take_prefill_encoded()
-        self.device.submit_encoded(cb)
+        prefill = run is self.model.prefill
         readback = self._readback
-        self._encode_prefill_ahead()
+        self.device.submit_encoded(self._take_prefill_encoded() if prefill else self._encode_prompt_end(run))
+        if prefill:
+            self._encode_prefill_ahead()
         data = await readback.read(self.device, 4)
         return int(np.frombuffer(data, np.uint32, 1)[0])
 
@@ -381,18 +378,19 @@ class Engine:
         """Encode the command buffer of a prompt's last prefill chunk for the next feed. Command buffers are
         single-use; this one stays valid while the sampler graph and the readback it names are the current
         ones (_take_prefill_encoded checks)."""
-        self._prefill_encoded = (self.sample_graph, self._readback, self._encode_prompt_end())
+        self._prefill_encoded = (self.sample_graph, self._readback, self._encode_prompt_end(self.model.prefill))
 
     def _take_prefill_encoded(self):
         ahead, self._prefill_encoded = self._prefill_encoded, None
         if ahead is not None and ahead[0] is self.sample_graph and ahead[1] is self._readback:
             return ahead[2]
-        return self._encode_prompt_end()  # none yet, or for other sampler parameters or a readback replaced since
+        # none yet, or for other sampler parameters or a readback replaced since
+        return self._encode_prompt_end(self.model.prefill)
 
-    def _encode_prompt_end(self):
-        """The prefill graph, the sampler and the copy of the sampled token into the readback, one command buffer."""
-        m = self.model
-        return self.device.encode([m.prefill.graph, self.sample_graph], self._readback, (m.decode.ids.buffer, 0, 4))
+    def _encode_prompt_end(self, run):
+        """`run`'s graph, the sampler and the copy of the sampled token into the readback, one command buffer."""
+        return self.device.encode([run.graph, self.sample_graph], self._readback,
+                                  (self.model.decode.ids.buffer, 0, 4))
 
     async def feed(self, ids, soft=()) -> int:
         """Append `ids` to the context (prefill in chunks) and sample the token that follows; returns it.
@@ -446,7 +444,7 @@ class Engine:
             enc = self._encode_step(slot)  # nothing encoded ahead (the first step), or for other parameters
         t1 = clock()
         times["encode"] += t1 - t0
-        if m.cfg.ple_dim and m.ple_table is None:  # never with a step in flight: the token is the pending one
+        if m.host_ple_rows:  # never with a step in flight: the token is the pending one
             rows = await m.ple_rows(np.array([self.next_token], np.uint32))
             t2 = clock()
             times["ple_read"] += t2 - t1

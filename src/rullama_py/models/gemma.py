@@ -131,6 +131,12 @@ class Gemma:
         self._ple_cache_rows = max(64, PLE_CACHE_BYTES // max(1, 4 * cfg.n_layers * (cfg.ple_dim or 1)))
         self.ple_table: Tensor | None = None  # the whole table on the GPU (ple_on_gpu), else None
 
+    @property
+    def host_ple_rows(self) -> bool:
+        """Whether every run needs its tokens' per-layer-embedding rows read on the host (Gemma 4 E2B/E4B with
+        the table left in the file): then a decode step cannot be submitted before the last token is known."""
+        return bool(self.cfg.ple_dim) and self.ple_table is None
+
     # -- loading -------------------------------------------------------------------------------------------
     @classmethod
     async def load(cls, gf: GGUFFile, device: Device, *, max_context: int = 4096, prefill_chunk: int | None = None,
@@ -538,14 +544,14 @@ class Gemma:
                 copies.append((src.buffer, first * row_bytes, h, row * row_bytes, count * row_bytes))
             self.device.copy(copies)
         self.device.write(run.ids.buffer, arr)
-        if self.cfg.ple_dim and self.ple_table is None:
+        if self.host_ple_rows:
             self.device.write(run.ple.buffer, await self.ple_rows(ple_ids))
-        elif self.cfg.ple_dim:
+        elif self.cfg.ple_dim and soft:
             # The graph gathers the rows of the ids it is given, and leaves a soft token's row (an id outside
             # the table) as it is: that row takes the pad token's here.
+            pad = await self.ple_rows(np.zeros(1, np.uint32))
             for row, _, _, count in soft:
-                pad = np.repeat(await self.ple_rows(np.zeros(1, np.uint32)), count, axis=0)
-                self.device.write(run.ple.buffer, pad, offset=row * pad.shape[1] * 4)
+                self.device.write(run.ple.buffer, np.repeat(pad, count, axis=0), offset=row * pad.nbytes)
 
     async def ple_rows(self, ids: np.ndarray) -> np.ndarray:
         """E_ple[ids] * sqrt(ple_dim) / sqrt(2), f32 [len(ids), n_layers * ple_dim], read from the file (recent
