@@ -36,9 +36,9 @@
 // KT (keys per tile: a power of two dividing WG, with WG / KT dividing HD / 8), NSPLIT, ALIGN (chunks are
 // rounded up to a multiple of it: KT, so no chunk ends in a part-filled tile), CAP, WINDOW, CAUSAL, SCALE, MAXT
 // (token capacity of q/out), NKV_MIN, NKV_MAX (split only).
-@group(0) @binding(0) var<storage, read> q: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read> kc: array<vec4<u32>>;
-@group(0) @binding(2) var<storage, read> vc: array<vec4<u32>>;
+// Bindings 0-2 (the queries' source and the K and V caches) and the query tile's load, `load_tile`, come from
+// one of two libraries: attention_q.wgsl (queries from a q buffer, caches read only) or attention_decode_inputs.wgsl
+// (decode: queries normed and turned from the q/k/v projection, this token's key and value stored first).
 @group(0) @binding(3) var<uniform> step: Step;
 @group(0) @binding(4) var<storage, read_write> dst: array<vec4<f32>>;  // out (main) or split accumulators
 @group(0) @binding(5) var<storage, read_write> ml: array<vec2<f32>>;   // split: (running max, sum) per row
@@ -221,15 +221,7 @@ fn get4(base: u32, row0: u32, j: u32) -> vec4<f32> {
 // Attends rows [x*R, x*R + R) of kv head kvh over keys [kb, ke). Leaves the unnormalised output tile in qs
 // ([row][HD4]), the row maxima in m_run and the row sums in red[0..R).
 fn attend(x: u32, kvh: u32, kb: u32, ke: u32, lid: u32) {
-  let rows = n_rows();
-  for (var i = lid; i < R * HD4; i += WG) {
-    let rr = x * R + i / HD4;
-    var val = vec4<f32>(0.0);
-    if (rr < rows) {
-      val = q[q_row(rr, kvh) * HD4 + i % HD4] * SCALE;
-    }
-    qs[i] = val;
-  }
+  load_tile(x, kvh, kb, ke, lid);
   if (lid < R) {
     m_run[lid] = MASKED;
   }

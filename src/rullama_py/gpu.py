@@ -529,9 +529,13 @@ class Device:
         return k
 
     def bind_group(self, kernel: Kernel, bindings):
-        """A bind group of `bindings` in order (cached by kernel and buffers)."""
+        """A bind group of `bindings` in order (cached by kernel and buffers); None leaves that binding number
+        out (one the entry point does not use, between ones it does)."""
         entries, key, bufs = [], [id(kernel)], []
         for i, b in enumerate(bindings):
+            if b is None:
+                key.append(None)
+                continue
             if isinstance(b, Tensor):
                 b = b.buffer
             if isinstance(b, tuple):  # (buffer, offset, size): a window into a larger buffer

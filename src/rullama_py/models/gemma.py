@@ -442,12 +442,16 @@ class Gemma:
             kc, vc, slots = self.kv[l]
             kv = (L.k_norm, kc, vc, dict(n_kv_heads=nkv, k_offset=nh * hd, v_offset=L.v_offset, slots=slots,
                                          v_norm=c.is_gemma4))  # Gemma 4 normalises V too (no weight)
-        await ops.attention_inputs(g, qkv, L.q_norm, q, step, n_heads=nh, head_dim=hd, eps=eps,
-                                   qkv_stride=L.qkv_width, kv=kv, **rope)
         kc, vc, slots = self.kv[c.kv_donor[l]]
-        await ops.attention(g, q, kc, vc, attn, step, n_heads=nh, n_kv_heads=nkv, head_dim=hd,
-                            scale=c.attn_scale, window=c.sliding_window if c.is_sliding[l] else 0,
-                            max_ctx=slots, causal=causal)
+        attend = dict(n_heads=nh, n_kv_heads=nkv, head_dim=hd, scale=c.attn_scale, max_ctx=slots,
+                      window=c.sliding_window if c.is_sliding[l] else 0)
+        if cap == 1 and causal:  # decode: the inputs inside attention's kernel, one dispatch fewer on the chain
+            await ops.attention_decode(g, qkv, L.q_norm, q, kc, vc, attn, step, eps=eps, qkv_stride=L.qkv_width,
+                                       kv=kv, **attend, **rope)
+        else:
+            await ops.attention_inputs(g, qkv, L.q_norm, q, step, n_heads=nh, head_dim=hd, eps=eps,
+                                       qkv_stride=L.qkv_width, kv=kv, **rope)
+            await ops.attention(g, q, kc, vc, attn, step, causal=causal, **attend)
         await ops.matmul(g, L.wo, attn, o, n_tokens=cap, step=step)
         await ops.rms_norm(g, o, L.post_attn_norm, h, n=d, eps=eps, accumulate=True, then=(L.ffn_norm, x))
         # feed-forward (GeGLU)

@@ -7,7 +7,8 @@ never per token. Modules by family:
              the kernels; the fused variants run their elementwise op as the matrix-vector kernel's epilogue)
 - attention: rope, rope_2d (vision tower), kv_store (kv_cache, kv_slots, kv_cache_bytes), attention_inputs
              (q/k norms, RoPE, v norm and the cache store in one dispatch), attention (causal
-             or bidirectional), self_attention (f32, one short sequence: Kokoro's PL-BERT)
+             or bidirectional), attention_decode (both for one token, the inputs inside attention's
+             kernels), self_attention (f32, one short sequence: Kokoro's PL-BERT)
 - nn:        gelu_mul, add, scale_inplace, softcap, clamp and standardize (vision tower), glu, silu and
              bias_add (audio tower)
 - pool:      avg_pool_2d (vision tower)
@@ -31,7 +32,7 @@ never per token. Modules by family:
 
 from .norm import rms_norm  # noqa: F401
 from .matmul import embed, matmul, matmul_geglu, matvec_gelu_gate  # noqa: F401
-from .attention import attention, attention_inputs, kv_cache, kv_cache_bytes, kv_slots, kv_store, rope, rope_2d  # noqa: F401
+from .attention import attention, attention_decode, attention_inputs, kv_cache, kv_cache_bytes, kv_slots, kv_store, rope, rope_2d  # noqa: F401
 from .attention import self_attention  # noqa: F401
 from .nn import add, clamp, gelu_mul, scale_inplace, softcap, standardize  # noqa: F401
 from .pool import avg_pool_2d  # noqa: F401

@@ -1,5 +1,6 @@
 """Rotary embedding (1-D, and the vision tower's 2-D), KV cache and attention (shaders/rope.wgsl,
-kv_store.wgsl, attention.wgsl).
+kv_store.wgsl, attention_inputs.wgsl, attention.wgsl with its query source attention_q.wgsl or, decoding,
+attention_decode_inputs.wgsl).
 
 Per-run values come from a `Step` uniform buffer (shaders/common.wgsl; these kernels read pos and n_tokens, the
 key count being pos + n_tokens) that the caller rewrites before each submit, so one recorded graph serves every decode step and every prefill chunk of up to
@@ -16,7 +17,8 @@ slots never overwrite a key still in use.
 Dispatches per call: rope 1, rope_2d 1, kv_store 1 (K and V), attention_inputs 1 (q/k norms, RoPE, v norm and the
 store together), attention 1 (prefill), 2 (decode: key splits + combine) or
 3 (decode over a cache that can outgrow attention_plan's `short`: split kernels for short and long contexts,
-one of which returns at once).
+one of which returns at once); attention_decode the same as attention, where the fused kernel applies (else
+attention_inputs' one more).
 """
 
 from __future__ import annotations
@@ -262,27 +264,90 @@ async def attention(g: Graph, q: Tensor, cache_k: Tensor, cache_v: Tensor, out: 
     max_t = _tokens(q, n_heads * head_dim, "q")
     plan = attention_plan(g.device, n_tokens=max_t, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim,
                           window=window, max_ctx=max_ctx, splits=splits, wg=wg, kt=kt, short=short)
+    consts = _attention_consts(plan, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, scale=scale,
+                               window=window, max_ctx=max_ctx, causal=causal, max_t=max_t)
+    await _record_attention(g, plan, consts, ("attention_q",), q, cache_k, cache_v, out, step)
+
+
+def _attention_consts(plan: dict, *, n_heads, n_kv_heads, head_dim, scale, window, max_ctx, causal, max_t) -> dict:
+    return dict(HD=head_dim, G=plan["group"], NH=n_heads, NKV=n_kv_heads, R=plan["rows"], WG=plan["wg"],
+                KT=plan["kt"], NSPLIT=plan["splits"], ALIGN=plan["align"], CAP=max_ctx, WINDOW=window,
+                CAUSAL=bool(causal), SCALE=float(scale), MAXT=max_t, NKV_MIN=0, NKV_MAX=0xFFFFFFFF)
+
+
+async def _record_attention(g: Graph, plan: dict, consts: dict, libs: tuple, src: Tensor, cache_k: Tensor,
+                            cache_v: Tensor, out: Tensor, step: Tensor, extra: list = ()) -> None:
+    """The plan's dispatches over the queries' source `src` (binding 0; `libs` says what it is) and `extra`
+    bindings from 6 on (attention_decode_inputs.wgsl's)."""
     nsplit = plan["splits"]
-    consts = dict(HD=head_dim, G=plan["group"], NH=n_heads, NKV=n_kv_heads, R=plan["rows"], WG=plan["wg"], KT=plan["kt"],
-                  NSPLIT=nsplit, ALIGN=plan["align"], CAP=max_ctx, WINDOW=window, CAUSAL=bool(causal),
-                  SCALE=float(scale), MAXT=max_t, NKV_MIN=0, NKV_MAX=0xFFFFFFFF)
-    grid = (plan["row_tiles"], n_kv_heads, nsplit)
+    tail = [None, *extra] if extra else []  # binding 5 (the split's maxima) is not the main entry's
+    grid = (plan["row_tiles"], consts["NKV"], nsplit)
     if nsplit == 1:
-        k = await g.device.kernel("attention", entry="main", **consts)
-        g.add(k, [q, cache_k, cache_v, step, out], grid)
+        k = await g.device.kernel("attention", libs=libs, entry="main", **consts)
+        g.add(k, [src, cache_k, cache_v, step, out, *tail], grid)
         return
-    rows = max_t * n_heads
-    part = _scratch(g.device, nsplit * rows * head_dim * 4, "attention.partials")
+    rows = consts["MAXT"] * consts["NH"]
+    part = _scratch(g.device, nsplit * rows * consts["HD"] * 4, "attention.partials")
     ml = _scratch(g.device, nsplit * rows * 8, "attention.maxsum")
     if plan["short_split"]:  # small tiles while the context is short, the plan's tiles beyond
         small = dict(consts, KT=32, ALIGN=32, NKV_MAX=plan["short_split"])
-        k = await g.device.kernel("attention", entry="split", **small)
-        g.add(k, [q, cache_k, cache_v, step, part, ml], grid)
-        consts["NKV_MIN"] = plan["short_split"] + 1
-    k = await g.device.kernel("attention", entry="split", **consts)
-    g.add(k, [q, cache_k, cache_v, step, part, ml], grid)
-    c = await g.device.kernel("attention", entry="combine", **consts)
-    g.add(c, [part, ml, step, out], (rows, head_dim // 4 // min(head_dim // 4, 16)))
+        k = await g.device.kernel("attention", libs=libs, entry="split", **small)
+        g.add(k, [src, cache_k, cache_v, step, part, ml, *extra], grid)
+        consts = dict(consts, NKV_MIN=plan["short_split"] + 1)
+    k = await g.device.kernel("attention", libs=libs, entry="split", **consts)
+    g.add(k, [src, cache_k, cache_v, step, part, ml, *extra], grid)
+    c = await g.device.kernel("attention", libs=("attention_q",), entry="combine", **consts)
+    g.add(c, [part, ml, step, out], (rows, consts["HD"] // 4 // min(consts["HD"] // 4, 16)))
+
+
+async def attention_decode(g: Graph, qkv: Tensor, q_norm: Tensor, q: Tensor, cache_k: Tensor, cache_v: Tensor,
+                           out: Tensor, step: Tensor, *, n_heads: int, n_kv_heads: int, head_dim: int, scale: float,
+                           window: int = 0, max_ctx: int, eps: float, base: float, n_rot: int | None = None,
+                           freq_factors: Tensor | None = None, freq_scale: float = 1.0, qkv_stride: int,
+                           kv: tuple | None = None, splits: int | None = None, short: int = _SHORT) -> None:
+    """attention_inputs, then causal attention over cache_k / cache_v, for a run of one token (decode), with
+    the inputs' work done inside attention's kernels (shaders/attention_decode_inputs.wgsl): one dispatch fewer.
+
+    Arguments as those two ops take them; kv = (k_norm, cache_k, cache_v, layout) as attention_inputs takes it,
+    its caches the ones attention reads (a layer with a cache of its own), or None (a layer reading another
+    layer's cache: queries only). q is the two ops' scratch where the fused kernel does not apply: a run
+    of more than one token, query heads of one kv head over several row tiles, or a key row too long for
+    the kernel's scratch; those record attention_inputs and attention as they are."""
+    max_t = _tokens(qkv, qkv_stride, "qkv")
+    n_rot = head_dim if n_rot is None else n_rot
+    plan = attention_plan(g.device, n_tokens=max_t, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim,
+                          window=window, max_ctx=max_ctx, splits=splits, short=short)
+    k_off = v_off = 0
+    if kv is not None:
+        if kv[1] is not cache_k or kv[2] is not cache_v:
+            raise ValueError("attention_decode: kv must store into the caches attention reads")
+        k_off, v_off = kv[3]["k_offset"], kv[3]["v_offset"]
+        if kv[3]["slots"] != max_ctx or kv[3]["n_kv_heads"] != n_kv_heads:
+            raise ValueError(f"attention_decode: the cache layout {kv[3]} is not the one attention reads "
+                             f"({n_kv_heads} kv heads, {max_ctx} slots)")
+        expect = kv_cache_bytes(n_kv_heads, head_dim, max_ctx)
+        for c in (cache_k, cache_v):
+            if c.nbytes < expect:
+                raise ValueError(f"cache {c.label!r} holds {c.nbytes} bytes; {max_ctx} slots need {expect}")
+    fused = (max_t == 1 and plan["row_tiles"] == 1 and plan["rows"] * plan["wg"] >= head_dim
+             and n_rot % 2 == 0 and k_off % 4 == 0 and v_off % 4 == 0)
+    if not fused:
+        await attention_inputs(g, qkv, q_norm, q, step, n_heads=n_heads, head_dim=head_dim, eps=eps, base=base,
+                               n_rot=n_rot, freq_factors=freq_factors, freq_scale=freq_scale, qkv_stride=qkv_stride,
+                               kv=kv)
+        await attention(g, q, cache_k, cache_v, out, step, n_heads=n_heads, n_kv_heads=n_kv_heads,
+                        head_dim=head_dim, scale=scale, window=window, max_ctx=max_ctx, splits=splits, short=short)
+        return
+    if max(n_heads * head_dim, k_off + n_kv_heads * head_dim, v_off + n_kv_heads * head_dim) > qkv_stride:
+        raise ValueError(f"attention_decode: heads do not fit rows of {qkv_stride} (k at {k_off}, v at {v_off})")
+    consts = _attention_consts(plan, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, scale=scale,
+                               window=window, max_ctx=max_ctx, causal=True, max_t=1)
+    consts.update(HAS_KV=kv is not None, K_OFF=k_off, V_OFF=v_off, V_NORM=bool(kv and kv[3]["v_norm"]),
+                  NORM_EPS=float(eps), NROT=n_rot, FF=freq_factors is not None, LOG2_BASE=math.log2(base),
+                  FREQ_SCALE=float(freq_scale))
+    extra = [q_norm, kv[0] if kv is not None else q_norm, freq_factors if freq_factors is not None else q_norm]
+    await _record_attention(g, plan, consts, ("rope_lib", "kv_lib", "attention_decode_inputs"), qkv, cache_k,
+                            cache_v, out, step, extra)
 
 
 # -- short bidirectional self-attention in f32 ---------------------------------------------------------------
