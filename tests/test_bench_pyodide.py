@@ -88,13 +88,14 @@ def test_bench_pyodide_bad_options_are_sentences(args, sentence):
 
 def test_bench_pyodide_records_the_tiny_model(tmp_path):
     """Two depths in one load, appended to a record file that holds a record already; the records' command is
-    what was measured (not the folders the files came from)."""
+    what was measured (not the folders the files came from). With --ple-on-gpu: the per-layer-embedding table
+    streamed onto the GPU in Pyodide, and decode a step ahead."""
     require(_node_missing(), "tools/bench_pyodide.mjs")
     subprocess.run([sys.executable, str(ROOT / "tools/pyodide_dist.py")], check=True, stdout=subprocess.DEVNULL)
     rec = tmp_path / "records.json"
     rec.write_text('[{"engine": "rullama-py", "model": "gemma4_tiny_q4_k_m"}]\n')
     proc = _tool(TINY_Q4, "--prompt-tokens", 4, "--gen-tokens", 2, "--repeats", 1, "--ctx", 64, "--prefill-chunk", 8,
-                 "--depth", "0,20", "--record", rec, "--wheels", ROOT / "web/dist/wheels", "--commit", "abc1234",
+                 "--depth", "0,20", "--record", rec, "--wheels", ROOT / "web/dist/wheels", "--commit", "abc1234", "--ple-on-gpu",
                  timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     printed = json.loads(proc.stdout)
@@ -105,7 +106,9 @@ def test_bench_pyodide_records_the_tiny_model(tmp_path):
         assert list(r)[:7] == ["engine", "model", "prefill_tok_s", "decode_tok_s", "context", "commit", "command"]
         assert (r["engine"], r["model"], r["commit"]) == ("rullama-py-pyodide", "gemma4_tiny_q4_k_m", "abc1234")
         assert r["command"] == ("node tools/bench_pyodide.mjs " + str(TINY_Q4) + " --prompt-tokens 4 --gen-tokens 2"
-                                " --repeats 1 --ctx 64 --prefill-chunk 8 --depth 0,20 --record " + str(rec))
+                                " --repeats 1 --ctx 64 --prefill-chunk 8 --depth 0,20 --record " + str(rec)
+                                + " --ple-on-gpu")
+        assert r["ple_on_gpu"] is True and r["decode_ahead"] is True
         assert r["prefill_tok_s"] > 0 and r["decode_tok_s"] > 0 and r["dispatches_per_token"] > 0
         assert (r["prompt_tokens"], r["gen_tokens"], r["prefill_chunk"], r["max_context"]) == (4, 2, 8, 64)
         assert r["device"]["architecture"] == "swiftshader" and "shader-f16" not in r["features"]

@@ -4,8 +4,10 @@
 //
 //   node tools/bench_pyodide.mjs MODEL.gguf [--prompt-tokens 128] [--gen-tokens 64] [--repeats 3] [--ctx 1024]
 //        [--prefill-chunk N] [--depth 0[,1024,...]] [--record FILE] [--model-name NAME] [--commit HASH]
-//        [--node-modules DIR] [--wheels DIR] [--dawn TOGGLE ...]
+//        [--node-modules DIR] [--wheels DIR] [--dawn TOGGLE ...] [--ple-on-gpu]
 //
+// --ple-on-gpu loads Gemma 4 E2B/E4B with its per-layer-embedding table on the GPU (Engine.load's ple_on_gpu,
+// as `rullama bench --ple-on-gpu`), streamed into GPU buffers a piece at a time.
 // The measurement is rullama_py.bench.measure, the one `rullama bench` makes natively: the same token ids, warm-up
 // and timed spans (see that module). One JSON record per depth is printed, {"engine": "rullama-py-pyodide",
 // "model", "prefill_tok_s", "decode_tok_s", "context", "commit", "command", "device", "dispatches_per_token", ...};
@@ -27,7 +29,7 @@ const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..')
 
 const USAGE = 'usage: node tools/bench_pyodide.mjs MODEL.gguf [--prompt-tokens N] [--gen-tokens N] [--repeats N] '
   + '[--ctx N] [--prefill-chunk N] [--depth N[,N...]] [--record FILE] [--model-name NAME] [--commit HASH] '
-  + '[--node-modules DIR] [--wheels DIR] [--dawn TOGGLE ...]';
+  + '[--node-modules DIR] [--wheels DIR] [--dawn TOGGLE ...] [--ple-on-gpu]';
 
 function fail(sentence) {
   console.error(`bench_pyodide: ${sentence}`);
@@ -37,9 +39,10 @@ function fail(sentence) {
 // [default, least]; --prefill-chunk's default (null) is the device's (models.gemma.default_prefill_chunk), as natively.
 const COUNTS = { 'prompt-tokens': [128, 1], 'gen-tokens': [64, 1], repeats: [3, 1], ctx: [1024, 1], 'prefill-chunk': [null, 1] };
 const TEXTS = ['record', 'model-name', 'commit', 'node-modules', 'wheels', 'depth'];
+const FLAGS = ['ple-on-gpu'];
 
 function parseArgs(argv) {
-  const opts = { dawn: [] };
+  const opts = { dawn: [], 'ple-on-gpu': false };
   for (const [k, [d]] of Object.entries(COUNTS)) opts[k] = d;
   const positional = [];
   for (let i = 0; i < argv.length; i++) {
@@ -47,6 +50,7 @@ function parseArgs(argv) {
     if (a === '-h' || a === '--help') { console.log(USAGE); process.exit(0); }
     if (!a.startsWith('--')) { positional.push(a); continue; }
     let [name, value] = a.slice(2).split(/=(.*)/s, 2);
+    if (FLAGS.includes(name) && value === undefined) { opts[name] = true; continue; }
     if (!(name in COUNTS) && !TEXTS.includes(name) && name !== 'dawn') fail(`unknown option --${name}.\n${USAGE}`);
     if (value === undefined) {
       if (i + 1 >= argv.length) fail(`--${name} needs a value.`);
@@ -179,7 +183,7 @@ py.globals.set('MODEL_FILE', fileOnDisk(opts.model));
 const settings = {
   wheels: wheels.map(w => 'emfs:/wheels/' + w),
   ctx: opts.ctx, prefill_chunk: opts['prefill-chunk'], prompt_tokens: opts['prompt-tokens'], gen_tokens: opts['gen-tokens'],
-  repeats: opts.repeats, depths: opts.depths, record: recordPath,
+  repeats: opts.repeats, depths: opts.depths, record: recordPath, ple_on_gpu: opts['ple-on-gpu'],
   model: opts['model-name'] || null,
   commit: commitOf(opts),
   command: ['node', path.relative(process.cwd(), process.argv[1]) || process.argv[1], ...measuredArgs(process.argv.slice(2))].map(shellWord).join(' '),
@@ -208,7 +212,7 @@ async def main():
     src = BlobSource(MODEL_FILE)
     t0 = time.perf_counter()
     eng = await Engine.load(src, max_context=S["ctx"], prefill_chunk=S["prefill_chunk"],
-                            params=SamplerParams(temperature=0.0), device=dev)
+                            params=SamplerParams(temperature=0.0), device=dev, ple_on_gpu=S["ple_on_gpu"])
     load_s = time.perf_counter() - t0
     model = S["model"] or bench.model_label(src.name)
     records = []

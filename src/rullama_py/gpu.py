@@ -400,15 +400,11 @@ class Device:
         self.write(t.buffer, array)
         return t
 
-    def upload_rows(self, data, n_rows: int, row_bytes: int, shape, dtype: str, label: str = "",
-                    align_rows: int = 1) -> Tensor:
-        """Upload a row-major matrix given as raw bytes (e.g. a GGUF tensor, still quantised), split by rows
-        into parts that each fit the device's binding limit. Part boundaries fall on multiples of
-        `align_rows` (the rows of one expert of a mixture-of-experts weight, so that no expert straddles two
-        parts)."""
-        mv = memoryview(data).cast("B")
-        if mv.nbytes != n_rows * row_bytes:
-            raise ValueError(f"{label}: {mv.nbytes} bytes, expected {n_rows} rows x {row_bytes} bytes")
+    def row_parts(self, n_rows: int, row_bytes: int, label: str = "", align_rows: int = 1) -> list:
+        """(first row, rows) of each part a row-major matrix is split into so that every part fits the device's
+        binding limit. Part boundaries fall on multiples of `align_rows` (the rows of one expert of a
+        mixture-of-experts weight, so that no expert straddles two parts) and on 4-byte multiples (every part
+        starts word-aligned)."""
         if align_rows < 1:
             raise ValueError(f"{label}: align_rows must be at least 1, not {align_rows}")
         limit = self.limits["max-storage-buffer-binding-size"]
@@ -417,15 +413,45 @@ class Device:
             raise DeviceLimitError(f"{label}: {what} is {row_bytes * align_rows:,} bytes, over the binding limit "
                                    f"{limit:,}")
         rows_per_part = limit // (row_bytes * align_rows) * align_rows
-        # Keep part boundaries on 4-byte multiples so every part starts word-aligned.
         while rows_per_part > align_rows and (rows_per_part * row_bytes) % 4:
             rows_per_part -= align_rows
+        return [(first, min(rows_per_part, n_rows - first)) for first in range(0, n_rows, rows_per_part)]
+
+    def upload_rows(self, data, n_rows: int, row_bytes: int, shape, dtype: str, label: str = "",
+                    align_rows: int = 1) -> Tensor:
+        """Upload a row-major matrix given as raw bytes (e.g. a GGUF tensor, still quantised), split by rows
+        into parts that each fit the device's binding limit (see row_parts)."""
+        mv = memoryview(data).cast("B")
+        if mv.nbytes != n_rows * row_bytes:
+            raise ValueError(f"{label}: {mv.nbytes} bytes, expected {n_rows} rows x {row_bytes} bytes")
         parts = []
-        for first in range(0, n_rows, rows_per_part):
-            n = min(rows_per_part, n_rows - first)
+        for first, n in self.row_parts(n_rows, row_bytes, label, align_rows):
             buf = self.create_buffer(n * row_bytes, STORAGE, f"{label}[{first}:{first + n}]")
             self.write(buf, mv[first * row_bytes : (first + n) * row_bytes])
             parts.append((buf, first, n))
+        return Tensor(tuple(shape), dtype, parts, label)
+
+    async def upload_rows_from(self, read, n_rows: int, row_bytes: int, shape, dtype: str, label: str = "",
+                               progress=None) -> Tensor:
+        """upload_rows for a matrix read piece by piece, so that it never sits in host memory whole (Gemma 4's
+        4.7 GB per-layer-embedding table does not fit a page's 4 GB heap): `await read(first, n)` returns the
+        raw bytes of rows first .. first + n - 1, at most about WRITE_CHUNK bytes at a time (a multiple of 4
+        rows). `progress(done_bytes, total_bytes)` after each piece."""
+        step = max(4, self.WRITE_CHUNK // row_bytes // 4 * 4)
+        parts = []
+        for first, n in self.row_parts(n_rows, row_bytes, label):
+            buf = self.create_buffer(n * row_bytes, STORAGE, f"{label}[{first}:{first + n}]")
+            parts.append((buf, first, n))
+            for row in range(first, first + n, step):
+                k = min(step, first + n - row)
+                data = await read(row, k)
+                if memoryview(data).nbytes != k * row_bytes:
+                    raise ValueError(f"{label}: rows {row}..{row + k - 1} came as {memoryview(data).nbytes} bytes, "
+                                     f"expected {k * row_bytes}")
+                self.write(buf, data, (row - first) * row_bytes)
+                del data
+                if progress is not None:
+                    progress((row + k) * row_bytes, n_rows * row_bytes)
         return Tensor(tuple(shape), dtype, parts, label)
 
     # Writes larger than this go in pieces, so the browser never stages one huge copy at once.

@@ -39,6 +39,41 @@ async def test_upload_rows_splits_over_binding_limit(device):
     np.testing.assert_array_equal(await device.read(t), data)
 
 
+async def test_upload_rows_from_reads_piece_by_piece(device):
+    """A matrix streamed from a reader: the same parts and bytes as upload_rows, read in pieces of at most
+    WRITE_CHUNK bytes (whole multiples of 4 rows) that never cross a part, with progress after each."""
+    rows, row_bytes = 50, 36
+    data = np.random.default_rng(1).integers(0, 255, rows * row_bytes, dtype=np.uint8)
+    reads, seen = [], []
+
+    async def read(first, n):
+        reads.append((first, n))
+        return data[first * row_bytes: (first + n) * row_bytes].tobytes()
+
+    saved = device.limits["max-storage-buffer-binding-size"]
+    device.limits["max-storage-buffer-binding-size"] = 400  # 11 rows a part, 5 parts
+    device.WRITE_CHUNK = 4 * row_bytes + 10  # pieces of 4 rows
+    try:
+        t = await device.upload_rows_from(read, rows, row_bytes, (rows, row_bytes), "u8", "w",
+                                          progress=lambda done, total: seen.append((done, total)))
+        want_parts = device.row_parts(rows, row_bytes, "w")
+    finally:
+        device.limits["max-storage-buffer-binding-size"] = saved
+        del device.WRITE_CHUNK
+    assert [(first, n) for _, first, n in t.parts] == want_parts and len(want_parts) == 5
+    assert all(n <= 4 for _, n in reads) and sum(n for _, n in reads) == rows
+    for first, n in reads:  # no piece crosses a part boundary
+        assert any(p0 <= first and first + n <= p0 + pn for p0, pn in want_parts)
+    assert seen[-1] == (rows * row_bytes, rows * row_bytes) and len(seen) == len(reads)
+    np.testing.assert_array_equal(await device.read(t), data)
+
+    async def short_read(first, n):
+        return b"\0" * (n * row_bytes - 1)
+
+    with pytest.raises(ValueError, match="rows 0..*came as"):
+        await device.upload_rows_from(short_read, rows, row_bytes, (rows, row_bytes), "u8", "w")
+
+
 async def test_buffer_over_device_limit_is_named(device):
     too_big = device.limits["max-buffer-size"] + 4
     with pytest.raises(gpu.DeviceLimitError, match="weights.*allows"):

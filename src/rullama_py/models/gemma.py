@@ -308,20 +308,25 @@ class Gemma:
 
     async def _upload_ple_table(self, progress) -> None:
         """The per-layer-embedding table as it is in the file (BF16 on E2B: 4.7 GB), in parts under the binding
-        limit; the graphs gather and scale its rows (ops.embed). The whole tensor passes through host memory
-        once."""
+        limit; the graphs gather and scale its rows (ops.embed). Read and written a piece at a time, so host
+        memory holds one piece (Device.upload_rows_from), never the table."""
         info = self._ple_info
-        raw = await self.gguf.tensor_bytes(info.name)
+
+        async def read(first: int, n: int):
+            return await self.gguf.tensor_bytes(info.name, slice(first, first + n))
+
+        def report(done: int, total: int) -> None:
+            if progress is not None:
+                progress(done, total, info.name)
+
         try:
-            self.ple_table = self.device.upload_rows(raw, info.n_rows, info.row_bytes,
-                                                     (info.n_rows, info.shape[-1]), info.type_name, info.name)
+            self.ple_table = await self.device.upload_rows_from(read, info.n_rows, info.row_bytes,
+                                                                (info.n_rows, info.shape[-1]), info.type_name,
+                                                                info.name, progress=report)
         except GPUError as e:
             raise ModelLoadError(f"the per-layer-embedding table ({info.nbytes / 1e9:.1f} GB) does not fit on this "
                                  f"GPU ({e}); load the model without ple_on_gpu (--ple-on-gpu) to read its rows "
                                  "from the file instead") from e
-        del raw
-        if progress is not None:
-            progress(info.nbytes, info.nbytes, info.name)
 
     def _alloc_kv(self) -> None:
         c = self.cfg
