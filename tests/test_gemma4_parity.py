@@ -99,6 +99,24 @@ async def test_ple_table_on_the_gpu(device, name):
     np.testing.assert_array_equal(await m.forward(toks[:12], 0, soft), await host.forward(toks[:12], 0, soft))
 
 
+async def test_the_ple_tables_upload_is_counted_with_the_weights(device, monkeypatch):
+    """ple_on_gpu: the table's pieces report progress in the weights' total, after them and never backwards,
+    ending at every byte; the table is read in pieces (Device.upload_rows_from), never whole."""
+    gf = await GGUFFile.open(FIXTURES / "gemma4_tiny_e2b_f32.gguf")
+    table = gf.info("per_layer_token_embd.weight")
+    monkeypatch.setattr(device, "WRITE_CHUNK", table.nbytes // 3 & ~3, raising=False)
+    seen = []
+    m = await Gemma.load(gf, device, max_context=64, prefill_chunk=8, ple_on_gpu=True,
+                         progress=lambda done, total, name: seen.append((done, total, name)))
+    assert m.ple_table is not None
+    totals = {t for _, t, _ in seen}
+    assert len(totals) == 1 and seen[-1][0] == totals.pop()
+    assert all(a[0] <= b[0] for a, b in zip(seen, seen[1:]))
+    pieces = [done for done, _, name in seen if name == table.name]
+    assert len(pieces) >= 3 and seen[-len(pieces)][2] == table.name  # the table last, in several pieces
+    assert pieces[-1] - table.nbytes == seen[-len(pieces) - 1][0]  # right after the other weights
+
+
 async def test_a_ple_table_the_gpu_cannot_hold_is_a_sentence(device, monkeypatch):
     """ple_on_gpu on a GPU that refuses the table's buffers: a ModelLoadError that names the table, its size
     and the way out (reading the rows from the file), not the runtime's error alone."""

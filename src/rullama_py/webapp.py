@@ -5,7 +5,8 @@
     r = await app.load("url", model_url, options, "url", mmproj_url)   # a llama.cpp model + its projector
     r = await app.load("url", model_url, '{"max_context": 1024, "text_only": true}')   # memory modes: the
                                              # context size, no towers; "release_towers": true frees them after
-                                             # each reply (also a chat request's setting)
+                                             # each reply (also a chat request's setting); "ple_on_gpu": true
+                                             # puts Gemma 4's per-layer-embedding table on the GPU
     r = app.memory(); r = app.release_towers()   # GPU memory now and at most since the load; free the towers now
     r = await app.chat('[{"role": "user", "content": "Hi"}]', '{"temperature": 0, "max_tokens": 64}')
     r = await app.chat('[{"role": "user", "content": [{"type": "image", "ref": 0}, {"type": "text", "text": "What is it?"}]}]',
@@ -778,7 +779,9 @@ class WebApp:
             now = time.perf_counter()
             if state["t_up"] is None:
                 state["t_up"] = now  # the header is parsed: weight transfer starts here
-            state["tensors"] += 1
+            if name != state.get("name"):  # a table read in pieces counts once
+                state["tensors"] += 1
+                state["name"] = name
             if done >= total:
                 state["t_done"] = now  # all weights are on the GPU: kernel compilation and recording follow
             if now - state["last"] < _PROGRESS_EVERY and done < total:
@@ -800,7 +803,7 @@ class WebApp:
             eng = await Engine.load(src, max_context=int(opts.get("max_context", 2048)),
                                     prefill_chunk=_chunk(opts), device=dev, params=params,
                                     release_towers_after_turn=bool(opts.get("release_towers")),
-                                    progress=progress, **extra)
+                                    ple_on_gpu=bool(opts.get("ple_on_gpu")), progress=progress, **extra)
         except VisionLoadError as e:
             if msrc is not None:
                 raise MmprojError(e) from e
@@ -837,6 +840,7 @@ class WebApp:
             "text_only": eng.text_only,
             "towers_left_out": list(eng.towers_left_out),  # loaded text-only: the towers the file has
             "release_towers": eng.release_towers_after_turn,
+            "ple_on_gpu": getattr(eng.model, "ple_table", None) is not None,  # asked for, and the model has one
             "identity": eng.layout_hash().hex(),
             "dispatches_per_token": len(eng.model.decode.graph) + len(eng.sample_graph),
             "diffusion": None,

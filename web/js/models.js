@@ -226,6 +226,7 @@ export async function loadModel(source) {
     prefill_chunk: parseInt($('prefill-chunk').value, 10) || null,  // null: the device's default
     text_only: $('text-only').checked,
     release_towers: $('release-towers').checked,
+    ple_on_gpu: $('ple-on-gpu').checked,
     name: source.name,
   };
   if (query.get('max_buffer')) options.max_buffer_size = parseInt(query.get('max_buffer'), 10);
@@ -263,6 +264,7 @@ export async function loadModel(source) {
     localStorage.setItem('rullama.lastSource', JSON.stringify({ ...source, file: undefined, mmproj: mm && { ...mm, file: undefined } }));
     const media = (info.has_vision ? ' · reads images' : '') + (info.has_audio ? ' · hears audio' : '')
       + (info.text_only ? ' · text only' : '')
+      + (info.ple_on_gpu ? ' · per-layer embeddings on the GPU' : '')
       + (info.diffusion ? ` · diffusion, canvas ${info.diffusion.canvas_length}` : '');
     $('model-pill').textContent = `${info.name} · ${info.arch} · context ${info.max_context}${media}`;
     $('model-pill').classList.remove('muted');

@@ -14,6 +14,7 @@ export function saveSettings() {
   settings.prefill_chunk = $('prefill-chunk').value;
   settings.text_only = $('text-only').checked;
   settings.release_towers = $('release-towers').checked;
+  settings.ple_on_gpu = $('ple-on-gpu').checked;
   settings.keep_copy = $('keep-copy').checked;
   settings.url = $('model-url').value;
   settings.mmproj_url = $('mmproj-url').value;
@@ -26,6 +27,7 @@ export function restoreSettings() {
   if (settings.prefill_chunk) $('prefill-chunk').value = settings.prefill_chunk;
   $('text-only').checked = !!settings.text_only;
   $('release-towers').checked = !!settings.release_towers;
+  $('ple-on-gpu').checked = !!settings.ple_on_gpu;
   $('keep-copy').checked = !!settings.keep_copy;
   if (settings.url) $('model-url').value = settings.url;
   if (settings.mmproj_url) $('mmproj-url').value = settings.mmproj_url;

@@ -7,7 +7,8 @@
 //   boot                                  start Pyodide and install rullama_py (the page calls it at start)
 //   load {kind, url|file|key, mmproj?, options}
 //                                         options: {max_context, prefill_chunk, name, mmproj_name, text_only
-//                                         (leave the towers out), release_towers (free them after each reply)}
+//                                         (leave the towers out), release_towers (free them after each reply),
+//                                         ple_on_gpu (Gemma 4's per-layer-embedding table on the GPU)}
 //                                         kind: 'url' | 'file' | 'opfs'; mmproj: the same shape (a projector,
 //                                         vision and/or audio, for a llama.cpp model file), or absent.
 //                                         Resolves with the model's info; its `diffusion` is null for a chat

@@ -147,9 +147,7 @@ class Gemma:
         cfg = ModelConfig.from_metadata(gf.metadata)
         max_context = max(1, min(max_context, cfg.context_length))
         m = cls(cfg, device, gf, max_context, min(prefill_chunk or default_prefill_chunk(device), max_context))
-        await m._upload(progress)
-        if ple_on_gpu and cfg.ple_dim:
-            await m._upload_ple_table(progress)
+        await m._upload(progress, with_ple_table=bool(ple_on_gpu and cfg.ple_dim))
         m._alloc_kv()
         if m.prefill_chunk > 1:
             # Recorded side by side: in the browser, pipelines compile asynchronously on the GPU process's
@@ -226,7 +224,9 @@ class Gemma:
                     run = [n]
         return groups
 
-    async def _upload(self, progress) -> None:
+    async def _upload(self, progress, with_ple_table: bool = False) -> None:
+        """Every weight the graphs read, and with_ple_table the per-layer-embedding table last (its progress
+        counted in the same total)."""
         gf, dev = self.gguf, self.device
         missing = sorted(n for n in self._wanted() if n not in gf)
         if missing:
@@ -234,6 +234,8 @@ class Gemma:
                                  + (" ..." if len(missing) > 6 else ""))
         names = self._weight_names()
         total = sum(gf.info(n).nbytes for n in names)
+        if with_ple_table:
+            total += gf.info("per_layer_token_embd.weight").nbytes
         groups = self._row_groups(names)
         grouped = {n for members in groups.values() for n in members[1:]}
         done = 0
@@ -305,8 +307,10 @@ class Gemma:
             self._ple_info = gf.info("per_layer_token_embd.weight")
             if self._ple_info.type_name not in ("bf16", "f16", "f32"):
                 raise ModelLoadError(f"per_layer_token_embd is {self._ple_info.type_name}; expected bf16, f16 or f32")
+            if with_ple_table:
+                await self._upload_ple_table(progress, done, total)
 
-    async def _upload_ple_table(self, progress) -> None:
+    async def _upload_ple_table(self, progress, done: int, total: int) -> None:
         """The per-layer-embedding table as it is in the file (BF16 on E2B: 4.7 GB), in parts under the binding
         limit; the graphs gather and scale its rows (ops.embed). Read and written a piece at a time, so host
         memory holds one piece (Device.upload_rows_from), never the table."""
@@ -315,9 +319,9 @@ class Gemma:
         async def read(first: int, n: int):
             return await self.gguf.tensor_bytes(info.name, slice(first, first + n))
 
-        def report(done: int, total: int) -> None:
-            if progress is not None:
-                progress(done, total, info.name)
+        def report(table_done: int, table_total: int) -> None:
+            if progress is not None:  # counted after the other weights, in their total
+                progress(done + table_done, total, info.name)
 
         try:
             self.ple_table = await self.device.upload_rows_from(read, info.n_rows, info.row_bytes,
