@@ -14,7 +14,9 @@ own. Every step checks:
   scale * sum_d |dq_d| |k_d|, the softmax output by twice the largest score error times max|v|; plus
   test_attention.py's 2e-4 * max|v| for the f32 arithmetic;
 - the output against the separate ops' output, which computes the same thing in another order (the norm's sum,
-  SCALE before or after RoPE): within 1e-4 of max|v| (scores reach tens at scale 1.0), and the caches within one f16 ulp."""
+  SCALE before or after RoPE): within 1e-4 of max|v| (scores reach tens at scale 1.0) plus what the two
+  caches' differences explain (an f16 ulp where a value sits near a rounding edge; the caches are compared
+  within one ulp)."""
 
 import numpy as np
 import pytest
@@ -103,7 +105,7 @@ async def run_decode(device, *, nh, nkv, hd, n_rot=None, base=1e4, ff=False, v_n
 
     plan = attention_plan(device, n_tokens=1, n_heads=nh, n_kv_heads=nkv, head_dim=hd, window=window,
                           max_ctx=slots, splits=splits, **({} if short is None else {"short": short}))
-    fused_ok = plan["row_tiles"] == 1 and plan["rows"] * plan["wg"] >= hd
+    fused_ok = plan["row_tiles"] == 1 and plan["rows"] * plan["wg"] >= hd  # (workgroup memory: enough here)
     assert len(graphs["fused", 1][0]) == plan["dispatches"] + (0 if fused_ok else 1)
     assert len(graphs["apart", 1][0]) == plan["dispatches"] + 1
 
@@ -139,7 +141,14 @@ async def run_decode(device, *, nh, nkv, hd, n_rot=None, base=1e4, ff=False, v_n
             ds = scale * q_tol(want_q[pos], pos) * float(np.abs(keys).sum(axis=-1).max())
             np.testing.assert_allclose(outs["fused"], want, rtol=0, atol=2e-4 * vmax + 2 * ds * vmax,
                                        err_msg=f"decode at pos {pos}")
-            np.testing.assert_allclose(outs["fused"], outs["apart"], rtol=0, atol=1e-4 * vmax,
+            # the two paths' caches may differ by an f16 ulp where a value sits near a rounding edge: a score
+            # moves by at most scale * sum_d |q_d| |dk_d|, an output by twice that times max|v| plus max|dv|
+            dk = np.abs(keys - np.stack([ak[:, p % slots] for p in range(pos + 1)]))
+            dv = float(np.abs(vals - np.stack([av[:, p % slots] for p in range(pos + 1)])).max())
+            q_abs = np.abs(want_q[pos])  # [heads, hd]
+            ds_cache = scale * max(float((q_abs[h] * dk[:, h // (nh // nkv)]).sum(axis=-1).max()) for h in range(nh))
+            np.testing.assert_allclose(outs["fused"], outs["apart"], rtol=0,
+                                       atol=1e-4 * vmax + 2 * ds_cache * vmax + dv,
                                        err_msg=f"decode at pos {pos}, fused against separate")
         pos += n
     return plan
