@@ -474,9 +474,11 @@ const scenarios = {
     await showLoader(page);
     await page.click('[role=tab][data-tab=file]');
     await forgetError(page);
+    await page.check('#ple-on-gpu');  // this load (a Gemma 4 E2B layout) with its per-layer table on the GPU
     await page.setInputFiles('#model-file', cfg.local_file);
     await until(page, () => window.rullamaApp.busy || window.rullamaApp.lastError, null, 60000);
     out.load_file = await waitLoaded(page);
+    out.pill_file = await page.textContent('#model-pill');
     await page.click('#new-chat');
     out.r_file = await chat(page, cfg.prompts[0], { temperature: 0, max_tokens: cfg.max_tokens });
     await shot(page, 'local-file');

@@ -307,9 +307,13 @@ def test_ollama_store_models_are_listed_and_load(sources, native_tiny):
 
 
 def test_local_file_loads_by_slices(sources, native_tiny):
+    """Loaded with "Per-layer embeddings on the GPU" ticked: the reply is still the native one, whose rows are
+    read from the file."""
     load = sources["load_file"]
     assert load["error"] is None and load["model"]["source"] == "file"
     assert load["model"]["name"] == TINY.name
+    assert load["model"]["ple_on_gpu"] is True and "per-layer embeddings on the GPU" in sources["pill_file"]
+    assert sources["load_opfs"]["model"]["ple_on_gpu"] is False
     assert sources["r_file"]["ids"] == _native_first_reply(native_tiny)
 
 
