@@ -48,6 +48,54 @@ async def test_prefill_chunks_then_decode(device, name):
         np.testing.assert_allclose(got, ref[t], atol=ATOL, err_msg=f"position {t}")
 
 
+@pytest.mark.parametrize("name", NAMES)
+async def test_long_prefill_run(device, name):
+    """With a long prefill run beside the prefill run (what a hardware GPU gets for prompts longer than a
+    chunk), a prompt goes in long chunks while more than a chunk remains, then the prefill run, then decode
+    runs; the logits are the goldens' all along."""
+    z = np.load(FIXTURES / f"gemma4_tiny_{name}.npz")
+    gf = await GGUFFile.open(FIXTURES / f"gemma4_tiny_{name}.gguf")
+    m = await Gemma.load(gf, device, max_context=64, prefill_chunk=4, long_prefill_chunk=9)
+    assert m.prefill_long.capacity == 9 and m.prefill.capacity == 4
+    toks, ref = z["tokens"].tolist(), z["logits"]
+    used = []
+    write_inputs = m.write_inputs
+
+    async def spy(run, ids, pos, soft=()):
+        used.append((run.capacity, len(ids)))
+        return await write_inputs(run, ids, pos, soft)
+
+    m.write_inputs = spy
+    split = len(toks) - 3
+    got = await m.forward(toks[:split], 0)
+    np.testing.assert_allclose(got, ref[split - 1], atol=ATOL)
+    n, want = split, []
+    while n > 0:  # the chunks run_for picks: long while more than 4 remain
+        cap = 9 if n > 4 else 4 if n > 1 else 1
+        want.append((cap, min(cap, n)))
+        n -= min(cap, n)
+    assert used == want and used[0] == (9, 9)
+    for t in range(split, len(toks)):
+        np.testing.assert_allclose(await m.forward([toks[t]], t), ref[t], atol=ATOL, err_msg=f"position {t}")
+
+
+async def test_the_long_prefill_run_is_a_hardware_gpus(device, monkeypatch):
+    """Software GPUs get none; a hardware GPU gets LONG_PREFILL_CHUNK when its binding limit holds the widest
+    activation of that many tokens (E2B's GeGLU input: 512 x 12,288 floats), else none."""
+    from types import SimpleNamespace
+
+    from rullama_py.models import gemma
+
+    m = await _load(device, "e2b_f32", chunk=None)
+    assert device.software and m.long_prefill_chunk == 0 and m.prefill_long is None
+    e2b = SimpleNamespace(ffn_dim=[6144] * 35, n_layers=35, ple_dim=256)
+    monkeypatch.setattr(type(device), "software", property(lambda self: None))
+    monkeypatch.setitem(device.limits, "max-storage-buffer-binding-size", 512 * 12288 * 4)
+    assert gemma.default_long_prefill_chunk(device, e2b) == gemma.LONG_PREFILL_CHUNK == 512
+    monkeypatch.setitem(device.limits, "max-storage-buffer-binding-size", 512 * 12288 * 4 - 4)
+    assert gemma.default_long_prefill_chunk(device, e2b) == 0
+
+
 @pytest.mark.parametrize("name", ["e2b_f32", "q4_k_m"])
 async def test_prefill_with_split_k(device, name):
     """The prefill graph with every tiled product cut in 3 column ranges (ops.matmul's split K, which a

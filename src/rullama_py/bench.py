@@ -62,7 +62,7 @@ async def measure(eng, *, prompt_tokens: int = 128, gen_tokens: int = 64, repeat
     ids = prompt_ids(depth + prompt_tokens, m.cfg.vocab_size)
     context, prompt = ids[:depth], ids[depth:]
     eng.reset()
-    await eng.feed(prompt[: min(len(prompt), m.prefill_chunk)])
+    await eng.feed(prompt[: min(len(prompt), max(m.prefill_chunk, m.long_prefill_chunk))])
     for _ in range(WARMUP_STEPS):
         await eng.step()
     runs: dict[str, list] = {"prefill": [], "decode": [], "host": []}
@@ -94,6 +94,7 @@ async def measure(eng, *, prompt_tokens: int = 128, gen_tokens: int = 64, repeat
         "prompt_tokens": len(prompt),
         "gen_tokens": gen_tokens,
         "prefill_chunk": m.prefill_chunk,
+        "long_prefill_chunk": m.long_prefill_chunk,
         "max_context": eng.max_context,
         "prefill_tok_s": round(max(runs["prefill"]), 2),
         "decode_tok_s": round(runs["decode"][best], 2),

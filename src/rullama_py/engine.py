@@ -254,7 +254,7 @@ class Engine:
     # -- loading -------------------------------------------------------------------------------------------
     @classmethod
     async def load(cls, model, *, mmproj=None, max_context: int = 4096, prefill_chunk: int | None = None,
-                   device: Device | None = None, params: SamplerParams | None = None, text_only: bool = False,
+                   long_prefill_chunk: int | None = None, device: Device | None = None, params: SamplerParams | None = None, text_only: bool = False,
                    release_towers_after_turn: bool = False, ple_on_gpu: bool = False, progress=None) -> "Engine":
         """Open `model` (see open_model_file), upload its weights and record its graphs. `mmproj` (a path, URL,
         bytes or Source) is a llama.cpp vision projector for a text-only model file; Ollama's Gemma 4 blobs
@@ -266,15 +266,16 @@ class Engine:
         frees the towers when each turn ends (also settable later, as an attribute). For a GPU with memory to
         spare, `ple_on_gpu` uploads Gemma 4 E2B/E4B's per-layer-embedding table (4.7 GB on E2B) rather than
         reading a row from the file per token, so that decoding can run a step ahead (see above).
-        `progress(done, total, name)` is called per tensor."""
+        `prefill_chunk` and `long_prefill_chunk`: the prefill runs' capacities (Gemma.load: by default the
+        device's). `progress(done, total, name)` is called per tensor."""
         gf = await open_model_file(model)
         if gf.metadata.get("general.architecture") == "diffusion-gemma":
             raise DiffusionModelError(f"{gf.source.name} is a diffusion model (DiffusionGemma): it writes a whole "
                                       "canvas at a time; use the diffusion mode (`rullama diffuse`) to run it")
         device = device or await default_device()
         tok = Tokenizer.from_gguf_metadata(gf.metadata)
-        m = await Gemma.load(gf, device, max_context=max_context, prefill_chunk=prefill_chunk, ple_on_gpu=ple_on_gpu,
-                             progress=progress)
+        m = await Gemma.load(gf, device, max_context=max_context, prefill_chunk=prefill_chunk,
+                             long_prefill_chunk=long_prefill_chunk, ple_on_gpu=ple_on_gpu, progress=progress)
         params = params or SamplerParams()
         sampler = await Sampler.create(device, m.cfg.vocab_size, params, max_history=256)
         eng = cls(m, tok, sampler, params)
@@ -413,7 +414,7 @@ class Engine:
         pos = len(self.tokens)
         done = 0
         while done < len(ids):
-            run = m.prefill if len(ids) - done > 1 else m.decode
+            run = m.run_for(len(ids) - done)
             chunk = ids[done: done + run.capacity]
             end = done + len(chunk)
             await m.write_inputs(run, chunk, pos, chunk_soft(soft, done, end))

@@ -4,7 +4,9 @@ plain op calls.
 The forward pass of one run of up to `capacity` tokens is recorded once into a gpu.Graph (see `_record`), so
 running it again - every decoded token, every prefill chunk - costs one small uniform write and one submit.
 Two runs are recorded: `decode` (capacity 1: matrix-vector kernels) and `prefill` (capacity `prefill_chunk`:
-matrix-matrix kernels). They share the weights, the KV cache and the Step uniform (shaders/common.wgsl).
+matrix-matrix kernels), and on a hardware GPU a third, `prefill_long` (capacity `long_prefill_chunk`), for the
+chunks of long prompts (see LONG_PREFILL_CHUNK). They share the weights, the KV cache and the Step uniform
+(shaders/common.wgsl).
 
 The Gemma 4 specifics, all driven by the GGUF metadata through config.ModelConfig:
 - per-layer embeddings (PLE): one row of the BF16 `per_layer_token_embd` table per token, read from the file
@@ -97,13 +99,27 @@ class Run:
 STEP_BYTES = 32
 # Tokens per prefill run: the tiled products' occupancy grows with the chunk (a 2048-row weight is 32 tiles of
 # 64 rows, times the chunk's token tiles, for a GPU of a hundred multiprocessors), and the products compute only
-# a run's own tokens (ops.matmul step=), so a short prompt costs no more in a large chunk. A GPU emulated on
-# the CPU keeps 64: its pipelines compile slowly and it gains nothing from occupancy.
+# a run's own tokens (ops.matmul step=). A GPU emulated on the CPU keeps 64: its pipelines compile slowly and it
+# gains nothing from occupancy.
 PREFILL_CHUNK, SOFTWARE_PREFILL_CHUNK = 256, 64
+# A hardware GPU also gets a run of LONG_PREFILL_CHUNK tokens for long prompts: each pass reads the weights once
+# for twice the tokens (E2B's 512-token prompt: +18% on an H200, docs/PERFORMANCE.md). It is a run of its own,
+# not the only one, because a run's products are tiled and split for its capacity: a short prompt (a chat turn)
+# in a 512-token run would get the 128 x 128 tiles and the few column splits planned for 512 tokens.
+LONG_PREFILL_CHUNK = 512
 
 
 def default_prefill_chunk(device: Device) -> int:
     return SOFTWARE_PREFILL_CHUNK if device.software else PREFILL_CHUNK
+
+
+def default_long_prefill_chunk(device: Device, cfg: ModelConfig) -> int:
+    """The long prefill run's capacity on this device (0: none): LONG_PREFILL_CHUNK on a hardware GPU whose
+    binding limit holds that many tokens' widest activation."""
+    if device.software:
+        return 0
+    widest = LONG_PREFILL_CHUNK * max(2 * max(cfg.ffn_dim), cfg.n_layers * (cfg.ple_dim or 0)) * 4
+    return LONG_PREFILL_CHUNK if widest <= device.limits["max-storage-buffer-binding-size"] else 0
 
 SOFT_TOKEN = 0xFFFFFFFF  # the id of a row whose embedding is a soft token (see Gemma.write_inputs)
 PLE_CACHE_BYTES = 32 << 20  # per-layer-embedding rows kept on the host (see Gemma.ple_rows)
@@ -112,12 +128,15 @@ PLE_CACHE_BYTES = 32 << 20  # per-layer-embedding rows kept on the host (see Gem
 class Gemma:
     """A loaded Gemma text decoder. Create with `await Gemma.load(gguf_file, device, ...)`."""
 
-    def __init__(self, cfg: ModelConfig, device: Device, gf: GGUFFile, max_context: int, prefill_chunk: int):
+    def __init__(self, cfg: ModelConfig, device: Device, gf: GGUFFile, max_context: int, prefill_chunk: int,
+                 long_prefill_chunk: int = 0):
         self.cfg = cfg
         self.device = device
         self.gguf = gf
         self.max_context = max_context
         self.prefill_chunk = prefill_chunk
+        self.long_prefill_chunk = long_prefill_chunk  # 0: no long prefill run
+        self.prefill_long: Run | None = None
         self.layers: list[Layer] = []
         self.step = device.tensor((STEP_BYTES // 4,), "uint32", "step", usage=UNIFORM)
         self._step_bytes = bytearray(STEP_BYTES)
@@ -140,19 +159,29 @@ class Gemma:
     # -- loading -------------------------------------------------------------------------------------------
     @classmethod
     async def load(cls, gf: GGUFFile, device: Device, *, max_context: int = 4096, prefill_chunk: int | None = None,
-                   ple_on_gpu: bool = False, progress=None) -> "Gemma":
+                   long_prefill_chunk: int | None = None, ple_on_gpu: bool = False, progress=None) -> "Gemma":
         """Upload the weights of `gf` and record the decode and prefill graphs. `progress(done_bytes,
         total_bytes, name)` is called after each tensor. `ple_on_gpu`: upload Gemma 4's per-layer-embedding
-        table too (see the module doc; models without one ignore it)."""
+        table too (see the module doc; models without one ignore it). `long_prefill_chunk`: the capacity of a
+        second prefill run for prompts longer than a prefill chunk (0: none); by default the device's
+        (default_long_prefill_chunk) when prefill_chunk is the device's too, else none."""
         cfg = ModelConfig.from_metadata(gf.metadata)
         max_context = max(1, min(max_context, cfg.context_length))
-        m = cls(cfg, device, gf, max_context, min(prefill_chunk or default_prefill_chunk(device), max_context))
+        chunk = min(prefill_chunk or default_prefill_chunk(device), max_context)
+        if long_prefill_chunk is None:
+            long_prefill_chunk = default_long_prefill_chunk(device, cfg) if prefill_chunk is None else 0
+        long_chunk = min(long_prefill_chunk, max_context)
+        m = cls(cfg, device, gf, max_context, chunk, long_chunk if long_chunk > chunk > 1 else 0)
         await m._upload(progress, with_ple_table=bool(ple_on_gpu and cfg.ple_dim))
         m._alloc_kv()
         if m.prefill_chunk > 1:
             # Recorded side by side: in the browser, pipelines compile asynchronously on the GPU process's
             # threads, so the two graphs' kernels (matrix-vector vs matrix-matrix) compile at the same time.
-            m.decode, m.prefill = await asyncio.gather(m._record(1), m._record(m.prefill_chunk))
+            runs = [m._record(1), m._record(m.prefill_chunk)]
+            if m.long_prefill_chunk:
+                runs.append(m._record(m.long_prefill_chunk))
+            m.decode, m.prefill, *long = await asyncio.gather(*runs)
+            m.prefill_long = long[0] if long else None
         else:
             m.decode = m.prefill = await m._record(1)
         return m
@@ -338,7 +367,8 @@ class Gemma:
             if not c.has_kv[l]:
                 continue
             window = c.sliding_window if c.is_sliding[l] else 0
-            slots = ops.kv_slots(self.max_context, window=window, max_tokens=self.prefill_chunk)
+            slots = ops.kv_slots(self.max_context, window=window,
+                                 max_tokens=max(self.prefill_chunk, self.long_prefill_chunk))
             k, v = ops.kv_cache(self.device, n_kv_heads=c.n_kv_heads[l], head_dim=c.head_dim[l], slots=slots,
                                 label=f"kv{l}")
             self.kv[l] = (k, v, slots)
@@ -596,6 +626,13 @@ class Gemma:
                 cache.popitem(last=False)
         return np.stack([rows[t] for t in ids]).astype(np.float32, copy=False)
 
+    def run_for(self, remaining: int) -> Run:
+        """The run for the next chunk of a prompt with `remaining` tokens to go: the long prefill run while more
+        than a prefill chunk remains, the prefill run for the rest, the decode run for a last single token."""
+        if self.prefill_long is not None and remaining > self.prefill_chunk:
+            return self.prefill_long
+        return self.prefill if remaining > 1 else self.decode
+
     async def forward(self, ids, pos: int, soft=()) -> np.ndarray:
         """Run `ids` at positions pos.. through the model (prefill chunks as needed) and return the last
         token's logits; `soft` as in chunk_soft. For tests and tools: generation uses Engine, which samples on
@@ -603,7 +640,7 @@ class Gemma:
         ids = list(ids)
         done = 0
         while done < len(ids):
-            run = self.prefill if len(ids) - done > 1 else self.decode
+            run = self.run_for(len(ids) - done)
             chunk = ids[done: done + run.capacity]
             await self.write_inputs(run, chunk, pos, chunk_soft(soft, done, done + len(chunk)))
             self.write_step(pos, len(chunk))
