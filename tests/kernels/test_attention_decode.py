@@ -105,7 +105,7 @@ async def run_decode(device, *, nh, nkv, hd, n_rot=None, base=1e4, ff=False, v_n
 
     plan = attention_plan(device, n_tokens=1, n_heads=nh, n_kv_heads=nkv, head_dim=hd, window=window,
                           max_ctx=slots, splits=splits, **({} if short is None else {"short": short}))
-    fused_ok = plan["row_tiles"] == 1 and plan["rows"] * plan["wg"] >= hd  # (workgroup memory: enough here)
+    fused_ok = plan["row_tiles"] == 1 and plan["rows"] * plan["wg"] >= hd
     assert len(graphs["fused", 1][0]) == plan["dispatches"] + (0 if fused_ok else 1)
     assert len(graphs["apart", 1][0]) == plan["dispatches"] + 1
 

@@ -329,10 +329,8 @@ async def attention_decode(g: Graph, qkv: Tensor, q_norm: Tensor, q: Tensor, cac
         for c in (cache_k, cache_v):
             if c.nbytes < expect:
                 raise ValueError(f"cache {c.label!r} holds {c.nbytes} bytes; {max_ctx} slots need {expect}")
-    r, wg = plan["rows"], plan["wg"]
-    memory = r * head_dim * 4 + r * wg * 4 + wg * 4 + 64 + head_dim * 4 + wg * 8  # attention.wgsl's + the value, sums
-    fused = (max_t == 1 and plan["row_tiles"] == 1 and r * wg >= head_dim and n_rot % 2 == 0 and k_off % 4 == 0
-             and v_off % 4 == 0 and memory <= g.device.limits.get("max-compute-workgroup-storage-size", 16384))
+    fused = (max_t == 1 and plan["row_tiles"] == 1 and plan["rows"] * plan["wg"] >= head_dim
+             and n_rot % 2 == 0 and k_off % 4 == 0 and v_off % 4 == 0)
     if not fused:
         await attention_inputs(g, qkv, q_norm, q, step, n_heads=n_heads, head_dim=head_dim, eps=eps, base=base,
                                n_rot=n_rot, freq_factors=freq_factors, freq_scale=freq_scale, qkv_stride=qkv_stride,
