@@ -276,7 +276,7 @@ def _attention_consts(plan: dict, *, n_heads, n_kv_heads, head_dim, scale, windo
 
 
 async def _record_attention(g: Graph, plan: dict, consts: dict, libs: tuple, src: Tensor, cache_k: Tensor,
-                            cache_v: Tensor, out: Tensor, step: Tensor, extra: list = ()) -> None:
+                            cache_v: Tensor, out: Tensor, step: Tensor, extra=()) -> None:
     """The plan's dispatches over the queries' source `src` (binding 0; `libs` says what it is) and `extra`
     bindings from 6 on (attention_decode_inputs.wgsl's)."""
     nsplit = plan["splits"]
