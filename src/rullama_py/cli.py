@@ -52,7 +52,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help='GGUF path, Ollama name (gemma3:270m), http(s) URL, or "default"')
     p.add_argument("--ctx", type=int, default=4096, help="context length to allocate (max_context)")
     p.add_argument("--prefill-chunk", type=int, default=None,
-                   help="tokens per prefill run (default: 256 on a GPU, 64 on one emulated in software)")
+                   help="tokens per prefill run (default: 256 on a GPU, with 512-token runs for long prompts, "
+                        "and 64 on one emulated in software; a number: that many for every chunk)")
 
 
 IMAGE_TOKEN_BUDGETS = (70, 140, 280, 560, 1120)  # media.SOFT_TOKEN_BUDGETS (kept here: --help stays light)
