@@ -117,6 +117,28 @@ async def test_prompt_logits_at_every_position(device, model):
         tower.release()
 
 
+async def test_long_prefill_run_splices_images(device):
+    """The two-image prompt through a long prefill run (61 tokens) while more than a chunk (16) remains, then the
+    prefill run: images cut by both kinds of run give the goldens' logits (a hardware GPU's 512 and 256)."""
+    z = np.load(FIXTURES / "gemma4_tiny_vision_f32.npz")
+    info = json.loads(str(z["info"]))
+    image_id = int(z["marker_ids"][list(z["marker_names"]).index("<|image|>")])
+    text, tower_file = MODELS["f32"]
+    gf = await GGUFFile.open(FIXTURES / text)
+    m = await Gemma.load(gf, device, max_context=160, prefill_chunk=16, long_prefill_chunk=61)
+    tf = gf if tower_file == text else await GGUFFile.open(FIXTURES / tower_file)
+    tower = await GemmaVision.load(tf, device, text_d_model=m.cfg.d_model)
+    try:
+        toks, ref = z["pair_tokens"].tolist(), z["pair_logits"]
+        blocks = soft_blocks(toks, await _soft(device, tower, info["pair"]), image_id)
+        split = len(toks) - 5  # 138: runs of 61, 61, then 16
+        assert [m.run_for(n).capacity for n in (split, split - 61, split - 122)] == [61, 61, 16]
+        got = await m.forward(toks[:split], 0, blocks)
+        np.testing.assert_allclose(got, ref[split - 1], atol=LOGIT_ATOL)
+    finally:
+        tower.release()
+
+
 @pytest.mark.parametrize("model,case", [("f32", "landscape_140"), ("q8_0", "portrait_70")])
 async def test_engine_from_the_image_file(device, model, case):
     """From the JPEG through media.prepare_image, the chat template's expansion and the engine's splicing: the
