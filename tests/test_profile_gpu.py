@@ -116,7 +116,8 @@ async def test_more_timestamps_than_one_query_set_holds(tdev, method, monkeypatc
 @pytest.mark.parametrize("method", profile_gpu.METHODS)
 async def test_each_dispatch_gets_its_own_time(tdev, method):
     """A heavy dispatch between two light ones: the heavy one's time lands on it, not on a neighbour (a slot
-    off by one would move it). softcap over 4M values is thousands of times the work of a scale over 64."""
+    off by one would move it), with and without untimed warm-up runs before; the whole step (timed from its
+    first dispatch) holds it. softcap over 4M values is thousands of times the work of a scale over 64."""
     from rullama_py import ops
 
     if method not in _methods(tdev):
@@ -127,8 +128,11 @@ async def test_each_dispatch_gets_its_own_time(tdev, method):
     await ops.scale_inplace(g, small, 0.5)
     await ops.softcap(g, big, cap=30.0)
     await ops.scale_inplace(g, small, 2.0)
-    med = np.median(await profile_gpu.time_dispatches(tdev, [g], method, 3), axis=0)
-    assert med[1] > 10 * max(med[0], med[2]), med
+    for warm in (0, 2):  # untimed runs first, in the same command buffer, move no slot
+        med = np.median(await profile_gpu.time_dispatches(tdev, [g], method, 3, warm), axis=0)
+        assert med[1] > 10 * max(med[0], med[2]), (warm, med)
+        step = await profile_gpu.time_step(tdev, [g], 2, warm)
+        assert len(step) == 2 and min(step) >= med[1] * 0.5, (warm, step, med)
     labels = profile_gpu.describe(tdev, [g])
     assert [x["family"] for x in labels] == ["scale by_const", "softcap", "scale by_const"]
     assert labels[0]["consts"]["S"] == 0.5 and labels[2]["consts"]["S"] == 2.0 and labels[1]["consts"]["CAP"] == 30.0

@@ -224,6 +224,10 @@ async def main():
         records.append(bench.record(res, model=model, commit=S["commit"], command=S["command"]))
     if S["record"]:
         bench.append_records(S["record"], records)
+    # Nothing left in flight when Node exits (a step decoded ahead): Dawn torn down under running GPU work
+    # ended the process with a segmentation fault after the records were written.
+    eng.settle()
+    await dev.sync()
     return records
 
 try:

@@ -16,7 +16,11 @@ prefill chunk) on the GPU:
   own, with the pass's beginning and end timestamps. Passes add barriers and lose overlap between
   dispatches, so the sum of dispatches says how far this is from the real step.
 
-Each dispatch's time is the median over --repeats runs. The whole step is also timed as the engine runs it
+Each timed run follows --warm untimed runs of the same graphs in the same command buffer, so that the GPU is
+busy when the timestamps start, as it is while the engine decodes step after step. Without them a short step
+read long: the 270M's step measured 2.3-3.6 ms on an H200 against its 1.3 ms a token, most likely because
+the GPU idled (and clocked down) between one timed run's readback and the next; the warm-up is there for that,
+not yet measured on that GPU. Each dispatch's time is the median over --repeats runs. The whole step is also timed as the engine runs it
 (the same passes, timestamps only at the first pass's beginning and the last pass's end): "step" against
 "sum of dispatches" says what the per-dispatch timestamps themselves cost. A family is a kernel file with
 its entry point and its quantisation library ("matvec q4_k", "attention split", "rms_norm"). The host's
@@ -191,6 +195,17 @@ def _dispatch(cpass, d) -> None:
     cpass.dispatch_workgroups(*d.workgroups)
 
 
+def _encode_untimed(enc, graphs, n: int) -> None:
+    """`n` runs of `graphs` without timestamps, a compute pass per graph as the engine encodes them."""
+    for _ in range(n):
+        for g in graphs:
+            if g.dispatches:
+                cpass = enc.begin_compute_pass()
+                for d in g.dispatches:
+                    _dispatch(cpass, d)
+                cpass.end()
+
+
 def _pass_writes(q: _Queries, begin: int | None, end: int | None) -> dict:
     """A compute pass's timestampWrites (WebGPU: both indices in one query set)."""
     w = {}
@@ -202,14 +217,16 @@ def _pass_writes(q: _Queries, begin: int | None, end: int | None) -> dict:
     return w
 
 
-async def time_step(device: gpu.Device, graphs, repeats: int) -> list[float]:
-    """GPU µs of `graphs` run as the engine runs them (a compute pass each, in order), one value per run."""
+async def time_step(device: gpu.Device, graphs, repeats: int, warm: int = 0) -> list[float]:
+    """GPU µs of `graphs` run as the engine runs them (a compute pass each, in order), one value per run, each
+    after `warm` untimed runs."""
     q = _Queries(device, 2)
     scale = ns_per_tick(device) / 1e3
     runs = []
     try:
         for _ in range(repeats):
             enc = device.raw.create_command_encoder()
+            _encode_untimed(enc, graphs, warm)
             live = [g for g in graphs if g.dispatches]
             for gi, g in enumerate(live):
                 cpass = enc.begin_compute_pass(timestamp_writes=_pass_writes(
@@ -226,8 +243,8 @@ async def time_step(device: gpu.Device, graphs, repeats: int) -> list[float]:
     return runs
 
 
-async def time_dispatches(device: gpu.Device, graphs, method: str, repeats: int) -> np.ndarray:
-    """GPU µs of every dispatch of `graphs`, [repeats, n_dispatches]."""
+async def time_dispatches(device: gpu.Device, graphs, method: str, repeats: int, warm: int = 0) -> np.ndarray:
+    """GPU µs of every dispatch of `graphs`, [repeats, n_dispatches], each run after `warm` untimed ones."""
     dispatches = [(gi, d) for gi, g in enumerate(graphs) for d in g.dispatches]
     n = len(dispatches)
     if method == "inside-passes":
@@ -240,6 +257,7 @@ async def time_dispatches(device: gpu.Device, graphs, method: str, repeats: int)
     try:
         for r in range(repeats):
             enc = device.raw.create_command_encoder()
+            _encode_untimed(enc, graphs, warm)
             ends = []  # (slot before, slot after) of each dispatch
             slot = 0
             if method == "inside-passes":
@@ -308,7 +326,8 @@ def summarise(labels: list[dict], per_run: np.ndarray, step_runs: list[float]) -
     }
 
 
-async def profile_graphs(device: gpu.Device, graphs, *, method: str, repeats: int, before_run=None) -> dict:
+async def profile_graphs(device: gpu.Device, graphs, *, method: str, repeats: int, before_run=None,
+                         warm: int = 0) -> dict:
     """The whole profile of `graphs`: step time, per-dispatch and per-family GPU time, host encoding.
     `before_run()` rewrites the inputs before every timed run (the Step uniform)."""
     if before_run:
@@ -318,12 +337,12 @@ async def profile_graphs(device: gpu.Device, graphs, *, method: str, repeats: in
     for _ in range(repeats):
         if before_run:
             before_run()
-        step_runs += await time_step(device, graphs, 1)
+        step_runs += await time_step(device, graphs, 1, warm)
     per_run = []
     for _ in range(repeats):
         if before_run:
             before_run()
-        per_run.append((await time_dispatches(device, graphs, method, 1))[0])
+        per_run.append((await time_dispatches(device, graphs, method, 1, warm))[0])
     out = summarise(describe(device, graphs), np.array(per_run), step_runs)
     out["method"] = method
     out["host_encode_us_per_dispatch"] = host_encode_us(device, graphs)
@@ -342,7 +361,7 @@ def git_commit() -> str:
 
 async def profile_model(model, *, prefill: bool = False, depth: int = 64, ctx: int = 4096, prefill_chunk: int = 64,
                         repeats: int = 5, method: str = "auto", device: gpu.Device | None = None,
-                        ple_on_gpu: bool = False) -> dict:
+                        ple_on_gpu: bool = False, warm: int = 10) -> dict:
     """Load `model` (with Gemma 4's per-layer-embedding table on the GPU if `ple_on_gpu`), put `depth` tokens
     in its cache, and profile the decode step (and a prefill chunk)."""
     from rullama_py.engine import Engine
@@ -350,6 +369,8 @@ async def profile_model(model, *, prefill: bool = False, depth: int = 64, ctx: i
 
     if repeats < 1:
         raise ProfileError(f"{repeats} repeats: give 1 or more.")
+    if warm < 0:
+        raise ProfileError(f"{warm} warm-up runs: give 0 or more.")
     if depth < 1:
         raise ProfileError(f"a depth of {depth} tokens: give 1 or more (decode follows a prompt).")
     device = device or await open_device()
@@ -369,16 +390,16 @@ async def profile_model(model, *, prefill: bool = False, depth: int = 64, ctx: i
     pos = len(eng.tokens)
     out = {"model": str(model), "arch": m.cfg.arch, "device": device.info, "features": sorted(device.features),
            "timestamp_features": sorted(timestamp_features(device)), "ns_per_tick": ns_per_tick(device),
-           "depth": pos, "max_context": eng.max_context, "commit": git_commit(), "repeats": repeats,
+           "depth": pos, "max_context": eng.max_context, "commit": git_commit(), "repeats": repeats, "warm": warm,
            "ple_on_gpu": m.ple_table is not None}
     out["decode"] = await profile_graphs(device, [m.decode.graph, eng.sample_graph], method=method, repeats=repeats,
-                                         before_run=lambda: m.write_step(pos, 1))
+                                         before_run=lambda: m.write_step(pos, 1), warm=warm)
     if prefill:
         cap = m.prefill.capacity
         chunk = [(11 + 17 * i) % (vocab - 10) + 5 for i in range(cap)]
         await m.write_inputs(m.prefill, chunk, pos)
         out["prefill"] = await profile_graphs(device, [m.prefill.graph], method=method, repeats=repeats,
-                                              before_run=lambda: m.write_step(pos, cap))
+                                              before_run=lambda: m.write_step(pos, cap), warm=warm)
         out["prefill"]["tokens"] = cap
     return out
 
@@ -406,6 +427,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ctx", type=int, default=4096, help="context to allocate (default 4096)")
     ap.add_argument("--prefill-chunk", type=int, default=64, help="tokens per prefill chunk (default 64)")
     ap.add_argument("--repeats", type=int, default=5, help="runs per measurement; medians are reported (default 5)")
+    ap.add_argument("--warm", type=int, default=10,
+                    help="untimed runs before each timed one, in the same command buffer (default 10)")
     ap.add_argument("--method", default="auto", choices=("auto",) + METHODS)
     ap.add_argument("--ple-on-gpu", action="store_true",
                     help="Gemma 4 E2B/E4B: the per-layer-embedding table on the GPU, as rullama bench --ple-on-gpu")
@@ -414,7 +437,7 @@ def main(argv=None) -> int:
     try:
         prof = asyncio.run(profile_model(a.model, prefill=a.prefill, depth=a.depth, ctx=a.ctx,
                                          prefill_chunk=a.prefill_chunk, repeats=a.repeats, method=a.method,
-                                         ple_on_gpu=a.ple_on_gpu))
+                                         ple_on_gpu=a.ple_on_gpu, warm=a.warm))
     except (ProfileError, gpu.GPUError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
