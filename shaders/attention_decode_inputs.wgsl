@@ -7,7 +7,8 @@
 // into the caches at slot step.pos % CAP, as f16, then reads them back like any other key: storageBarrier makes
 // a workgroup's own stores visible to its invocations, and no other workgroup reads that slot (its key is the
 // newest; in a ring it overwrites a key older than the window). Layers reading another layer's cache (no
-// HAS_KV) only form queries. RoPE and the norms as in attention_inputs.wgsl; the cache layout as kv_store.wgsl.
+// HAS_KV) only form queries. RoPE and the norms as in attention_inputs.wgsl (the key's and value's sums through
+// the same workgroup_sum library); the cache layout as kv_store.wgsl.
 // Needs MAXT == 1, one row tile (R >= G), and R * WG >= HD (the key and value pass through `ps`).
 // Constants (besides attention.wgsl's): HAS_KV, K_OFF, V_OFF (offsets of the kv heads in the row, multiples of 4),
 // V_NORM, NORM_EPS (the norms' epsilon), NROT (even, <= HD), FF, LOG2_BASE, FREQ_SCALE.
@@ -42,15 +43,7 @@ fn normed_into_ps(src: u32, weighted: bool, lid: u32) {
     ps[4u * i + 3u] = v.w;
     ss += dot(v, v);
   }
-  red[lid] = ss;
-  workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s /= 2u) {
-    if (lid < s) {
-      red[lid] += red[lid + s];
-    }
-    workgroupBarrier();
-  }
-  let f = inverseSqrt(red[0] / f32(HD) + NORM_EPS);
+  let f = inverseSqrt(workgroup_sum(ss, lid) / f32(HD) + NORM_EPS);
   for (var i = lid; i < HD4; i += WG) {
     var w = vec4<f32>(f);
     if (weighted) {

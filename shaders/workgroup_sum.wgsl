@@ -1,5 +1,6 @@
-// A workgroup's sum of one f32 per lane, by a tree in workgroup memory; shared by rms_norm.wgsl and
-// attention_inputs.wgsl. Uses the kernel's WG (a power of two). Call it in uniform control flow.
+// A workgroup's sum of one f32 per lane, by a tree in workgroup memory; shared by rms_norm.wgsl,
+// attention_inputs.wgsl and attention_decode_inputs.wgsl. Uses the kernel's WG (a power of two). Call it in
+// uniform control flow.
 
 var<workgroup> partial: array<f32, WG>;
 

@@ -254,7 +254,8 @@ class Engine:
     # -- loading -------------------------------------------------------------------------------------------
     @classmethod
     async def load(cls, model, *, mmproj=None, max_context: int = 4096, prefill_chunk: int | None = None,
-                   long_prefill_chunk: int | None = None, device: Device | None = None, params: SamplerParams | None = None, text_only: bool = False,
+                   long_prefill_chunk: int | None = None, device: Device | None = None,
+                   params: SamplerParams | None = None, text_only: bool = False,
                    release_towers_after_turn: bool = False, ple_on_gpu: bool = False, progress=None) -> "Engine":
         """Open `model` (see open_model_file), upload its weights and record its graphs. `mmproj` (a path, URL,
         bytes or Source) is a llama.cpp vision projector for a text-only model file; Ollama's Gemma 4 blobs

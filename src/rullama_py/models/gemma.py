@@ -103,7 +103,7 @@ STEP_BYTES = 32
 # gains nothing from occupancy.
 PREFILL_CHUNK, SOFTWARE_PREFILL_CHUNK = 256, 64
 # A hardware GPU also gets a run of LONG_PREFILL_CHUNK tokens for long prompts: each pass reads the weights once
-# for twice the tokens (E2B's 512-token prompt: +18% on an H200, docs/PERFORMANCE.md). It is a run of its own,
+# for twice the tokens (E2B's 512-token prompt: +16% on an H200, docs/PERFORMANCE.md). It is a run of its own,
 # not the only one, because a run's products are tiled and split for its capacity: a short prompt (a chat turn)
 # in a 512-token run would get the 128 x 128 tiles and the few column splits planned for 512 tokens.
 LONG_PREFILL_CHUNK = 512

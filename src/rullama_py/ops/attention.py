@@ -276,25 +276,28 @@ def _attention_consts(plan: dict, *, n_heads, n_kv_heads, head_dim, scale, windo
 
 
 async def _record_attention(g: Graph, plan: dict, consts: dict, libs: tuple, src: Tensor, cache_k: Tensor,
-                            cache_v: Tensor, out: Tensor, step: Tensor, extra=()) -> None:
-    """The plan's dispatches over the queries' source `src` (binding 0; `libs` says what it is) and `extra`
-    bindings from 6 on (attention_decode_inputs.wgsl's)."""
+                            cache_v: Tensor, out: Tensor, step: Tensor, extra=(), source_consts=None) -> None:
+    """The plan's dispatches over the queries' source `src` (binding 0; `libs` says what it is, with
+    `source_consts` for it) and `extra` bindings from 6 on (attention_decode_inputs.wgsl's). The combine reads
+    only the splits: it takes neither."""
     nsplit = plan["splits"]
+    attend = dict(consts, **(source_consts or {}))
     tail = [None, *extra] if extra else []  # binding 5 (the split's maxima) is not the main entry's
     grid = (plan["row_tiles"], consts["NKV"], nsplit)
     if nsplit == 1:
-        k = await g.device.kernel("attention", libs=libs, entry="main", **consts)
+        k = await g.device.kernel("attention", libs=libs, entry="main", **attend)
         g.add(k, [src, cache_k, cache_v, step, out, *tail], grid)
         return
     rows = consts["MAXT"] * consts["NH"]
     part = _scratch(g.device, nsplit * rows * consts["HD"] * 4, "attention.partials")
     ml = _scratch(g.device, nsplit * rows * 8, "attention.maxsum")
     if plan["short_split"]:  # small tiles while the context is short, the plan's tiles beyond
-        small = dict(consts, KT=32, ALIGN=32, NKV_MAX=plan["short_split"])
+        small = dict(attend, KT=32, ALIGN=32, NKV_MAX=plan["short_split"])
         k = await g.device.kernel("attention", libs=libs, entry="split", **small)
         g.add(k, [src, cache_k, cache_v, step, part, ml, *extra], grid)
         consts = dict(consts, NKV_MIN=plan["short_split"] + 1)
-    k = await g.device.kernel("attention", libs=libs, entry="split", **consts)
+        attend = dict(attend, NKV_MIN=plan["short_split"] + 1)
+    k = await g.device.kernel("attention", libs=libs, entry="split", **attend)
     g.add(k, [src, cache_k, cache_v, step, part, ml, *extra], grid)
     c = await g.device.kernel("attention", libs=("attention_q",), entry="combine", **consts)
     g.add(c, [part, ml, step, out], (rows, consts["HD"] // 4 // min(consts["HD"] // 4, 16)))
@@ -342,12 +345,12 @@ async def attention_decode(g: Graph, qkv: Tensor, q_norm: Tensor, q: Tensor, cac
         raise ValueError(f"attention_decode: heads do not fit rows of {qkv_stride} (k at {k_off}, v at {v_off})")
     consts = _attention_consts(plan, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, scale=scale,
                                window=window, max_ctx=max_ctx, causal=True, max_t=1)
-    consts.update(HAS_KV=kv is not None, K_OFF=k_off, V_OFF=v_off, V_NORM=bool(kv and kv[3]["v_norm"]),
+    source = dict(HAS_KV=kv is not None, K_OFF=k_off, V_OFF=v_off, V_NORM=bool(kv and kv[3]["v_norm"]),
                   NORM_EPS=float(eps), NROT=n_rot, FF=freq_factors is not None, LOG2_BASE=math.log2(base),
                   FREQ_SCALE=float(freq_scale))
     extra = [q_norm, kv[0] if kv is not None else q_norm, freq_factors if freq_factors is not None else q_norm]
-    await _record_attention(g, plan, consts, ("rope_lib", "kv_lib", "attention_decode_inputs"), qkv, cache_k,
-                            cache_v, out, step, extra)
+    await _record_attention(g, plan, consts, ("rope_lib", "kv_lib", "workgroup_sum", "attention_decode_inputs"),
+                            qkv, cache_k, cache_v, out, step, extra, source)
 
 
 # -- short bidirectional self-attention in f32 ---------------------------------------------------------------
