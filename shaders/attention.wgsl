@@ -1,11 +1,12 @@
-// Causal (optionally sliding-window) or bidirectional GQA attention over an f16 KV cache, for prefill and
-// decode alike:
+// Causal (optionally sliding-window) or bidirectional GQA attention over an f16 or q8_0 KV cache, for prefill
+// and decode alike:
 //   out[t, h] = softmax_k(SCALE * q[t, h] . K[k] + mask) . V[k],   queries at positions step.pos + t
 // mask (CAUSAL): key k is allowed iff k <= p and (WINDOW == 0 or p - k < WINDOW), p the query's position.
 // Without CAUSAL (a vision tower's patches see each other): every key 0 .. step.pos + n_tokens - 1 is allowed
 // for every query; the cache must then hold all of them (CAP >= keys). With a WINDOW too (DiffusionGemma's
 // canvas on a sliding layer), the keys before the run start at step.pos - (WINDOW - 1).
-//   q, out: f32 [n_tokens, NH, HD];   cache: f16 [NKV][CAP][HD] packed in u32 (kv_store.wgsl), key k at k % CAP.
+//   q, out: f32 [n_tokens, NH, HD];   cache: [NKV][CAP] rows of HD dims, key k at slot k % CAP, read 8 dims at a
+//   time through key8 / value8 of the cache format's library (kv_read_f16.wgsl or kv_read_q8_0.wgsl).
 //
 // Work split. A "row" is one (token, q head); the G = NH / NKV q heads that share a kv head are laid out
 // token-major (row = t * G + head-in-group), and a workgroup takes R consecutive rows of one kv head, so every
@@ -20,10 +21,10 @@
 //   entry `combine`: one workgroup per row merges the splits (log-sum-exp weights) into out.
 //
 // Inside a workgroup, per tile of KT keys: thread j scores key j against all R rows (q tile in workgroup
-// memory, pre-scaled; the key row read straight from the cache, 8 halves per 16-byte load; for tiles of fewer
+// memory, pre-scaled; the key row read straight from the cache, 8 dims per key8 call; for tiles of fewer
 // keys than threads (decode) WG / KT threads share a key, each taking a part of its row); the row maxima
 // are reduced through workgroup memory; the probabilities replace the scores there; then each thread
-// accumulates 8 output dims x R rows over every NKG-th value of the tile (one 16-byte V load feeds 8R FMAs),
+// accumulates 8 output dims x R rows over every NKG-th value of the tile (one value8 piece feeds 8R FMAs),
 // and the NKG partial sums are added once at the end. Online softmax in f32: running max per row in workgroup
 // memory, the running sum kept per thread and reduced once at the end.
 //
@@ -44,7 +45,7 @@
 @group(0) @binding(5) var<storage, read_write> ml: array<vec2<f32>>;   // split: (running max, sum) per row
 
 const HD4: u32 = HD / 4u;
-const HD8: u32 = HD / 8u;                 // 16-byte pieces of a cache row (8 halves)
+const HD8: u32 = HD / 8u;                 // pieces of a cache row (8 dims: one key8 / value8 call)
 const TWO: bool = R == 8u;                // a second row quad
 const NPG: u32 = WG / KT;                 // threads per key in the scoring step (piece groups)
 const PPT: u32 = HD8 / NPG;               // pieces of a key row per thread in the scoring step
@@ -77,14 +78,6 @@ struct Quads {
 struct Acc {
   a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>, a4: vec4<f32>, a5: vec4<f32>, a6: vec4<f32>, a7: vec4<f32>,
   b0: vec4<f32>, b1: vec4<f32>, b2: vec4<f32>, b3: vec4<f32>, b4: vec4<f32>, b5: vec4<f32>, b6: vec4<f32>, b7: vec4<f32>,
-}
-
-fn lo4(w: vec4<u32>) -> vec4<f32> {
-  return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
-}
-
-fn hi4(w: vec4<u32>) -> vec4<f32> {
-  return vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w));
 }
 
 fn n_rows() -> u32 {
@@ -144,9 +137,9 @@ fn qk(r: u32, d: u32, k0: vec4<f32>, k1: vec4<f32>) -> f32 {
 }
 
 // Scores of the R rows against piece d (8 dims) of one key.
-fn score8(d: u32, w: vec4<u32>) -> Quads {
-  let k0 = lo4(w);
-  let k1 = hi4(w);
+fn score8(d: u32, key: Piece8) -> Quads {
+  let k0 = key.lo;
+  let k1 = key.hi;
   var o = Quads(vec4<f32>(0.0), vec4<f32>(0.0));
   o.a = vec4<f32>(qk(0u, d, k0, k1), qk(1u, d, k0, k1), qk(2u, d, k0, k1), qk(3u, d, k0, k1));
   if (TWO) {
@@ -155,10 +148,10 @@ fn score8(d: u32, w: vec4<u32>) -> Quads {
   return o;
 }
 
-// acc += p (per row) x the 8 value dims of w.
-fn pv8(acc: ptr<function, Acc>, j: u32, w: vec4<u32>) {
-  let v0 = lo4(w);
-  let v1 = hi4(w);
+// acc += p (per row) x the 8 value dims of `value`.
+fn pv8(acc: ptr<function, Acc>, j: u32, value: Piece8) {
+  let v0 = value.lo;
+  let v1 = value.hi;
   let pa = vec4<f32>(ps[j], ps[KT + j], ps[2u * KT + j], ps[3u * KT + j]);
   (*acc).a0 += pa * v0.x;
   (*acc).a1 += pa * v0.y;
@@ -250,21 +243,22 @@ fn attend(x: u32, kvh: u32, kb: u32, ke: u32, lid: u32) {
     let k = kt + j;
     var s = Quads(z, z);
     if (k < ke) {
-      let base = (kvh * CAP + k % CAP) * HD8 + pg * PPT;
+      let row = kvh * CAP + k % CAP;
+      let p0 = pg * PPT;
       for (var d = 0u; d < n_pieces; d += UK) {
         if (UK == 4u) {
-          let w0 = kc[base + d];
-          let w1 = kc[base + d + 1u];
-          let w2 = kc[base + d + 2u];
-          let w3 = kc[base + d + 3u];
-          let s0 = score8(pg * PPT + d, w0);
-          let s1 = score8(pg * PPT + d + 1u, w1);
-          let s2 = score8(pg * PPT + d + 2u, w2);
-          let s3 = score8(pg * PPT + d + 3u, w3);
+          let w0 = key8(row, p0 + d);
+          let w1 = key8(row, p0 + d + 1u);
+          let w2 = key8(row, p0 + d + 2u);
+          let w3 = key8(row, p0 + d + 3u);
+          let s0 = score8(p0 + d, w0);
+          let s1 = score8(p0 + d + 1u, w1);
+          let s2 = score8(p0 + d + 2u, w2);
+          let s3 = score8(p0 + d + 3u, w3);
           s.a += (s0.a + s1.a) + (s2.a + s3.a);
           s.b += (s0.b + s1.b) + (s2.b + s3.b);
         } else {
-          let s0 = score8(pg * PPT + d, kc[base + d]);
+          let s0 = score8(p0 + d, key8(row, p0 + d));
           s.a += s0.a;
           s.b += s0.b;
         }
@@ -325,7 +319,7 @@ fn attend(x: u32, kvh: u32, kb: u32, ke: u32, lid: u32) {
     workgroupBarrier();
 
     // acc = acc * alpha + sum_i p[row][i] * V[i] over keys i = kg, kg + NKG, ... of the tile: the threads of
-    // a warp read consecutive 16-byte pieces of one V row (coalesced) and each load serves all R rows. Keys
+    // a warp read consecutive pieces of one V row (coalesced) and each load serves all R rows. Keys
     // past ke have p = 0; their slots hold finite values (zero-filled, or clamped by kv_store), so they are
     // read rather than branched around.
     scale_acc(&acc, fa, fb);
@@ -336,16 +330,16 @@ fn attend(x: u32, kvh: u32, kb: u32, ke: u32, lid: u32) {
           let i1 = i + NKG;
           let i2 = i + 2u * NKG;
           let i3 = i + 3u * NKG;
-          let w0 = vc[(vbase + (kt + i) % CAP) * HD8 + c];
-          let w1 = vc[(vbase + (kt + i1) % CAP) * HD8 + c];
-          let w2 = vc[(vbase + (kt + i2) % CAP) * HD8 + c];
-          let w3 = vc[(vbase + (kt + i3) % CAP) * HD8 + c];
+          let w0 = value8(vbase + (kt + i) % CAP, c);
+          let w1 = value8(vbase + (kt + i1) % CAP, c);
+          let w2 = value8(vbase + (kt + i2) % CAP, c);
+          let w3 = value8(vbase + (kt + i3) % CAP, c);
           pv8(&acc, i, w0);
           pv8(&acc, i1, w1);
           pv8(&acc, i2, w2);
           pv8(&acc, i3, w3);
         } else {
-          pv8(&acc, i, vc[(vbase + (kt + i) % CAP) * HD8 + c]);
+          pv8(&acc, i, value8(vbase + (kt + i) % CAP, c));
         }
       }
     }

@@ -4,17 +4,17 @@
 //   q = rope(rms_norm(q_lin) * qn) * SCALE        (SCALE folded into the norm's factor: RoPE is linear)
 // and the one workgroup whose keys include the token's own position (the last split) first stores the token's
 //   k = rope(rms_norm(k_lin) * kn)   and   v = rms_norm(v_lin) (V_NORM) or v_lin
-// into the caches at slot step.pos % CAP, as f16, then reads them back like any other key: storageBarrier makes
+// into the caches at slot step.pos % CAP, in the cache's format, then reads them back like any other key: storageBarrier makes
 // a workgroup's own stores visible to its invocations, and no other workgroup reads that slot (its key is the
 // newest; in a ring it overwrites a key older than the window). Layers reading another layer's cache (no
 // HAS_KV) only form queries. RoPE and the norms as in attention_inputs.wgsl (the key's and value's sums through
-// the same workgroup_sum library); the cache layout as kv_store.wgsl.
+// the same workgroup_sum library); the cache's format (f16 or q8_0) from its kv_read_* and kv_write_* libraries.
 // Needs MAXT == 1, one row tile (R >= G), and R * WG >= HD (the key and value pass through `ps`).
 // Constants (besides attention.wgsl's): HAS_KV, K_OFF, V_OFF (offsets of the kv heads in the row, multiples of 4),
 // V_NORM, NORM_EPS (the norms' epsilon), NROT (even, <= HD), FF, LOG2_BASE, FREQ_SCALE.
 @group(0) @binding(0) var<storage, read> qkv: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read_write> kc: array<vec4<u32>>;
-@group(0) @binding(2) var<storage, read_write> vc: array<vec4<u32>>;
+@group(0) @binding(1) var<storage, read_write> kc: array<KvWord>;  // KvWord: the cache format's library
+@group(0) @binding(2) var<storage, read_write> vc: array<KvWord>;
 @group(0) @binding(6) var<storage, read> qn: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read> kn: array<vec4<f32>>;  // HAS_KV; any read-only buffer otherwise
 @group(0) @binding(8) var<storage, read> ff: array<f32>;        // FF; any read-only buffer otherwise
@@ -57,16 +57,14 @@ fn normed_into_ps(src: u32, weighted: bool, lid: u32) {
   workgroupBarrier();
 }
 
-// Piece c of ps[0..HD): 8 halves in 16 bytes, as a cache row holds them.
-fn pack_ps(c: u32) -> vec4<u32> {
-  let o = 8u * c;
-  return vec4<u32>(to_f16x2(vec2<f32>(ps[o], ps[o + 1u])), to_f16x2(vec2<f32>(ps[o + 2u], ps[o + 3u])),
-                   to_f16x2(vec2<f32>(ps[o + 4u], ps[o + 5u])), to_f16x2(vec2<f32>(ps[o + 6u], ps[o + 7u])));
+// The values the cache format's store_key / store_value write (kv_write_f16.wgsl, kv_write_q8_0.wgsl).
+fn staged(i: u32) -> f32 {
+  return ps[i];
 }
 
 // The token's key and value of kv head kvh into the caches at slot pos % CAP.
 fn store_new(kvh: u32, pos: u32, lid: u32) {
-  let row = (kvh * CAP + pos % CAP) * HD8;
+  let row = kvh * CAP + pos % CAP;
   normed_into_ps(K_OFF / 4u + kvh * HD4, true, lid);
   for (var i = lid; i < HALF; i += WG) {
     let cs = angle(pos, i);
@@ -76,9 +74,7 @@ fn store_new(kvh: u32, pos: u32, lid: u32) {
     ps[i + HALF] = x0 * cs.y + x1 * cs.x;
   }
   workgroupBarrier();
-  for (var c = lid; c < HD8; c += WG) {
-    kc[row + c] = pack_ps(c);
-  }
+  store_key(row, lid);
   workgroupBarrier();  // ps is the value's now
   let vsrc = V_OFF / 4u + kvh * HD4;
   if (V_NORM) {
@@ -93,9 +89,7 @@ fn store_new(kvh: u32, pos: u32, lid: u32) {
     }
     workgroupBarrier();
   }
-  for (var c = lid; c < HD8; c += WG) {
-    vc[row + c] = pack_ps(c);
-  }
+  store_value(row, lid);
   storageBarrier();
   workgroupBarrier();
 }

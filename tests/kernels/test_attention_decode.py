@@ -21,6 +21,7 @@ own. Every step checks:
 import numpy as np
 import pytest
 
+import kv_layout
 import reference
 import reference_nn as ref
 from rullama_py import gpu, ops
@@ -35,18 +36,16 @@ def set_step(device, step, pos, n_tokens):
     device.write(step.buffer, np.array([pos, n_tokens, pos + n_tokens, 0, 0, 0, 0, 0], np.uint32))
 
 
-def cache_rows(cache, slots, hd):
-    return np.asarray(cache, np.float64).reshape(-1, slots, hd)
-
-
 def q_tol(q, pos):
     """Element bound of a query's error after its norm and RoPE (see the module docstring)."""
     return float(np.abs(q).max()) * (1e-5 + (pos * 2.4e-7 + 2e-6) * 2 + 2e-6)
 
 
 async def run_decode(device, *, nh, nkv, hd, n_rot=None, base=1e4, ff=False, v_norm=False, shared_v=False,
-                     window=0, slots, prompt, decode, T, scale, own_kv=True, splits=None, short=None, seed=0):
-    """Prefill `prompt` tokens (chunks of T), then decode `decode` tokens fused and separately."""
+                     window=0, slots, prompt, decode, T, scale, own_kv=True, splits=None, short=None, seed=0,
+                     cache_type="f16"):
+    """Prefill `prompt` tokens (chunks of T), then decode `decode` tokens fused and separately, over caches of
+    `cache_type`. The prompt's outputs are checked against reference attention over the caches as well."""
     rng = np.random.default_rng(seed)
     n_rot = hd if n_rot is None else n_rot
     n_total = prompt + decode
@@ -71,7 +70,8 @@ async def run_decode(device, *, nh, nkv, hd, n_rot=None, base=1e4, ff=False, v_n
     up = device.upload
     w = dict(qn=up(qn), kn=up(kn), ff=up(factors) if ff else None)
     step = device.tensor((8,), "uint32", "step", usage=gpu.UNIFORM)
-    caches = {name: ops.kv_cache(device, n_kv_heads=nkv, head_dim=hd, slots=slots) for name in ("fused", "apart")}
+    caches = {name: ops.kv_cache(device, n_kv_heads=nkv, head_dim=hd, slots=slots, cache_type=cache_type)
+              for name in ("fused", "apart")}
     rope = dict(base=base, n_rot=n_rot, freq_factors=w["ff"])
     attn = dict(n_heads=nh, n_kv_heads=nkv, head_dim=hd, scale=scale, window=window, max_ctx=slots, splits=splits,
                 **({} if short is None else {"short": short}))
@@ -121,18 +121,35 @@ async def run_decode(device, *, nh, nkv, hd, n_rot=None, base=1e4, ff=False, v_n
             set_step(device, step, pos, n)
             await device.run(g)
             outs[name] = (await device.read(bufs["out"]))[:n]
-        if pos >= prompt:
-            ck, cv, ak, av = [cache_rows(await device.read(c), slots, hd) for c in (*caches["fused"], *caches["apart"])]
+        raws = [await device.read(c) for c in (*caches["fused"], *caches["apart"])]
+        ck, cv, ak, av = [kv_layout.values(r, cache_type, nkv, slots, hd) for r in raws]
+        steps = [kv_layout.rounding_step(r, cache_type, nkv, slots, hd) for r in raws]
+        if pos < prompt:  # the prompt's run (the separate ops in both graphs): reference attention over the caches
+            keys = np.stack([ak[:, p % slots] for p in range(pos + n)])
+            vals = np.stack([av[:, p % slots] for p in range(pos + n)])
+            want = ref.attention(want_q[pos: pos + n], keys, vals, pos, scale=scale, window=window)
+            vmax = float(np.abs(vals).max())
+            ds = scale * max(q_tol(want_q[t], t) for t in range(pos, pos + n)) * float(np.abs(keys).sum(axis=-1).max())
+            for name in ("fused", "apart"):
+                np.testing.assert_allclose(outs[name], want, rtol=0, atol=2e-4 * vmax + 2 * ds * vmax,
+                                           err_msg=f"prompt run at pos {pos}")
+        else:
             slot = pos % slots
             if own_kv:  # the token's key and value, as attention_inputs' test bounds them
-                k16, v16 = (a[pos].astype(np.float16).astype(np.float64) for a in (want_k, want_v))
-                k_tol = (float(np.abs(want_k[pos]).max()) * ((pos * 2.4e-7 + 2e-6) * 2 + 2 * 2.0**-11 + 1e-5)
-                         + np.abs(k16) * 2.0**-10)
-                np.testing.assert_array_less(np.abs(ck[:, slot] - k16), k_tol + 1e-12)
-                np.testing.assert_array_less(np.abs(cv[:, slot] - v16),
-                                             1e-5 * np.abs(want_v[pos]).max() + np.abs(v16) * 2.0**-10 + 1e-12)
-            np.testing.assert_allclose(ck, ak, rtol=2.0**-10, atol=1e-7)
-            np.testing.assert_allclose(cv, av, rtol=2.0**-10, atol=1e-7)
+                if cache_type == "f16":
+                    k_want, v_want = (a[pos].astype(np.float16).astype(np.float64) for a in (want_k, want_v))
+                    k_round, v_round = np.abs(k_want) * 2.0**-10, np.abs(v_want) * 2.0**-10
+                else:  # within half the block's step of the exact value
+                    k_want, v_want = want_k[pos], want_v[pos]
+                    k_round, v_round = steps[0][:, slot] / 2 * (1 + 1e-5), steps[1][:, slot] / 2 * (1 + 1e-5)
+                k_tol = float(np.abs(want_k[pos]).max()) * ((pos * 2.4e-7 + 2e-6) * 2 + 2 * 2.0**-11 + 1e-5) + k_round
+                np.testing.assert_array_less(np.abs(ck[:, slot] - k_want), k_tol + 1e-12)
+                np.testing.assert_array_less(np.abs(cv[:, slot] - v_want),
+                                             1e-5 * np.abs(want_v[pos]).max() + v_round + 1e-12)
+            # the two paths store the same values up to f32 rounding: one step apart at most, where a value sits
+            # at a rounding edge
+            np.testing.assert_array_less(np.abs(ck - ak), np.maximum(steps[0], steps[2]) * (1 + 1e-5) + 1e-7)
+            np.testing.assert_array_less(np.abs(cv - av), np.maximum(steps[1], steps[3]) * (1 + 1e-5) + 1e-7)
             # reference attention over what the GPU holds: key p at slot p % slots (older keys are masked)
             keys = np.stack([ck[:, p % slots] for p in range(pos + 1)])
             vals = np.stack([cv[:, p % slots] for p in range(pos + 1)])
@@ -141,7 +158,7 @@ async def run_decode(device, *, nh, nkv, hd, n_rot=None, base=1e4, ff=False, v_n
             ds = scale * q_tol(want_q[pos], pos) * float(np.abs(keys).sum(axis=-1).max())
             np.testing.assert_allclose(outs["fused"], want, rtol=0, atol=2e-4 * vmax + 2 * ds * vmax,
                                        err_msg=f"decode at pos {pos}")
-            # the two paths' caches may differ by an f16 ulp where a value sits near a rounding edge: a score
+            # the two paths' caches may differ by a step where a value sits near a rounding edge: a score
             # moves by at most scale * sum_d |q_d| |dk_d|, an output by twice that times max|v| plus max|dv|
             dk = np.abs(keys - np.stack([ak[:, p % slots] for p in range(pos + 1)]))
             dv = float(np.abs(vals - np.stack([av[:, p % slots] for p in range(pos + 1)])).max())
@@ -190,6 +207,30 @@ async def test_attention_decode_short_and_long_split_kernels(device):
     plan = await run_decode(device, nh=4, nkv=1, hd=32, slots=64, prompt=10, decode=12, T=16, scale=32**-0.5,
                             short=16, seed=3)
     assert plan["short_split"] == 16 and plan["dispatches"] == 3
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(nh=4, nkv=1, hd=256, window=8, slots=ops.kv_slots(40, window=8, max_tokens=4), prompt=10, decode=10, T=4,
+             scale=256**-0.5),
+        dict(nh=8, nkv=2, hd=512, slots=24, prompt=5, decode=5, T=5, scale=1.0, base=1e6, ff=True, v_norm=True,
+             splits=2),
+        dict(nh=4, nkv=2, hd=64, n_rot=32, slots=16, prompt=3, decode=6, T=3, scale=0.125, v_norm=True,
+             shared_v=True, splits=1),
+    ],
+    ids=["gemma3", "gemma4-global", "partial-rope-one-split"],
+)
+async def test_attention_decode_q8_0_cache(device, case):
+    """The same steps over q8_0 caches: the prompt through attention_inputs and attention's prefill kernel, the
+    decode through the fused kernel storing q8_0 blocks, each against reference attention over the values the
+    caches hold."""
+    await run_decode(device, seed=case["hd"] + 7, cache_type="q8_0", **case)
+
+
+async def test_attention_decode_q8_0_fallback_device(device_fallback):
+    await run_decode(device_fallback, nh=8, nkv=1, hd=256, window=12, slots=ops.kv_slots(30, window=12, max_tokens=4),
+                     prompt=6, decode=6, T=4, scale=1.0, v_norm=True, seed=6, cache_type="q8_0")
 
 
 async def test_attention_decode_falls_back_past_one_row_tile(device):

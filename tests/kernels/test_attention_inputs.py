@@ -10,6 +10,7 @@ the neighbouring f16, so one f16 ulp of the value (2^-10 relative) is added ther
 import numpy as np
 import pytest
 
+import kv_layout
 import reference
 import reference_nn as ref
 from rullama_py import gpu, ops
@@ -116,3 +117,76 @@ async def test_attention_inputs_bad_layout(device):
                                    kv=(device.tensor((8,)), device.tensor((1, 4, 8), "float16"),
                                        device.tensor((1, 4, 8), "float16"),
                                        dict(n_kv_heads=1, k_offset=16, v_offset=28, slots=4, v_norm=True)))
+
+
+@pytest.mark.parametrize("v_norm", [False, True])
+async def test_attention_inputs_q8_0_cache(device, device_fallback, v_norm):
+    """Stores into a q8_0 cache against gguf-py's Q8_0 quantiser. Without the value norm the value row is stored as
+    projected, so its quants must equal gguf-py's exactly, ties included, except where x / d sits within 1e-4
+    of a rounding edge (the GPU's 1 / d may differ from numpy's in the last place); d must be gguf-py's before its rounding to
+    f16. The normed and turned key (and value), whose inputs carry the kernels' f32 error, must dequantise to
+    the reference within half a step plus that error. Slots the run does not write keep their bytes."""
+    cap, n_tok, nh, nkv, hd, pos0, slots = 3, 3, 4, 2, 256, 14, 16  # positions 14, 15, 16: the ring wraps
+    rng = np.random.default_rng(11)
+    qw, kw = nh * hd, nkv * hd
+    stride = qw + 2 * kw
+    qkv = (rng.standard_normal((cap, stride)) * 2).astype(np.float32)
+    v0 = qw + kw
+    qkv[0, v0: v0 + 32] = 0.0                 # an all-zero block: d = 0, quants 0
+    qkv[1, v0 + 32: v0 + 64] *= 1e3           # a block of large values
+    qkv[2, v0 + 64] = 300.0                   # one outlier sets its block's scale
+    # exact ties: max 15.875 gives d = 0.125, and x / d = k + 0.5 rounds away from zero (C's roundf, gguf-py's
+    # np_roundf), not to even; every device the tests run on divides exactly, so these are ties there too
+    qkv[1, v0 + hd: v0 + hd + 32] = np.resize([15.875, 0.3125, -0.3125, 0.0625, -0.0625, 0.1875, -0.4375], 32)
+    qn, kn = (rng.standard_normal(hd).astype(np.float32) for _ in range(2))
+    words = (hd // 4 + hd // 32) * nkv * slots
+    for dev in (device, device_fallback):
+        ck, cv = ops.kv_cache(dev, n_kv_heads=nkv, head_dim=hd, slots=slots, cache_type="q8_0")
+        assert ops.kv_cache_type(ck, cv) == "q8_0" and ck.nbytes == ops.kv_cache_bytes(nkv, hd, slots, "q8_0")
+        assert ck.nbytes == nkv * slots * hd // 32 * 36
+        before = {}
+        for name, c in (("k", ck), ("v", cv)):  # random quants, and scales that are finite floats
+            init = rng.integers(0, 2**32, words, dtype=np.uint32).reshape(nkv, slots, -1)
+            init[..., hd // 4:] = rng.uniform(0.1, 1.0, init[..., hd // 4:].shape).astype(np.float32).view(np.uint32)
+            dev.write(c.buffer, init)
+            before[name] = init
+        q = dev.tensor((cap, nh, hd))
+        g = dev.graph()
+        await ops.attention_inputs(
+            g, dev.upload(qkv), dev.upload(qn), q, step_buffer(dev, pos0, n_tok), n_heads=nh, head_dim=hd, eps=EPS,
+            base=1e4, qkv_stride=stride,
+            kv=(dev.upload(kn), ck, cv, dict(n_kv_heads=nkv, k_offset=qw, v_offset=v0, slots=slots, v_norm=v_norm)))
+        await dev.run(g)
+        raw = {"k": await dev.read(ck), "v": await dev.read(cv)}
+
+        x = qkv[:n_tok].astype(np.float64)
+        want = {"k": ref.rope(reference.rms_norm(x[:, qw: qw + kw].reshape(n_tok, nkv, hd), kn, EPS), pos0,
+                              base=1e4)}
+        v_lin = x[:, v0: v0 + kw].reshape(n_tok, nkv, hd)
+        want["v"] = reference.rms_norm(v_lin, None, EPS) if v_norm else v_lin
+        written = [(pos0 + t) % slots for t in range(n_tok)]
+        for name in ("k", "v"):
+            got_q, got_d = kv_layout.q8_0_parts(raw[name], nkv, slots, hd)
+            got = kv_layout.values(raw[name], "q8_0", nkv, slots, hd)
+            words_now = np.frombuffer(raw[name].tobytes(), np.uint32).reshape(nkv, slots, -1)
+            kept = [s for s in range(slots) if s not in written]
+            np.testing.assert_array_equal(words_now[:, kept], before[name][:, kept])
+            for t, slot in enumerate(written):
+                w = want[name][t]  # [nkv, hd]
+                err = (rope_tol(w, pos0 + n_tok) if name == "k" else 0.0) + 1e-5 * np.abs(w).max()
+                if name == "v" and not v_norm:  # stored as projected: gguf-py's quants exactly
+                    oq, od = kv_layout.gguf_q8_0(w)
+                    exact = np.float32(np.abs(w.reshape(nkv, -1, 32)).max(axis=-1) / np.float32(127))
+                    np.testing.assert_allclose(got_d[:, slot], exact, rtol=1e-6)
+                    np.testing.assert_array_equal(got_d[:, slot].astype(np.float16), od.astype(np.float16))
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        scaled = np.abs(w) / np.repeat(exact, 32, axis=-1)
+                    frac = scaled - np.floor(scaled)
+                    edge = (np.abs(frac - 0.5) < 1e-4) & (frac != 0.5)
+                    assert (got_q[:, slot] != oq)[~edge].sum() == 0, f"quants differ from gguf-py at slot {slot}"
+                    if t == 0:  # the all-zero block of kv head 0
+                        assert got_d[0, slot, 0] == 0 and (got_q[0, slot, :32] == 0).all()
+                step = np.repeat(got_d[:, slot], 32, axis=-1)
+                np.testing.assert_array_less(np.abs(got[:, slot] - w), step / 2 * (1 + 1e-5) + err + 1e-12,
+                                             err_msg=f"{name} at slot {slot}")
+                assert np.abs(got_q[:, slot]).max() <= 127

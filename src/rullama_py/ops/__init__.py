@@ -5,7 +5,7 @@ never per token. Modules by family:
 - norm:      rms_norm
 - matmul:    matmul, matmul_geglu, matvec_gelu_gate, embed (weights kept as raw GGUF bytes, dequantised in
              the kernels; the fused variants run their elementwise op as the matrix-vector kernel's epilogue)
-- attention: rope, rope_2d (vision tower), kv_store (kv_cache, kv_slots, kv_cache_bytes), attention_inputs
+- attention: rope, rope_2d (vision tower), kv_store (kv_cache in f16 or q8_0, kv_slots, kv_cache_bytes), attention_inputs
              (q/k norms, RoPE, v norm and the cache store in one dispatch), attention (causal
              or bidirectional), attention_decode (both for one token, the inputs inside attention's
              kernels), self_attention (f32, one short sequence: Kokoro's PL-BERT)
@@ -33,6 +33,7 @@ never per token. Modules by family:
 from .norm import rms_norm  # noqa: F401
 from .matmul import embed, matmul, matmul_geglu, matvec_gelu_gate  # noqa: F401
 from .attention import attention, attention_decode, attention_inputs, kv_cache, kv_cache_bytes, kv_slots, kv_store, rope, rope_2d  # noqa: F401
+from .attention import KV_CACHE_TYPES, kv_cache_type  # noqa: F401
 from .attention import self_attention  # noqa: F401
 from .nn import add, clamp, gelu_mul, scale_inplace, softcap, standardize  # noqa: F401
 from .pool import avg_pool_2d  # noqa: F401

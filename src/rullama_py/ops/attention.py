@@ -7,8 +7,13 @@ key count being pos + n_tokens) that the caller rewrites before each submit, so 
 the recorded token capacity (the first dimension of the activation tensors). Everything else is a compile-time
 constant of the kernels.
 
-KV cache layout (one K and one V tensor per layer, see `kv_cache`): f16 [n_kv_heads][slots][head_dim], packed
-two halves per u32 in the kernels (same bytes as an f16 array). Position p lives in slot p % slots. A layer
+KV cache layout (one K and one V tensor per layer, see `kv_cache`): [n_kv_heads][slots] rows of head_dim values,
+in one of two formats (KV_CACHE_TYPES): f16 (the default; packed two halves per u32 in the kernels, the same
+bytes as an f16 array), or q8_0, about half the memory: blocks of 32 values as 32 signed bytes and a scale, as
+llama.cpp's q8_0 cache quantises them (layout: shaders/kv_read_q8_0.wgsl; the scale kept in f32). The kernels
+read and write either through a format library (shaders/kv_read_*.wgsl, kv_write_*.wgsl): attention's K/V
+loads and the stores of attention_inputs and attention_decode are the same code for both. kv_store (the vision
+tower's) writes f16 only. Position p lives in slot p % slots. A layer
 whose cache holds the whole context (slots >= context) therefore stores p at slot p; a sliding-window layer
 may use a ring of `kv_slots(ctx, window=, max_tokens=)` = window + max_tokens - 1 slots: the oldest key a query of the
 current run can see is pos + 0 - (window - 1) and the newest key written is pos + n_tokens - 1, so that many
@@ -101,15 +106,54 @@ def kv_slots(ctx: int, *, window: int = 0, max_tokens: int = 1) -> int:
     return min(ctx, window + max_tokens - 1)
 
 
-def kv_cache_bytes(n_kv_heads: int, head_dim: int, slots: int) -> int:
-    """Bytes of ONE of a layer's K or V caches (f16 [n_kv_heads][slots][head_dim])."""
-    return n_kv_heads * slots * head_dim * 2
+KV_CACHE_TYPES = ("f16", "q8_0")
+_KV_DTYPE = {"f16": "float16", "q8_0": "kv_q8_0"}  # the Tensor dtype of each format's caches
 
 
-def kv_cache(device: Device, *, n_kv_heads: int, head_dim: int, slots: int, label: str = "kv") -> tuple[Tensor, Tensor]:
-    """A layer's (K, V) caches, f16 [n_kv_heads, slots, head_dim] each, zero-filled."""
+def _check_kv_type(cache_type: str, head_dim: int) -> None:
+    if cache_type not in KV_CACHE_TYPES:
+        raise ValueError(f"KV cache type {cache_type!r} is not supported; choose one of {', '.join(KV_CACHE_TYPES)}")
+    if cache_type == "q8_0" and head_dim % 32:
+        raise ValueError(f"a q8_0 KV cache needs heads of a multiple of 32 values (its blocks); this model's are "
+                         f"{head_dim}: use the f16 cache")
+
+
+def kv_cache_bytes(n_kv_heads: int, head_dim: int, slots: int, cache_type: str = "f16") -> int:
+    """Bytes of ONE of a layer's K or V caches: f16, 2 bytes a value; q8_0, 36 bytes a block of 32 values."""
+    _check_kv_type(cache_type, head_dim)
+    per_row = head_dim * 2 if cache_type == "f16" else head_dim // 32 * 36
+    return n_kv_heads * slots * per_row
+
+
+def kv_cache(device: Device, *, n_kv_heads: int, head_dim: int, slots: int, label: str = "kv",
+             cache_type: str = "f16") -> tuple[Tensor, Tensor]:
+    """A layer's (K, V) caches of shape [n_kv_heads, slots, head_dim] in the format `cache_type`, zero-filled:
+    f16 (numpy float16), or q8_0 (Tensor dtype "kv_q8_0": raw bytes, see kv_read_q8_0.wgsl)."""
     shape = (n_kv_heads, slots, head_dim)
-    return device.tensor(shape, "float16", f"{label}.k"), device.tensor(shape, "float16", f"{label}.v")
+    nwords = kv_cache_bytes(n_kv_heads, head_dim, slots, cache_type) // 4
+    caches = []
+    for name in ("k", "v"):
+        t = device.tensor((nwords,), "uint32", f"{label}.{name}")
+        caches.append(Tensor(shape, _KV_DTYPE[cache_type], t.parts, t.label))
+    return caches[0], caches[1]
+
+
+def kv_cache_type(cache_k: Tensor, cache_v: Tensor | None = None) -> str:
+    """The format ("f16" or "q8_0") of a cache kv_cache made; K and V must share it."""
+    types = {"float16": "f16", "kv_q8_0": "q8_0"}
+    found = [types.get(c.dtype) for c in (cache_k, cache_v) if c is not None]
+    if None in found:
+        raise ValueError(f"cache {cache_k.label!r} ({cache_k.dtype}) is not a KV cache made by kv_cache")
+    if len(set(found)) > 1:
+        raise ValueError(f"the K and V caches differ in format ({found[0]} and {found[1]})")
+    return found[0]
+
+
+def _kv_libs(cache_type: str, write: bool = False) -> tuple:
+    """The shader libraries that read (and write) a cache of this format."""
+    if cache_type == "f16":
+        return ("kv_read_f16", "kv_lib", "kv_write_f16") if write else ("kv_read_f16",)
+    return ("kv_read_q8_0", "kv_write_q8_0") if write else ("kv_read_q8_0",)
 
 
 async def kv_store(g: Graph, k: Tensor, v: Tensor, cache_k: Tensor, cache_v: Tensor, step: Tensor, *,
@@ -119,6 +163,9 @@ async def kv_store(g: Graph, k: Tensor, v: Tensor, cache_k: Tensor, cache_v: Ten
     if head_dim % 2:
         raise ValueError("head_dim must be even")
     max_t = _tokens(k, n_kv_heads * head_dim, "k")
+    if kv_cache_type(cache_k, cache_v) != "f16":
+        raise ValueError("kv_store writes f16 caches only (the vision tower's); q8_0 caches are written by "
+                         "attention_inputs and attention_decode")
     expect = kv_cache_bytes(n_kv_heads, head_dim, max_ctx)
     for c in (cache_k, cache_v):
         if c.nbytes < expect:
@@ -127,7 +174,7 @@ async def kv_store(g: Graph, k: Tensor, v: Tensor, cache_k: Tensor, cache_v: Ten
     g.add(kern, [k, v, cache_k, cache_v, step], _grid(max_t * n_kv_heads * head_dim // 2, WG))
 
 
-_ATTENTION_INPUTS_LIBS = ("rope_lib", "kv_lib", "workgroup_sum")
+_ATTENTION_INPUTS_LIBS = ("rope_lib", "workgroup_sum")
 
 
 async def attention_inputs(g: Graph, qkv: Tensor, q_norm: Tensor, q: Tensor, step: Tensor, *, n_heads: int,
@@ -154,7 +201,8 @@ async def attention_inputs(g: Graph, qkv: Tensor, q_norm: Tensor, q: Tensor, ste
     ff = freq_factors if freq_factors is not None else q_norm
     binds = [qkv, q_norm, ff, q, step]
     if kv is None:
-        k = await g.device.kernel("attention_inputs", libs=_ATTENTION_INPUTS_LIBS, entry="queries", NKV=0, K_OFF=0,
+        libs = _ATTENTION_INPUTS_LIBS + _kv_libs("f16", write=True)  # declared, not used: no cache here
+        k = await g.device.kernel("attention_inputs", libs=libs, entry="queries", NKV=0, K_OFF=0,
                                   V_OFF=0, CAP=1, V_NORM=False, **consts)
         g.add(k, binds + [q_norm], (n_heads, max_t))  # the key norm's binding is declared, never read here
         return
@@ -162,11 +210,13 @@ async def attention_inputs(g: Graph, qkv: Tensor, q_norm: Tensor, q: Tensor, ste
     nkv, k_off, v_off, slots = (layout[n] for n in ("n_kv_heads", "k_offset", "v_offset", "slots"))
     if max(n_heads * head_dim, k_off + nkv * head_dim, v_off + nkv * head_dim) > qkv_stride:
         raise ValueError(f"attention_inputs: heads do not fit rows of {qkv_stride} (k at {k_off}, v at {v_off})")
-    expect = kv_cache_bytes(nkv, head_dim, slots)
+    cache_type = kv_cache_type(cache_k, cache_v)
+    expect = kv_cache_bytes(nkv, head_dim, slots, cache_type)
     for c in (cache_k, cache_v):
         if c.nbytes < expect:
             raise ValueError(f"cache {c.label!r} holds {c.nbytes} bytes; {slots} slots need {expect}")
-    k = await g.device.kernel("attention_inputs", libs=_ATTENTION_INPUTS_LIBS, entry="main", NKV=nkv, K_OFF=k_off,
+    libs = _ATTENTION_INPUTS_LIBS + _kv_libs(cache_type, write=True)
+    k = await g.device.kernel("attention_inputs", libs=libs, entry="main", NKV=nkv, K_OFF=k_off,
                               V_OFF=v_off, CAP=slots, V_NORM=bool(layout["v_norm"]), **consts)
     g.add(k, binds + [k_norm, cache_k, cache_v], (n_heads + 2 * nkv, max_t))
 
@@ -266,7 +316,9 @@ async def attention(g: Graph, q: Tensor, cache_k: Tensor, cache_v: Tensor, out: 
                           window=window, max_ctx=max_ctx, splits=splits, wg=wg, kt=kt, short=short)
     consts = _attention_consts(plan, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, scale=scale,
                                window=window, max_ctx=max_ctx, causal=causal, max_t=max_t)
-    await _record_attention(g, plan, consts, ("attention_q",), q, cache_k, cache_v, out, step)
+    cache_type = kv_cache_type(cache_k, cache_v)
+    _check_kv_type(cache_type, head_dim)
+    await _record_attention(g, plan, consts, (*_kv_libs(cache_type), "attention_q"), q, cache_k, cache_v, out, step)
 
 
 def _attention_consts(plan: dict, *, n_heads, n_kv_heads, head_dim, scale, window, max_ctx, causal, max_t) -> dict:
@@ -299,7 +351,8 @@ async def _record_attention(g: Graph, plan: dict, consts: dict, libs: tuple, src
         attend = dict(attend, NKV_MIN=plan["short_split"] + 1)
     k = await g.device.kernel("attention", libs=libs, entry="split", **attend)
     g.add(k, [src, cache_k, cache_v, step, part, ml, *extra], grid)
-    c = await g.device.kernel("attention", libs=("attention_q",), entry="combine", **consts)
+    # The combine reads no cache: one pipeline for both formats.
+    c = await g.device.kernel("attention", libs=(*_kv_libs("f16"), "attention_q"), entry="combine", **consts)
     g.add(c, [part, ml, step, out], (rows, consts["HD"] // 4 // min(consts["HD"] // 4, 16)))
 
 
@@ -321,6 +374,8 @@ async def attention_decode(g: Graph, qkv: Tensor, q_norm: Tensor, q: Tensor, cac
     plan = attention_plan(g.device, n_tokens=max_t, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim,
                           window=window, max_ctx=max_ctx, splits=splits, short=short)
     k_off = v_off = 0
+    cache_type = kv_cache_type(cache_k, cache_v)
+    _check_kv_type(cache_type, head_dim)
     if kv is not None:
         if kv[1] is not cache_k or kv[2] is not cache_v:
             raise ValueError("attention_decode: kv must store into the caches attention reads")
@@ -328,7 +383,7 @@ async def attention_decode(g: Graph, qkv: Tensor, q_norm: Tensor, q: Tensor, cac
         if kv[3]["slots"] != max_ctx or kv[3]["n_kv_heads"] != n_kv_heads:
             raise ValueError(f"attention_decode: the cache layout {kv[3]} is not the one attention reads "
                              f"({n_kv_heads} kv heads, {max_ctx} slots)")
-        expect = kv_cache_bytes(n_kv_heads, head_dim, max_ctx)
+        expect = kv_cache_bytes(n_kv_heads, head_dim, max_ctx, cache_type)
         for c in (cache_k, cache_v):
             if c.nbytes < expect:
                 raise ValueError(f"cache {c.label!r} holds {c.nbytes} bytes; {max_ctx} slots need {expect}")
@@ -349,8 +404,8 @@ async def attention_decode(g: Graph, qkv: Tensor, q_norm: Tensor, q: Tensor, cac
                   NORM_EPS=float(eps), NROT=n_rot, FF=freq_factors is not None, LOG2_BASE=math.log2(base),
                   FREQ_SCALE=float(freq_scale))
     extra = [q_norm, kv[0] if kv is not None else q_norm, freq_factors if freq_factors is not None else q_norm]
-    await _record_attention(g, plan, consts, ("rope_lib", "kv_lib", "workgroup_sum", "attention_decode_inputs"),
-                            qkv, cache_k, cache_v, out, step, extra, source)
+    libs = ("rope_lib", "workgroup_sum", *_kv_libs(cache_type, write=True), "attention_decode_inputs")
+    await _record_attention(g, plan, consts, libs, qkv, cache_k, cache_v, out, step, extra, source)
 
 
 # -- short bidirectional self-attention in f32 ---------------------------------------------------------------
