@@ -1060,7 +1060,8 @@ def test_bench_measures_every_depth_in_one_load_and_records_them(tmp_path, capsy
     rec = tmp_path / "records.json"
     rec.write_text('[{"engine": "llama.cpp-cuda", "model": "e2b"}]\n')
     argv = ["bench", str(TINY_Q4), "--prompt-tokens", "4", "--gen-tokens", "2", "--repeats", "1", "--ctx", "64",
-            "--prefill-chunk", "8", "--depth", "0,20", "--record", str(rec), "--commit", "abc1234"]
+            "--prefill-chunk", "8", "--depth", "0,20", "--record", str(rec), "--commit", "abc1234",
+            "--kv-cache-type", "q8_0"]
     assert cli.main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
     assert [r["depth"] for r in printed] == [0, 20] and len(loads) == 1
@@ -1076,6 +1077,7 @@ def test_bench_measures_every_depth_in_one_load_and_records_them(tmp_path, capsy
         assert r["prefill_tok_s"] > 0 and r["decode_tok_s"] > 0 and r["dispatches_per_token"] > 0
         assert (r["prompt_tokens"], r["gen_tokens"], r["prefill_chunk"]) == (4, 2, 8)
         assert r["device"]["device"] == dev.info["device"]
+        assert r["kv_cache_type"] == "q8_0" and r["kv_cache_bytes"] % 36 == 0 and r["kv_cache_bytes"] > 0
         if hasattr(dev, "allocated_bytes"):  # weights, KV cache and activations
             assert r["gpu_bytes"] > r["weight_bytes_on_gpu"] > 0
     # each depth: the warm-up's steps after the 4 prompt tokens, then the 2 timed steps after depth + prompt

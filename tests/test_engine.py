@@ -83,6 +83,27 @@ async def test_snapshot_from_another_model_is_refused(engine, device):
             await engine.restore_state(bad)
 
 
+async def test_q8_0_kv_cache_snapshots_and_memory(engine, device):
+    """An engine with a q8_0 KV cache: its caches take 36 bytes a 32-value block (f16: 64), its snapshot
+    continues exactly, and a snapshot of the f16 engine (same model and context, another KV layout) is refused."""
+    q8 = await _engine(device, kv_cache_type="q8_0")
+    assert q8.model.kv_cache_type == "q8_0" and engine.model.kv_cache_type == "f16"
+    for (k8, v8, slots8), (k16, v16, slots16) in zip(q8.model.kv.values(), engine.model.kv.values()):
+        assert slots8 == slots16 and k8.shape == k16.shape
+        assert k8.nbytes * 64 == k16.nbytes * 36 and v8.nbytes * 64 == v16.nbytes * 36
+    assert q8.layout_hash() != engine.layout_hash()
+    q8.set_params(SamplerParams(temperature=0.9, top_k=40, seed=3))
+    await _collect(q8.generate(PROMPT, max_tokens=5, stop_ids=()))
+    blob = await q8.save_state()
+    cont = [await q8.step() for _ in range(6)]
+    q8.reset()
+    await q8.restore_state(blob)
+    assert [await q8.step() for _ in range(6)] == cont
+    await _collect(engine.generate(PROMPT, max_tokens=2, stop_ids=()))
+    with pytest.raises(SnapshotError, match="KV layout"):
+        await q8.restore_state(await engine.save_state())
+
+
 async def test_stop_on_end_of_turn(engine):
     # make <turn|> the only allowed continuation: stop_ids = every token id, so the first sampled one stops
     out = await _collect(engine.generate(PROMPT, max_tokens=5, stop_ids=range(engine.config.vocab_size)))

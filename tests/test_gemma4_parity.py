@@ -7,6 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gguf import GGMLQuantizationType, quants
+
+import reference_gemma4
 
 from rullama_py.gguf_file import GGUFFile
 from rullama_py.models.gemma import Gemma
@@ -214,3 +217,64 @@ async def test_ple_rows_and_their_cache_match_gguf(device, name):
     ids = np.array([40, 41, 42, 5, 43, 90, 40], np.uint32)  # 5 is cached; 40-43 one run, 90 another
     np.testing.assert_array_equal(await m.ple_rows(ids), table[ids] * scale)
     assert sorted(reads) == sorted([m._ple_info.row_bytes, 4 * m._ple_info.row_bytes])
+
+
+# The tiny models whose heads (32, 64 values) hold whole q8_0 blocks; the others' 16-value heads are refused.
+Q8_NAMES = ["e2b_f32", "e4b_q8_0", "q4_k_m"]
+# Measured worst case against the q8_0 reference (a 9-token prompt, then decode runs): 0.066 (e2b_f32), 0.100
+# (e4b_q8_0), 0.007 (q4_k_m); 0.108 for e2b_f32 decoded a token at a time from the start.
+Q8_ATOL = 0.2
+
+
+class _Q8Cache(reference_gemma4.Cache):
+    """The reference's cache holding each key and value as gguf-py's Q8_0 round trip (quantise, dequantise):
+    llama.cpp's q8_0 cache, whose scale is rounded to f16 (ours keeps it in f32, 2^-11 closer)."""
+
+    def append(self, il, k, v):
+        def q8(x):
+            x = np.asarray(x, np.float32)
+            flat = x.reshape(-1, x.shape[-1])
+            back = quants.dequantize(quants.quantize(flat, GGMLQuantizationType.Q8_0), GGMLQuantizationType.Q8_0)
+            return back.reshape(x.shape).astype(np.float64)
+
+        super().append(il, q8(k), q8(v))
+
+
+@pytest.mark.parametrize("name", Q8_NAMES)
+async def test_q8_0_kv_cache(device, name):
+    """With the KV cache as q8_0 (prompt and decode runs), against tests/reference_gemma4.py over a q8_0 cache.
+
+    Quantising is not continuous: where the GPU's f32 key sits across a rounding edge from the float64 one, that
+    value is a whole step (its block's largest / 127) off, and these tiny models (logits up to 26) turn a few such
+    steps into up to 0.11 of a logit. So the bound is Q8_ATOL; and over the positions, the logits must sit nearer
+    the q8_0 reference than the f16-cache goldens (median of the per-position worst case at most 0.6 of it, measured
+    0.10-0.49), which a cache quantised some other way, or not at all, would not. Greedy tokens equal the
+    reference's wherever its top-2 margin exceeds twice the bound."""
+    z = np.load(FIXTURES / f"gemma4_tiny_{name}.npz")
+    gf = await GGUFFile.open(FIXTURES / f"gemma4_tiny_{name}.gguf")
+    m = await Gemma.load(gf, device, max_context=64, prefill_chunk=7, kv_cache_type="q8_0")
+    assert all(k.dtype == "kv_q8_0" for k, _, _ in m.kv.values())
+    toks, goldens = z["tokens"].tolist(), z["decode_logits"]
+    ref = reference_gemma4.Gemma4(str(FIXTURES / f"gemma4_tiny_{name}.gguf"))
+    cache = _Q8Cache(ref.cfg.n_layer)
+    split = 9  # a prompt of two prefill chunks, then one token a run
+    want = list(ref.forward(toks[:split], cache))[-1:] + [ref.forward([t], cache)[-1] for t in toks[split:]]
+    got = [await m.forward(toks[:split], 0)] + [await m.forward([toks[t]], t) for t in range(split, len(toks))]
+    positions = range(split - 1, len(toks))
+    err_q8 = [float(np.abs(g - w).max()) for g, w in zip(got, want)]
+    err_f16 = [float(np.abs(g - goldens[p]).max()) for g, p in zip(got, positions)]
+    assert max(err_q8) < Q8_ATOL, f"worst {max(err_q8):.3f} at position {positions[int(np.argmax(err_q8))]}"
+    assert np.median(err_q8) <= 0.6 * np.median(err_f16), (np.median(err_q8), np.median(err_f16))
+    for p, g, w in zip(positions, got, want):
+        top2 = np.sort(w)[-2:]
+        if top2[1] - top2[0] > 2 * Q8_ATOL:
+            assert g.argmax() == w.argmax(), f"position {p}"
+
+
+async def test_a_q8_0_kv_cache_needs_whole_blocks_per_head(device):
+    """16-value heads cannot hold a 32-value block: a sentence that says so, before any weight is uploaded."""
+    gf = await GGUFFile.open(FIXTURES / "gemma4_tiny_gqa4_f16.gguf")
+    with pytest.raises(ValueError, match="multiple of 32 values .* are 16: use the f16 cache"):
+        await Gemma.load(gf, device, max_context=64, kv_cache_type="q8_0")
+    with pytest.raises(ValueError, match="'q4_0' is not supported; choose one of f16, q8_0"):
+        await Gemma.load(gf, device, max_context=64, kv_cache_type="q4_0")

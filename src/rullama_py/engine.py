@@ -256,7 +256,8 @@ class Engine:
     async def load(cls, model, *, mmproj=None, max_context: int = 4096, prefill_chunk: int | None = None,
                    long_prefill_chunk: int | None = None, device: Device | None = None,
                    params: SamplerParams | None = None, text_only: bool = False,
-                   release_towers_after_turn: bool = False, ple_on_gpu: bool = False, progress=None) -> "Engine":
+                   release_towers_after_turn: bool = False, ple_on_gpu: bool = False, kv_cache_type: str = "f16",
+                   progress=None) -> "Engine":
         """Open `model` (see open_model_file), upload its weights and record its graphs. `mmproj` (a path, URL,
         bytes or Source) is a llama.cpp vision projector for a text-only model file; Ollama's Gemma 4 blobs
         carry the tower themselves. Towers are uploaded on the first image, not here.
@@ -267,6 +268,8 @@ class Engine:
         frees the towers when each turn ends (also settable later, as an attribute). For a GPU with memory to
         spare, `ple_on_gpu` uploads Gemma 4 E2B/E4B's per-layer-embedding table (4.7 GB on E2B) rather than
         reading a row from the file per token, so that decoding can run a step ahead (see above).
+        `kv_cache_type` "q8_0" keeps the KV cache in 8-bit blocks, about half the memory of "f16" (the default),
+        for long contexts on small devices; its rounding moves the logits a little (see ops.kv_cache).
         `prefill_chunk` and `long_prefill_chunk`: the prefill runs' capacities (Gemma.load: by default the
         device's). `progress(done, total, name)` is called per tensor."""
         gf = await open_model_file(model)
@@ -276,7 +279,8 @@ class Engine:
         device = device or await default_device()
         tok = Tokenizer.from_gguf_metadata(gf.metadata)
         m = await Gemma.load(gf, device, max_context=max_context, prefill_chunk=prefill_chunk,
-                             long_prefill_chunk=long_prefill_chunk, ple_on_gpu=ple_on_gpu, progress=progress)
+                             long_prefill_chunk=long_prefill_chunk, ple_on_gpu=ple_on_gpu,
+                             kv_cache_type=kv_cache_type, progress=progress)
         params = params or SamplerParams()
         sampler = await Sampler.create(device, m.cfg.vocab_size, params, max_history=256)
         eng = cls(m, tok, sampler, params)
@@ -813,6 +817,7 @@ class Engine:
             "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(m.cfg).items()
                        if k not in ("vision", "audio")},
             "kv": {str(l): [kv[0].shape, kv[2]] for l, kv in sorted(m.kv.items())},
+            "kv_cache_type": m.kv_cache_type,
             "max_context": m.max_context,
         }
         h = hashlib.sha256(json.dumps(desc, sort_keys=True, default=str).encode())

@@ -6,7 +6,8 @@
     r = await app.load("url", model_url, '{"max_context": 1024, "text_only": true}')   # memory modes: the
                                              # context size, no towers; "release_towers": true frees them after
                                              # each reply (also a chat request's setting); "ple_on_gpu": true
-                                             # puts Gemma 4's per-layer-embedding table on the GPU
+                                             # puts Gemma 4's per-layer-embedding table on the GPU;
+                                             # "kv_cache_type": "q8_0" halves the KV cache (default "f16")
     r = app.memory(); r = app.release_towers()   # GPU memory now and at most since the load; free the towers now
     r = await app.chat('[{"role": "user", "content": "Hi"}]', '{"temperature": 0, "max_tokens": 64}')
     r = await app.chat('[{"role": "user", "content": [{"type": "image", "ref": 0}, {"type": "text", "text": "What is it?"}]}]',
@@ -803,7 +804,8 @@ class WebApp:
             eng = await Engine.load(src, max_context=int(opts.get("max_context", 2048)),
                                     prefill_chunk=_chunk(opts), device=dev, params=params,
                                     release_towers_after_turn=bool(opts.get("release_towers")),
-                                    ple_on_gpu=bool(opts.get("ple_on_gpu")), progress=progress, **extra)
+                                    ple_on_gpu=bool(opts.get("ple_on_gpu")),
+                                    kv_cache_type=str(opts.get("kv_cache_type") or "f16"), progress=progress, **extra)
         except VisionLoadError as e:
             if msrc is not None:
                 raise MmprojError(e) from e
@@ -841,6 +843,8 @@ class WebApp:
             "towers_left_out": list(eng.towers_left_out),  # loaded text-only: the towers the file has
             "release_towers": eng.release_towers_after_turn,
             "ple_on_gpu": getattr(eng.model, "ple_table", None) is not None,  # asked for, and the model has one
+            "kv_cache_type": eng.model.kv_cache_type,
+            "kv_cache_bytes": sum(t.nbytes for k, v, _ in eng.model.kv.values() for t in (k, v)),
             "identity": eng.layout_hash().hex(),
             "dispatches_per_token": len(eng.model.decode.graph) + len(eng.sample_graph),
             "diffusion": None,

@@ -466,7 +466,9 @@ const scenarios = {
     await page.click('[role=tab][data-tab=server]');
     await page.uncheck('#keep-copy');
     out.server_models = await app(page, () => window.rullamaApp.serverModels);
+    await page.selectOption('#kv-cache-type', 'q8_0');  // this load with the KV cache in 8-bit blocks
     out.load_ollama = await loadFromServer(page, cfg.ollama_id);
+    out.pill_ollama = await page.textContent('#model-pill');
     await page.click('#new-chat');
     out.r_ollama = await chat(page, cfg.prompts[0], { temperature: 0, max_tokens: cfg.max_tokens });
     await shot(page, 'ollama');
@@ -474,6 +476,7 @@ const scenarios = {
     await showLoader(page);
     await page.click('[role=tab][data-tab=file]');
     await forgetError(page);
+    await page.selectOption('#kv-cache-type', 'f16');
     await page.check('#ple-on-gpu');  // this load (a Gemma 4 E2B layout) with its per-layer table on the GPU
     await page.setInputFiles('#model-file', cfg.local_file);
     await until(page, () => window.rullamaApp.busy || window.rullamaApp.lastError, null, 60000);

@@ -117,9 +117,9 @@ def drive(scenario: str, url: str, timeout_s: int = 2400, **cfg) -> dict:
 class Native:
     """The same model on wgpu-py with the page's settings: greedy replies to the same conversations."""
 
-    def __init__(self, path: Path, max_context: int):
+    def __init__(self, path: Path, max_context: int, **load):
         self.engine = run(Engine.load(str(path), max_context=max_context, prefill_chunk=PREFILL,
-                                      params=SamplerParams(temperature=0.0)))
+                                      params=SamplerParams(temperature=0.0), **load))
 
     def conversation(self, turns):
         """turns: [(messages, max_tokens)] fed in order on one context, as the page does; returns
@@ -299,11 +299,17 @@ def test_opfs_cache_resumes_an_interrupted_download(sources, native_tiny):
     assert "Load" in sources["cache_list_done"]
 
 
-def test_ollama_store_models_are_listed_and_load(sources, native_tiny):
+def test_ollama_store_models_are_listed_and_load(sources):
+    """Loaded with the KV cache as q8_0: the reply is the native one with a q8_0 cache too."""
     listed = {m["id"]: m for m in sources["server_models"]}
     assert listed["ollama:" + OLLAMA_NAME]["size"] == TINY.stat().st_size
-    assert sources["load_ollama"]["error"] is None and sources["ollama_requests"]
-    assert sources["r_ollama"]["ids"] == _native_first_reply(native_tiny)
+    load = sources["load_ollama"]
+    assert load["error"] is None and sources["ollama_requests"]
+    assert load["model"]["kv_cache_type"] == "q8_0" and "KV cache q8_0" in sources["pill_ollama"]
+    assert sources["load_opfs"]["model"]["kv_cache_type"] == "f16"
+    native_q8 = Native(TINY, MAX_CONTEXT, kv_cache_type="q8_0")
+    assert native_q8.engine.model.kv_cache_type == "q8_0"
+    assert sources["r_ollama"]["ids"] == _native_first_reply(native_q8)
 
 
 def test_local_file_loads_by_slices(sources, native_tiny):

@@ -227,6 +227,7 @@ export async function loadModel(source) {
     text_only: $('text-only').checked,
     release_towers: $('release-towers').checked,
     ple_on_gpu: $('ple-on-gpu').checked,
+    kv_cache_type: $('kv-cache-type').value,
     name: source.name,
   };
   if (query.get('max_buffer')) options.max_buffer_size = parseInt(query.get('max_buffer'), 10);
@@ -265,6 +266,7 @@ export async function loadModel(source) {
     const media = (info.has_vision ? ' · reads images' : '') + (info.has_audio ? ' · hears audio' : '')
       + (info.text_only ? ' · text only' : '')
       + (info.ple_on_gpu ? ' · per-layer embeddings on the GPU' : '')
+      + (info.kv_cache_type && info.kv_cache_type !== 'f16' ? ` · KV cache ${info.kv_cache_type}` : '')
       + (info.diffusion ? ` · diffusion, canvas ${info.diffusion.canvas_length}` : '');
     $('model-pill').textContent = `${info.name} · ${info.arch} · context ${info.max_context}${media}`;
     $('model-pill').classList.remove('muted');

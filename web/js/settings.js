@@ -15,6 +15,7 @@ export function saveSettings() {
   settings.text_only = $('text-only').checked;
   settings.release_towers = $('release-towers').checked;
   settings.ple_on_gpu = $('ple-on-gpu').checked;
+  settings.kv_cache_type = $('kv-cache-type').value;
   settings.keep_copy = $('keep-copy').checked;
   settings.url = $('model-url').value;
   settings.mmproj_url = $('mmproj-url').value;
@@ -28,6 +29,7 @@ export function restoreSettings() {
   $('text-only').checked = !!settings.text_only;
   $('release-towers').checked = !!settings.release_towers;
   $('ple-on-gpu').checked = !!settings.ple_on_gpu;
+  $('kv-cache-type').value = settings.kv_cache_type === 'q8_0' ? 'q8_0' : 'f16';
   $('keep-copy').checked = !!settings.keep_copy;
   if (settings.url) $('model-url').value = settings.url;
   if (settings.mmproj_url) $('mmproj-url').value = settings.mmproj_url;

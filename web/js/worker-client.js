@@ -8,7 +8,8 @@
 //   load {kind, url|file|key, mmproj?, options}
 //                                         options: {max_context, prefill_chunk, name, mmproj_name, text_only
 //                                         (leave the towers out), release_towers (free them after each reply),
-//                                         ple_on_gpu (Gemma 4's per-layer-embedding table on the GPU)}
+//                                         ple_on_gpu (Gemma 4's per-layer-embedding table on the GPU),
+//                                         kv_cache_type ('f16' or 'q8_0': the KV cache's format)}
 //                                         kind: 'url' | 'file' | 'opfs'; mmproj: the same shape (a projector,
 //                                         vision and/or audio, for a llama.cpp model file), or absent.
 //                                         Resolves with the model's info; its `diffusion` is null for a chat

@@ -129,7 +129,7 @@ class Gemma:
     """A loaded Gemma text decoder. Create with `await Gemma.load(gguf_file, device, ...)`."""
 
     def __init__(self, cfg: ModelConfig, device: Device, gf: GGUFFile, max_context: int, prefill_chunk: int,
-                 long_prefill_chunk: int = 0):
+                 long_prefill_chunk: int = 0, kv_cache_type: str = "f16"):
         self.cfg = cfg
         self.device = device
         self.gguf = gf
@@ -141,6 +141,7 @@ class Gemma:
         self.step = device.tensor((STEP_BYTES // 4,), "uint32", "step", usage=UNIFORM)
         self._step_bytes = bytearray(STEP_BYTES)
         self.kv: dict[int, tuple] = {}  # layer -> (K cache, V cache, slots)
+        self.kv_cache_type = kv_cache_type  # ops.KV_CACHE_TYPES
         self.logits = device.tensor((1, cfg.vocab_size), "float32", "logits")
         self.head_norm = device.tensor((1, cfg.d_model), "float32", "head_norm")
         # Gemma 4's per-layer-embedding rows, scaled and ready to upload, most recently used last. The table
@@ -159,19 +160,23 @@ class Gemma:
     # -- loading -------------------------------------------------------------------------------------------
     @classmethod
     async def load(cls, gf: GGUFFile, device: Device, *, max_context: int = 4096, prefill_chunk: int | None = None,
-                   long_prefill_chunk: int | None = None, ple_on_gpu: bool = False, progress=None) -> "Gemma":
+                   long_prefill_chunk: int | None = None, ple_on_gpu: bool = False, kv_cache_type: str = "f16",
+                   progress=None) -> "Gemma":
         """Upload the weights of `gf` and record the decode and prefill graphs. `progress(done_bytes,
         total_bytes, name)` is called after each tensor. `ple_on_gpu`: upload Gemma 4's per-layer-embedding
         table too (see the module doc; models without one ignore it). `long_prefill_chunk`: the capacity of a
         second prefill run for prompts longer than a prefill chunk (0: none); by default the device's
-        (default_long_prefill_chunk) when prefill_chunk is the device's too, else none."""
+        (default_long_prefill_chunk) when prefill_chunk is the device's too, else none. `kv_cache_type`: "f16",
+        or "q8_0" for about half the KV cache's memory (ops.kv_cache), checked before any upload."""
         cfg = ModelConfig.from_metadata(gf.metadata)
+        for hd in sorted(set(cfg.head_dim)):
+            ops.check_kv_cache_type(kv_cache_type, hd)
         max_context = max(1, min(max_context, cfg.context_length))
         chunk = min(prefill_chunk or default_prefill_chunk(device), max_context)
         if long_prefill_chunk is None:
             long_prefill_chunk = default_long_prefill_chunk(device, cfg) if prefill_chunk is None else 0
         long_chunk = min(long_prefill_chunk, max_context)
-        m = cls(cfg, device, gf, max_context, chunk, long_chunk if long_chunk > chunk > 1 else 0)
+        m = cls(cfg, device, gf, max_context, chunk, long_chunk if long_chunk > chunk > 1 else 0, kv_cache_type)
         await m._upload(progress, with_ple_table=bool(ple_on_gpu and cfg.ple_dim))
         m._alloc_kv()
         if m.prefill_chunk > 1:
@@ -370,7 +375,7 @@ class Gemma:
             slots = ops.kv_slots(self.max_context, window=window,
                                  max_tokens=max(self.prefill_chunk, self.long_prefill_chunk))
             k, v = ops.kv_cache(self.device, n_kv_heads=c.n_kv_heads[l], head_dim=c.head_dim[l], slots=slots,
-                                label=f"kv{l}")
+                                label=f"kv{l}", cache_type=self.kv_cache_type)
             self.kv[l] = (k, v, slots)
 
     def can_rewind(self, n_now: int, n_target: int) -> bool:

@@ -33,7 +33,7 @@ never per token. Modules by family:
 from .norm import rms_norm  # noqa: F401
 from .matmul import embed, matmul, matmul_geglu, matvec_gelu_gate  # noqa: F401
 from .attention import attention, attention_decode, attention_inputs, kv_cache, kv_cache_bytes, kv_slots, kv_store, rope, rope_2d  # noqa: F401
-from .attention import KV_CACHE_TYPES, kv_cache_type  # noqa: F401
+from .attention import KV_CACHE_TYPES, check_kv_cache_type, kv_cache_type  # noqa: F401
 from .attention import self_attention  # noqa: F401
 from .nn import add, clamp, gelu_mul, scale_inplace, softcap, standardize  # noqa: F401
 from .pool import avg_pool_2d  # noqa: F401

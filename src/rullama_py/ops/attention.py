@@ -110,7 +110,8 @@ KV_CACHE_TYPES = ("f16", "q8_0")
 _KV_DTYPE = {"f16": "float16", "q8_0": "kv_q8_0"}  # the Tensor dtype of each format's caches
 
 
-def _check_kv_type(cache_type: str, head_dim: int) -> None:
+def check_kv_cache_type(cache_type: str, head_dim: int) -> None:
+    """Raises ValueError, with a sentence for the user, unless caches of `cache_type` can hold heads of head_dim."""
     if cache_type not in KV_CACHE_TYPES:
         raise ValueError(f"KV cache type {cache_type!r} is not supported; choose one of {', '.join(KV_CACHE_TYPES)}")
     if cache_type == "q8_0" and head_dim % 32:
@@ -120,7 +121,7 @@ def _check_kv_type(cache_type: str, head_dim: int) -> None:
 
 def kv_cache_bytes(n_kv_heads: int, head_dim: int, slots: int, cache_type: str = "f16") -> int:
     """Bytes of ONE of a layer's K or V caches: f16, 2 bytes a value; q8_0, 36 bytes a block of 32 values."""
-    _check_kv_type(cache_type, head_dim)
+    check_kv_cache_type(cache_type, head_dim)
     per_row = head_dim * 2 if cache_type == "f16" else head_dim // 32 * 36
     return n_kv_heads * slots * per_row
 
@@ -317,7 +318,7 @@ async def attention(g: Graph, q: Tensor, cache_k: Tensor, cache_v: Tensor, out: 
     consts = _attention_consts(plan, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, scale=scale,
                                window=window, max_ctx=max_ctx, causal=causal, max_t=max_t)
     cache_type = kv_cache_type(cache_k, cache_v)
-    _check_kv_type(cache_type, head_dim)
+    check_kv_cache_type(cache_type, head_dim)
     await _record_attention(g, plan, consts, (*_kv_libs(cache_type), "attention_q"), q, cache_k, cache_v, out, step)
 
 
@@ -375,7 +376,7 @@ async def attention_decode(g: Graph, qkv: Tensor, q_norm: Tensor, q: Tensor, cac
                           window=window, max_ctx=max_ctx, splits=splits, short=short)
     k_off = v_off = 0
     cache_type = kv_cache_type(cache_k, cache_v)
-    _check_kv_type(cache_type, head_dim)
+    check_kv_cache_type(cache_type, head_dim)
     if kv is not None:
         if kv[1] is not cache_k or kv[2] is not cache_v:
             raise ValueError("attention_decode: kv must store into the caches attention reads")
