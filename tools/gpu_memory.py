@@ -58,7 +58,7 @@ async def _row(a, ctx: int, mode: str, parts: list) -> dict:
         kw = {"mmproj": a.mmproj} if a.mmproj else {}
         eng = await Engine.load(a.model, device=dev, max_context=ctx, params=SamplerParams(temperature=0.0),
                                 text_only=mode == "text only", release_towers_after_turn=mode == "towers freed",
-                                **kw)
+                                kv_cache_type=a.kv_cache_type, **kw)
         eng.image_tokens = a.image_tokens
         row = {"ctx": ctx, "mode": mode, "load_seconds": time.perf_counter() - t0,
                "loaded": await settled(dev) - base,
@@ -88,6 +88,7 @@ async def main() -> int:
     ap.add_argument("--image", action="append", default=[], help="an image for the turn (repeatable)")
     ap.add_argument("--audio", action="append", default=[], help="a WAV clip for the turn (repeatable)")
     ap.add_argument("--image-tokens", type=int, default=280)
+    ap.add_argument("--kv-cache-type", choices=("f16", "q8_0"), default="f16", help="the KV cache's format")
     ap.add_argument("--json", help="write the rows here too")
     a = ap.parse_args()
     parts = [{"type": "image", "image": Path(p).read_bytes()} for p in a.image]
@@ -96,7 +97,7 @@ async def main() -> int:
     if parts:
         rows += [await _row(a, a.ctx[0], mode, parts) for mode in ("towers freed", "text only")]
     dev_info = (await gpu.default_device()).info
-    print(f"{a.model} on {dev_info['vendor']} {dev_info['device']}; MB = 10^6 bytes\n")
+    print(f"{a.model} on {dev_info['vendor']} {dev_info['device']}, KV cache {a.kv_cache_type}; MB = 10^6 bytes\n")
     print("| context | mode | after load | of it KV cache | peak during a turn | after the turn |")
     print("|---|---|---|---|---|---|")
     for r in rows:
@@ -107,7 +108,7 @@ async def main() -> int:
     if parts:
         print(f"\nreplies (token ids) of the turns: {'all the same' if len(same) == 1 else sorted(same)}")
     if a.json:
-        Path(a.json).write_text(json.dumps({"model": a.model, "adapter": dev_info, "rows": rows}, indent=1))
+        Path(a.json).write_text(json.dumps({"model": a.model, "adapter": dev_info, "kv_cache_type": a.kv_cache_type, "rows": rows}, indent=1))
     return 0
 
 
