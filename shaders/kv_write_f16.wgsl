@@ -7,6 +7,8 @@ fn staged8(p: u32) -> vec4<u32> {
                    to_f16x2(vec2<f32>(staged(o + 4u), staged(o + 5u))), to_f16x2(vec2<f32>(staged(o + 6u), staged(o + 7u))));
 }
 
+// store_key and store_value differ only in the buffer: WGSL takes no pointer to a storage buffer as an argument
+// (without the unrestricted_pointer_parameters extension, which not every browser has).
 fn store_key(row: u32, lid: u32) {
   for (var p = lid; p < KV_ROW; p += WG) {
     kc[row * KV_ROW + p] = staged8(p);

@@ -21,6 +21,8 @@ fn kv_q8x4(o: u32, id: f32) -> u32 {
   return b.x | (b.y << 8u) | (b.z << 16u) | (b.w << 24u);
 }
 
+// store_key and store_value differ only in the buffer: WGSL takes no pointer to a storage buffer as an argument
+// (without the unrestricted_pointer_parameters extension, which not every browser has).
 fn store_key(row: u32, lid: u32) {
   for (var b = lid; b < KV_BLOCKS; b += WG) {
     let d = kv_scale(b);
