@@ -1,4 +1,4 @@
-// The KV cache's f16 packing, shared by kv_store.wgsl and attention_inputs.wgsl.
+// The KV cache's f16 packing, shared by kv_store.wgsl and kv_write_f16.wgsl.
 
 // f16 overflows to +-inf past 65504 (and pack2x16float is undefined there); an inf key would turn a whole
 // softmax row into NaN, so saturate instead.
