@@ -207,7 +207,7 @@ async def test_max_context_grows_the_kv_cache_and_nothing_else_of_the_model(devi
     long = await Engine.load(VISION, device=device, max_context=256, prefill_chunk=8)
     after_long = await _settled(device)
     cfg = short.config
-    assert _kv_bytes(cfg, 64, 8) == sum(t.nbytes for k, v, _ in short.model.kv.values() for t in (k, v))
+    assert _kv_bytes(cfg, 64, 8) == short.model.kv_cache_bytes
     kv_growth = _kv_bytes(cfg, 256, 8) - _kv_bytes(cfg, 64, 8)
     assert kv_growth > 0 and _reachable_bytes(long) - _reachable_bytes(short) == kv_growth
     held = _reachable_bytes(short) + _reachable_bytes(long)

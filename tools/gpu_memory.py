@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from rullama_py import gpu  # noqa: E402
+from rullama_py import gpu, ops  # noqa: E402
 from rullama_py.engine import Engine, NoTowerError  # noqa: E402
 from rullama_py.sampling import SamplerParams  # noqa: E402
 
@@ -62,7 +62,7 @@ async def _row(a, ctx: int, mode: str, parts: list) -> dict:
         eng.image_tokens = a.image_tokens
         row = {"ctx": ctx, "mode": mode, "load_seconds": time.perf_counter() - t0,
                "loaded": await settled(dev) - base,
-               "kv_cache": sum(t.nbytes for k, v, _ in eng.model.kv.values() for t in (k, v))}
+               "kv_cache": eng.model.kv_cache_bytes}
         if parts:
             try:
                 turn = await _turn(eng, parts)
@@ -88,7 +88,7 @@ async def main() -> int:
     ap.add_argument("--image", action="append", default=[], help="an image for the turn (repeatable)")
     ap.add_argument("--audio", action="append", default=[], help="a WAV clip for the turn (repeatable)")
     ap.add_argument("--image-tokens", type=int, default=280)
-    ap.add_argument("--kv-cache-type", choices=("f16", "q8_0"), default="f16", help="the KV cache's format")
+    ap.add_argument("--kv-cache-type", choices=ops.KV_CACHE_TYPES, default="f16", help="the KV cache's format")
     ap.add_argument("--json", help="write the rows here too")
     a = ap.parse_args()
     parts = [{"type": "image", "image": Path(p).read_bytes()} for p in a.image]

@@ -105,7 +105,7 @@ async def measure(eng, *, prompt_tokens: int = 128, gen_tokens: int = 64, repeat
         "dispatches_per_token": len(m.decode.graph) + len(eng.sample_graph),
         "ple_on_gpu": m.ple_table is not None,
         "kv_cache_type": m.kv_cache_type,
-        "kv_cache_bytes": sum(t.nbytes for k, v, _ in m.kv.values() for t in (k, v)),
+        "kv_cache_bytes": m.kv_cache_bytes,
         "decode_ahead": eng.decode_ahead,
         "decode_host_ms": {k: round(v, 4) if isinstance(v, float) else v for k, v in runs["host"][best].items()},
     }

@@ -844,7 +844,7 @@ class WebApp:
             "release_towers": eng.release_towers_after_turn,
             "ple_on_gpu": getattr(eng.model, "ple_table", None) is not None,  # asked for, and the model has one
             "kv_cache_type": eng.model.kv_cache_type,
-            "kv_cache_bytes": sum(t.nbytes for k, v, _ in eng.model.kv.values() for t in (k, v)),
+            "kv_cache_bytes": eng.model.kv_cache_bytes,
             "identity": eng.layout_hash().hex(),
             "dispatches_per_token": len(eng.model.decode.graph) + len(eng.sample_graph),
             "diffusion": None,

@@ -30,11 +30,6 @@ def rope_tol(x, pos_max):
     return float(np.abs(x).max()) * ((pos_max * 2.4e-7 + 2e-6) * 2 + 2 * 2.0**-11)
 
 
-def cache_slots(cache, slots, hd):
-    """The f16 cache read back as float64 [n_kv_heads, slots, hd]."""
-    return np.asarray(cache, np.float64).reshape(-1, slots, hd)
-
-
 @pytest.mark.parametrize(
     "cap,n_tok,nh,nkv,hd,n_rot,base,pos0,slots,ff,v_norm,shared_v",
     [
@@ -69,8 +64,8 @@ async def test_attention_inputs(device, device_fallback, cap, n_tok, nh, nkv, hd
         assert len(g) == 1
         await dev.run(g)
         got_q = await dev.read(q)
-        got_k = cache_slots(await dev.read(ck), slots, hd)
-        got_v = cache_slots(await dev.read(cv), slots, hd)
+        got_k = kv_layout.values(await dev.read(ck), "f16", nkv, slots, hd)
+        got_v = kv_layout.values(await dev.read(cv), "f16", nkv, slots, hd)
 
         x = qkv[:n_tok].astype(np.float64)
         want_q = ref.rope(reference.rms_norm(x[:, :qw].reshape(n_tok, nh, hd), qn, EPS), pos0, base=base,

@@ -378,6 +378,11 @@ class Gemma:
                                 label=f"kv{l}", cache_type=self.kv_cache_type)
             self.kv[l] = (k, v, slots)
 
+    @property
+    def kv_cache_bytes(self) -> int:
+        """GPU bytes of every layer's K and V caches (in self.kv_cache_type's format)."""
+        return sum(t.nbytes for k, v, _ in self.kv.values() for t in (k, v))
+
     def can_rewind(self, n_now: int, n_target: int) -> bool:
         """Whether the cache of a context of n_now tokens can be cut back to its first n_target tokens: a
         sliding-window layer's ring buffer must still hold the window that position n_target looks at."""
