@@ -8,6 +8,8 @@ those norms into their neighbours could save at most. The output is wrong on pur
 MODE: none (the real graph, for the same-run baseline), then (the norms that also norm the stream for the next
 block: ops.rms_norm then=, two a Gemma 4 layer), acc (the post-norms added into the stream with no next norm),
 all (every single-row norm of d_model). Prefill chunks keep their norms (their rows hold more than one token).
+Rows of 512 values or more count as the stream's (the 270M's are 640); the narrower single-row norms are other
+things' (E2B's per-layer inputs, 256).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def knock_out(mode: str) -> None:
 
     async def rms_norm(g, x, w, out, *, n, eps, add_one=False, accumulate=False, scale=None, then=None):
         kind = "then" if then is not None else "acc" if accumulate else "plain"
-        if math.prod(x.shape) == n and n >= 1024 and mode in ("all", kind):  # one row of the stream: a decode step
+        if math.prod(x.shape) == n and n >= 512 and mode in ("all", kind):  # one row of the stream: a decode step
             return
         await _rms_norm(g, x, w, out, n=n, eps=eps, add_one=add_one, accumulate=accumulate, scale=scale,
                         then=then)
