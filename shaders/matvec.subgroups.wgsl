@@ -7,7 +7,6 @@
 // does not promise that, but every implementation lays out one-dimensional workgroups that way (Vulkan,
 // Metal, D3D12, lavapipe, SwiftShader). The sum order is fixed, so results are deterministic run to run.
 @group(0) @binding(0) var<storage, read> W: array<u32>;
-@group(0) @binding(1) var<storage, read> X: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> Y: array<f32>;
 @group(0) @binding(3) var<storage, read> P: array<f32>;  // EPI 2 only; any read-only buffer otherwise
 
@@ -20,7 +19,9 @@ var<workgroup> red: array<vec4<f32>, MAX_CHUNKS>;
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
         @builtin(subgroup_size) sg_size: u32) {
-  let wrow = (wid.x + wid.y * GRID_X) * (G * RPG);
+  let wi = wid.x + wid.y * GRID_X;
+  prologue(wi, lid);  // the activation X (matvec_x.wgsl or matvec_stream_norm.wgsl)
+  let wrow = wi * (G * RPG);
   if (wrow >= OUT_ROWS) {
     return;
   }

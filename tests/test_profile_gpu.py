@@ -140,7 +140,10 @@ async def test_each_dispatch_gets_its_own_time(tdev, method):
 
 def test_families():
     f = profile_gpu.family
-    assert f("matvec", ("quant/bytes", "quant/k_scales", "quant/q4_k", "matvec_units", "matvec_lib")) == "matvec q4_k"
+    assert f("matvec", ("quant/bytes", "quant/k_scales", "quant/q4_k", "matvec_x", "matvec_units", "matvec_lib")) \
+        == "matvec q4_k"
+    assert f("matvec", ("quant/bytes", "quant/q8_0", "workgroup_sum", "matvec_stream_norm", "matvec_units",
+                        "matvec_lib")) == "matvec+norm q8_0"
     assert f("attention", (), "split") == "attention split"
     assert f("rms_norm") == "rms_norm"
 

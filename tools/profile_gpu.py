@@ -121,8 +121,10 @@ def ns_per_tick(device: gpu.Device) -> float:
 def family(name: str, libs=(), entry: str = "main") -> str:
     """A kernel family: the kernel's file, its entry point when not "main", and the type of the weights it
     reads. ops/matmul.py lists a weight type's libraries as quant/bytes, its helpers (quant/k_scales), then
-    the type's own file last: ("quant/bytes", "quant/k_scales", "quant/q4_k") -> "q4_k"."""
+    the type's own file last: ("quant/bytes", "quant/k_scales", "quant/q4_k") -> "q4_k". A product whose input
+    is formed in its prologue (matvec_stream_norm) is "matvec+norm"."""
     quants = [lib.split("/", 1)[1] for lib in libs if lib.startswith("quant/")]
+    name += "+norm" if "matvec_stream_norm" in libs else ""
     return " ".join([name] + ([entry] if entry != "main" else []) + quants[-1:])
 
 

@@ -121,6 +121,20 @@ def default_long_prefill_chunk(device: Device, cfg: ModelConfig) -> int:
     widest = LONG_PREFILL_CHUNK * max(2 * max(cfg.ffn_dim), cfg.n_layers * (cfg.ple_dim or 0)) * 4
     return LONG_PREFILL_CHUNK if widest <= device.limits["max-storage-buffer-binding-size"] else 0
 
+# The decode run's stream norms in the prologues of the products that read them (ops.StreamNorm; see
+# Gemma._layers). False: a norm dispatch each, as in the prefill runs (tools set it to compare).
+FUSE_STREAM_NORMS = True
+
+
+@dataclass
+class _Stream:
+    """Where a run's residual stream is while its graph is recorded: h, and the spare buffer it moves to when a
+    product's prologue adds to it (None: it stays in h, added to in place)."""
+
+    h: Tensor
+    spare: Tensor | None
+
+
 SOFT_TOKEN = 0xFFFFFFFF  # the id of a row whose embedding is a soft token (see Gemma.write_inputs)
 PLE_CACHE_BYTES = 32 << 20  # per-layer-embedding rows kept on the host (see Gemma.ple_rows)
 
@@ -402,6 +416,8 @@ class Gemma:
         max_ffn = max(c.ffn_dim)
         b = {}
         b["h"], b["x"], b["o"] = T(cap, d, name="h"), T(cap, d, name="x"), T(cap, d, name="o")
+        if self._fuse_stream_norms(cap, True):
+            b["h2"] = T(cap, d, name="h2")  # the stream's second buffer (see _layers)
         max_qkv = max(L.qkv_width for L in self.layers)
         b["qkv"], b["q"], b["attn"] = T(cap, max_qkv, name="qkv"), T(cap, max_q, name="q"), T(cap, max_q, name="attn")
         # gate_up: [gate | up] rows, the fused product's output when the GeGLU is not its epilogue
@@ -459,33 +475,72 @@ class Gemma:
     async def _layers(self, g: Graph, b: dict, cap: int, *, out_scales: list, causal: bool = True,
                       ple: Tensor | None = None, final_norm: Tensor | None = None) -> None:
         """Every decoder layer over the run's stream b["h"]; with final_norm, b["x"] ends as rms_norm(h) *
-        final_norm (the head's input). Each layer's last residual add also computes the next layer's input
-        norm (ops.rms_norm then=), so only the first layer's input norm is a dispatch of its own."""
-        eps, d = self.cfg.norm_eps, self.cfg.d_model
-        await ops.rms_norm(g, b["h"], self.layers[0].attn_norm, b["x"], n=d, eps=eps)
-        for l, L in enumerate(self.layers):
-            next_norm = self.layers[l + 1].attn_norm if l + 1 < len(self.layers) else final_norm
-            await self._layer(g, b, cap, l, L, out_scale=out_scales[l], causal=causal, ple=ple, next_norm=next_norm)
+        final_norm (the head's input).
 
-    async def _layer(self, g: Graph, b: dict, cap: int, l: int, L: Layer, *, out_scale: Tensor | None,
-                     causal: bool = True, ple: Tensor | None = None, next_norm: Tensor | None = None) -> None:
-        """One decoder layer over the run's stream b["h"], with b["x"] = rms_norm(h) * L.attn_norm on entry and,
-        with next_norm, rms_norm(h) * next_norm on exit. causal=False: every token of the run sees every key
-        stored so far and the run's own (DiffusionGemma's canvas); its K/V still go to the cache slots of its
-        positions, past the prompt's."""
+        Each layer leaves its last block's output to be added to the stream (normed, scaled) by whatever reads
+        the stream next: the next layer's q/k/v products, or after the last layer one norm dispatch that also
+        forms the head's input. In the decode run those products form their input in their prologue
+        (ops.StreamNorm), and so do the feed-forward and per-layer-input products: the stream then moves
+        between b["h"] and b["h2"], one product's first workgroup writing it while the others read the old."""
+        eps, d = self.cfg.norm_eps, self.cfg.d_model
+        stream = _Stream(b["h"], b.get("h2") if self._fuse_stream_norms(cap, causal) else None)
+        await ops.rms_norm(g, stream.h, self.layers[0].attn_norm, b["x"], n=d, eps=eps)
+        pending = None
+        for l, L in enumerate(self.layers):
+            pending = await self._layer(g, b, cap, l, L, stream, pending, out_scale=out_scales[l], causal=causal,
+                                        ple=ple)
+        delta, norm, scale = pending
+        await ops.rms_norm(g, delta, norm, stream.h, n=d, eps=eps, accumulate=True, scale=scale,
+                           then=(final_norm, b["x"]) if final_norm is not None else None)
+
+    def _fuse_stream_norms(self, cap: int, causal: bool) -> bool:
+        """Whether a run's stream norms go into the prologues of the products that read them: the decode run
+        (one token: matrix-vector products) of a dense model whose width fits the prologue."""
+        return (FUSE_STREAM_NORMS and cap == 1 and causal and not self.cfg.is_moe
+                and ops.stream_norm_fits(self.device, self.cfg.d_model))
+
+    async def _add_to_stream(self, g: Graph, b: dict, stream: "_Stream", update: tuple, *, input_norm: Tensor | None,
+                             fuse: bool) -> "ops.StreamNorm | None":
+        """Add update = (delta, its post-norm weight, scale or None) to the stream, for a reader of
+        rms_norm(stream) * input_norm (b["x"]) or, input_norm None, of the stream itself. fuse (the reader is
+        one matrix-vector dispatch) and a stream in two buffers: nothing is recorded; the StreamNorm returned is
+        the reader's prologue, and the stream moves to the other buffer. Otherwise one norm dispatch does it in
+        place (writing b["x"] too) and None is returned."""
+        delta, norm, scale = update
+        eps = self.cfg.norm_eps
+        if fuse and stream.spare is not None:
+            pro = ops.StreamNorm(stream=stream.h, delta=delta, delta_norm=norm, stream_out=stream.spare,
+                                 input_norm=input_norm, scale=scale, eps=eps)
+            stream.h, stream.spare = stream.spare, stream.h
+            return pro
+        await ops.rms_norm(g, delta, norm, stream.h, n=self.cfg.d_model, eps=eps, accumulate=True, scale=scale,
+                           then=(input_norm, b["x"]) if input_norm is not None else None)
+        return None
+
+    async def _layer(self, g: Graph, b: dict, cap: int, l: int, L: Layer, stream: "_Stream", pending: tuple | None,
+                     *, out_scale: Tensor | None, causal: bool = True, ple: Tensor | None = None) -> tuple:
+        """One decoder layer over the run's stream. On entry the previous layer's last block output is still
+        to be added (pending, as _add_to_stream's update; None for the first layer, whose input norm b["x"]
+        already holds); returns this layer's. causal=False: every token of the run sees every key stored so far
+        and the run's own (DiffusionGemma's canvas); its K/V still go to the cache slots of its positions,
+        past the prompt's."""
         c, step, eps = self.cfg, self.step, self.cfg.norm_eps
-        d = c.d_model
-        h, x, o = b["h"], b["x"], b["o"]
+        x, o = b["x"], b["o"]
         nh, nkv, hd = c.n_heads[l], c.n_kv_heads[l], c.head_dim[l]
         q, attn = (b[n].view((cap, nh * hd)) for n in ("q", "attn"))
         qkv = b["qkv"].view((cap, L.qkv_width))
         ffn = c.ffn_dim[l]
         rope = dict(n_rot=c.rope_dim[l], freq_scale=c.rope_scale[l], base=c.rope_base[l],
                     freq_factors=None if c.is_sliding[l] else self.w.get("rope_freqs.weight"))
-        then = (next_norm, x) if next_norm is not None else None
+        one_part = lambda w: len(w.parts) == 1  # noqa: E731  (a prologue's product is one dispatch)
         # attention: the q, k, v projections into one row per token; their norms, RoPE and the cache store
+        pro = None
+        if pending is not None:
+            pro = await self._add_to_stream(g, b, stream, pending, input_norm=L.attn_norm,
+                                            fuse=len(L.qkv) == 1 and one_part(L.qkv[0][0]))
         for w, col in L.qkv:
-            await ops.matmul(g, w, x, qkv, n_tokens=cap, out_offset=col, out_stride=L.qkv_width, step=step)
+            await ops.matmul(g, w, x if pro is None else None, qkv, n_tokens=cap, out_offset=col,
+                             out_stride=L.qkv_width, step=step, prologue=pro)
         kv = None
         if L.v_offset is not None:
             kc, vc, slots = self.kv[l]
@@ -502,41 +557,44 @@ class Gemma:
                                        qkv_stride=L.qkv_width, kv=kv, **rope)
             await ops.attention(g, q, kc, vc, attn, step, causal=causal, **attend)
         await ops.matmul(g, L.wo, attn, o, n_tokens=cap, step=step)
-        await ops.rms_norm(g, o, L.post_attn_norm, h, n=d, eps=eps, accumulate=True, then=(L.ffn_norm, x))
-        # feed-forward (GeGLU)
+        # feed-forward (GeGLU) over the stream with attention's output added
         act = b["act"].view((cap, ffn))
+        pro = await self._add_to_stream(g, b, stream, (o, L.post_attn_norm, None), input_norm=L.ffn_norm,
+                                        fuse=L.gate_up is not None and one_part(L.gate_up))
         if L.gate_up is not None:
-            await ops.matmul_geglu(g, L.gate_up, x, act, n_tokens=cap, scratch=b["gate_up"].view((cap, 2 * ffn)),
-                                   step=step)
+            await ops.matmul_geglu(g, L.gate_up, x if pro is None else None, act, n_tokens=cap,
+                                   scratch=b["gate_up"].view((cap, 2 * ffn)), step=step, prologue=pro)
         else:
             gate, up = b["gate"].view((cap, ffn)), b["up"].view((cap, ffn))
             await ops.matmul(g, L.w_gate, x, gate, n_tokens=cap, step=step)
             await ops.matmul(g, L.w_up, x, up, n_tokens=cap, step=step)
             await ops.gelu_mul(g, gate, up, act, n=ffn)
         await ops.matmul(g, L.w_down, act, o, n_tokens=cap, step=step)
-        last_scale = out_scale if not c.ple_dim else None
-        last_then = then if not c.ple_dim else None
         if L.moe is not None:
             # h += post_ffw_norm(post_ffw_norm_1(dense) + post_ffw_norm_2(experts)), the experts' input and the
             # router's both taken from the stream after attention
-            await ops.rms_norm(g, o, L.moe.post_norm_dense, b["mix"], n=d, eps=eps)
-            await self._experts(g, b, cap, L.moe)
-            await ops.rms_norm(g, o, L.moe.post_norm, b["mix"], n=d, eps=eps, accumulate=True)
+            await ops.rms_norm(g, o, L.moe.post_norm_dense, b["mix"], n=c.d_model, eps=eps)
+            await self._experts(g, b, cap, L.moe, stream.h)
+            await ops.rms_norm(g, o, L.moe.post_norm, b["mix"], n=c.d_model, eps=eps, accumulate=True)
             o = b["mix"]
-        await ops.rms_norm(g, o, L.post_ffw_norm, h, n=d, eps=eps, accumulate=True, scale=last_scale, then=last_then)
-        # per-layer embedding (Gemma 4 E2B/E4B), then the layer's output scale over the whole stream
-        if c.ple_dim:
-            await ops.ple_input(g, L.inp_gate, h, ple, b["ple_act"], n_tokens=cap, layer=l, n_layers=c.n_layers,
-                                dim=c.ple_dim, scratch=b["ple_gate"], step=step)
-            await ops.matmul(g, L.proj, b["ple_act"], o, n_tokens=cap, step=step)
-            await ops.rms_norm(g, o, L.post_norm, h, n=d, eps=eps, accumulate=True, scale=out_scale, then=then)
+        if not c.ple_dim:
+            return (o, L.post_ffw_norm, out_scale)
+        # per-layer embedding (Gemma 4 E2B/E4B): gated by the stream with the feed-forward output added; the
+        # layer's output scale then applies to the whole stream with the projection added
+        pro = await self._add_to_stream(g, b, stream, (o, L.post_ffw_norm, None), input_norm=None,
+                                        fuse=one_part(L.inp_gate))
+        await ops.ple_input(g, L.inp_gate, stream.h if pro is None else None, ple, b["ple_act"], n_tokens=cap,
+                            layer=l, n_layers=c.n_layers, dim=c.ple_dim, scratch=b["ple_gate"], step=step,
+                            prologue=pro)
+        await ops.matmul(g, L.proj, b["ple_act"], o, n_tokens=cap, step=step)
+        return (o, L.post_norm, out_scale)
 
-    async def _experts(self, g: Graph, b: dict, cap: int, M: Experts) -> None:
-        """b["o"] = the experts' mixture for the stream b["h"]: the router picks n_experts_used experts per
+    async def _experts(self, g: Graph, b: dict, cap: int, M: Experts, h: Tensor) -> None:
+        """b["o"] = the experts' mixture for the stream h: the router picks n_experts_used experts per
         token and their weights on the GPU; the expert kernels read the picked experts' rows through them."""
         c, eps = self.cfg, self.cfg.norm_eps
         d, E, K, ff = c.d_model, c.n_experts, c.n_experts_used, c.expert_ffn_dim
-        h, x = b["h"], b["x"]
+        x = b["x"]
         ids, weights = b["expert_ids"], b["expert_weights"]
         route = dict(n_tokens=cap, n_experts=E, top_k=K)
         await ops.rms_norm(g, h, M.router_norm, x, n=d, eps=eps)

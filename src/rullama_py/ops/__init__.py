@@ -4,7 +4,8 @@ never per token. Modules by family:
 
 - norm:      rms_norm
 - matmul:    matmul, matmul_geglu, matvec_gelu_gate, embed (weights kept as raw GGUF bytes, dequantised in
-             the kernels; the fused variants run their elementwise op as the matrix-vector kernel's epilogue)
+             the kernels; the fused variants run their elementwise op as the matrix-vector kernel's epilogue,
+             and StreamNorm forms a product's input from the residual stream in its prologue)
 - attention: rope, rope_2d (vision tower), kv_store (kv_cache in f16 or q8_0, kv_slots, kv_cache_bytes), attention_inputs
              (q/k norms, RoPE, v norm and the cache store in one dispatch), attention (causal
              or bidirectional), attention_decode (both for one token, the inputs inside attention's
@@ -32,6 +33,7 @@ never per token. Modules by family:
 
 from .norm import rms_norm  # noqa: F401
 from .matmul import embed, matmul, matmul_geglu, matvec_gelu_gate  # noqa: F401
+from .matmul import StreamNorm, stream_norm_fits  # noqa: F401
 from .attention import attention, attention_decode, attention_inputs, kv_cache, kv_cache_bytes, kv_slots, kv_store, rope, rope_2d  # noqa: F401
 from .attention import KV_CACHE_TYPES, check_kv_cache_type, kv_cache_type  # noqa: F401
 from .attention import self_attention  # noqa: F401

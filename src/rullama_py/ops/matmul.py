@@ -11,6 +11,7 @@ buffers and storage-binding offsets must be 256-byte aligned anyway.
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 
 from ..gpu import Device, Graph, Tensor
 
@@ -66,6 +67,53 @@ def _check(t: Tensor, n: int, what: str) -> None:
         total *= d
     if total < n:
         raise ValueError(f"{what} {t.label!r} of shape {t.shape} holds {total} values; needs {n}")
+
+
+@dataclass(frozen=True)
+class StreamNorm:
+    """A matrix-vector product's input formed in its prologue from the residual stream (one token), instead of
+    by norm dispatches before it (shaders/matvec_stream_norm.wgsl):
+
+        stream_out = (stream + rms_norm(delta) * delta_norm) * scale     the block's post-norm and residual add
+        x          = rms_norm(stream_out) * input_norm                    the next block's input norm
+        x          = stream_out                                           input_norm None
+
+    rms_norm(v) = v * rsqrt(mean(v^2) + eps); scale: a 1-value tensor (Gemma 4's layer_output_scale) or None.
+    stream_out must be another buffer than stream (the product's first workgroup writes it while the others
+    read stream). All are f32 rows of the product's columns."""
+
+    stream: Tensor
+    delta: Tensor
+    delta_norm: Tensor
+    stream_out: Tensor
+    input_norm: Tensor | None = None
+    scale: Tensor | None = None
+    eps: float = 1e-6
+
+
+_PROLOGUE_PV = 4  # vec4s of the stream a lane holds in the prologue
+
+
+def stream_norm_fits(device, cols: int) -> bool:
+    """Whether a matrix-vector product over rows of `cols` values can take a StreamNorm prologue on `device`:
+    the row whole in workgroup memory beside the kernel's own, at most 4 vec4s a lane of 256."""
+    wg = 256
+    need = 4 * cols + 16 * wg + 4 * wg  # X, the reduction's vec4s (matvec.wgsl's worst case), workgroup_sum's
+    return cols % 8 == 0 and cols <= 16 * wg and need <= device.limits.get("max-compute-workgroup-storage-size", 16384)
+
+
+# (WG, R, LPR) of the matrix-vector products with a StreamNorm prologue, by epilogue; tools and tests set it.
+MATVEC_PROLOGUE_SHAPE = {0: (128, 2, 32), 1: (256, 2, 16), 2: (128, 1, 32)}
+
+
+def _prologue_shape(cols: int, epi: int) -> tuple[int, int, int]:
+    """Every workgroup of a product with a prologue reads the stream's four rows from L2 and reduces them
+    twice, so those products take several rows a workgroup (E2B's 2,560-row q/k/v: 320 workgroups of 8 rows,
+    where the plain kernel runs one row each), and as many lanes as leave at most 4 vec4s of the stream each."""
+    wg, r, lpr = MATVEC_PROLOGUE_SHAPE[epi]
+    while cols > 16 * wg:
+        wg, lpr = 2 * wg, 2 * lpr
+    return wg, r, min(lpr, wg)
 
 
 # (WG, R[, LPR]) forced for every matvec, or None: for tools/bench_matmul.py --sweep and the tests only.
@@ -155,9 +203,9 @@ def _scratch(device) -> Tensor:
     return t
 
 
-async def matmul(g: Graph, w: Tensor, x: Tensor, out: Tensor, *, n_tokens: int, accumulate: bool = False,
+async def matmul(g: Graph, w: Tensor, x: Tensor | None, out: Tensor, *, n_tokens: int, accumulate: bool = False,
                  scale: float = 1.0, out_offset: int = 0, out_stride: int | None = None,
-                 step: Tensor | None = None) -> None:
+                 step: Tensor | None = None, prologue: StreamNorm | None = None) -> None:
     """out[t, out_offset + r] (+)= scale * sum_c W[r, c] * x[t, c] for t < n_tokens.
 
     w: weight (rows, cols), any of QUANT_TYPES, possibly split in parts; x: f32 [n_tokens, cols];
@@ -166,13 +214,18 @@ async def matmul(g: Graph, w: Tensor, x: Tensor, out: Tensor, *, n_tokens: int, 
     three weights cannot be uploaded as one). accumulate=True adds into out (fused residual).
     One token runs the memory-bound matrix-vector kernel; more run the tiled matrix-matrix kernel. step (the
     Step uniform of a recorded graph): n_tokens is the capacity, and each run computes only step.n_tokens of
-    them, so a short prompt in a large prefill chunk costs what its own tokens cost."""
+    them, so a short prompt in a large prefill chunk costs what its own tokens cost. prologue (one token; x
+    None): the product's input is formed from the residual stream in its own dispatch (StreamNorm)."""
     rows, cols = w.shape
     stride = rows if out_stride is None else out_stride
     if out_offset + rows > stride:
         raise ValueError(f"matmul: {rows} rows at offset {out_offset} do not fit output rows of {stride}")
-    _check(x, n_tokens * cols, "activation")
     _check(out, (n_tokens - 1) * stride + out_offset + rows, "output")
+    if prologue is not None:
+        _check_prologue(g.device, prologue, x, n_tokens, cols)
+        await _matvec(g, w, None, out, out_offset=out_offset, acc=accumulate, scale=scale, pro=prologue)
+        return
+    _check(x, n_tokens * cols, "activation")
     if n_tokens == 1 and cols % 8 == 0:
         await _matvec(g, w, x, out, out_offset=out_offset, acc=accumulate, scale=scale)
         return
@@ -180,21 +233,29 @@ async def matmul(g: Graph, w: Tensor, x: Tensor, out: Tensor, *, n_tokens: int, 
                         acc=accumulate, scale=scale, step=step)
 
 
-async def matmul_geglu(g: Graph, w: Tensor, x: Tensor, out: Tensor, *, n_tokens: int,
-                       scratch: Tensor | None = None, step: Tensor | None = None) -> None:
+async def matmul_geglu(g: Graph, w: Tensor, x: Tensor | None, out: Tensor, *, n_tokens: int,
+                       scratch: Tensor | None = None, step: Tensor | None = None,
+                       prologue: StreamNorm | None = None) -> None:
     """out[t, i] = gelu_tanh(W[i] . x[t]) * (W[F + i] . x[t]), i < F: the GeGLU input of Gemma's MLP from one
     weight w [2F, cols] holding the gate rows then the up rows (see Gemma's upload).
 
     One token: one matrix-vector dispatch whose row groups take gate row i and up row i together (shared
     activation loads, the activation function as its epilogue) when w is one buffer part. Otherwise the
-    product goes to scratch (f32 [n_tokens, 2F]) and gelu_mul reads it: two dispatches. step as in matmul."""
+    product goes to scratch (f32 [n_tokens, 2F]) and gelu_mul reads it: two dispatches. step as in matmul.
+    prologue (one token, w one buffer part; x None): the input formed from the residual stream (StreamNorm)."""
     from .nn import gelu_mul
 
     rows, cols = w.shape
     if rows % 2:
         raise ValueError(f"matmul_geglu: weight {w.label!r} has an odd number of rows ({rows})")
-    _check(x, n_tokens * cols, "activation")
     _check(out, n_tokens * rows // 2, "output")
+    if prologue is not None:
+        _check_prologue(g.device, prologue, x, n_tokens, cols)
+        if len(w.parts) != 1:
+            raise ValueError(f"matmul_geglu: a prologue needs weight {w.label!r} in one buffer part")
+        await _matvec(g, w, None, out, epi=1, pro=prologue)
+        return
+    _check(x, n_tokens * cols, "activation")
     if n_tokens == 1 and cols % 8 == 0 and len(w.parts) == 1:
         await _matvec(g, w, x, out, epi=1)
         return
@@ -204,26 +265,55 @@ async def matmul_geglu(g: Graph, w: Tensor, x: Tensor, out: Tensor, *, n_tokens:
     await gelu_mul(g, scratch, None, out, n=rows // 2, fused=True)
 
 
-async def matvec_gelu_gate(g: Graph, w: Tensor, x: Tensor, gate: Tensor, out: Tensor, *, gate_offset: int) -> None:
+async def matvec_gelu_gate(g: Graph, w: Tensor, x: Tensor | None, gate: Tensor, out: Tensor, *, gate_offset: int,
+                           prologue: StreamNorm | None = None) -> None:
     """out[r] = gelu_tanh(W[r] . x) * gate[gate_offset + r] for one token, in one matrix-vector dispatch (the
-    gate as its epilogue). x: f32 [cols]; gate: f32, read at gate_offset..; out: f32 [rows]."""
+    gate as its epilogue). x: f32 [cols]; gate: f32, read at gate_offset..; out: f32 [rows]. prologue (x
+    None): x formed from the residual stream (StreamNorm, without a scale: the gate holds binding 3)."""
     rows, cols = w.shape
     if cols % 8:
         raise ValueError(f"matvec_gelu_gate: rows of {cols} columns are not whole units of 8")
-    _check(x, cols, "activation")
+    if prologue is not None:
+        _check_prologue(g.device, prologue, x, 1, cols)
+        if prologue.scale is not None:
+            raise ValueError("matvec_gelu_gate: a prologue with a scale (the gate epilogue holds its binding)")
+    else:
+        _check(x, cols, "activation")
     _check(gate, gate_offset + rows, "gate")
     _check(out, rows, "output")
-    await _matvec(g, w, x, out, epi=2, p=gate, p_offset=gate_offset)
+    await _matvec(g, w, x, out, epi=2, p=gate, p_offset=gate_offset, pro=prologue)
 
 
-async def _matvec(g: Graph, w: Tensor, x: Tensor, out: Tensor, *, out_offset: int = 0, acc: bool = False,
-                  scale: float = 1.0, epi: int = 0, p: Tensor | None = None, p_offset: int = 0) -> None:
-    """The matrix-vector kernel over every part of w (epilogues: matvec_lib.wgsl)."""
+def _check_prologue(device, pro: StreamNorm, x, n_tokens: int, cols: int) -> None:
+    if x is not None or n_tokens != 1:
+        raise ValueError("a StreamNorm prologue forms the input of one token: pass x=None and n_tokens=1")
+    if not stream_norm_fits(device, cols):
+        raise ValueError(f"a StreamNorm prologue over rows of {cols} values does not fit this device's "
+                         "workgroup memory (or rows are not whole units of 8); norm the stream first")
+    if pro.stream_out.buffer is pro.stream.buffer:
+        raise ValueError("StreamNorm: stream_out must be another buffer than stream (the stream in two buffers)")
+    for t, what in ((pro.stream, "stream"), (pro.delta, "delta"), (pro.delta_norm, "delta_norm"),
+                    (pro.stream_out, "stream_out")) + (((pro.input_norm, "input_norm"),) if pro.input_norm else ()):
+        _check(t, cols, f"StreamNorm {what}")
+
+
+async def _matvec(g: Graph, w: Tensor, x: Tensor | None, out: Tensor, *, out_offset: int = 0, acc: bool = False,
+                  scale: float = 1.0, epi: int = 0, p: Tensor | None = None, p_offset: int = 0,
+                  pro: StreamNorm | None = None) -> None:
+    """The matrix-vector kernel over every part of w (epilogues: matvec_lib.wgsl; with `pro`, its input formed
+    by matvec_stream_norm.wgsl's prologue, else read from x by matvec_x.wgsl)."""
     rows, cols = w.shape
     qt = qtype(w)
     rb = row_bytes(qt, cols)
+    if pro is None:
+        libs, extra = _libs(qt) + ("matvec_x", "matvec_units", "matvec_lib"), {}
+    else:
+        libs = _libs(qt) + ("workgroup_sum", "matvec_stream_norm", "matvec_units", "matvec_lib")
     for buf, first, n in w.parts:
-        wg, r, lpr = _matvec_shape(cols, rows, qt)
+        wg, r, lpr = _matvec_shape(cols, rows, qt) if pro is None else _prologue_shape(cols, epi)
+        if pro is not None:
+            extra = dict(PV=-(-cols // (4 * wg)), EPS=float(pro.eps), HAS_SCALE=pro.scale is not None,
+                         NORM_X=pro.input_norm is not None)
         if epi == 1:  # one gate row and its up row per row group
             r = 2
         elif epi == 2:
@@ -232,10 +322,16 @@ async def _matvec(g: Graph, w: Tensor, x: Tensor, out: Tensor, *, out_offset: in
         assert r in (1, 2, 4) and wg & (wg - 1) == 0 and lpr & (lpr - 1) == 0 and 4 <= lpr <= wg, (wg, r, lpr)
         stored = (n // 2, 1) if epi == 1 else (n, r)  # (rows stored, rows stored per row group)
         grid = _grid(-(-stored[0] // (stored[1] * wg // lpr)))
-        k = await g.device.kernel("matvec", libs=_libs(qt) + ("matvec_units", "matvec_lib"), ROWS=n,
-                                  ROW0=first + out_offset, COLS=cols, ROW_BYTES=rb, R=r, WG=wg, LPR=lpr,
-                                  GRID_X=grid[0], ACC=acc, SCALE=float(scale), EPI=epi, P_OFF=p_offset)
-        g.add(k, [buf, x, out, p if p is not None else x], grid)
+        k = await g.device.kernel("matvec", libs=libs, ROWS=n, ROW0=first + out_offset, COLS=cols, ROW_BYTES=rb,
+                                  R=r, WG=wg, LPR=lpr, GRID_X=grid[0], ACC=acc, SCALE=float(scale), EPI=epi,
+                                  P_OFF=p_offset, **extra)
+        if pro is None:
+            g.add(k, [buf, x, out, p if p is not None else x], grid)
+            continue
+        # binding 3 holds the gate (EPI 2) or the stream's scale; unused bindings take a read-only input
+        p3 = p if p is not None else pro.scale if pro.scale is not None else pro.delta_norm
+        g.add(k, [buf, None, out, p3, pro.stream, pro.delta, pro.delta_norm,
+                  pro.input_norm if pro.input_norm is not None else pro.delta_norm, pro.stream_out], grid)
 
 
 async def _matmul_tiled(g: Graph, w: Tensor, x: Tensor, out: Tensor, *, n_tokens: int, out_offset: int,
