@@ -499,16 +499,16 @@ class Gemma:
         return (FUSE_STREAM_NORMS and cap == 1 and causal and not self.cfg.is_moe
                 and ops.stream_norm_fits(self.device, self.cfg.d_model))
 
-    async def _add_to_stream(self, g: Graph, b: dict, stream: "_Stream", update: tuple, *, input_norm: Tensor | None,
-                             fuse: bool) -> "ops.StreamNorm | None":
-        """Add update = (delta, its post-norm weight, scale or None) to the stream, for a reader of
-        rms_norm(stream) * input_norm (b["x"]) or, input_norm None, of the stream itself. fuse (the reader is
-        one matrix-vector dispatch) and a stream in two buffers: nothing is recorded; the StreamNorm returned is
-        the reader's prologue, and the stream moves to the other buffer. Otherwise one norm dispatch does it in
-        place (writing b["x"] too) and None is returned."""
+    async def _add_to_stream(self, g: Graph, b: dict, stream: "_Stream", update: tuple, *,
+                             input_norm: Tensor | None) -> "ops.StreamNorm | None":
+        """Add update = (delta, its post-norm weight, scale or None) to the stream, for readers of
+        rms_norm(stream) * input_norm (b["x"]) or, input_norm None, of the stream itself. With the stream in two
+        buffers nothing is recorded: the StreamNorm returned is the readers' prologue (each matrix-vector
+        product that reads takes it), and the stream moves to the other buffer. Otherwise one norm dispatch
+        does it in place (writing b["x"] too) and None is returned."""
         delta, norm, scale = update
         eps = self.cfg.norm_eps
-        if fuse and stream.spare is not None:
+        if stream.spare is not None:
             pro = ops.StreamNorm(stream=stream.h, delta=delta, delta_norm=norm, stream_out=stream.spare,
                                  input_norm=input_norm, scale=scale, eps=eps)
             stream.h, stream.spare = stream.spare, stream.h
@@ -532,12 +532,10 @@ class Gemma:
         ffn = c.ffn_dim[l]
         rope = dict(n_rot=c.rope_dim[l], freq_scale=c.rope_scale[l], base=c.rope_base[l],
                     freq_factors=None if c.is_sliding[l] else self.w.get("rope_freqs.weight"))
-        one_part = lambda w: len(w.parts) == 1  # noqa: E731  (a prologue's product is one dispatch)
         # attention: the q, k, v projections into one row per token; their norms, RoPE and the cache store
         pro = None
         if pending is not None:
-            pro = await self._add_to_stream(g, b, stream, pending, input_norm=L.attn_norm,
-                                            fuse=len(L.qkv) == 1 and one_part(L.qkv[0][0]))
+            pro = await self._add_to_stream(g, b, stream, pending, input_norm=L.attn_norm)
         for w, col in L.qkv:
             await ops.matmul(g, w, x if pro is None else None, qkv, n_tokens=cap, out_offset=col,
                              out_stride=L.qkv_width, step=step, prologue=pro)
@@ -559,15 +557,15 @@ class Gemma:
         await ops.matmul(g, L.wo, attn, o, n_tokens=cap, step=step)
         # feed-forward (GeGLU) over the stream with attention's output added
         act = b["act"].view((cap, ffn))
-        pro = await self._add_to_stream(g, b, stream, (o, L.post_attn_norm, None), input_norm=L.ffn_norm,
-                                        fuse=L.gate_up is not None and one_part(L.gate_up))
+        pro = await self._add_to_stream(g, b, stream, (o, L.post_attn_norm, None), input_norm=L.ffn_norm)
+        xin = x if pro is None else None
         if L.gate_up is not None:
-            await ops.matmul_geglu(g, L.gate_up, x if pro is None else None, act, n_tokens=cap,
+            await ops.matmul_geglu(g, L.gate_up, xin, act, n_tokens=cap,
                                    scratch=b["gate_up"].view((cap, 2 * ffn)), step=step, prologue=pro)
         else:
             gate, up = b["gate"].view((cap, ffn)), b["up"].view((cap, ffn))
-            await ops.matmul(g, L.w_gate, x, gate, n_tokens=cap, step=step)
-            await ops.matmul(g, L.w_up, x, up, n_tokens=cap, step=step)
+            await ops.matmul(g, L.w_gate, xin, gate, n_tokens=cap, step=step, prologue=pro)
+            await ops.matmul(g, L.w_up, xin, up, n_tokens=cap, step=step, prologue=pro)
             await ops.gelu_mul(g, gate, up, act, n=ffn)
         await ops.matmul(g, L.w_down, act, o, n_tokens=cap, step=step)
         if L.moe is not None:
@@ -581,8 +579,7 @@ class Gemma:
             return (o, L.post_ffw_norm, out_scale)
         # per-layer embedding (Gemma 4 E2B/E4B): gated by the stream with the feed-forward output added; the
         # layer's output scale then applies to the whole stream with the projection added
-        pro = await self._add_to_stream(g, b, stream, (o, L.post_ffw_norm, None), input_norm=None,
-                                        fuse=one_part(L.inp_gate))
+        pro = await self._add_to_stream(g, b, stream, (o, L.post_ffw_norm, None), input_norm=None)
         await ops.ple_input(g, L.inp_gate, stream.h if pro is None else None, ple, b["ple_act"], n_tokens=cap,
                             layer=l, n_layers=c.n_layers, dim=c.ple_dim, scratch=b["ple_gate"], step=step,
                             prologue=pro)

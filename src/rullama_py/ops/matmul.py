@@ -80,7 +80,9 @@ class StreamNorm:
 
     rms_norm(v) = v * rsqrt(mean(v^2) + eps); scale: a 1-value tensor (Gemma 4's layer_output_scale) or None.
     stream_out must be another buffer than stream (the product's first workgroup writes it while the others
-    read stream). All are f32 rows of the product's columns."""
+    read stream). All are f32 rows of the product's columns. Several products may take the same StreamNorm
+    (q, k and v as two weights, a weight in parts): each forms the same input, and writes the same stream_out
+    (the same kernel shape sums in the same order)."""
 
     stream: Tensor
     delta: Tensor
@@ -242,26 +244,25 @@ async def matmul_geglu(g: Graph, w: Tensor, x: Tensor | None, out: Tensor, *, n_
     One token: one matrix-vector dispatch whose row groups take gate row i and up row i together (shared
     activation loads, the activation function as its epilogue) when w is one buffer part. Otherwise the
     product goes to scratch (f32 [n_tokens, 2F]) and gelu_mul reads it: two dispatches. step as in matmul.
-    prologue (one token, w one buffer part; x None): the input formed from the residual stream (StreamNorm)."""
+    prologue (one token; x None): the input formed from the residual stream (StreamNorm) by the product."""
     from .nn import gelu_mul
 
     rows, cols = w.shape
     if rows % 2:
         raise ValueError(f"matmul_geglu: weight {w.label!r} has an odd number of rows ({rows})")
     _check(out, n_tokens * rows // 2, "output")
-    if prologue is not None:
+    if prologue is not None and len(w.parts) == 1:
         _check_prologue(g.device, prologue, x, n_tokens, cols)
-        if len(w.parts) != 1:
-            raise ValueError(f"matmul_geglu: a prologue needs weight {w.label!r} in one buffer part")
         await _matvec(g, w, None, out, epi=1, pro=prologue)
         return
-    _check(x, n_tokens * cols, "activation")
+    if prologue is None:
+        _check(x, n_tokens * cols, "activation")
     if n_tokens == 1 and cols % 8 == 0 and len(w.parts) == 1:
         await _matvec(g, w, x, out, epi=1)
         return
     if scratch is None:
         raise ValueError("matmul_geglu: more than one token (or a weight in parts) needs a scratch buffer")
-    await matmul(g, w, x, scratch, n_tokens=n_tokens, step=step)
+    await matmul(g, w, x, scratch, n_tokens=n_tokens, step=step, prologue=prologue)
     await gelu_mul(g, scratch, None, out, n=rows // 2, fused=True)
 
 
