@@ -53,6 +53,19 @@ def _bounds(wmat, x, cols):
     return y, tol
 
 
+async def _one_dispatch(dev, qt, raw, rows, cols, inputs, out_rows, record):
+    """Upload the weight (rows x cols of type qt) and the prologue's inputs to dev, record
+    `await record(g, w, prologue, out)` (one dispatch) and run it: (the output row, the prologue)."""
+    w = dev.upload_rows(raw.tobytes(), rows, ref.row_bytes(qt, cols), (rows, cols), qt, "w")
+    pro = _prologue(dev, *inputs)
+    out = dev.tensor((1, out_rows))
+    g = dev.graph()
+    await record(g, w, pro, out)
+    assert len(g) == 1
+    await dev.run(g)
+    return (await dev.read(out))[0], pro
+
+
 @pytest.mark.parametrize("qt,rows,cols,norm_x,scale", [
     ("q4_k", 67, 768, True, True),      # Gemma 4's q/k/v after a layer: both norms and layer_output_scale
     ("q8_0", 40, 640, True, False),     # Gemma 3 270M's width, several vec4s a lane
@@ -67,14 +80,8 @@ async def test_matvec_stream_norm(device, device_fallback, qt, rows, cols, norm_
     want_s, x = reference.stream_norm(s, d, wd, wx, sc[0] if scale else None)
     want, tol = _bounds(wmat, x, cols)
     for dev in (device, device_fallback):
-        w = dev.upload_rows(raw.tobytes(), rows, ref.row_bytes(qt, cols), (rows, cols), qt, "w")
-        pro = _prologue(dev, s, d, wd, wx, sc)
-        out = dev.tensor((1, rows))
-        g = dev.graph()
-        await ops.matmul(g, w, None, out, n_tokens=1, prologue=pro)
-        assert len(g) == 1
-        await dev.run(g)
-        got = (await dev.read(out))[0]
+        got, pro = await _one_dispatch(dev, qt, raw, rows, cols, (s, d, wd, wx, sc), rows,
+                                       lambda g, w, pro, out: ops.matmul(g, w, None, out, n_tokens=1, prologue=pro))
         assert np.all(np.abs(got - want) <= tol), (qt, np.abs(got - want).max())
         await _check_stream(dev, pro, s, want_s)
 
@@ -122,14 +129,9 @@ async def test_matmul_geglu_stream_norm(device, device_fallback):
     want = _gelu(y[:F]) * y[F:]
     bound = 1.13 * tol[:F] * (np.abs(y[F:]) + tol[F:]) + np.abs(_gelu(y[:F])) * tol[F:] + 1e-5 * np.abs(want) + 1e-6
     for dev in (device, device_fallback):
-        w = dev.upload_rows(raw.tobytes(), 2 * F, ref.row_bytes(qt, cols), (2 * F, cols), qt, "w")
-        pro = _prologue(dev, s, d, wd, wx, None)
-        out = dev.tensor((1, F))
-        g = dev.graph()
-        await ops.matmul_geglu(g, w, None, out, n_tokens=1, prologue=pro)
-        assert len(g) == 1
-        await dev.run(g)
-        got = (await dev.read(out))[0]
+        got, pro = await _one_dispatch(dev, qt, raw, 2 * F, cols, (s, d, wd, wx, None), F,
+                                       lambda g, w, pro, out: ops.matmul_geglu(g, w, None, out, n_tokens=1,
+                                                                               prologue=pro))
         assert np.all(np.abs(got - want) <= bound), np.abs(got - want).max()
         await _check_stream(dev, pro, s, want_s)
 
@@ -149,15 +151,11 @@ async def test_ple_input_stream_norm(device, device_fallback):
     want = _gelu(y) * p
     bound = 1.13 * tol * np.abs(p) + 1e-5 * np.abs(want) + 1e-6
     for dev in (device, device_fallback):
-        w = dev.upload_rows(raw.tobytes(), rows, ref.row_bytes(qt, cols), (rows, cols), qt, "w")
-        pro = _prologue(dev, s, d, wd, None, None)
-        out = dev.tensor((1, rows))
-        g = dev.graph()
-        await ops.ple_input(g, w, None, dev.upload(ple), out, n_tokens=1, layer=layer, n_layers=n_layers, dim=rows,
-                            scratch=None, prologue=pro)
-        assert len(g) == 1
-        await dev.run(g)
-        got = (await dev.read(out))[0]
+        gate = dev.upload(ple)
+        got, pro = await _one_dispatch(dev, qt, raw, rows, cols, (s, d, wd, None, None), rows,
+                                       lambda g, w, pro, out: ops.ple_input(g, w, None, gate, out, n_tokens=1,
+                                                                            layer=layer, n_layers=n_layers,
+                                                                            dim=rows, scratch=None, prologue=pro))
         assert np.all(np.abs(got - want) <= bound), np.abs(got - want).max()
         await _check_stream(dev, pro, s, want_s)
 
