@@ -93,15 +93,17 @@ class StreamNorm:
     eps: float = 1e-6
 
 
-_PROLOGUE_PV = 4  # vec4s of the stream a lane holds in the prologue
+_PROLOGUE_PV = 4  # vec4s of the stream a lane holds in the prologue (matvec_stream_norm.wgsl's Lane4)
+_PROLOGUE_MAX_WG = 256
 
 
 def stream_norm_fits(device, cols: int) -> bool:
     """Whether a matrix-vector product over rows of `cols` values can take a StreamNorm prologue on `device`:
-    the row whole in workgroup memory beside the kernel's own, at most 4 vec4s a lane of 256."""
-    wg = 256
+    the row whole in workgroup memory beside the kernel's own, at most _PROLOGUE_PV vec4s a lane of 256."""
+    wg = _PROLOGUE_MAX_WG
     need = 4 * cols + 16 * wg + 4 * wg  # X, the reduction's vec4s (matvec.wgsl's worst case), workgroup_sum's
-    return cols % 8 == 0 and cols <= 16 * wg and need <= device.limits.get("max-compute-workgroup-storage-size", 16384)
+    return (cols % 8 == 0 and cols <= 4 * _PROLOGUE_PV * wg
+            and need <= device.limits.get("max-compute-workgroup-storage-size", 16384))
 
 
 # (WG, R, LPR) of the matrix-vector products with a StreamNorm prologue, by epilogue; tools and tests set it.
@@ -113,7 +115,7 @@ def _prologue_shape(cols: int, epi: int) -> tuple[int, int, int]:
     twice, so those products take several rows a workgroup (E2B's 2,560-row q/k/v: 320 workgroups of 8 rows,
     where the plain kernel runs one row each), and as many lanes as leave at most 4 vec4s of the stream each."""
     wg, r, lpr = MATVEC_PROLOGUE_SHAPE[epi]
-    while cols > 16 * wg:
+    while cols > 4 * _PROLOGUE_PV * wg:
         wg, lpr = 2 * wg, 2 * lpr
     return wg, r, min(lpr, wg)
 
@@ -306,21 +308,23 @@ async def _matvec(g: Graph, w: Tensor, x: Tensor | None, out: Tensor, *, out_off
     rows, cols = w.shape
     qt = qtype(w)
     rb = row_bytes(qt, cols)
+    # The shape depends on the whole weight, not on the part: every part's dispatch runs the same one (so the
+    # parts' prologues sum in the same order and write the same stream).
     if pro is None:
         libs, extra = _libs(qt) + ("matvec_x", "matvec_units", "matvec_lib"), {}
+        wg, r, lpr = _matvec_shape(cols, rows, qt)
     else:
         libs = _libs(qt) + ("workgroup_sum", "matvec_stream_norm", "matvec_units", "matvec_lib")
+        wg, r, lpr = _prologue_shape(cols, epi)
+        extra = dict(PV=-(-cols // (4 * wg)), EPS=float(pro.eps), HAS_SCALE=pro.scale is not None,
+                     NORM_X=pro.input_norm is not None)
+    if epi == 1:  # one gate row and its up row per row group
+        r = 2
+    elif epi == 2:
+        r = 1
+    # R: the kernel's vec4 of rows; powers of two: tree and butterfly reductions.
+    assert r in (1, 2, 4) and wg & (wg - 1) == 0 and lpr & (lpr - 1) == 0 and 4 <= lpr <= wg, (wg, r, lpr)
     for buf, first, n in w.parts:
-        wg, r, lpr = _matvec_shape(cols, rows, qt) if pro is None else _prologue_shape(cols, epi)
-        if pro is not None:
-            extra = dict(PV=-(-cols // (4 * wg)), EPS=float(pro.eps), HAS_SCALE=pro.scale is not None,
-                         NORM_X=pro.input_norm is not None)
-        if epi == 1:  # one gate row and its up row per row group
-            r = 2
-        elif epi == 2:
-            r = 1
-        # R: the kernel's vec4 of rows; powers of two: tree and butterfly reductions.
-        assert r in (1, 2, 4) and wg & (wg - 1) == 0 and lpr & (lpr - 1) == 0 and 4 <= lpr <= wg, (wg, r, lpr)
         stored = (n // 2, 1) if epi == 1 else (n, r)  # (rows stored, rows stored per row group)
         grid = _grid(-(-stored[0] // (stored[1] * wg // lpr)))
         k = await g.device.kernel("matvec", libs=libs, ROWS=n, ROW0=first + out_offset, COLS=cols, ROW_BYTES=rb,
